@@ -1,0 +1,252 @@
+//! The model directory's `manifest.json`: the contract between the exporter and the runtime.
+//!
+//! Everything the runtime needs to know about a model lives here: dimensions, graph files
+//! and their tensor names, the tokenizer and its special ids, the preprocessing constants
+//! and where the weights came from. The runtime never hard-codes a dimension or a tensor
+//! name; it reads them from this struct and checks each ONNX session against them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a field changes meaning; the runtime refuses other versions.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    Fp32,
+    Fp16,
+}
+
+impl Dtype {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::Fp32 => "fp32",
+            Dtype::Fp16 => "fp16",
+        }
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fp32" | "float32" => Ok(Dtype::Fp32),
+            "fp16" | "float16" => Ok(Dtype::Fp16),
+            other => Err(format!("unknown dtype `{other}` (expected fp32 or fp16)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub exporter_version: String,
+    /// Storage and compute dtype of the graphs' weights and activations.
+    pub dtype: Dtype,
+    pub vision: VisionSpec,
+    pub projector: ProjectorSpec,
+    pub decoder: DecoderSpec,
+    pub preprocess: PreprocessSpec,
+    pub tokenizer: TokenizerSpec,
+    pub graphs: Graphs,
+    pub source: SourceSpec,
+}
+
+/// CLIP vision tower as the reference uses it (layers after `select_layer` not emitted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisionSpec {
+    pub image_size: usize,
+    pub patch_size: usize,
+    /// Patch tokens per image after the CLS token is dropped: (336/14)^2 = 576.
+    pub num_tokens: usize,
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    pub intermediate_size: usize,
+    /// Layers in the checkpoint.
+    pub num_layers: usize,
+    /// `mm_vision_select_layer` as in the config (-2 for LLaVA-1.5).
+    pub select_layer: i64,
+    /// Encoder layers actually run by the graph.
+    pub layers_emitted: usize,
+    pub layer_norm_eps: f64,
+    pub hidden_act: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectorSpec {
+    /// `mm_projector_type`; only `mlp2x_gelu` and `linear` exist in LLaVA-1.5 checkpoints.
+    pub kind: String,
+    pub input_size: usize,
+    pub output_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderSpec {
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rope_theta: f64,
+    pub rms_norm_eps: f64,
+}
+
+/// `CLIPImageProcessor` constants, from the tower's `preprocessor_config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessSpec {
+    /// Resize so the short side equals this.
+    pub shortest_edge: usize,
+    /// Center crop to this square.
+    pub crop_size: usize,
+    pub rescale_factor: f64,
+    pub image_mean: [f32; 3],
+    pub image_std: [f32; 3],
+    /// PIL resample filter id (3 = BICUBIC).
+    pub resample: u32,
+}
+
+impl Default for PreprocessSpec {
+    /// Hugging Face's `openai/clip-vit-large-patch14-336` preprocessor config.
+    fn default() -> Self {
+        PreprocessSpec {
+            shortest_edge: 336,
+            crop_size: 336,
+            rescale_factor: 1.0 / 255.0,
+            image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
+            image_std: [0.268_629_54, 0.261_302_58, 0.275_777_11],
+            resample: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerSpec {
+    /// File in the model directory, `tokenizer.json` (tokenizers crate format).
+    pub file: String,
+    pub bos_id: u32,
+    pub eos_id: u32,
+    pub unk_id: u32,
+    /// The placeholder id `tokenizer_image_token` puts in the image slot (-200).
+    pub image_token_id: i64,
+    /// Conversation template name; only `llava_v1` today.
+    pub template: String,
+}
+
+/// One ONNX graph file and its tensor names, in the order the graph declares them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphSpec {
+    pub file: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Graphs {
+    pub vision: GraphSpec,
+    pub projector: GraphSpec,
+    pub embed: GraphSpec,
+    pub decoder: GraphSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    /// The checkpoint folder as given on the command line.
+    pub checkpoint: String,
+    pub vision_tower: String,
+    /// sha256 of every file read, keyed `checkpoint/NAME` or `vision_tower/NAME`.
+    pub files: BTreeMap<String, String>,
+}
+
+/// Decoder tensor names, shared by the exporter and the runtime.
+pub mod names {
+    pub const PIXEL_VALUES: &str = "pixel_values";
+    pub const IMAGE_FEATURES: &str = "image_features";
+    pub const PROJECTOR_IN: &str = "image_features";
+    pub const PROJECTOR_OUT: &str = "image_embeds";
+    pub const INPUT_IDS: &str = "input_ids";
+    pub const INPUTS_EMBEDS: &str = "inputs_embeds";
+    pub const ATTENTION_MASK: &str = "attention_mask";
+    pub const POSITION_IDS: &str = "position_ids";
+    pub const LOGITS: &str = "logits";
+
+    pub fn past_key(layer: usize) -> String {
+        format!("past_key_values.{layer}.key")
+    }
+    pub fn past_value(layer: usize) -> String {
+        format!("past_key_values.{layer}.value")
+    }
+    pub fn present_key(layer: usize) -> String {
+        format!("present.{layer}.key")
+    }
+    pub fn present_value(layer: usize) -> String {
+        format!("present.{layer}.value")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid model manifest: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path} has format version {found}, this build reads version {expected}: re-export the model")]
+    Version {
+        path: String,
+        found: u32,
+        expected: u32,
+    },
+}
+
+impl Manifest {
+    /// Reads `DIR/manifest.json` and checks its format version.
+    pub fn load(dir: &Path) -> Result<(Manifest, Vec<u8>), ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).map_err(|source| ManifestError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
+                path: path.display().to_string(),
+                source,
+            })?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(ManifestError::Version {
+                path: path.display().to_string(),
+                found: manifest.format_version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        Ok((manifest, bytes))
+    }
+
+    /// The decoder graph's tensor names in contract order.
+    pub fn decoder_io(decoder: &DecoderSpec) -> (Vec<String>, Vec<String>) {
+        let mut inputs = vec![
+            names::INPUTS_EMBEDS.to_string(),
+            names::ATTENTION_MASK.to_string(),
+            names::POSITION_IDS.to_string(),
+        ];
+        let mut outputs = vec![names::LOGITS.to_string()];
+        for layer in 0..decoder.num_layers {
+            inputs.push(names::past_key(layer));
+            inputs.push(names::past_value(layer));
+            outputs.push(names::present_key(layer));
+            outputs.push(names::present_value(layer));
+        }
+        (inputs, outputs)
+    }
+}

@@ -1,0 +1,34 @@
+//! Command-line shape. Each subcommand's flags live in its module's `*Args` struct (clap
+//! derive, `///` comments are the `--help`); modules validate them into their own config
+//! before doing any work, so no stage reads raw flags.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vlguard-ort",
+    version,
+    about = "The VLGuard safety benchmark on LLaVA-1.5 models through ONNX Runtime, with no Python"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Export a LLaVA-1.5 checkpoint and its CLIP tower to a model directory of ONNX graphs.
+    Export(crate::export_cmd::ExportArgs),
+    /// Print a model directory's manifest and every graph's inputs and outputs.
+    Inspect(crate::engine::InspectArgs),
+    /// Run the VLGuard evaluation: answers for a test subset, written like the reference.
+    Run(crate::run::RunArgs),
+    /// Attack success rate (and more) of a predictions file, as the reference computes it.
+    Score(crate::score::ScoreArgs),
+    /// One table of every engine found under a results folder.
+    Leaderboard(crate::report::LeaderboardArgs),
+    /// Pairwise helpfulness judge against the GPT-4V reference answers.
+    Judge(crate::judge::JudgeArgs),
+    /// Download the dataset or a checkpoint from the Hugging Face Hub.
+    Fetch(crate::fetch::FetchArgs),
+}

@@ -1,0 +1,23 @@
+//! vlguard-ort: the VLGuard safety benchmark on LLaVA-1.5 through ONNX Runtime.
+//!
+//! One module per pipeline stage, each opening with its contract:
+//! dataset -> preprocess -> prompt -> engine -> generate -> results, then score, judge and
+//! report on the results; fetch brings the dataset and checkpoints; export (crate
+//! `vlguard-export`) turns checkpoints into the model directory the engine reads.
+
+pub mod cli;
+pub mod dataset;
+pub mod engine;
+pub mod export_cmd;
+pub mod fetch;
+pub mod generate;
+pub mod judge;
+pub mod preprocess;
+pub mod prompt;
+pub mod report;
+pub mod results;
+pub mod run;
+pub mod score;
+pub mod util;
+
+pub use vlguard_export as export;

@@ -1,0 +1,30 @@
+//! The `vlguard-ort` binary: parse, dispatch, map errors to exit codes.
+//!
+//! Exit codes: 0 success; 1 the command ran but something failed along the way (a bad
+//! sample, a judge error) and was recorded; 2 the command could not run (bad input,
+//! missing files, wrong configuration).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use vlguard_ort::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Export(args) => vlguard_ort::export_cmd::command(&args).map_err(Into::into),
+        Command::Inspect(args) => vlguard_ort::engine::inspect_command(&args).map_err(Into::into),
+        Command::Run(args) => vlguard_ort::run::command(&args).map_err(Into::into),
+        Command::Score(args) => vlguard_ort::score::command(&args).map_err(Into::into),
+        Command::Leaderboard(args) => vlguard_ort::report::command(&args).map_err(Into::into),
+        Command::Judge(args) => vlguard_ort::judge::command(&args).map_err(Into::into),
+        Command::Fetch(args) => vlguard_ort::fetch::command(&args).map_err(Into::into),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
