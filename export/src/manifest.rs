@@ -114,6 +114,8 @@ pub struct PreprocessSpec {
 
 impl Default for PreprocessSpec {
     /// Hugging Face's `openai/clip-vit-large-patch14-336` preprocessor config.
+    // The constants exactly as published (they round to the same f32 either way).
+    #[allow(clippy::excessive_precision)]
     fn default() -> Self {
         PreprocessSpec {
             shortest_edge: 336,
