@@ -1,1 +1,241 @@
-//! stub
+//! VLGuard `test.json` -> the samples of one subset, exactly as VLGuard_eval.py picks them.
+//!
+//! Contract (REFERENCE.md "Test set and subsets"): file order is kept; `unsafes` are the
+//! entries with `safe == false` and ask `instr-resp[0].instruction`; `safe_unsafes` and
+//! `safe_safes` are the `safe == true` entries and ask the first `instr-resp` item that
+//! holds `unsafe_instruction` / `safe_instruction`. Results are keyed by the `image`
+//! string, so a duplicate image inside one subset is an error. The dataset hash (sha256
+//! of the test.json bytes) is part of a run's fingerprint.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subset {
+    Unsafes,
+    SafeUnsafes,
+    SafeSafes,
+}
+
+impl Subset {
+    pub const ALL: [Subset; 3] = [Subset::Unsafes, Subset::SafeUnsafes, Subset::SafeSafes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Subset::Unsafes => "unsafes",
+            Subset::SafeUnsafes => "safe_unsafes",
+            Subset::SafeSafes => "safe_safes",
+        }
+    }
+
+    /// The reference prints an ASR line only for the subsets that ask unsafe questions.
+    pub fn reports_asr(self) -> bool {
+        !matches!(self, Subset::SafeSafes)
+    }
+}
+
+impl std::fmt::Display for Subset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One question about one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The `image` string of test.json: the results key and the path under the image root.
+    pub image: String,
+    pub question: String,
+    pub id: String,
+    pub harmful_category: Option<String>,
+    pub harmful_subcategory: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the dataset file {path}: {source} (fetch it with `vlguard-ort fetch dataset`, or pass --meta)")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a VLGuard test.json: {source}")]
+    Schema {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: entry {index} (id {id}) has no `{field}` question for subset {subset}")]
+    MissingQuestion {
+        path: PathBuf,
+        index: usize,
+        id: String,
+        field: &'static str,
+        subset: Subset,
+    },
+    #[error("{path}: image {image} appears twice in subset {subset}; results are keyed by image")]
+    DuplicateImage {
+        path: PathBuf,
+        image: String,
+        subset: Subset,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct Entry {
+    #[serde(default)]
+    id: String,
+    image: String,
+    safe: bool,
+    #[serde(rename = "instr-resp")]
+    instr_resp: Vec<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    harmful_category: Option<String>,
+    #[serde(default)]
+    harmful_subcategory: Option<String>,
+}
+
+/// The parsed test set with the hash of its bytes.
+#[derive(Debug)]
+pub struct Dataset {
+    pub path: PathBuf,
+    pub sha256: String,
+    entries: Vec<Entry>,
+}
+
+impl Dataset {
+    pub fn load(path: &Path) -> Result<Dataset, Error> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let entries: Vec<Entry> =
+            serde_json::from_slice(&bytes).map_err(|source| Error::Schema {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Dataset {
+            path: path.to_path_buf(),
+            sha256: crate::util::sha256_hex(&bytes),
+            entries,
+        })
+    }
+
+    /// The samples of `subset` in file order.
+    pub fn samples(&self, subset: Subset) -> Result<Vec<Sample>, Error> {
+        let (want_safe, field) = match subset {
+            Subset::Unsafes => (false, "instruction"),
+            Subset::SafeUnsafes => (true, "unsafe_instruction"),
+            Subset::SafeSafes => (true, "safe_instruction"),
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (index, entry) in self.entries.iter().enumerate() {
+            if entry.safe != want_safe {
+                continue;
+            }
+            let question = match subset {
+                // VLGuard_eval.py: `sample['instr-resp'][0]['instruction']`.
+                Subset::Unsafes => entry.instr_resp.first().and_then(|item| item.get(field)),
+                // The first item holding the key, as the reference's loop-and-break does.
+                _ => entry.instr_resp.iter().find_map(|item| item.get(field)),
+            }
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::MissingQuestion {
+                path: self.path.clone(),
+                index,
+                id: entry.id.clone(),
+                field,
+                subset,
+            })?;
+            if !seen.insert(entry.image.as_str()) {
+                return Err(Error::DuplicateImage {
+                    path: self.path.clone(),
+                    image: entry.image.clone(),
+                    subset,
+                });
+            }
+            out.push(Sample {
+                image: entry.image.clone(),
+                question: question.to_string(),
+                id: entry.id.clone(),
+                harmful_category: entry.harmful_category.clone(),
+                harmful_subcategory: entry.harmful_subcategory.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(rel: &str) -> PathBuf {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel);
+        assert!(
+            path.exists(),
+            "{} is missing: these tests need the shared folder beside the checkout",
+            path.display()
+        );
+        path
+    }
+
+    #[test]
+    fn subset_sizes_match_the_reference() {
+        // REFERENCE.md: 442 unsafe entries, 558 safe ones.
+        let data = Dataset::load(&shared("data/vlguard/test.json")).unwrap();
+        assert_eq!(data.samples(Subset::Unsafes).unwrap().len(), 442);
+        assert_eq!(data.samples(Subset::SafeUnsafes).unwrap().len(), 558);
+        assert_eq!(data.samples(Subset::SafeSafes).unwrap().len(), 558);
+    }
+
+    #[test]
+    fn questions_match_the_golden_generations() {
+        // golden/dev/reference/generations.jsonl was written by the reference loop: its
+        // (subset, image, question) triples, in order, are what our selection must give.
+        let data = Dataset::load(&shared("golden/dev/data/test.json")).unwrap();
+        let text = std::fs::read_to_string(shared("golden/dev/reference/generations.jsonl")).unwrap();
+        let mut expected: Vec<(String, String, String)> = Vec::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            expected.push((
+                v["subset"].as_str().unwrap().into(),
+                v["image"].as_str().unwrap().into(),
+                v["question"].as_str().unwrap().into(),
+            ));
+        }
+        let mut got = Vec::new();
+        for subset in Subset::ALL {
+            for s in data.samples(subset).unwrap() {
+                got.push((subset.name().to_string(), s.image, s.question));
+            }
+        }
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn schema_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.json");
+        std::fs::write(&path, r#"[{"image": "a.png"}]"#).unwrap();
+        let err = Dataset::load(&path).unwrap_err().to_string();
+        assert!(err.contains("test.json") && err.contains("safe"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_question_is_an_error_naming_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.json");
+        std::fs::write(
+            &path,
+            r#"[{"id": "x1", "image": "a.png", "safe": true, "instr-resp": [{"safe_instruction": "q"}]}]"#,
+        )
+        .unwrap();
+        let data = Dataset::load(&path).unwrap();
+        assert_eq!(data.samples(Subset::SafeSafes).unwrap()[0].question, "q");
+        let err = data.samples(Subset::SafeUnsafes).unwrap_err().to_string();
+        assert!(err.contains("x1") && err.contains("unsafe_instruction"), "{err}");
+    }
+}

@@ -1,9 +1,435 @@
-//! ONNX Runtime sessions: library loading, execution providers, graph I/O checks.
+//! ONNX Runtime sessions for one model directory: library loading, execution-provider
+//! choice with fallback, graph I/O checked against the manifest, and the decoder's KV
+//! cache.
+//!
+//! Contract: [`OrtEngine::open`] loads the four graphs named by `manifest.json`, fails
+//! with an error naming the tensor when a session's inputs/outputs differ from the
+//! manifest, and records which execution provider each graph actually got (an explicitly
+//! requested provider that cannot register is an error, never a silent CPU fallback;
+//! `auto` tries TensorRT, then CUDA, then CPU and records the outcome). It implements
+//! [`crate::generate::Backend`]: host `f32` in and out whatever the graph dtype (fp16
+//! graphs are converted at the boundary), the cache kept as ORT values between calls.
 
 pub mod ort_lib;
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+use half::f16;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use vlguard_export::manifest::{GraphSpec, Manifest};
+
+use crate::generate::{Backend, BackendError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EpChoice {
+    /// TensorRT, then CUDA, then CPU: the first that registers.
+    Auto,
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub model_dir: PathBuf,
+    pub ort_lib: Option<PathBuf>,
+    pub ep: EpChoice,
+    pub device_id: i32,
+    /// Intra-op threads; `None` lets ONNX Runtime use every core.
+    pub threads: Option<usize>,
+    /// TensorRT engine cache folder (keyed inside by model hash).
+    pub trt_cache: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Library(#[from] ort_lib::LibraryError),
+    #[error(transparent)]
+    Manifest(#[from] vlguard_export::manifest::ManifestError),
+    #[error("graph {graph} ({path}): {message}")]
+    Session {
+        graph: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("graph {graph} does not match manifest.json: {message}")]
+    Contract { graph: String, message: String },
+    #[error("execution provider {ep} was requested but could not be used for graph {graph}: {message}")]
+    Provider {
+        ep: &'static str,
+        graph: String,
+        message: String,
+    },
+}
+
+const CPU_EP: &str = "CPUExecutionProvider";
+const CUDA_EP: &str = "CUDAExecutionProvider";
+const TRT_EP: &str = "TensorrtExecutionProvider";
+
+/// One loaded graph and the element type its float inputs expect.
+struct Graph {
+    session: Session,
+    float_type: TensorElementType,
+}
+
+pub struct OrtEngine {
+    pub manifest: Manifest,
+    pub manifest_sha256: String,
+    pub ort_lib: PathBuf,
+    /// Graph name -> execution provider it runs on.
+    pub providers: BTreeMap<String, String>,
+    vision: Graph,
+    projector: Graph,
+    embed: Graph,
+    decoder: Graph,
+    /// `present.*` of the last decoder call, in manifest order (key, value per layer).
+    cache: Vec<DynValue>,
+    cache_batch: usize,
+    /// Seconds inside `Session::run`, for the loop-overhead figure.
+    pub ort_seconds: f64,
+}
+
+impl OrtEngine {
+    pub fn open(options: &EngineOptions) -> Result<OrtEngine, Error> {
+        let (manifest, bytes) = Manifest::load(&options.model_dir)?;
+        let (lib, env) = ort_lib::environment(options.ort_lib.as_deref())?;
+        let mut providers = BTreeMap::new();
+        let mut load = |name: &str, spec: &GraphSpec| -> Result<Graph, Error> {
+            let path = options.model_dir.join(&spec.file);
+            let (session, provider) = build_session(env, &path, name, options, &manifest)?;
+            check_contract(name, &session, spec)?;
+            providers.insert(name.to_string(), provider.to_string());
+            let float_type = session
+                .inputs()
+                .iter()
+                .find_map(|input| match input.dtype() {
+                    ValueType::Tensor { ty, .. }
+                        if matches!(ty, TensorElementType::Float32 | TensorElementType::Float16) =>
+                    {
+                        Some(*ty)
+                    }
+                    _ => None,
+                })
+                .unwrap_or(TensorElementType::Float32);
+            Ok(Graph {
+                session,
+                float_type,
+            })
+        };
+        let vision = load("vision", &manifest.graphs.vision)?;
+        let projector = load("projector", &manifest.graphs.projector)?;
+        let embed = load("embed", &manifest.graphs.embed)?;
+        let decoder = load("decoder", &manifest.graphs.decoder)?;
+        Ok(OrtEngine {
+            manifest_sha256: crate::util::sha256_hex(&bytes),
+            manifest,
+            ort_lib: lib.to_path_buf(),
+            providers,
+            vision,
+            projector,
+            embed,
+            decoder,
+            cache: Vec::new(),
+            cache_batch: 0,
+            ort_seconds: 0.0,
+        })
+    }
+
+    /// `pixel_values [B,3,S,S]` -> projected image embeddings `[B,N,H]`.
+    pub fn encode_images(&mut self, pixel_values: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
+        let s = self.manifest.vision.image_size;
+        let pixels = float_tensor(pixel_values, vec![batch, 3, s, s], self.vision.float_type)?;
+        let t = Instant::now();
+        let mut out = self
+            .vision
+            .session
+            .run(vec![(self.manifest.graphs.vision.inputs[0].as_str(), SessionInputValue::from(pixels))])
+            .map_err(|e| BackendError(format!("vision graph: {e}")))?;
+        let features = take(&mut out, &self.manifest.graphs.vision.outputs[0], "vision")?;
+        drop(out);
+        let mut out = self
+            .projector
+            .session
+            .run(vec![(self.manifest.graphs.projector.inputs[0].as_str(), SessionInputValue::from(features))])
+            .map_err(|e| BackendError(format!("projector graph: {e}")))?;
+        let embeds = take(&mut out, &self.manifest.graphs.projector.outputs[0], "projector")?;
+        self.ort_seconds += t.elapsed().as_secs_f64();
+        to_f32(&embeds, "projector output")
+    }
+
+    fn empty_cache(&self, batch: usize) -> Result<Vec<DynValue>, BackendError> {
+        let d = &self.manifest.decoder;
+        (0..2 * d.num_layers)
+            .map(|_| float_tensor(&[], vec![batch, d.num_kv_heads, 0, d.head_dim], self.decoder.float_type))
+            .collect()
+    }
+}
+
+impl Backend for OrtEngine {
+    fn hidden_size(&self) -> usize {
+        self.manifest.decoder.hidden_size
+    }
+
+    fn embed(&mut self, ids: &[i64], batch: usize) -> Result<Vec<f32>, BackendError> {
+        let t_len = ids.len() / batch.max(1);
+        let input = Tensor::from_array((vec![batch, t_len], ids.to_vec()))
+            .map_err(|e| BackendError(format!("embed input: {e}")))?;
+        let t = Instant::now();
+        let mut out = self
+            .embed
+            .session
+            .run(vec![(self.manifest.graphs.embed.inputs[0].as_str(), SessionInputValue::from(input))])
+            .map_err(|e| BackendError(format!("embed graph: {e}")))?;
+        let value = take(&mut out, &self.manifest.graphs.embed.outputs[0], "embed")?;
+        self.ort_seconds += t.elapsed().as_secs_f64();
+        to_f32(&value, "embed output")
+    }
+
+    fn decode(
+        &mut self,
+        embeds: &[f32],
+        attention_mask: &[i64],
+        position_ids: &[i64],
+        batch: usize,
+        new_len: usize,
+    ) -> Result<Vec<f32>, BackendError> {
+        let hidden = self.manifest.decoder.hidden_size;
+        if self.cache.is_empty() {
+            self.cache = self.empty_cache(batch)?;
+            self.cache_batch = batch;
+        }
+        if self.cache_batch != batch {
+            return Err(BackendError(format!(
+                "decoder: cache holds {} rows, call has {batch}",
+                self.cache_batch
+            )));
+        }
+        let total = attention_mask.len() / batch.max(1);
+        let names = &self.manifest.graphs.decoder;
+        let embeds = float_tensor(embeds, vec![batch, new_len, hidden], self.decoder.float_type)?;
+        let mask = Tensor::from_array((vec![batch, total], attention_mask.to_vec()))
+            .map_err(|e| BackendError(format!("attention_mask: {e}")))?;
+        let positions = Tensor::from_array((vec![batch, new_len], position_ids.to_vec()))
+            .map_err(|e| BackendError(format!("position_ids: {e}")))?;
+        let mut inputs: Vec<(&str, SessionInputValue)> = Vec::with_capacity(names.inputs.len());
+        inputs.push((names.inputs[0].as_str(), embeds.into()));
+        inputs.push((names.inputs[1].as_str(), mask.into()));
+        inputs.push((names.inputs[2].as_str(), positions.into()));
+        for (name, value) in names.inputs[3..].iter().zip(&self.cache) {
+            inputs.push((name.as_str(), value.into()));
+        }
+        let t = Instant::now();
+        let mut out = self
+            .decoder
+            .session
+            .run(inputs)
+            .map_err(|e| BackendError(format!("decoder graph: {e}")))?;
+        self.ort_seconds += t.elapsed().as_secs_f64();
+        let logits = take(&mut out, &names.outputs[0], "decoder")?;
+        let mut cache = Vec::with_capacity(names.outputs.len() - 1);
+        for name in &names.outputs[1..] {
+            cache.push(take(&mut out, name, "decoder")?);
+        }
+        drop(out);
+        self.cache = cache;
+        to_f32(&logits, "logits")
+    }
+
+    fn reset(&mut self) {
+        self.cache.clear();
+        self.cache_batch = 0;
+    }
+
+    fn keep_rows(&mut self, rows: &[usize]) -> Result<(), BackendError> {
+        let mut kept = Vec::with_capacity(self.cache.len());
+        for value in &self.cache {
+            kept.push(select_rows(value, rows)?);
+        }
+        self.cache = kept;
+        self.cache_batch = rows.len();
+        Ok(())
+    }
+}
+
+/// Creates a session for one graph on the requested provider(s).
+fn build_session(
+    env: &ort::environment::Environment,
+    path: &Path,
+    graph: &str,
+    options: &EngineOptions,
+    manifest: &Manifest,
+) -> Result<(Session, &'static str), Error> {
+    let order: &[&'static str] = match options.ep {
+        EpChoice::Auto => &[TRT_EP, CUDA_EP, CPU_EP],
+        EpChoice::Cpu => &[CPU_EP],
+        EpChoice::Cuda => &[CUDA_EP],
+        EpChoice::Tensorrt => &[TRT_EP],
+    };
+    if !path.is_file() {
+        return Err(Error::Session {
+            graph: graph.into(),
+            path: path.to_path_buf(),
+            message: "file not found (re-export the model)".into(),
+        });
+    }
+    let mut last_error = String::new();
+    for &ep in order {
+        match try_session(env, path, ep, options, manifest) {
+            Ok(session) => return Ok((session, ep)),
+            Err(message) if options.ep == EpChoice::Auto && ep != CPU_EP => {
+                last_error = message;
+                continue;
+            }
+            Err(message) if ep == CPU_EP => {
+                return Err(Error::Session {
+                    graph: graph.into(),
+                    path: path.to_path_buf(),
+                    message,
+                })
+            }
+            Err(message) => {
+                return Err(Error::Provider {
+                    ep,
+                    graph: graph.into(),
+                    message,
+                })
+            }
+        }
+    }
+    Err(Error::Session {
+        graph: graph.into(),
+        path: path.to_path_buf(),
+        message: last_error,
+    })
+}
+
+fn try_session(
+    env: &ort::environment::Environment,
+    path: &Path,
+    ep: &'static str,
+    options: &EngineOptions,
+    manifest: &Manifest,
+) -> Result<Session, String> {
+    let mut builder = Session::builder(env).map_err(|e| e.to_string())?;
+    if let Some(threads) = options.threads {
+        builder = builder.with_intra_threads(threads).map_err(|e| e.to_string())?;
+    }
+    let dispatch = match ep {
+        CUDA_EP => Some(
+            ort::ep::CUDA::default()
+                .with_device_id(options.device_id)
+                .build()
+                .error_on_failure(),
+        ),
+        TRT_EP => {
+            let mut trt = ort::ep::TensorRT::default()
+                .with_device_id(options.device_id)
+                .with_fp16(manifest.dtype == vlguard_export::manifest::Dtype::Fp16);
+            if let Some(dir) = &options.trt_cache {
+                trt = trt
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(dir.display())
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(dir.display());
+            }
+            Some(trt.build().error_on_failure())
+        }
+        _ => None,
+    };
+    if let Some(dispatch) = dispatch {
+        builder = builder
+            .with_execution_providers([dispatch])
+            .map_err(|e| e.to_string())?;
+    }
+    builder.commit_from_file(path).map_err(|e| e.to_string())
+}
+
+/// Every manifest tensor must exist in the session and the other way round.
+fn check_contract(graph: &str, session: &Session, spec: &GraphSpec) -> Result<(), Error> {
+    let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    for (kind, want, have) in [("input", &spec.inputs, &inputs), ("output", &spec.outputs, &outputs)] {
+        for name in want {
+            if !have.contains(&name.as_str()) {
+                return Err(Error::Contract {
+                    graph: graph.into(),
+                    message: format!("{kind} `{name}` is in the manifest but not in the graph (graph has {have:?})"),
+                });
+            }
+        }
+        for name in have.iter() {
+            if !want.iter().any(|w| w == name) {
+                return Err(Error::Contract {
+                    graph: graph.into(),
+                    message: format!("the graph has {kind} `{name}` that the manifest does not list"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn take(
+    out: &mut ort::session::SessionOutputs<'_>,
+    name: &str,
+    graph: &str,
+) -> Result<DynValue, BackendError> {
+    out.remove(name)
+        .ok_or_else(|| BackendError(format!("{graph} graph returned no `{name}`")))
+}
+
+/// A float tensor of the graph's float type from host f32 values.
+fn float_tensor(values: &[f32], shape: Vec<usize>, ty: TensorElementType) -> Result<DynValue, BackendError> {
+    let result = match ty {
+        TensorElementType::Float16 => {
+            Tensor::from_array((shape, values.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()))
+                .map(|t| t.into_dyn())
+        }
+        _ => Tensor::from_array((shape, values.to_vec())).map(|t| t.into_dyn()),
+    };
+    result.map_err(|e| BackendError(format!("cannot build a tensor: {e}")))
+}
+
+fn to_f32(value: &DynValue, what: &str) -> Result<Vec<f32>, BackendError> {
+    if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
+        return Ok(data.to_vec());
+    }
+    if let Ok((_, data)) = value.try_extract_tensor::<f16>() {
+        return Ok(data.iter().map(|v| v.to_f32()).collect());
+    }
+    Err(BackendError(format!("{what} is neither float32 nor float16")))
+}
+
+/// Copies the given batch rows of a `[B, ...]` float tensor.
+fn select_rows(value: &DynValue, rows: &[usize]) -> Result<DynValue, BackendError> {
+    fn gather<T: Copy>(shape: &[i64], data: &[T], rows: &[usize]) -> (Vec<usize>, Vec<T>) {
+        let batch = shape[0].max(1) as usize;
+        let per_row = data.len() / batch;
+        let mut out = Vec::with_capacity(per_row * rows.len());
+        for &r in rows {
+            out.extend_from_slice(&data[r * per_row..(r + 1) * per_row]);
+        }
+        let mut new_shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        new_shape[0] = rows.len();
+        (new_shape, out)
+    }
+    let built = if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
+        let (shape, data) = gather(shape, data, rows);
+        Tensor::from_array((shape, data)).map(|t| t.into_dyn())
+    } else if let Ok((shape, data)) = value.try_extract_tensor::<f16>() {
+        let (shape, data) = gather(shape, data, rows);
+        Tensor::from_array((shape, data)).map(|t| t.into_dyn())
+    } else {
+        return Err(BackendError("cache tensor is neither float32 nor float16".into()));
+    };
+    built.map_err(|e| BackendError(format!("cannot rebuild the cache: {e}")))
+}
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -14,14 +440,38 @@ pub struct InspectArgs {
     pub ort_lib: Option<PathBuf>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Library(#[from] ort_lib::LibraryError),
-    #[error("inspect is not implemented yet")]
-    Unimplemented,
-}
-
-pub fn inspect_command(_args: &InspectArgs) -> Result<ExitCode, Error> {
-    Err(Error::Unimplemented)
+/// `vlguard-ort inspect DIR`: the manifest, then every graph's inputs and outputs as ONNX
+/// Runtime reads them (names, element types, shapes with -1 for dynamic axes).
+pub fn inspect_command(args: &InspectArgs) -> Result<ExitCode, Error> {
+    let (manifest, bytes) = Manifest::load(&args.model)?;
+    println!("{}", String::from_utf8_lossy(&bytes).trim_end());
+    let (lib, env) = ort_lib::environment(args.ort_lib.as_deref())?;
+    println!("\nONNX Runtime: {}", lib.display());
+    let options = EngineOptions {
+        model_dir: args.model.clone(),
+        ort_lib: args.ort_lib.clone(),
+        ep: EpChoice::Cpu,
+        device_id: 0,
+        threads: Some(1),
+        trt_cache: None,
+    };
+    for (name, spec) in [
+        ("vision", &manifest.graphs.vision),
+        ("projector", &manifest.graphs.projector),
+        ("embed", &manifest.graphs.embed),
+        ("decoder", &manifest.graphs.decoder),
+    ] {
+        let path = args.model.join(&spec.file);
+        let (session, _) = build_session(env, &path, name, &options, &manifest)?;
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("\n{name}: {} ({size} bytes)", spec.file);
+        for input in session.inputs() {
+            println!("  in   {:<28} {}", input.name(), input.dtype());
+        }
+        for output in session.outputs() {
+            println!("  out  {:<28} {}", output.name(), output.dtype());
+        }
+        check_contract(name, &session, spec)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

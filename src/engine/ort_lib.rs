@@ -28,6 +28,13 @@ static LOADED: OnceLock<Result<(PathBuf, ort::environment::Environment), Library
 /// Loads ONNX Runtime once per process and returns the path it came from. Later calls
 /// return the first result whatever they pass (the library cannot be swapped in-process).
 pub fn init(explicit: Option<&Path>) -> Result<PathBuf, LibraryError> {
+    environment(explicit).map(|(path, _)| path.to_path_buf())
+}
+
+/// Like [`init`], and also gives the process-wide environment sessions are built from.
+pub fn environment(
+    explicit: Option<&Path>,
+) -> Result<(&'static Path, &'static ort::environment::Environment), LibraryError> {
     LOADED
         .get_or_init(|| {
             let path = locate(explicit)?;
@@ -46,7 +53,7 @@ pub fn init(explicit: Option<&Path>) -> Result<PathBuf, LibraryError> {
             Ok((path, env))
         })
         .as_ref()
-        .map(|(path, _)| path.clone())
+        .map(|(path, env)| (path.as_path(), env))
         .map_err(Clone::clone)
 }
 
