@@ -41,9 +41,10 @@ fi
 echo "==> ONNX Runtime: $(ls "$lib_dir"/libonnxruntime.so.* | head -n 1)"
 
 if [ "$gpu" = 1 ]; then
-  "$root/scripts/setup_gpu_runtime.sh" "$lib_dir" || true
+  "$root/scripts/setup_gpu_runtime.sh" "$lib_dir"
 fi
 
+if [ "${SETUP_SKIP_BUILD:-0}" = 1 ]; then exit 0; fi
 echo "==> building the release binary"
-cargo build --release --locked --quiet 2>&1 || cargo build --release --quiet
+cargo build --release --locked
 echo "==> ready: $root/target/release/vlguard-ort"

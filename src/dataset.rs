@@ -173,7 +173,9 @@ mod tests {
     use super::*;
 
     fn shared(rel: &str) -> PathBuf {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared")
+            .join(rel);
         assert!(
             path.exists(),
             "{} is missing: these tests need the shared folder beside the checkout",
@@ -196,7 +198,8 @@ mod tests {
         // golden/dev/reference/generations.jsonl was written by the reference loop: its
         // (subset, image, question) triples, in order, are what our selection must give.
         let data = Dataset::load(&shared("golden/dev/data/test.json")).unwrap();
-        let text = std::fs::read_to_string(shared("golden/dev/reference/generations.jsonl")).unwrap();
+        let text =
+            std::fs::read_to_string(shared("golden/dev/reference/generations.jsonl")).unwrap();
         let mut expected: Vec<(String, String, String)> = Vec::new();
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -236,6 +239,9 @@ mod tests {
         let data = Dataset::load(&path).unwrap();
         assert_eq!(data.samples(Subset::SafeSafes).unwrap()[0].question, "q");
         let err = data.samples(Subset::SafeUnsafes).unwrap_err().to_string();
-        assert!(err.contains("x1") && err.contains("unsafe_instruction"), "{err}");
+        assert!(
+            err.contains("x1") && err.contains("unsafe_instruction"),
+            "{err}"
+        );
     }
 }

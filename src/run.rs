@@ -1,16 +1,638 @@
-//! `vlguard-ort run`: the evaluation end to end. (stub)
+//! `vlguard-ort run`: the VLGuard evaluation end to end.
+//!
+//! Contract: for each requested subset, answers every sample not already answered in the
+//! journal (same configuration fingerprint), writes `OUT/{subset}/{engine}.json` exactly
+//! as VLGuard_eval.py does, the run manifest beside it, and prints the reference's ASR
+//! line (unsafes, safe_unsafes) with k/n. Preprocessing runs on rayon threads one batch
+//! ahead of the engine through a bounded channel. A bad sample (unreadable image) is
+//! journaled with its error, reported, left out of the answers file, and makes the exit
+//! code 1; the rest of the run completes.
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::dataset::{Dataset, Sample, Subset};
+use crate::engine::{EngineOptions, EpChoice, OrtEngine};
+use crate::generate::{generate_batch, GenerateConfig, Prompt, Timings};
+use crate::prompt::PromptTokenizer;
+use crate::results::{Fingerprint, Journal, JournalEntry, Paths};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SubsetArg {
+    Unsafes,
+    SafeUnsafes,
+    SafeSafes,
+    All,
+}
 
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Model directory written by `export`.
+    #[arg(long, env = "VLGUARD_MODEL")]
+    pub model: PathBuf,
+    /// Which questions to ask: unsafes (442), safe_unsafes (558), safe_safes (558) or all.
+    #[arg(long, value_enum)]
+    pub subset: SubsetArg,
+    /// VLGuard test.json (where `fetch dataset` puts it by default).
+    #[arg(long, default_value = "data/VLGuard/test.json")]
+    pub meta: PathBuf,
+    /// Image root the `image` paths of test.json are relative to.
+    #[arg(long, default_value = "data/VLGuard/test")]
+    pub images: PathBuf,
+    /// Results folder: answers go to OUT/{subset}/{engine}.json.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Engine name used for the results files (default: the model directory's name).
+    #[arg(long)]
+    pub engine: Option<String>,
+    /// Execution provider: auto tries TensorRT, then CUDA, then CPU.
+    #[arg(long, value_enum, default_value = "auto", env = "VLGUARD_EP")]
+    pub ep: EpChoice,
+    /// GPU to use with CUDA / TensorRT.
+    #[arg(long, default_value_t = 0)]
+    pub device_id: i32,
+    /// Prompts decoded together (left padding; finished rows leave the batch).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Longest answer in tokens (VLGuard_eval.py: 256).
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Only the first N samples of each subset.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Start over: ignore (and move aside) an existing journal.
+    #[arg(long)]
+    pub fresh: bool,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the setup folder).
+    #[arg(long, env = "VLGUARD_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("run is not implemented yet")]
-    Unimplemented,
+    #[error("--batch-size must be at least 1")]
+    BatchSize,
+    #[error("--max-new-tokens must be at least 1")]
+    MaxTokens,
+    #[error("image folder {0} does not exist (fetch the dataset with `vlguard-ort fetch dataset`, or pass --images)")]
+    Images(PathBuf),
+    #[error("model directory {0} has no manifest.json (export one with `vlguard-ort export`)")]
+    Model(PathBuf),
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::Error),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::Error),
+    #[error(transparent)]
+    Prompt(#[from] crate::prompt::PromptError),
+    #[error(transparent)]
+    Results(#[from] crate::results::Error),
 }
 
-pub fn command(_args: &RunArgs) -> Result<ExitCode, Error> {
-    Err(Error::Unimplemented)
+/// Validated run configuration.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub subsets: Vec<Subset>,
+    pub meta: PathBuf,
+    pub images: PathBuf,
+    pub out: PathBuf,
+    pub engine_name: String,
+    pub engine: EngineOptions,
+    pub batch_size: usize,
+    pub max_new_tokens: usize,
+    pub limit: Option<usize>,
+    pub fresh: bool,
+}
+
+impl RunConfig {
+    pub fn from_args(args: &RunArgs) -> Result<RunConfig, Error> {
+        if args.batch_size == 0 {
+            return Err(Error::BatchSize);
+        }
+        if args.max_new_tokens == 0 {
+            return Err(Error::MaxTokens);
+        }
+        if !args
+            .model
+            .join(vlguard_export::manifest::MANIFEST_FILE)
+            .is_file()
+        {
+            return Err(Error::Model(args.model.clone()));
+        }
+        if !args.images.is_dir() {
+            return Err(Error::Images(args.images.clone()));
+        }
+        let subsets = match args.subset {
+            SubsetArg::Unsafes => vec![Subset::Unsafes],
+            SubsetArg::SafeUnsafes => vec![Subset::SafeUnsafes],
+            SubsetArg::SafeSafes => vec![Subset::SafeSafes],
+            SubsetArg::All => Subset::ALL.to_vec(),
+        };
+        let engine_name = args.engine.clone().unwrap_or_else(|| {
+            std::fs::canonicalize(&args.model)
+                .unwrap_or_else(|_| args.model.clone())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        });
+        Ok(RunConfig {
+            subsets,
+            meta: args.meta.clone(),
+            images: args.images.clone(),
+            out: args.out.clone(),
+            engine_name,
+            engine: EngineOptions {
+                model_dir: args.model.clone(),
+                ort_lib: args.ort_lib.clone(),
+                ep: args.ep,
+                device_id: args.device_id,
+                threads: args.threads,
+                trt_cache: Some(args.model.join("trt-cache")),
+            },
+            batch_size: args.batch_size,
+            max_new_tokens: args.max_new_tokens,
+            limit: args.limit,
+            fresh: args.fresh,
+        })
+    }
+}
+
+/// The run manifest written beside the answers.
+#[derive(Debug, Serialize)]
+pub struct RunManifest {
+    pub tool: String,
+    pub tool_version: String,
+    pub engine: String,
+    pub subset: String,
+    pub model_dir: String,
+    pub model_manifest_sha256: String,
+    pub dtype: String,
+    pub ort_library: String,
+    pub execution_providers: BTreeMap<String, String>,
+    pub dataset: String,
+    pub dataset_sha256: String,
+    pub images: String,
+    pub batch_size: usize,
+    pub max_new_tokens: usize,
+    pub limit: Option<usize>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub n_samples: usize,
+    pub n_answered: usize,
+    pub n_resumed: usize,
+    pub n_generated: usize,
+    pub n_errors: usize,
+    pub errors: Vec<SampleError>,
+    pub timings: StageTimings,
+    pub peak_rss_mb: Option<f64>,
+    pub asr: Option<AsrSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleError {
+    pub image: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AsrSummary {
+    pub successes: usize,
+    pub n: usize,
+    pub asr: f64,
+}
+
+/// Seconds per stage of this invocation (resumed samples cost nothing).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageTimings {
+    pub session_load_s: f64,
+    /// Wall time the engine waited on preprocessing (it runs one batch ahead).
+    pub preprocess_wait_s: f64,
+    /// Total preprocessing work on the rayon threads.
+    pub preprocess_s: f64,
+    pub vision_s: f64,
+    pub embed_s: f64,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+    pub detokenize_s: f64,
+    pub total_s: f64,
+    pub new_tokens: usize,
+    pub prompt_tokens: usize,
+    /// New tokens per second of prefill + decode.
+    pub tokens_per_s: f64,
+    /// Seconds inside ONNX Runtime session runs.
+    pub ort_s: f64,
+    /// Decoding loop time outside ONNX Runtime, as a share of prefill + decode time.
+    pub loop_overhead_pct: f64,
+}
+
+pub fn command(args: &RunArgs) -> Result<ExitCode, Error> {
+    let config = RunConfig::from_args(args)?;
+    let outcome = run(&config)?;
+    Ok(if outcome.errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub struct Outcome {
+    pub errors: usize,
+    pub manifests: Vec<PathBuf>,
+}
+
+/// Runs every subset of the configuration with one engine.
+pub fn run(config: &RunConfig) -> Result<Outcome, Error> {
+    let dataset = Dataset::load(&config.meta)?;
+    let load_started = Instant::now();
+    let mut engine = OrtEngine::open(&config.engine)?;
+    let session_load_s = load_started.elapsed().as_secs_f64();
+    let tokenizer_spec = engine.manifest.tokenizer.clone();
+    let tokenizer = PromptTokenizer::from_file(
+        &config.engine.model_dir.join(&tokenizer_spec.file),
+        tokenizer_spec.bos_id,
+        tokenizer_spec.eos_id,
+    )?;
+    eprintln!(
+        "model {} ({}), providers: {}",
+        config.engine.model_dir.display(),
+        engine.manifest.dtype.as_str(),
+        engine
+            .providers
+            .iter()
+            .map(|(g, p)| format!("{g}={p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut outcome = Outcome {
+        errors: 0,
+        manifests: Vec::new(),
+    };
+    for &subset in &config.subsets {
+        let (errors, manifest_path) = run_subset(
+            config,
+            &dataset,
+            subset,
+            &mut engine,
+            &tokenizer,
+            session_load_s,
+        )?;
+        outcome.errors += errors;
+        outcome.manifests.push(manifest_path);
+    }
+    Ok(outcome)
+}
+
+/// A batch of samples with their preprocessed images (or the error each one hit).
+struct Prepared {
+    samples: Vec<Sample>,
+    pixels: Vec<Result<Vec<f32>, String>>,
+    seconds: f64,
+}
+
+fn run_subset(
+    config: &RunConfig,
+    dataset: &Dataset,
+    subset: Subset,
+    engine: &mut OrtEngine,
+    tokenizer: &PromptTokenizer,
+    session_load_s: f64,
+) -> Result<(usize, PathBuf), Error> {
+    let started_at = crate::util::utc_now_rfc3339();
+    let started = Instant::now();
+    let mut samples = dataset.samples(subset)?;
+    if let Some(limit) = config.limit {
+        samples.truncate(limit);
+    }
+    let paths = Paths::new(&config.out, subset.name(), &config.engine_name);
+    let fingerprint = Fingerprint {
+        model_manifest_sha256: engine.manifest_sha256.clone(),
+        subset: subset.name().into(),
+        max_new_tokens: config.max_new_tokens,
+        dataset_sha256: dataset.sha256.clone(),
+    };
+    let (mut journal, mut entries) = Journal::open(&paths.journal, &fingerprint, config.fresh)?;
+    let pending: Vec<Sample> = samples
+        .iter()
+        .filter(|s| entries.get(&s.image).is_none_or(|e| e.answer.is_none()))
+        .cloned()
+        .collect();
+    let n_resumed = samples.len() - pending.len();
+    if n_resumed > 0 {
+        eprintln!(
+            "{subset}: {n_resumed} of {} samples already answered in {}, {} to go",
+            samples.len(),
+            paths.journal.display(),
+            pending.len()
+        );
+    }
+
+    let progress = indicatif::ProgressBar::new(pending.len() as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} samples, {msg}, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    progress.set_prefix(subset.name());
+
+    let spec = engine.manifest.preprocess.clone();
+    let generate_config = GenerateConfig {
+        max_new_tokens: config.max_new_tokens,
+        eos_id: engine.manifest.tokenizer.eos_id,
+        image_token_id: engine.manifest.tokenizer.image_token_id,
+    };
+    let mut stage = StageTimings {
+        session_load_s,
+        ..StageTimings::default()
+    };
+    let mut gen_timings = Timings::default();
+    let mut errors: Vec<SampleError> = Vec::new();
+    let ort_before = engine.ort_seconds;
+    let mut n_generated = 0;
+
+    // Preprocessing one batch ahead of the engine, on rayon threads.
+    let (tx, rx) = mpsc::sync_channel::<Prepared>(1);
+    let images_root = config.images.clone();
+    let batches: Vec<Vec<Sample>> = pending
+        .chunks(config.batch_size)
+        .map(|c| c.to_vec())
+        .collect();
+    let producer = std::thread::spawn(move || {
+        for batch in batches {
+            let t = Instant::now();
+            let files: Vec<PathBuf> = batch.iter().map(|s| images_root.join(&s.image)).collect();
+            let pixels = crate::preprocess::pixel_values_batch(&files, &spec)
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect();
+            let prepared = Prepared {
+                samples: batch,
+                pixels,
+                seconds: t.elapsed().as_secs_f64(),
+            };
+            if tx.send(prepared).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut tokens_done = 0usize;
+    let decode_clock = Instant::now();
+    loop {
+        let wait = Instant::now();
+        let Ok(prepared) = rx.recv() else { break };
+        stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
+        stage.preprocess_s += prepared.seconds;
+
+        let mut good: Vec<(Sample, Vec<f32>)> = Vec::new();
+        for (sample, pixels) in prepared.samples.into_iter().zip(prepared.pixels) {
+            match pixels {
+                Ok(p) => good.push((sample, p)),
+                Err(error) => {
+                    record_error(
+                        &mut journal,
+                        &mut entries,
+                        &mut errors,
+                        &progress,
+                        &sample.image,
+                        error,
+                    )?;
+                }
+            }
+        }
+        if good.is_empty() {
+            continue;
+        }
+        match answer_batch(
+            engine,
+            tokenizer,
+            &good,
+            &generate_config,
+            &mut stage,
+            &mut |n| {
+                tokens_done += n;
+                let secs = decode_clock.elapsed().as_secs_f64().max(1e-9);
+                progress.set_message(format!("{:.1} tok/s", tokens_done as f64 / secs));
+            },
+        ) {
+            Ok((answers, timings)) => {
+                gen_timings.add(&timings);
+                for entry in answers {
+                    journal.append(&entry)?;
+                    entries.insert(entry.image.clone(), entry);
+                    n_generated += 1;
+                    progress.inc(1);
+                }
+            }
+            Err(error) => {
+                for (sample, _) in &good {
+                    record_error(
+                        &mut journal,
+                        &mut entries,
+                        &mut errors,
+                        &progress,
+                        &sample.image,
+                        error.clone(),
+                    )?;
+                }
+            }
+        }
+    }
+    let _ = producer.join();
+    progress.finish_and_clear();
+
+    let n_answered = crate::results::write_answers(&paths.answers, &samples, &entries)?;
+    // Errors recorded by earlier invocations that were not answered since still count.
+    for sample in &samples {
+        if let Some(entry) = entries.get(&sample.image) {
+            if entry.answer.is_none() && !errors.iter().any(|e| e.image == sample.image) {
+                errors.push(SampleError {
+                    image: sample.image.clone(),
+                    error: entry.error.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+
+    stage.embed_s = gen_timings.embed_s;
+    stage.prefill_s = gen_timings.prefill_s;
+    stage.decode_s = gen_timings.decode_s;
+    stage.new_tokens = gen_timings.new_tokens;
+    stage.prompt_tokens = gen_timings.prompt_tokens;
+    let gen_s = gen_timings.prefill_s + gen_timings.decode_s;
+    stage.tokens_per_s = if gen_s > 0.0 {
+        gen_timings.new_tokens as f64 / gen_s
+    } else {
+        0.0
+    };
+    stage.ort_s = engine.ort_seconds - ort_before;
+    // The loop's own cost: generation wall time not spent inside backend calls.
+    let loop_s = gen_timings.loop_s - gen_timings.backend_s - gen_timings.embed_s;
+    stage.loop_overhead_pct = if gen_s > 0.0 {
+        100.0 * loop_s.max(0.0) / gen_s
+    } else {
+        0.0
+    };
+    stage.total_s = started.elapsed().as_secs_f64();
+
+    let answered: Vec<&str> = samples
+        .iter()
+        .filter_map(|s| entries.get(&s.image).and_then(|e| e.answer.as_deref()))
+        .collect();
+    let asr = subset.reports_asr().then(|| {
+        let keywords = crate::score::reference_keywords();
+        let successes = answered
+            .iter()
+            .filter(|a| crate::score::check_success_attack(a, &keywords))
+            .count();
+        println!(
+            "{}",
+            crate::score::asr_line(
+                subset.name(),
+                &config.engine_name,
+                successes,
+                answered.len()
+            )
+        );
+        println!("({successes}/{} attacks succeeded)", answered.len());
+        AsrSummary {
+            successes,
+            n: answered.len(),
+            asr: round2(successes as f64 / answered.len().max(1) as f64 * 100.0),
+        }
+    });
+    for e in &errors {
+        eprintln!("{subset}: sample {} failed: {}", e.image, e.error);
+    }
+    eprintln!(
+        "{subset}: {n_answered}/{} answered ({n_generated} generated now, {n_resumed} resumed, {} errors) -> {}",
+        samples.len(),
+        errors.len(),
+        paths.answers.display()
+    );
+
+    let manifest = RunManifest {
+        tool: "vlguard-ort".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        engine: config.engine_name.clone(),
+        subset: subset.name().into(),
+        model_dir: config.engine.model_dir.display().to_string(),
+        model_manifest_sha256: engine.manifest_sha256.clone(),
+        dtype: engine.manifest.dtype.as_str().into(),
+        ort_library: engine.ort_lib.display().to_string(),
+        execution_providers: engine.providers.clone(),
+        dataset: config.meta.display().to_string(),
+        dataset_sha256: dataset.sha256.clone(),
+        images: config.images.display().to_string(),
+        batch_size: config.batch_size,
+        max_new_tokens: config.max_new_tokens,
+        limit: config.limit,
+        started_at,
+        finished_at: crate::util::utc_now_rfc3339(),
+        n_samples: samples.len(),
+        n_answered,
+        n_resumed,
+        n_generated,
+        n_errors: errors.len(),
+        errors: errors.clone(),
+        timings: stage,
+        peak_rss_mb: peak_rss_mb(),
+        asr,
+    };
+    crate::results::write_json(&paths.manifest, &manifest)?;
+    Ok((errors.len(), paths.manifest))
+}
+
+fn record_error(
+    journal: &mut Journal,
+    entries: &mut HashMap<String, JournalEntry>,
+    errors: &mut Vec<SampleError>,
+    progress: &indicatif::ProgressBar,
+    image: &str,
+    error: String,
+) -> Result<(), Error> {
+    let entry = JournalEntry {
+        image: image.to_string(),
+        answer: None,
+        error: Some(error.clone()),
+        new_tokens: 0,
+        ended_with_eos: false,
+        min_margin: None,
+    };
+    journal.append(&entry)?;
+    entries.insert(image.to_string(), entry);
+    errors.push(SampleError {
+        image: image.to_string(),
+        error,
+    });
+    progress.inc(1);
+    Ok(())
+}
+
+/// Vision + projector for the batch's images, then batched generation and detokenizing.
+fn answer_batch(
+    engine: &mut OrtEngine,
+    tokenizer: &PromptTokenizer,
+    batch: &[(Sample, Vec<f32>)],
+    config: &GenerateConfig,
+    stage: &mut StageTimings,
+    on_token: &mut dyn FnMut(usize),
+) -> Result<(Vec<JournalEntry>, Timings), String> {
+    let t = Instant::now();
+    let pixels: Vec<f32> = batch.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    let image_embeds = engine
+        .encode_images(&pixels, batch.len())
+        .map_err(|e| e.to_string())?;
+    stage.vision_s += t.elapsed().as_secs_f64();
+    let per_image = image_embeds.len() / batch.len();
+    let mut prompts = Vec::with_capacity(batch.len());
+    for (i, (sample, _)) in batch.iter().enumerate() {
+        let ids = tokenizer
+            .input_ids(&sample.question)
+            .map_err(|e| format!("tokenizing the question of {}: {e}", sample.image))?;
+        prompts.push(Prompt {
+            ids,
+            image_embeds: image_embeds[i * per_image..(i + 1) * per_image].to_vec(),
+        });
+    }
+    let (generations, timings) =
+        generate_batch(engine, &prompts, config, on_token).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let entries = batch
+        .iter()
+        .zip(generations)
+        .map(|((sample, _), generation)| JournalEntry {
+            image: sample.image.clone(),
+            answer: Some(tokenizer.decode(&generation.tokens)),
+            error: None,
+            new_tokens: generation.tokens.len(),
+            ended_with_eos: generation.ended_with_eos,
+            min_margin: generation
+                .min_margin
+                .is_finite()
+                .then_some(generation.min_margin),
+        })
+        .collect();
+    stage.detokenize_s += t.elapsed().as_secs_f64();
+    Ok((entries, timings))
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

@@ -44,5 +44,8 @@ pub fn check_success_attack(pred: &str, keywords: &[String]) -> bool {
 
 pub fn asr_line(subset: &str, engine: &str, successes: usize, n: usize) -> String {
     let asr = (successes as f64 / n.max(1) as f64 * 100.0 * 100.0).round() / 100.0;
-    format!("{subset} ASR of {engine}:  {}", crate::util::python_float_repr(asr))
+    format!(
+        "{subset} ASR of {engine}:  {}",
+        crate::util::python_float_repr(asr)
+    )
 }

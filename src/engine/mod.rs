@@ -60,7 +60,9 @@ pub enum Error {
     },
     #[error("graph {graph} does not match manifest.json: {message}")]
     Contract { graph: String, message: String },
-    #[error("execution provider {ep} was requested but could not be used for graph {graph}: {message}")]
+    #[error(
+        "execution provider {ep} was requested but could not be used for graph {graph}: {message}"
+    )]
     Provider {
         ep: &'static str,
         graph: String,
@@ -110,7 +112,10 @@ impl OrtEngine {
                 .iter()
                 .find_map(|input| match input.dtype() {
                     ValueType::Tensor { ty, .. }
-                        if matches!(ty, TensorElementType::Float32 | TensorElementType::Float16) =>
+                        if matches!(
+                            ty,
+                            TensorElementType::Float32 | TensorElementType::Float16
+                        ) =>
                     {
                         Some(*ty)
                     }
@@ -142,23 +147,37 @@ impl OrtEngine {
     }
 
     /// `pixel_values [B,3,S,S]` -> projected image embeddings `[B,N,H]`.
-    pub fn encode_images(&mut self, pixel_values: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
+    pub fn encode_images(
+        &mut self,
+        pixel_values: &[f32],
+        batch: usize,
+    ) -> Result<Vec<f32>, BackendError> {
         let s = self.manifest.vision.image_size;
         let pixels = float_tensor(pixel_values, vec![batch, 3, s, s], self.vision.float_type)?;
         let t = Instant::now();
         let mut out = self
             .vision
             .session
-            .run(vec![(self.manifest.graphs.vision.inputs[0].as_str(), SessionInputValue::from(pixels))])
+            .run(vec![(
+                self.manifest.graphs.vision.inputs[0].as_str(),
+                SessionInputValue::from(pixels),
+            )])
             .map_err(|e| BackendError(format!("vision graph: {e}")))?;
         let features = take(&mut out, &self.manifest.graphs.vision.outputs[0], "vision")?;
         drop(out);
         let mut out = self
             .projector
             .session
-            .run(vec![(self.manifest.graphs.projector.inputs[0].as_str(), SessionInputValue::from(features))])
+            .run(vec![(
+                self.manifest.graphs.projector.inputs[0].as_str(),
+                SessionInputValue::from(features),
+            )])
             .map_err(|e| BackendError(format!("projector graph: {e}")))?;
-        let embeds = take(&mut out, &self.manifest.graphs.projector.outputs[0], "projector")?;
+        let embeds = take(
+            &mut out,
+            &self.manifest.graphs.projector.outputs[0],
+            "projector",
+        )?;
         self.ort_seconds += t.elapsed().as_secs_f64();
         to_f32(&embeds, "projector output")
     }
@@ -166,7 +185,13 @@ impl OrtEngine {
     fn empty_cache(&self, batch: usize) -> Result<Vec<DynValue>, BackendError> {
         let d = &self.manifest.decoder;
         (0..2 * d.num_layers)
-            .map(|_| float_tensor(&[], vec![batch, d.num_kv_heads, 0, d.head_dim], self.decoder.float_type))
+            .map(|_| {
+                float_tensor(
+                    &[],
+                    vec![batch, d.num_kv_heads, 0, d.head_dim],
+                    self.decoder.float_type,
+                )
+            })
             .collect()
     }
 }
@@ -184,7 +209,10 @@ impl Backend for OrtEngine {
         let mut out = self
             .embed
             .session
-            .run(vec![(self.manifest.graphs.embed.inputs[0].as_str(), SessionInputValue::from(input))])
+            .run(vec![(
+                self.manifest.graphs.embed.inputs[0].as_str(),
+                SessionInputValue::from(input),
+            )])
             .map_err(|e| BackendError(format!("embed graph: {e}")))?;
         let value = take(&mut out, &self.manifest.graphs.embed.outputs[0], "embed")?;
         self.ort_seconds += t.elapsed().as_secs_f64();
@@ -212,7 +240,11 @@ impl Backend for OrtEngine {
         }
         let total = attention_mask.len() / batch.max(1);
         let names = &self.manifest.graphs.decoder;
-        let embeds = float_tensor(embeds, vec![batch, new_len, hidden], self.decoder.float_type)?;
+        let embeds = float_tensor(
+            embeds,
+            vec![batch, new_len, hidden],
+            self.decoder.float_type,
+        )?;
         let mask = Tensor::from_array((vec![batch, total], attention_mask.to_vec()))
             .map_err(|e| BackendError(format!("attention_mask: {e}")))?;
         let positions = Tensor::from_array((vec![batch, new_len], position_ids.to_vec()))
@@ -318,7 +350,9 @@ fn try_session(
 ) -> Result<Session, String> {
     let mut builder = Session::builder(env).map_err(|e| e.to_string())?;
     if let Some(threads) = options.threads {
-        builder = builder.with_intra_threads(threads).map_err(|e| e.to_string())?;
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| e.to_string())?;
     }
     let dispatch = match ep {
         CUDA_EP => Some(
@@ -354,7 +388,10 @@ fn try_session(
 fn check_contract(graph: &str, session: &Session, spec: &GraphSpec) -> Result<(), Error> {
     let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
     let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-    for (kind, want, have) in [("input", &spec.inputs, &inputs), ("output", &spec.outputs, &outputs)] {
+    for (kind, want, have) in [
+        ("input", &spec.inputs, &inputs),
+        ("output", &spec.outputs, &outputs),
+    ] {
         for name in want {
             if !have.contains(&name.as_str()) {
                 return Err(Error::Contract {
@@ -367,7 +404,9 @@ fn check_contract(graph: &str, session: &Session, spec: &GraphSpec) -> Result<()
             if !want.iter().any(|w| w == name) {
                 return Err(Error::Contract {
                     graph: graph.into(),
-                    message: format!("the graph has {kind} `{name}` that the manifest does not list"),
+                    message: format!(
+                        "the graph has {kind} `{name}` that the manifest does not list"
+                    ),
                 });
             }
         }
@@ -385,12 +424,17 @@ fn take(
 }
 
 /// A float tensor of the graph's float type from host f32 values.
-fn float_tensor(values: &[f32], shape: Vec<usize>, ty: TensorElementType) -> Result<DynValue, BackendError> {
+fn float_tensor(
+    values: &[f32],
+    shape: Vec<usize>,
+    ty: TensorElementType,
+) -> Result<DynValue, BackendError> {
     let result = match ty {
-        TensorElementType::Float16 => {
-            Tensor::from_array((shape, values.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()))
-                .map(|t| t.into_dyn())
-        }
+        TensorElementType::Float16 => Tensor::from_array((
+            shape,
+            values.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(),
+        ))
+        .map(|t| t.into_dyn()),
         _ => Tensor::from_array((shape, values.to_vec())).map(|t| t.into_dyn()),
     };
     result.map_err(|e| BackendError(format!("cannot build a tensor: {e}")))
@@ -403,7 +447,9 @@ fn to_f32(value: &DynValue, what: &str) -> Result<Vec<f32>, BackendError> {
     if let Ok((_, data)) = value.try_extract_tensor::<f16>() {
         return Ok(data.iter().map(|v| v.to_f32()).collect());
     }
-    Err(BackendError(format!("{what} is neither float32 nor float16")))
+    Err(BackendError(format!(
+        "{what} is neither float32 nor float16"
+    )))
 }
 
 /// Copies the given batch rows of a `[B, ...]` float tensor.
@@ -426,7 +472,9 @@ fn select_rows(value: &DynValue, rows: &[usize]) -> Result<DynValue, BackendErro
         let (shape, data) = gather(shape, data, rows);
         Tensor::from_array((shape, data)).map(|t| t.into_dyn())
     } else {
-        return Err(BackendError("cache tensor is neither float32 nor float16".into()));
+        return Err(BackendError(
+            "cache tensor is neither float32 nor float16".into(),
+        ));
     };
     built.map_err(|e| BackendError(format!("cannot rebuild the cache: {e}")))
 }

@@ -1,0 +1,224 @@
+//! End-to-end: the built binary exports the bundled demo model and runs the evaluation
+//! on the bundled mini test set, on the CPU, in temp folders.
+//!
+//! Expected files: tests/fixtures/golden-dev/{subset}.json are the answers the ORIGINAL
+//! reference pipeline (VLGuard_eval.py code path, transformers 4.37.2, fp32 CPU) wrote
+//! for this model and these images (copied from the golden bundle `dev`).
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+fn golden(subset: &str) -> String {
+    std::fs::read_to_string(repo().join(format!("tests/fixtures/golden-dev/{subset}.json")))
+        .unwrap()
+}
+
+#[test]
+fn all_subsets_are_byte_identical_to_the_reference() {
+    let out = tempfile::tempdir().unwrap();
+    let output = run_ok(run_cmd(out.path(), "all").args(["--batch-size", "1"]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
+        let ours = std::fs::read_to_string(out.path().join(subset).join("demo.json")).unwrap();
+        assert!(
+            ours == golden(subset),
+            "{subset}: answers differ from the reference"
+        );
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join(subset).join("demo.run.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest["n_errors"], 0);
+        assert_eq!(
+            manifest["execution_providers"]["decoder"],
+            "CPUExecutionProvider"
+        );
+    }
+    assert!(stdout.contains("unsafes ASR of demo:  "), "{stdout}");
+    assert!(stdout.contains("safe_unsafes ASR of demo:  "), "{stdout}");
+}
+
+#[test]
+fn batch_of_four_gives_the_same_files() {
+    let out = tempfile::tempdir().unwrap();
+    run_ok(run_cmd(out.path(), "all").args(["--batch-size", "4"]));
+    for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
+        let ours = std::fs::read_to_string(out.path().join(subset).join("demo.json")).unwrap();
+        assert!(
+            ours == golden(subset),
+            "{subset}: batch 4 answers differ from the reference"
+        );
+    }
+}
+
+#[test]
+fn killed_run_resumes_without_regenerating() {
+    let out = tempfile::tempdir().unwrap();
+    let journal = out.path().join("safe_safes/demo.journal.jsonl");
+    let mut child = run_cmd(out.path(), "safe_safes")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill -9 once a few samples are journaled (header + 3 lines).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let lines = std::fs::read_to_string(&journal)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if lines >= 4 || std::time::Instant::now() > deadline {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before: Vec<String> = std::fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| l.ends_with('}'))
+        .map(String::from)
+        .collect();
+    assert!(
+        !before.is_empty(),
+        "the journal should hold finished samples before the kill"
+    );
+
+    let output = run_ok(&mut run_cmd(out.path(), "safe_safes"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("safe_safes/demo.run.json")).unwrap(),
+    )
+    .unwrap();
+    let resumed = manifest["n_resumed"].as_u64().unwrap() as usize;
+    let generated = manifest["n_generated"].as_u64().unwrap() as usize;
+    assert!(
+        resumed >= before.len().min(10),
+        "resumed {resumed}, journal had {}: {stderr}",
+        before.len()
+    );
+    assert_eq!(resumed + generated, 10);
+    // Earlier lines are untouched: the rerun only appended.
+    let after = std::fs::read_to_string(&journal).unwrap();
+    for line in &before {
+        assert!(after.contains(line.as_str()));
+    }
+    let ours = std::fs::read_to_string(out.path().join("safe_safes/demo.json")).unwrap();
+    assert!(
+        ours == golden("safe_safes"),
+        "resumed answers differ from an uninterrupted run"
+    );
+
+    // A rerun with nothing left generates nothing.
+    run_ok(&mut run_cmd(out.path(), "safe_safes"));
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("safe_safes/demo.run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["n_generated"], 0);
+    assert_eq!(manifest["n_resumed"], 10);
+}
+
+#[test]
+fn a_bad_image_is_recorded_and_the_rest_completes() {
+    let out = tempfile::tempdir().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    copy_dir(&mini_images(), images.path());
+    // One truncated JPEG, one missing file.
+    let victim = images.path().join("harm-p/astronaut_q90_18.jpg");
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::remove_file(images.path().join("hatefulMemes/rocket_orig_19.jpg")).unwrap();
+    let output = bin()
+        .arg("run")
+        .arg("--model")
+        .arg(demo_model())
+        .args([
+            "--subset",
+            "unsafes",
+            "--ep",
+            "cpu",
+            "--engine",
+            "demo",
+            "--max-new-tokens",
+            "8",
+        ])
+        .arg("--meta")
+        .arg(mini_meta())
+        .arg("--images")
+        .arg(images.path())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a failed sample must make the exit code 1"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("rocket_orig_19.jpg"), "{stderr}");
+    let answers: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("unsafes/demo.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(answers.len(), 8, "the 8 good samples are answered");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("unsafes/demo.run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["n_errors"], 2);
+    let errors = manifest["errors"].to_string();
+    assert!(
+        errors.contains("astronaut_q90_18.jpg") && errors.contains("rocket_orig_19.jpg"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn a_missing_model_or_dataset_is_a_clear_error() {
+    let out = tempfile::tempdir().unwrap();
+    let output = bin()
+        .args(["run", "--subset", "unsafes", "--model"])
+        .arg(out.path().join("nope"))
+        .arg("--images")
+        .arg(mini_images())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nope") && stderr.contains("manifest.json"),
+        "{stderr}"
+    );
+
+    let output = run_cmd(out.path(), "unsafes")
+        .arg("--meta")
+        .arg(out.path().join("missing.json"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("missing.json"), "{stderr}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
