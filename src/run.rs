@@ -32,9 +32,9 @@ pub enum SubsetArg {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Model directory written by `export`.
+    /// Model directory written by `export` (not needed with --merge).
     #[arg(long, env = "VLGUARD_MODEL")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Which questions to ask: unsafes (442), safe_unsafes (558), safe_safes (558) or all.
     #[arg(long, value_enum)]
     pub subset: SubsetArg,
@@ -68,6 +68,14 @@ pub struct RunArgs {
     /// Start over: ignore (and move aside) an existing journal.
     #[arg(long)]
     pub fresh: bool,
+    /// Run only part K of N of each subset (contiguous ranges), e.g. one process per GPU:
+    /// files are named {engine}.shard-K-of-N; join them with --merge.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Join the shard files of --engine into OUT/{subset}/{engine}.json, refusing
+    /// overlaps and gaps; runs no model.
+    #[arg(long)]
+    pub merge: bool,
     /// ONNX Runtime intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -86,6 +94,14 @@ pub enum Error {
     Images(PathBuf),
     #[error("model directory {0} has no manifest.json (export one with `vlguard-ort export`)")]
     Model(PathBuf),
+    #[error("--model is required (unless --merge)")]
+    NoModel,
+    #[error("--merge needs --engine (the name the shards were written under)")]
+    MergeEngine,
+    #[error("--shard must look like K/N with 1 <= K <= N, got `{0}`")]
+    Shard(String),
+    #[error("cannot merge {subset}: {message}")]
+    Merge { subset: Subset, message: String },
     #[error(transparent)]
     Dataset(#[from] crate::dataset::Error),
     #[error(transparent)]
@@ -109,6 +125,31 @@ pub struct RunConfig {
     pub max_new_tokens: usize,
     pub limit: Option<usize>,
     pub fresh: bool,
+    /// (K, N), 1-based.
+    pub shard: Option<(usize, usize)>,
+}
+
+/// Parses `K/N`.
+pub fn parse_shard(text: &str) -> Result<(usize, usize), Error> {
+    let bad = || Error::Shard(text.to_string());
+    let (k, n) = text.split_once('/').ok_or_else(bad)?;
+    let k: usize = k.trim().parse().map_err(|_| bad())?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    if k == 0 || n == 0 || k > n {
+        return Err(bad());
+    }
+    Ok((k, n))
+}
+
+/// The contiguous range of `len` samples that shard K of N takes (sizes differ by <= 1).
+pub fn shard_range(len: usize, k: usize, n: usize) -> std::ops::Range<usize> {
+    let start = (k - 1) * len / n;
+    let end = k * len / n;
+    start..end
+}
+
+fn shard_engine_name(engine: &str, k: usize, n: usize) -> String {
+    format!("{engine}.shard-{k}-of-{n}")
 }
 
 impl RunConfig {
@@ -119,16 +160,17 @@ impl RunConfig {
         if args.max_new_tokens == 0 {
             return Err(Error::MaxTokens);
         }
-        if !args
-            .model
+        let model = args.model.clone().ok_or(Error::NoModel)?;
+        if !model
             .join(vlguard_export::manifest::MANIFEST_FILE)
             .is_file()
         {
-            return Err(Error::Model(args.model.clone()));
+            return Err(Error::Model(model));
         }
         if !args.images.is_dir() {
             return Err(Error::Images(args.images.clone()));
         }
+        let shard = args.shard.as_deref().map(parse_shard).transpose()?;
         let subsets = match args.subset {
             SubsetArg::Unsafes => vec![Subset::Unsafes],
             SubsetArg::SafeUnsafes => vec![Subset::SafeUnsafes],
@@ -136,8 +178,8 @@ impl RunConfig {
             SubsetArg::All => Subset::ALL.to_vec(),
         };
         let engine_name = args.engine.clone().unwrap_or_else(|| {
-            std::fs::canonicalize(&args.model)
-                .unwrap_or_else(|_| args.model.clone())
+            std::fs::canonicalize(&model)
+                .unwrap_or_else(|_| model.clone())
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "model".into())
@@ -149,17 +191,18 @@ impl RunConfig {
             out: args.out.clone(),
             engine_name,
             engine: EngineOptions {
-                model_dir: args.model.clone(),
+                trt_cache: Some(model.join("trt-cache")),
+                model_dir: model,
                 ort_lib: args.ort_lib.clone(),
                 ep: args.ep,
                 device_id: args.device_id,
                 threads: args.threads,
-                trt_cache: Some(args.model.join("trt-cache")),
             },
             batch_size: args.batch_size,
             max_new_tokens: args.max_new_tokens,
             limit: args.limit,
             fresh: args.fresh,
+            shard,
         })
     }
 }
@@ -233,6 +276,9 @@ pub struct StageTimings {
 }
 
 pub fn command(args: &RunArgs) -> Result<ExitCode, Error> {
+    if args.merge {
+        return merge_command(args);
+    }
     let config = RunConfig::from_args(args)?;
     let outcome = run(&config)?;
     Ok(if outcome.errors > 0 {
@@ -310,7 +356,14 @@ fn run_subset(
     if let Some(limit) = config.limit {
         samples.truncate(limit);
     }
-    let paths = Paths::new(&config.out, subset.name(), &config.engine_name);
+    let file_engine = match config.shard {
+        Some((k, n)) => {
+            samples = samples[shard_range(samples.len(), k, n)].to_vec();
+            shard_engine_name(&config.engine_name, k, n)
+        }
+        None => config.engine_name.clone(),
+    };
+    let paths = Paths::new(&config.out, subset.name(), &file_engine);
     let fingerprint = Fingerprint {
         model_manifest_sha256: engine.manifest_sha256.clone(),
         subset: subset.name().into(),
@@ -522,7 +575,7 @@ fn run_subset(
     let manifest = RunManifest {
         tool: "vlguard-ort".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        engine: config.engine_name.clone(),
+        engine: file_engine.clone(),
         subset: subset.name().into(),
         model_dir: config.engine.model_dir.display().to_string(),
         model_manifest_sha256: engine.manifest_sha256.clone(),
@@ -635,4 +688,183 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// `run --merge`: joins `{engine}.shard-K-of-N.json` files of each subset into the
+/// reference-format `{engine}.json`. Every sample of the subset (after --limit) must be
+/// answered by exactly one shard.
+fn merge_command(args: &RunArgs) -> Result<ExitCode, Error> {
+    let engine = args.engine.clone().ok_or(Error::MergeEngine)?;
+    let dataset = Dataset::load(&args.meta)?;
+    let subsets = match args.subset {
+        SubsetArg::Unsafes => vec![Subset::Unsafes],
+        SubsetArg::SafeUnsafes => vec![Subset::SafeUnsafes],
+        SubsetArg::SafeSafes => vec![Subset::SafeSafes],
+        SubsetArg::All => Subset::ALL.to_vec(),
+    };
+    for subset in subsets {
+        let mut samples = dataset.samples(subset)?;
+        if let Some(limit) = args.limit {
+            samples.truncate(limit);
+        }
+        let merged = merge_shards(&args.out, subset, &engine, &samples)?;
+        let path = Paths::new(&args.out, subset.name(), &engine).answers;
+        let text = crate::util::python_json_dumps(&serde_json::Value::Object(merged), 4);
+        crate::util::write_atomic(&path, text.as_bytes()).map_err(|source| {
+            crate::results::Error::Io {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        eprintln!(
+            "{subset}: merged {} answers -> {}",
+            samples.len(),
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the shard files of one subset and returns `{image: answer}` in subset order.
+pub fn merge_shards(
+    out: &std::path::Path,
+    subset: Subset,
+    engine: &str,
+    samples: &[Sample],
+) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    let fail = |message: String| Error::Merge { subset, message };
+    let dir = out.join(subset.name());
+    let prefix = format!("{engine}.shard-");
+    let mut shards: Vec<(usize, usize, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))? {
+        let name = entry.map_err(|e| fail(e.to_string()))?.file_name();
+        let name = name.to_string_lossy();
+        let Some(rest) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let Some((k, n)) = rest.split_once("-of-") else {
+            continue;
+        };
+        if let (Ok(k), Ok(n)) = (k.parse::<usize>(), n.parse::<usize>()) {
+            shards.push((k, n, dir.join(name.as_ref())));
+        }
+    }
+    shards.sort();
+    let Some(&(_, n, _)) = shards.first() else {
+        return Err(fail(format!(
+            "no {prefix}K-of-N.json files in {}",
+            dir.display()
+        )));
+    };
+    if shards.iter().any(|s| s.1 != n) {
+        return Err(fail("shard files disagree on N".into()));
+    }
+    let found: Vec<usize> = shards.iter().map(|s| s.0).collect();
+    let missing: Vec<usize> = (1..=n).filter(|k| !found.contains(k)).collect();
+    if !missing.is_empty() {
+        return Err(fail(format!("shards {missing:?} of {n} are missing")));
+    }
+    let mut answers: HashMap<String, (usize, serde_json::Value)> = HashMap::new();
+    let mut overlaps = Vec::new();
+    for (k, _, path) in &shards {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        for (image, answer) in map {
+            if let Some((other, _)) = answers.get(&image) {
+                overlaps.push(format!("{image} (shards {other} and {k})"));
+            } else {
+                answers.insert(image, (*k, answer));
+            }
+        }
+    }
+    if !overlaps.is_empty() {
+        return Err(fail(format!("answered twice: {}", overlaps.join(", "))));
+    }
+    let mut merged = serde_json::Map::new();
+    let mut gaps = Vec::new();
+    for sample in samples {
+        match answers.remove(&sample.image) {
+            Some((_, answer)) => {
+                merged.insert(sample.image.clone(), answer);
+            }
+            None => gaps.push(sample.image.clone()),
+        }
+    }
+    if !gaps.is_empty() {
+        return Err(fail(format!(
+            "{} samples have no answer: {}",
+            gaps.len(),
+            gaps.join(", ")
+        )));
+    }
+    if !answers.is_empty() {
+        let mut extra: Vec<String> = answers.into_keys().collect();
+        extra.sort();
+        return Err(fail(format!(
+            "answers for images not in the subset: {}",
+            extra.join(", ")
+        )));
+    }
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_sample_once() {
+        for len in [0, 1, 7, 442, 558] {
+            for n in 1..=8 {
+                let ranges: Vec<_> = (1..=n).map(|k| shard_range(len, k, n)).collect();
+                assert_eq!(ranges[0].start, 0);
+                assert_eq!(ranges[n - 1].end, len);
+                for w in ranges.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+            }
+        }
+        assert_eq!(parse_shard("2/4").unwrap(), (2, 4));
+        assert!(
+            parse_shard("0/4").is_err() && parse_shard("5/4").is_err() && parse_shard("x").is_err()
+        );
+    }
+
+    #[test]
+    fn merge_refuses_gaps_and_overlaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("unsafes");
+        std::fs::create_dir_all(&sub).unwrap();
+        let sample = |image: &str| Sample {
+            image: image.into(),
+            question: "q".into(),
+            id: "i".into(),
+            harmful_category: None,
+            harmful_subcategory: None,
+        };
+        let samples = vec![sample("a"), sample("b"), sample("c")];
+        std::fs::write(sub.join("e.shard-1-of-2.json"), r#"{"a": "1", "b": "2"}"#).unwrap();
+        let err = merge_shards(dir.path(), Subset::Unsafes, "e", &samples)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shards [2] of 2 are missing"), "{err}");
+        std::fs::write(sub.join("e.shard-2-of-2.json"), r#"{"b": "x"}"#).unwrap();
+        let err = merge_shards(dir.path(), Subset::Unsafes, "e", &samples)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("answered twice: b (shards 1 and 2)"), "{err}");
+        std::fs::write(sub.join("e.shard-2-of-2.json"), r#"{}"#).unwrap();
+        let err = merge_shards(dir.path(), Subset::Unsafes, "e", &samples)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 samples have no answer: c"), "{err}");
+        std::fs::write(sub.join("e.shard-2-of-2.json"), r#"{"c": "3"}"#).unwrap();
+        let merged = merge_shards(dir.path(), Subset::Unsafes, "e", &samples).unwrap();
+        assert_eq!(merged.keys().collect::<Vec<_>>(), vec!["a", "b", "c"]);
+    }
 }

@@ -200,9 +200,15 @@ fn a_missing_model_or_dataset_is_a_clear_error() {
         "{stderr}"
     );
 
-    let output = run_cmd(out.path(), "unsafes")
+    let output = bin()
+        .arg("run")
+        .arg("--model")
+        .arg(demo_model())
+        .args(["--subset", "unsafes", "--ep", "cpu"])
         .arg("--meta")
         .arg(out.path().join("missing.json"))
+        .arg("--images")
+        .arg(mini_images())
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
