@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# CPU benchmark (numbers for the README; not a test). Needs jq.
+#   scripts/bench.sh [--threads N]
+# 1. demo model (tiny, fp32) on the mini test set: all subsets, batch 1 and 4
+# 2. bench-100m (random weights, fp32 and fp16): unsafes, 8 samples x 64 tokens, batch 1 and 4
+# Prints per-stage seconds, tokens/s and the decoding loop's own overhead from each run
+# manifest; preprocessing vs Hugging Face: scripts/bench_preprocess.py.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+command -v jq >/dev/null || { echo "bench.sh needs jq (apt-get install jq)" >&2; exit 1; }
+SETUP_SKIP_BUILD=1 scripts/setup.sh >/dev/null
+cargo build --release --locked -q
+bin="$root/target/release/vlguard-ort"
+work="${BENCH_DIR:-$root/target/bench}"
+mkdir -p "$work"
+threads=("$@")
+
+report() { # manifest label
+  jq -r --arg label "$2" '[$label, .subset, .batch_size, .n_generated, .timings.new_tokens,
+    (.timings.tokens_per_s*10|round/10), (.timings.preprocess_s*100|round/100),
+    (.timings.vision_s*100|round/100), (.timings.prefill_s*100|round/100),
+    (.timings.decode_s*100|round/100), (.timings.total_s*100|round/100),
+    (.timings.loop_overhead_pct*100|round/100), (.peak_rss_mb|round)] | @tsv' "$1"
+}
+echo -e "model\tsubset\tbatch\tsamples\tnew_tokens\ttok/s\tpreprocess_s\tvision_s\tprefill_s\tdecode_s\ttotal_s\tloop_overhead_%\tpeak_rss_mb"
+
+"$bin" export --checkpoint models/demo-src/llava-v1.5-tiny --vision-tower models/demo-src/clip-vit-tiny-patch14-336 \
+  --out "$work/demo" --dtype fp32 --force >/dev/null
+for bs in 1 4; do
+  "$bin" run --model "$work/demo" --subset all --meta data/mini/test.json --images data/mini/test \
+    --out "$work/results-demo-b$bs" --engine demo --ep cpu --batch-size "$bs" --fresh "${threads[@]}" >/dev/null 2>&1
+  for s in unsafes safe_unsafes safe_safes; do report "$work/results-demo-b$bs/$s/demo.run.json" "demo-fp32"; done
+done
+
+tok="$root/../shared/data/llama2-tokenizer/tokenizer.model"
+[ -f "$tok" ] || { echo "bench-100m needs $tok" >&2; exit 1; }
+ck="$work/bench-100m-src"
+mkdir -p "$ck/llava" "$ck/clip"
+cp models/bench-100m/config.json "$ck/llava/"
+cp models/bench-100m/clip/config.json "$ck/clip/"
+cp "$tok" "$ck/llava/tokenizer.model"
+for dtype in fp32 fp16; do
+  /usr/bin/time -f "%M" -o "$work/export-$dtype.rss" "$bin" export --checkpoint "$ck/llava" --vision-tower "$ck/clip" \
+    --out "$work/bench-100m-$dtype" --dtype "$dtype" --random-weights --force >/dev/null
+  for bs in 1 4; do
+    "$bin" run --model "$work/bench-100m-$dtype" --subset unsafes --limit 8 --max-new-tokens 64 \
+      --meta data/mini/test.json --images data/mini/test --out "$work/results-100m-$dtype-b$bs" \
+      --engine bench --ep cpu --batch-size "$bs" --fresh "${threads[@]}" >/dev/null 2>&1
+    report "$work/results-100m-$dtype-b$bs/unsafes/bench.run.json" "100m-$dtype"
+  done
+done
