@@ -354,6 +354,10 @@ fn try_session(
             .with_intra_threads(threads)
             .map_err(|e| e.to_string())?;
     }
+    if ep != CPU_EP {
+        let lib = ort_lib::locate(options.ort_lib.as_deref()).map_err(|e| e.to_string())?;
+        ort_lib::preload_cuda(&lib)?;
+    }
     let dispatch = match ep {
         CUDA_EP => Some(
             ort::ep::CUDA::default()

@@ -121,3 +121,42 @@ fn resolve_candidate(path: &Path) -> Option<PathBuf> {
     found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     found.into_iter().next()
 }
+
+/// Where the CUDA 13 and cuDNN 9 runtime libraries are: `VLGUARD_CUDA_LIB_DIR` /
+/// `VLGUARD_CUDNN_LIB_DIR`, else `.ort/gpu-site/nvidia/{cu13,cudnn}/lib` (filled by
+/// `scripts/setup.sh --gpu`) beside the library in use. `None` leaves the search to the
+/// system loader (LD_LIBRARY_PATH, ldconfig).
+pub fn cuda_lib_dirs(ort_lib: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
+    let site = ort_lib
+        .parent()
+        .and_then(Path::parent)
+        .map(|ort_dir| ort_dir.join("gpu-site/nvidia"));
+    let pick = |var: &str, sub: &str| -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return Some(PathBuf::from(dir));
+        }
+        site.as_ref().map(|s| s.join(sub)).filter(|d| d.is_dir())
+    };
+    (
+        pick("VLGUARD_CUDA_LIB_DIR", "cu13/lib"),
+        pick("VLGUARD_CUDNN_LIB_DIR", "cudnn/lib"),
+    )
+}
+
+static CUDA_PRELOADED: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Preloads the CUDA and cuDNN libraries once, so the CUDA provider finds them without
+/// LD_LIBRARY_PATH. An error names the missing library and the setup command.
+pub fn preload_cuda(ort_lib: &Path) -> Result<(), String> {
+    CUDA_PRELOADED
+        .get_or_init(|| {
+            let (cuda, cudnn) = cuda_lib_dirs(ort_lib);
+            if cuda.is_none() && cudnn.is_none() {
+                return Ok(());
+            }
+            ort::ep::cuda::preload_dylibs(cuda.as_deref(), cudnn.as_deref()).map_err(|e| {
+                format!("{e} (run `scripts/setup.sh --gpu`, or set VLGUARD_CUDA_LIB_DIR / VLGUARD_CUDNN_LIB_DIR)")
+            })
+        })
+        .clone()
+}
