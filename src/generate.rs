@@ -35,6 +35,12 @@ pub trait Backend {
     fn reset(&mut self);
     /// Keeps only these batch rows (ascending) of the cache.
     fn keep_rows(&mut self, rows: &[usize]) -> Result<(), BackendError>;
+    /// Whether dropping finished rows is cheap. A device-resident cache says no: its
+    /// finished rows ride along (their outputs ignored) until the batch ends, since a
+    /// decode step is bound by reading the weights, not by the batch size.
+    fn drops_rows(&self) -> bool {
+        true
+    }
 }
 
 /// An engine failure, with the graph or tensor it concerns in the message.
@@ -221,6 +227,8 @@ pub fn generate_batch(
             min_margin: f32::INFINITY,
         })
         .collect();
+    let drops = backend.drops_rows();
+    let mut done = vec![false; batch];
     let vocab = logits.len() / batch;
     if vocab == 0 || logits.len() != batch * vocab {
         return Err(Error::Logits {
@@ -238,7 +246,15 @@ pub fn generate_batch(
         }
         let mut next_ids = Vec::with_capacity(live.len());
         let mut keep = Vec::with_capacity(live.len());
+        let mut working = 0;
         for (row, &index) in live.iter().enumerate() {
+            if done[index] {
+                // A finished row kept in a device batch: feed it anything, ignore it.
+                keep.push(row);
+                next_ids.push(config.eos_id as i64);
+                continue;
+            }
+            working += 1;
             let row_logits = &mut logits[row * vocab..(row + 1) * vocab];
             if step == 0 {
                 // min_new_tokens=1: the reference sets the EOS logit to -inf at step 1.
@@ -253,13 +269,17 @@ pub fn generate_batch(
             timings.new_tokens += 1;
             if token as u32 == config.eos_id {
                 generation.ended_with_eos = true;
-            } else if step + 1 < config.max_new_tokens {
+                done[index] = true;
+            } else if step + 1 >= config.max_new_tokens {
+                done[index] = true;
+            }
+            if !done[index] || !drops {
                 keep.push(row);
                 next_ids.push(token as i64);
             }
         }
-        on_token(live.len());
-        if keep.is_empty() {
+        on_token(working);
+        if live.iter().all(|&index| done[index]) {
             break;
         }
         if keep.len() != live.len() {
@@ -450,6 +470,61 @@ mod tests {
         assert_eq!(gens[1].tokens, vec![4, 4, 4, 4]);
         let batches: Vec<usize> = backend.calls.iter().map(|c| c.0).collect();
         assert_eq!(batches, vec![2, 2, 1, 1]);
+    }
+
+    /// The same double, but keeping finished rows in the batch like a device cache.
+    struct Keeping(Scripted);
+
+    impl Backend for Keeping {
+        fn hidden_size(&self) -> usize {
+            self.0.hidden_size()
+        }
+        fn embed(&mut self, ids: &[i64], batch: usize) -> Result<Vec<f32>, BackendError> {
+            self.0.embed(ids, batch)
+        }
+        fn decode(
+            &mut self,
+            e: &[f32],
+            m: &[i64],
+            p: &[i64],
+            b: usize,
+            n: usize,
+        ) -> Result<Vec<f32>, BackendError> {
+            self.0.decode(e, m, p, b, n)
+        }
+        fn reset(&mut self) {
+            self.0.reset()
+        }
+        fn keep_rows(&mut self, _rows: &[usize]) -> Result<(), BackendError> {
+            panic!("a backend that does not drop rows must not be asked to")
+        }
+        fn drops_rows(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_backend_that_keeps_rows_gives_the_same_tokens() {
+        let script = vec![vec![5, 2], vec![4, 4, 4, 4], vec![3, 3, 2]];
+        let make = || Scripted {
+            hidden: 2,
+            vocab: 10,
+            script: script.clone(),
+            cache_rows: vec![],
+            steps: vec![],
+            calls: vec![],
+        };
+        let prompts = vec![prompt(0, 2), prompt(1, 2), prompt(2, 3)];
+        let (dropping, _) = generate_batch(&mut make(), &prompts, &config(4), &mut |_| {}).unwrap();
+        let mut keeping = Keeping(make());
+        let (kept, timings) =
+            generate_batch(&mut keeping, &prompts, &config(4), &mut |_| {}).unwrap();
+        assert_eq!(dropping, kept);
+        assert_eq!(timings.new_tokens, 2 + 4 + 3);
+        assert!(
+            keeping.0.calls.iter().all(|c| c.0 == 3),
+            "all rows stay in the batch"
+        );
     }
 
     #[test]

@@ -95,6 +95,36 @@ pub struct OrtEngine {
     cache_batch: usize,
     /// Seconds inside `Session::run`, for the loop-overhead figure.
     pub ort_seconds: f64,
+    /// Set when the decoder runs on a GPU: the cache then stays in device memory
+    /// between steps (IO binding) and only the logits come back to the host.
+    device: Option<DeviceMemory>,
+}
+
+/// Memory descriptions for IO binding: `present.*` into device memory, logits to host.
+struct DeviceMemory {
+    device: ort::memory::MemoryInfo<'static>,
+    host: ort::memory::MemoryInfo<'static>,
+}
+
+impl DeviceMemory {
+    fn cuda(device_id: i32) -> Result<DeviceMemory, String> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let device = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            device_id,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| e.to_string())?;
+        let host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(DeviceMemory { device, host })
+    }
 }
 
 impl OrtEngine {
@@ -131,7 +161,19 @@ impl OrtEngine {
         let projector = load("projector", &manifest.graphs.projector)?;
         let embed = load("embed", &manifest.graphs.embed)?;
         let decoder = load("decoder", &manifest.graphs.decoder)?;
+        let device = if providers.get("decoder").is_some_and(|p| p != CPU_EP) {
+            Some(
+                DeviceMemory::cuda(options.device_id).map_err(|message| Error::Session {
+                    graph: "decoder".into(),
+                    path: options.model_dir.join(&manifest.graphs.decoder.file),
+                    message,
+                })?,
+            )
+        } else {
+            None
+        };
         Ok(OrtEngine {
+            device,
             manifest_sha256: crate::util::sha256_hex(&bytes),
             manifest,
             ort_lib: lib.to_path_buf(),
@@ -257,11 +299,35 @@ impl Backend for OrtEngine {
             inputs.push((name.as_str(), value.into()));
         }
         let t = Instant::now();
-        let mut out = self
-            .decoder
-            .session
-            .run(inputs)
-            .map_err(|e| BackendError(format!("decoder graph: {e}")))?;
+        // Device-resident cache: inputs bound as they are (the past already lives on the
+        // device), present.* allocated there, only the logits copied to the host.
+        let binding = match &self.device {
+            None => None,
+            Some(memory) => {
+                let session = &self.decoder.session;
+                let bind = || -> ort::Result<ort::session::IoBinding> {
+                    let mut binding = session.create_binding()?;
+                    for (name, value) in &inputs {
+                        match value {
+                            SessionInputValue::Owned(v) => binding.bind_input(*name, v)?,
+                            SessionInputValue::View(v) => binding.bind_input(*name, &**v)?,
+                            SessionInputValue::ViewMut(v) => binding.bind_input(*name, &**v)?,
+                        }
+                    }
+                    binding.bind_output_to_device(names.outputs[0].as_str(), &memory.host)?;
+                    for name in &names.outputs[1..] {
+                        binding.bind_output_to_device(name.as_str(), &memory.device)?;
+                    }
+                    Ok(binding)
+                };
+                Some(bind().map_err(|e| BackendError(format!("decoder IO binding: {e}")))?)
+            }
+        };
+        let mut out = match &binding {
+            None => self.decoder.session.run(inputs),
+            Some(binding) => self.decoder.session.run_binding(binding),
+        }
+        .map_err(|e| BackendError(format!("decoder graph: {e}")))?;
         self.ort_seconds += t.elapsed().as_secs_f64();
         let logits = take(&mut out, &names.outputs[0], "decoder")?;
         let mut cache = Vec::with_capacity(names.outputs.len() - 1);
@@ -276,6 +342,10 @@ impl Backend for OrtEngine {
     fn reset(&mut self) {
         self.cache.clear();
         self.cache_batch = 0;
+    }
+
+    fn drops_rows(&self) -> bool {
+        self.device.is_none()
     }
 
     fn keep_rows(&mut self, rows: &[usize]) -> Result<(), BackendError> {
