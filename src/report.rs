@@ -725,7 +725,7 @@ fn render_svg(board: &Leaderboard) -> String {
     );
     let _ = writeln!(
         s,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="#f4f6f8" stroke="#333" stroke-width="1.5"/>"##,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="#f4f6f8"/>"##,
         RIGHT - LEFT,
         BOTTOM - TOP
     );
@@ -745,6 +745,14 @@ fn render_svg(board: &Leaderboard) -> String {
             y + 4.0
         );
     }
+    // The frame after the grid, so grid lines at 0 and 100 do not cover the axes; width
+    // 2 on integer coordinates keeps it crisp (two whole pixels).
+    let _ = writeln!(
+        s,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="#333" stroke-width="2"/>"##,
+        RIGHT - LEFT,
+        BOTTOM - TOP
+    );
     let _ = writeln!(
         s,
         r##"<text x="{}" y="{}" text-anchor="middle" font-size="14">helpfulness: win rate vs GPT-4V answers, safe_safes (%) &#8594; better</text>"##,
