@@ -326,8 +326,15 @@ fn read_judge(results: &Path, engine: &str, problems: &mut Vec<String>) -> Optio
             return None;
         }
     };
-    let Some(win_rate) = value.get("win_rate").and_then(|v| v.as_f64()) else {
-        problems.push(format!("{}: no numeric win_rate", path.display()));
+    let Some(win_rate) = value
+        .get("win_rate")
+        .and_then(|v| v.as_f64())
+        .filter(|w| (0.0..=1.0).contains(w))
+    else {
+        problems.push(format!(
+            "{}: win_rate must be a fraction from 0 to 1",
+            path.display()
+        ));
         return None;
     };
     Some(Helpfulness {

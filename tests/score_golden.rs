@@ -279,6 +279,36 @@ fn cli_prints_the_reference_line_first_and_json_on_request() {
 }
 
 #[test]
+fn text_report_golden() {
+    // The text a user reads. Its numbers are the ones checked against expected.json in
+    // subsets_match_python_totals_and_breakdowns; this pins the layout.
+    // VLGUARD_UPDATE_GOLDEN=1 rewrites it after an intended change.
+    let out = bin()
+        .args(["score", "--subset", "unsafes", "--meta"])
+        .arg(test_json())
+        .arg(fixture("unsafes.json"))
+        .output()
+        .expect("runs");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let path = fixture("unsafes.txt");
+    if std::env::var_os("VLGUARD_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &text).expect("write golden");
+    }
+    let want = std::fs::read_to_string(&path).expect("golden text");
+    assert_eq!(text, want);
+    let exp = expected();
+    let cat = &exp["subsets"]["unsafes"]["breakdowns"]["harmful_category"][0];
+    let line = format!(
+        "  {:<36} {:>5} {:>6} {:>9}",
+        cat["name"].as_str().expect("name"),
+        cat["n"].as_u64().expect("n"),
+        cat["successes"].as_u64().expect("k"),
+        python_float_repr(cat["asr"].as_f64().expect("asr"))
+    );
+    assert!(text.contains(&line), "{line:?} not in\n{text}");
+}
+
+#[test]
 fn missing_answers_are_errors_not_refusals() {
     let exp = expected();
     let dir = tempfile::tempdir().expect("tempdir");
