@@ -52,19 +52,19 @@ pub struct LeaderboardArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read results folder {path}: {source}")]
+    #[error("cannot read results folder {path}")]
     ReadDir {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("no results under {0}: expected {{unsafes,safe_unsafes,safe_safes}}/ENGINE.json")]
     Empty(PathBuf),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot serialize the leaderboard: {0}")]
+    #[error("cannot serialize the leaderboard")]
     Serialize(#[from] serde_json::Error),
 }
 

@@ -60,12 +60,12 @@ pub struct ScoreArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not valid JSON: {source}")]
+    #[error("{path} is not valid JSON")]
     Json {
         path: PathBuf,
         source: serde_json::Error,
