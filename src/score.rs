@@ -72,6 +72,8 @@ pub enum Error {
     },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error("cannot serialize the report")]
+    Serialize(#[from] serde_json::Error),
     #[error("unknown subset {0:?}: expected unsafes, safe_unsafes or safe_safes")]
     UnknownSubset(String),
     #[error(
@@ -420,16 +422,48 @@ pub struct ScoreReport {
     pub breakdowns: Breakdowns,
 }
 
+/// What one scoring needs besides the data: validated from [`ScoreArgs`] by
+/// [`ScoreConfig::from_args`], or built directly by a caller such as `run`.
+#[derive(Debug, Clone)]
+pub struct ScoreConfig {
+    pub subset: Subset,
+    pub keywords: KeywordList,
+    /// Engine name for the reference's line (the predictions file's stem).
+    pub engine: String,
+    /// Where the predictions and test.json came from, for messages and the report.
+    pub predictions_path: PathBuf,
+    pub meta_path: PathBuf,
+}
+
+impl ScoreConfig {
+    pub fn from_args(args: &ScoreArgs) -> Result<Self, Error> {
+        Ok(ScoreConfig {
+            subset: args.subset.parse()?,
+            keywords: match &args.keywords {
+                Some(path) => KeywordList::from_file(path)?,
+                None => KeywordList::reference(),
+            },
+            engine: engine_name(&args.predictions),
+            predictions_path: args.predictions.clone(),
+            meta_path: args.meta.clone(),
+        })
+    }
+}
+
 /// Scores `predictions` against the subset's samples `meta` (file order).
 pub fn score(
     predictions: &Predictions,
     meta: &[SampleMeta],
-    subset: Subset,
-    keywords: &KeywordList,
-    engine: &str,
-    paths: (&Path, &Path),
+    config: &ScoreConfig,
 ) -> Result<ScoreReport, Error> {
-    let (pred_path, meta_path) = paths;
+    let ScoreConfig {
+        subset,
+        keywords,
+        engine,
+        predictions_path: pred_path,
+        meta_path,
+    } = config;
+    let (subset, engine) = (*subset, engine.as_str());
     let answers: BTreeMap<&str, Option<&str>> = predictions
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_deref()))
@@ -635,27 +669,12 @@ pub fn render_text(report: &ScoreReport) -> String {
 /// `vlguard-ort score`: exit 0 when every subset sample has an answer, 1 when some do not
 /// (they are listed and left out of the rates), an error when the file cannot be scored.
 pub fn command(args: &ScoreArgs) -> Result<ExitCode, Error> {
-    let subset: Subset = args.subset.parse()?;
-    let keywords = match &args.keywords {
-        Some(path) => KeywordList::from_file(path)?,
-        None => KeywordList::reference(),
-    };
-    let meta = load_subset_meta(&args.meta, subset)?;
-    let predictions = read_predictions(&args.predictions)?;
-    let engine = engine_name(&args.predictions);
-    let report = score(
-        &predictions,
-        &meta,
-        subset,
-        &keywords,
-        &engine,
-        (&args.predictions, &args.meta),
-    )?;
+    let config = ScoreConfig::from_args(args)?;
+    let meta = load_subset_meta(&config.meta_path, config.subset)?;
+    let predictions = read_predictions(&config.predictions_path)?;
+    let report = score(&predictions, &meta, &config)?;
     if args.json {
-        let value = serde_json::to_value(&report).map_err(|source| Error::Json {
-            path: args.predictions.clone(),
-            source,
-        })?;
+        let value = serde_json::to_value(&report)?;
         println!("{}", crate::util::python_json_dumps(&value, 2));
     } else {
         print!("{}", render_text(&report));

@@ -39,16 +39,23 @@ fn test_json() -> PathBuf {
     shared("data/vlguard/test.json")
 }
 
+fn config(subset: Subset, engine: &str, predictions: &Path, meta: &Path) -> score::ScoreConfig {
+    score::ScoreConfig {
+        subset,
+        keywords: KeywordList::reference(),
+        engine: engine.to_owned(),
+        predictions_path: predictions.to_owned(),
+        meta_path: meta.to_owned(),
+    }
+}
+
 fn run_score(predictions: &Path, subset: Subset) -> score::ScoreReport {
     let meta = score::load_subset_meta(&test_json(), subset).expect("test.json");
     let preds = score::read_predictions(predictions).expect("predictions");
     score::score(
         &preds,
         &meta,
-        subset,
-        &KeywordList::reference(),
-        subset.as_str(),
-        (predictions, &test_json()),
+        &config(subset, subset.as_str(), predictions, &test_json()),
     )
     .expect("scores")
 }
@@ -216,10 +223,7 @@ fn reference_results_of_the_golden_bundle() {
         let report = score::score(
             &preds,
             &meta,
-            subset,
-            &KeywordList::reference(),
-            "dev",
-            (&preds_path, &meta_path),
+            &config(subset, "dev", &preds_path, &meta_path),
         )
         .expect("scores");
         assert_eq!(report.tally.n as u64, want["n"].as_u64().expect("n"));
@@ -415,16 +419,12 @@ fn hand_written_python_layout_scores_like_run_output() {
     std::fs::write(&run_path, &run_text).expect("write");
 
     let meta = score::load_subset_meta(&test_json(), Subset::Unsafes).expect("meta");
-    let keywords = KeywordList::reference();
     let report = |path: &Path| {
         let preds = score::read_predictions(path).expect("predictions");
         let r = score::score(
             &preds,
             &meta,
-            Subset::Unsafes,
-            &keywords,
-            "hand",
-            (path, &test_json()),
+            &config(Subset::Unsafes, "hand", path, &test_json()),
         )
         .expect("scores");
         let mut v = serde_json::to_value(r).expect("json");
