@@ -488,14 +488,19 @@ const COLUMNS: [&str; 12] = [
     "date",
 ];
 
-fn cells(row: &Row, short_hash: bool) -> [String; 12] {
-    let hash = row.model_manifest_sha256.clone().map(|h| {
-        if short_hash && h.len() > 12 {
-            h[..12].to_owned()
-        } else {
-            h
-        }
-    });
+/// Table cells for markdown and HTML (the hash shortened to 12 hex digits; CSV and JSON
+/// keep it whole).
+fn cells(row: &Row) -> [String; 12] {
+    let hash =
+        row.model_manifest_sha256.clone().map(
+            |h| {
+                if h.len() > 12 {
+                    h[..12].to_owned()
+                } else {
+                    h
+                }
+            },
+        );
     let paper = row.source == RowSource::Paper;
     [
         row.engine.clone(),
@@ -528,7 +533,7 @@ pub fn render_markdown(board: &Leaderboard) -> String {
         .collect();
     let _ = writeln!(out, "| {} |", align.join(" | "));
     for row in &board.rows {
-        let cells = cells(row, true).map(|c| {
+        let cells = cells(row).map(|c| {
             let c = c.replace('|', "\\|");
             if c.is_empty() {
                 "-".to_owned()
@@ -846,7 +851,7 @@ pub fn render_html(board: &Leaderboard) -> String {
             ""
         };
         let _ = write!(out, "<tr{class}>");
-        for (i, cell) in cells(row, true).iter().enumerate() {
+        for (i, cell) in cells(row).iter().enumerate() {
             let cls = if (1..=8).contains(&i) {
                 " class=\"n\""
             } else {
@@ -924,6 +929,16 @@ mod tests {
             .into();
         assert_eq!(provider_summary(&one).as_deref(), Some("CUDA"));
         assert_eq!(provider_summary(&BTreeMap::new()), None);
+        let mixed: BTreeMap<String, String> = [
+            ("vision", "CPUExecutionProvider"),
+            ("decoder", "TensorrtExecutionProvider"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .into();
+        assert_eq!(
+            provider_summary(&mixed).as_deref(),
+            Some("decoder:Tensorrt, vision:CPU")
+        );
     }
 
     #[test]
