@@ -1,0 +1,200 @@
+//! The HTML leaderboard in a real browser: headless Chromium (Debian's `chromium`
+//! package) renders the page offline, takes a screenshot, and the test reads the PNG.
+//!
+//! What it proves: the inline SVG chart renders (its plot area and grid are drawn where
+//! the page puts them), each engine with a judge summary has its marker, in its colour,
+//! at the position its unsafes ASR and win rate call for, and the paper's reference lines
+//! are drawn. Expected positions come from `report::chart::point` (the layout the SVG is
+//! written with) applied to the hand-counted fixture values (tests/fixtures/report).
+//!
+//! Chromium is required: install it with `apt-get install chromium` (CI does).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vlguard_ort::report::{self, chart};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn chromium() -> &'static Path {
+    let path = Path::new(CHROMIUM);
+    assert!(
+        path.exists(),
+        "{CHROMIUM} not found: this test renders the HTML leaderboard in headless Chromium; \
+         install it with `apt-get install chromium`"
+    );
+    path
+}
+
+struct Screenshot {
+    width: usize,
+    height: usize,
+    rgb: Vec<[u8; 3]>,
+}
+
+impl Screenshot {
+    fn at(&self, x: usize, y: usize) -> [u8; 3] {
+        self.rgb[y * self.width + x]
+    }
+}
+
+fn decode_png(path: &Path) -> Screenshot {
+    let file = std::fs::File::open(path).expect("screenshot written");
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().expect("PNG header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
+    let info = reader.next_frame(&mut buf).expect("PNG frame");
+    let channels = match info.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("unexpected screenshot colour type {other:?}"),
+    };
+    let (width, height) = (info.width as usize, info.height as usize);
+    let rgb = (0..width * height)
+        .map(|i| {
+            let row = i / width;
+            let p = row * info.line_size + (i % width) * channels;
+            [buf[p], buf[p + 1], buf[p + 2]]
+        })
+        .collect();
+    Screenshot { width, height, rgb }
+}
+
+fn screenshot(html: &Path, png: &Path, profile: &Path) -> Screenshot {
+    let url = format!("file://{}", html.display());
+    let mut child = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg("--window-size=1000,800")
+        .arg(&url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium starts");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "chromium exited with {status}");
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            panic!("chromium did not finish its screenshot in 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    decode_png(png)
+}
+
+fn close(a: [u8; 3], b: [u8; 3], tol: u8) -> bool {
+    a.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= tol)
+}
+
+const WHITE: [u8; 3] = [255, 255, 255];
+
+#[test]
+fn chart_renders_in_headless_chromium() {
+    let results = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/report/results"
+    ));
+    let board = report::collect(&results, true).expect("fixture leaderboard");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let html = dir.path().join("leaderboard.html");
+    std::fs::write(&html, report::render_html(&board)).expect("write html");
+    let png = dir.path().join("shot.png");
+    let shot = screenshot(&html, &png, &dir.path().join("profile"));
+    if let Some(keep) = std::env::var_os("VLGUARD_KEEP_SCREENSHOT") {
+        std::fs::copy(&png, keep).expect("copy screenshot");
+    }
+    assert_eq!((shot.width, shot.height), (1000, 800));
+
+    // Page background right of the chart stays white: the page did render and nothing
+    // spills there.
+    assert_eq!(shot.at(900, 100), WHITE);
+
+    // The plot area (inset by 2 px from its border) is filled, not blank.
+    let (l, r, t, b) = (
+        chart::LEFT as usize + 2,
+        chart::RIGHT as usize - 2,
+        chart::TOP as usize + 2,
+        chart::BOTTOM as usize - 2,
+    );
+    let total = (r - l) * (b - t);
+    let non_white = (t..b)
+        .flat_map(|y| (l..r).map(move |x| (x, y)))
+        .filter(|&(x, y)| shot.at(x, y) != WHITE)
+        .count();
+    assert!(
+        non_white * 10 >= total * 9,
+        "plot area mostly blank: {non_white} of {total} pixels drawn"
+    );
+    // Its frame: a dark (#333) left axis line over the whole height.
+    let dark_axis = (t..b)
+        .filter(|&y| close(shot.at(chart::LEFT as usize, y), [0x33; 3], 16))
+        .count();
+    assert!(
+        dark_axis * 10 >= (b - t) * 9,
+        "left axis not drawn: {dark_axis}"
+    );
+
+    // One marker per engine with a judge summary: beta (33.33 ASR, 25.0 win) and
+    // alpha (50.0 ASR, 41.23 win) (tests/fixtures/report/README.md), in row order.
+    let plotted = report::plotted(&board);
+    let names: Vec<&str> = plotted.iter().map(|(r, _, _)| r.engine.as_str()).collect();
+    assert_eq!(names, ["beta", "alpha"]);
+    let expected = [(25.0, 33.33), (41.23, 50.0)];
+    for (i, ((row, win, asr), want)) in plotted.iter().zip(expected).enumerate() {
+        assert_eq!((*win, *asr), want, "{}", row.engine);
+        let (x, y) = chart::point(*win, *asr);
+        let color = chart::color(i);
+        // The marker's centre and a few pixels around it (radius 8) carry its colour.
+        for (dx, dy) in [(0i32, 0i32), (-3, 0), (3, 0), (0, -3), (0, 3)] {
+            let px = (x.round() as i32 + dx) as usize;
+            let py = (y.round() as i32 + dy) as usize;
+            let got = shot.at(px, py);
+            assert!(
+                close(got, color, 24),
+                "{} marker: pixel ({px},{py}) is {got:?}, want about {color:?}",
+                row.engine
+            );
+        }
+        // ... and no marker colour 30 px below it, where nothing is plotted.
+        let below = shot.at(x.round() as usize, y.round() as usize + 30);
+        assert!(!close(below, color, 24), "{} colour leaks", row.engine);
+    }
+
+    // Paper reference line (dashed grey) at the 7B's 72.62: many grey pixels on its row.
+    // Anti-aliasing may put it on the row above or below the exact coordinate.
+    let (_, y) = chart::point(0.0, 72.62);
+    let y = y.floor() as usize;
+    let grey = (y - 1..=y + 1)
+        .map(|y| {
+            (l..r)
+                .filter(|&x| {
+                    let p = shot.at(x, y);
+                    p[0] < 200 && p[0] > 90 && close(p, [p[0]; 3], 6)
+                })
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        grey > (r - l) / 3,
+        "paper line at y={y}: {grey} grey pixels"
+    );
+}
