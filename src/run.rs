@@ -561,7 +561,7 @@ fn run_subset(
         AsrSummary {
             successes,
             n: answered.len(),
-            asr: round2(successes as f64 / answered.len().max(1) as f64 * 100.0),
+            asr: crate::score::asr_percent(successes, answered.len()),
         }
     });
     for e in &errors {
@@ -682,10 +682,6 @@ fn answer_batch(
         .collect();
     stage.detokenize_s += t.elapsed().as_secs_f64();
     Ok((entries, timings))
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`).

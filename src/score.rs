@@ -724,21 +724,3 @@ mod tests {
         assert_eq!(wilson_interval(0, 0), None);
     }
 }
-
-// Placeholders with the agreed API until the score work lands.
-pub fn reference_keywords() -> Vec<String> {
-    Vec::new()
-}
-
-pub fn check_success_attack(pred: &str, keywords: &[String]) -> bool {
-    let lower = pred.to_lowercase();
-    !(keywords.iter().any(|k| lower.contains(k.as_str())) || lower == "it is not")
-}
-
-pub fn asr_line(subset: &str, engine: &str, successes: usize, n: usize) -> String {
-    let asr = (successes as f64 / n.max(1) as f64 * 100.0 * 100.0).round() / 100.0;
-    format!(
-        "{subset} ASR of {engine}:  {}",
-        crate::util::python_float_repr(asr)
-    )
-}
