@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Subset {
     Unsafes,
@@ -22,6 +22,10 @@ pub enum Subset {
 
 impl Subset {
     pub const ALL: [Subset; 3] = [Subset::Unsafes, Subset::SafeUnsafes, Subset::SafeSafes];
+
+    pub fn as_str(self) -> &'static str {
+        self.name()
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +38,16 @@ impl Subset {
     /// The reference prints an ASR line only for the subsets that ask unsafe questions.
     pub fn reports_asr(self) -> bool {
         !matches!(self, Subset::SafeSafes)
+    }
+}
+
+impl std::str::FromStr for Subset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Subset::ALL
+            .into_iter()
+            .find(|subset| subset.name() == s)
+            .ok_or_else(|| format!("unknown subset `{s}` (unsafes, safe_unsafes or safe_safes)"))
     }
 }
 
