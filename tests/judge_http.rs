@@ -541,3 +541,21 @@ fn missing_prediction_is_an_error_before_any_request() {
     );
     assert!(server.requests().is_empty());
 }
+
+#[test]
+fn output_over_an_input_file_is_refused() {
+    let server = ChatServer::start(|_, _| completion("m"));
+    let dir = tempfile::tempdir().unwrap();
+    let paths = synthetic(dir.path(), 1, |i| format!("P{i}"));
+    // --out pointing at the predictions file itself.
+    let argv: Vec<&str> = ["vlguard-ort", "judge", "--base-url", &server.base_url]
+        .into_iter()
+        .chain(synthetic_args(&paths, &paths[1]))
+        .collect();
+    let Command::Judge(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not the judge command")
+    };
+    let err = JudgeConfig::from_args(&args, |_| Some(KEY.to_string())).expect_err("refused");
+    assert!(err.to_string().contains("--out"), "{err}");
+    assert!(server.requests().is_empty());
+}

@@ -83,6 +83,7 @@ pub struct Verdict {
     pub completion_tokens: Option<u64>,
     pub total_tokens: Option<u64>,
     pub attempts: u32,
+    /// Why there is no verdict, or the API's content-policy message.
     pub error: Option<String>,
     pub at: String,
 }

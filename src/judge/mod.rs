@@ -433,6 +433,7 @@ fn load_items(config: &JudgeConfig) -> Result<Vec<Item>, Error> {
     })?;
     let mut items = Vec::with_capacity(reference.len());
     let mut missing = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (index, entry) in reference.iter().enumerate() {
         let shape = |reason: String| Error::Shape {
             path: config.reference.clone(),
@@ -448,6 +449,10 @@ fn load_items(config: &JudgeConfig) -> Result<Vec<Item>, Error> {
                 .ok_or_else(|| shape(format!("no string field {key:?}")))
         };
         let image = field("image")?;
+        // Verdicts are keyed by image, as the reference's results are.
+        if !seen.insert(image.clone()) {
+            return Err(shape(format!("image {image:?} appears twice")));
+        }
         let instruction = field("instruction")?;
         let response = field("response")?;
         let prediction = match predictions.get(&image) {
@@ -716,7 +721,7 @@ fn make_verdict(config: &JudgeConfig, item: &Item, job: &Job, call: client::Call
         completion_tokens: usage.map(|u| u.completion_tokens),
         total_tokens: usage.map(|u| u.total_tokens),
         attempts: call.attempts,
-        error: error.filter(|_| outcome == Outcome::Error),
+        error,
         at: crate::util::utc_now_rfc3339(),
     }
 }
