@@ -1,0 +1,470 @@
+//! One chat-completions call with the retry policy around it.
+//!
+//! Input: a ready request body (JSON text). Output: an [`Answer`] — the reply text, a
+//! content-policy refusal, or an error after bounded retries — or a [`Fatal`] condition
+//! that makes every further request pointless (bad key, wrong URL, exhausted quota).
+//!
+//! Policy (the reference sleeps 30 min then 1 h on a 429 and retries everything else
+//! forever; this keeps its outcomes but bounds the waits):
+//! - 429: wait what `retry-after-ms` / `Retry-After` (seconds or HTTP date) says, else the
+//!   exponential backoff; never longer than `backoff_max`. `insufficient_quota` is fatal.
+//! - 5xx, 408, 409, connection errors, timeouts, a 2xx whose body is not a chat completion:
+//!   retried with exponential backoff `backoff_base * 2^k`, capped at `backoff_max`.
+//! - After `max_retries` retries the item is recorded as an error (never as a loss).
+//! - A body whose `error.code` is `content_policy_violation` (any status but 429, as the
+//!   reference checks it) is a content-policy verdict.
+//! - 401, 403, 404 are fatal; any other 4xx is an error for that item, not retried.
+//!
+//! The API key is sent only in the `Authorization` header; every message this module
+//! produces passes through [`ApiKey::redact`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A secret that prints as `<redacted>` and can scrub itself out of any text.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: String) -> Self {
+        Self(key)
+    }
+
+    /// `text` with every occurrence of the key replaced by `<redacted>`.
+    pub fn redact(&self, text: &str) -> String {
+        if self.0.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(&self.0, "<redacted>")
+        }
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Retry and timeout settings.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt before the item is recorded as an error.
+    pub max_retries: u32,
+    /// First backoff delay; doubles with each retry.
+    pub backoff_base: Duration,
+    /// No wait (backoff or Retry-After) is ever longer than this.
+    pub backoff_max: Duration,
+    /// Whole-request timeout (connect, send, receive).
+    pub timeout: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before retry number `retry` (0-based): `server_hint` when the server gave one,
+    /// else `backoff_base * 2^retry`; both capped at `backoff_max`.
+    pub fn delay(&self, retry: u32, server_hint: Option<Duration>) -> Duration {
+        let wanted = server_hint.unwrap_or_else(|| {
+            self.backoff_base
+                .saturating_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
+        });
+        wanted.min(self.backoff_max)
+    }
+}
+
+/// Token counts from a reply's `usage` object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// How one item's request ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// `choices[0].message.content`, verbatim (`None` when the API sent `null`).
+    Reply {
+        content: Option<String>,
+        usage: Option<Usage>,
+    },
+    /// The API refused with `content_policy_violation`.
+    ContentPolicy { message: String },
+    /// No verdict: retries exhausted or a non-retryable client error.
+    Error { message: String },
+}
+
+/// A condition that stops the whole run.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
+/// The outcome of one call plus how many HTTP attempts it took.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    pub answer: Answer,
+    pub attempts: u32,
+}
+
+/// A blocking chat-completions client shared by the worker threads.
+pub struct Client {
+    agent: ureq::Agent,
+    url: String,
+    key: ApiKey,
+    policy: RetryPolicy,
+}
+
+enum Step {
+    Done(Answer),
+    Retry {
+        reason: String,
+        hint: Option<Duration>,
+    },
+    Fatal(String),
+}
+
+impl Client {
+    pub fn new(base_url: &str, key: ApiKey, policy: RetryPolicy) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(policy.timeout))
+            .build();
+        Self {
+            agent: ureq::Agent::new_with_config(config),
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            key,
+            policy,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends `body` until it gets an answer, retries run out, or `stop` is raised (then
+    /// the answer is an error saying so).
+    pub fn call(&self, body: &str, stop: &AtomicBool) -> Result<CallResult, Fatal> {
+        let mut retries = 0u32;
+        loop {
+            let attempts = retries + 1;
+            match self.attempt(body) {
+                Step::Done(answer) => return Ok(CallResult { answer, attempts }),
+                Step::Fatal(message) => return Err(Fatal(self.key.redact(&message))),
+                Step::Retry { reason, hint } => {
+                    if retries >= self.policy.max_retries {
+                        let message = self
+                            .key
+                            .redact(&format!("{reason} (gave up after {attempts} attempts)"));
+                        return Ok(CallResult {
+                            answer: Answer::Error { message },
+                            attempts,
+                        });
+                    }
+                    let delay = self.policy.delay(retries, hint);
+                    if !sleep_unless_stopped(delay, stop) {
+                        let message = self
+                            .key
+                            .redact(&format!("{reason} (run stopped before retrying)"));
+                        return Ok(CallResult {
+                            answer: Answer::Error { message },
+                            attempts,
+                        });
+                    }
+                    retries += 1;
+                }
+            }
+        }
+    }
+
+    fn attempt(&self, body: &str) -> Step {
+        let response = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("Authorization", self.key.bearer())
+            .send(body);
+        let mut response = match response {
+            Ok(r) => r,
+            Err(ureq::Error::BadUri(uri)) => return Step::Fatal(format!("bad base URL: {uri}")),
+            Err(err) => {
+                return Step::Retry {
+                    reason: format!("request to {} failed: {err}", self.url),
+                    hint: None,
+                }
+            }
+        };
+        let status = response.status().as_u16();
+        let hint = retry_after(response.headers(), SystemTime::now());
+        let text = match response.body_mut().read_to_string() {
+            Ok(t) => t,
+            Err(err) => {
+                return Step::Retry {
+                    reason: format!("HTTP {status}: reading the body failed: {err}"),
+                    hint: None,
+                }
+            }
+        };
+        classify(status, hint, &text)
+    }
+}
+
+/// Decides what one HTTP response means.
+fn classify(status: u16, hint: Option<Duration>, text: &str) -> Step {
+    let json: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    let error = json.as_ref().and_then(|j| j.get("error"));
+    let code = error
+        .and_then(|e| e.get("code"))
+        .and_then(|c| c.as_str())
+        .unwrap_or("");
+    let message = error
+        .and_then(|e| e.get("message"))
+        .and_then(|m| m.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| snippet(text));
+    if status == 429 {
+        if code == "insufficient_quota" {
+            return Step::Fatal(format!("HTTP 429 insufficient_quota: {message}"));
+        }
+        return Step::Retry {
+            reason: format!("HTTP 429 rate limited: {message}"),
+            hint,
+        };
+    }
+    if code == "content_policy_violation" {
+        return Step::Done(Answer::ContentPolicy { message });
+    }
+    match status {
+        200..=299 => match json.as_ref().and_then(parse_completion) {
+            Some(answer) => Step::Done(answer),
+            None => Step::Retry {
+                reason: format!("HTTP {status} without a chat completion: {}", snippet(text)),
+                hint: None,
+            },
+        },
+        401 | 403 | 404 => Step::Fatal(format!("HTTP {status}: {message}")),
+        408 | 409 | 500..=599 => Step::Retry {
+            reason: format!("HTTP {status}: {message}"),
+            hint,
+        },
+        _ => Step::Done(Answer::Error {
+            message: format!("HTTP {status}: {message}"),
+        }),
+    }
+}
+
+/// `choices[0].message.content` (string or null) and `usage`; `None` when the shape is
+/// not a chat completion.
+fn parse_completion(json: &serde_json::Value) -> Option<Answer> {
+    let message = json.get("choices")?.get(0)?.get("message")?;
+    let content = match message.get("content")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Null => None,
+        _ => return None,
+    };
+    let usage = json.get("usage").map(|u| {
+        let n = |k: &str| u.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        Usage {
+            prompt_tokens: n("prompt_tokens"),
+            completion_tokens: n("completion_tokens"),
+            total_tokens: n("total_tokens"),
+        }
+    });
+    Some(Answer::Reply { content, usage })
+}
+
+/// The first 200 characters of a body, for messages.
+fn snippet(text: &str) -> String {
+    let mut s: String = text.chars().take(200).collect();
+    if s.len() < text.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// The server's wait hint: `retry-after-ms` (OpenAI), else `Retry-After` as seconds or an
+/// HTTP date (RFC 9110 IMF-fixdate). Unparsable or negative values give `None`.
+pub fn retry_after(headers: &ureq::http::HeaderMap, now: SystemTime) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let value = get("retry-after")?.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = parse_http_date(value)?;
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    Some(Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// Unix seconds of an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn parse_http_date(text: &str) -> Option<u64> {
+    let rest = text.split_once(", ")?.1;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: i64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as i64
+        + 1;
+    let year: i64 = year.parse().ok()?;
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *s > 60 {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
+}
+
+/// Sleeps `delay` in short slices; `false` when `stop` was raised meanwhile.
+fn sleep_unless_stopped(delay: Duration, stop: &AtomicBool) -> bool {
+    let end = Instant::now() + delay;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return true;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let p = policy();
+        assert_eq!(p.delay(0, None), Duration::from_millis(500));
+        assert_eq!(p.delay(3, None), Duration::from_secs(4));
+        assert_eq!(p.delay(4, None), Duration::from_secs(5));
+        assert_eq!(p.delay(40, None), Duration::from_secs(5));
+        // The reference's 30-minute wait becomes the cap.
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(1800))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            p.delay(2, Some(Duration::from_millis(100))),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn http_dates() {
+        // RFC 9110's example date; `date -u -d 'Sun, 06 Nov 1994 08:49:37 GMT' +%s`.
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        // `date -u -d '2024-02-29 23:59:59' +%s`
+        assert_eq!(
+            parse_http_date("Thu, 29 Feb 2024 23:59:59 GMT"),
+            Some(1_709_251_199)
+        );
+        assert_eq!(parse_http_date("yesterday"), None);
+        assert_eq!(parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT"), None);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_770);
+        let mut h = ureq::http::HeaderMap::new();
+        assert_eq!(retry_after(&h, now), None);
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        h.insert(
+            "retry-after",
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        h.insert("retry-after", "-3".parse().unwrap());
+        assert_eq!(retry_after(&h, now), None);
+        h.insert("retry-after-ms", "250".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn classification() {
+        let done = |s: Step| match s {
+            Step::Done(a) => a,
+            Step::Retry { reason, .. } => panic!("retry: {reason}"),
+            Step::Fatal(m) => panic!("fatal: {m}"),
+        };
+        let ok = r#"{"choices":[{"message":{"role":"assistant","content":"m"}}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}"#;
+        assert_eq!(
+            done(classify(200, None, ok)),
+            Answer::Reply {
+                content: Some("m".into()),
+                usage: Some(Usage {
+                    prompt_tokens: 9,
+                    completion_tokens: 1,
+                    total_tokens: 10
+                })
+            }
+        );
+        let policy = r#"{"error":{"message":"no","type":"invalid_request_error","code":"content_policy_violation"}}"#;
+        assert_eq!(
+            done(classify(400, None, policy)),
+            Answer::ContentPolicy {
+                message: "no".into()
+            }
+        );
+        assert!(matches!(
+            classify(200, None, "{not json"),
+            Step::Retry { .. }
+        ));
+        assert!(matches!(classify(503, None, ""), Step::Retry { .. }));
+        assert!(matches!(classify(429, None, "{}"), Step::Retry { .. }));
+        assert!(matches!(
+            classify(429, None, r#"{"error":{"code":"insufficient_quota"}}"#),
+            Step::Fatal(_)
+        ));
+        assert!(matches!(classify(401, None, "{}"), Step::Fatal(_)));
+        assert!(matches!(
+            done(classify(400, None, r#"{"error":{"message":"bad"}}"#)),
+            Answer::Error { .. }
+        ));
+    }
+
+    #[test]
+    fn key_is_redacted() {
+        let key = ApiKey::new("sk-secret".into());
+        assert_eq!(key.redact("bad key sk-secret!"), "bad key <redacted>!");
+        assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+    }
+}
