@@ -640,6 +640,11 @@ fn ask_all(
                         attempts: 0,
                     }),
                 };
+                if result.is_err() {
+                    // Stop the other workers (and this one) before anyone takes the
+                    // next job: a fatal answer (401, quota) makes every request fail.
+                    stop.store(true, Ordering::Relaxed);
+                }
                 if tx.send((i, result)).is_err() {
                     break;
                 }
