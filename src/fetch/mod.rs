@@ -333,31 +333,61 @@ impl Hub {
             quote(path, true)
         )
     }
+}
 
-    /// Fetches `path` of the listed repo into `dir/path`, recording it in `state`.
-    fn fetch_into(
-        &self,
+/// One repository being fetched into one directory: what it lists, what is verified
+/// there, what this run did.
+struct Session<'a> {
+    hub: &'a Hub,
+    kind: RepoKind,
+    repo: &'a str,
+    listing: RepoListing,
+    dir: &'a Path,
+    state: State,
+    outcome: Outcome,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        hub: &'a Hub,
         kind: RepoKind,
-        repo: &str,
-        listing: &RepoListing,
-        path: &str,
-        dir: &Path,
-        state: &mut State,
-        outcome: &mut Outcome,
-    ) -> Result<FileMeta, Error> {
+        repo: &'a str,
+        revision: &str,
+        dir: &'a Path,
+    ) -> Result<Self, Error> {
+        let listing = hub.list(kind, repo, revision)?;
+        Ok(Session {
+            hub,
+            kind,
+            repo,
+            outcome: Outcome {
+                commit: listing.commit.clone(),
+                ..Outcome::default()
+            },
+            listing,
+            dir,
+            state: State::load(dir),
+        })
+    }
+
+    /// Fetches `path` of the listed commit into `dir/path`, recording it in the state file.
+    fn fetch(&mut self, path: &str) -> Result<FileMeta, Error> {
         let rel = unzip::safe_relative_path(path).map_err(|reason| Error::UnsafeRepoPath {
-            repo: repo.to_string(),
+            repo: self.repo.to_string(),
             path: path.to_string(),
             reason: reason.to_string(),
         })?;
-        let url = self.resolve_url(kind, repo, &listing.commit, path);
-        let dest = dir.join(rel);
-        let (done, meta) = download::fetch_file(&self.client, &url, &dest, path, state)?;
-        state.save(dir)?;
+        let url = self
+            .hub
+            .resolve_url(self.kind, self.repo, &self.listing.commit, path);
+        let dest = self.dir.join(rel);
+        let (done, meta) =
+            download::fetch_file(&self.hub.client, &url, &dest, path, &mut self.state)?;
+        self.state.save(self.dir)?;
         match done {
             Done::Present => {
                 eprintln!("fetch: {path}: already verified ({} bytes)", meta.size);
-                outcome.verified.push(path.to_string());
+                self.outcome.verified.push(path.to_string());
             }
             Done::Downloaded(n) => {
                 eprintln!(
@@ -365,8 +395,8 @@ impl Hub {
                     meta.size,
                     meta.expected.name()
                 );
-                outcome.downloaded.push(path.to_string());
-                outcome.bytes += n;
+                self.outcome.downloaded.push(path.to_string());
+                self.outcome.bytes += n;
             }
         }
         Ok(meta)
@@ -423,7 +453,7 @@ pub struct ModelRequest {
 
 /// Brings the VLGuard dataset into `req.to`; see the module contract.
 pub fn fetch_dataset(hub: &Hub, req: &DatasetRequest) -> Result<Outcome, Error> {
-    let listing = hub.list(RepoKind::Dataset, &req.repo, &req.revision)?;
+    let mut session = Session::new(hub, RepoKind::Dataset, &req.repo, &req.revision, &req.to)?;
     let splits: &[&str] = if req.with_train {
         &["test", "train"]
     } else {
@@ -435,7 +465,7 @@ pub fn fetch_dataset(hub: &Hub, req: &DatasetRequest) -> Result<Outcome, Error> 
         .collect();
     let missing: Vec<&str> = wanted
         .iter()
-        .filter(|w| !listing.files.contains(w))
+        .filter(|w| !session.listing.files.contains(w))
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
@@ -443,40 +473,19 @@ pub fn fetch_dataset(hub: &Hub, req: &DatasetRequest) -> Result<Outcome, Error> 
             repo: req.repo.clone(),
             revision: req.revision.clone(),
             missing: missing.join(", "),
-            present: listing.files.join(", "),
+            present: session.listing.files.join(", "),
         });
     }
 
-    let mut outcome = Outcome {
-        commit: listing.commit.clone(),
-        ..Outcome::default()
-    };
-    let mut state = State::load(&req.to);
     for split in splits {
         let json_name = format!("{split}.json");
         let zip_name = format!("{split}.zip");
-        hub.fetch_into(
-            RepoKind::Dataset,
-            &req.repo,
-            &listing,
-            &json_name,
-            &req.to,
-            &mut state,
-            &mut outcome,
-        )?;
-        let zip_meta = hub.fetch_into(
-            RepoKind::Dataset,
-            &req.repo,
-            &listing,
-            &zip_name,
-            &req.to,
-            &mut state,
-            &mut outcome,
-        )?;
+        session.fetch(&json_name)?;
+        let zip_meta = session.fetch(&zip_name)?;
         let json_path = req.to.join(&json_name);
         let images = dataset_images(&json_path)?;
         let image_dir = req.to.join(split);
-        let unpacked_before = state.unpacked.get(&zip_name) == Some(&zip_meta.etag);
+        let unpacked_before = session.state.unpacked.get(&zip_name) == Some(&zip_meta.etag);
         if !(unpacked_before && image_dir.is_dir()) {
             let archive = req.to.join(&zip_name);
             eprintln!("fetch: unpacking {} ...", archive.display());
@@ -487,17 +496,18 @@ pub fn fetch_dataset(hub: &Hub, req: &DatasetRequest) -> Result<Outcome, Error> 
                 summary.bytes,
                 image_dir.display()
             );
-            state
+            session
+                .state
                 .unpacked
-                .insert(zip_name.clone(), zip_meta.etag.clone());
-            state.save(&req.to)?;
-            outcome.unpacked.push(zip_name.clone());
+                .insert(zip_name.clone(), zip_meta.etag);
+            session.state.save(&req.to)?;
+            session.outcome.unpacked.push(zip_name);
         }
         check_images(&json_path, &image_dir, &images)?;
     }
 
-    outcome.reference_downloaded = fetch_reference(hub, req)?;
-    Ok(outcome)
+    session.outcome.reference_downloaded = fetch_reference(hub, req)?;
+    Ok(session.outcome)
 }
 
 /// `(image, safe)` of every entry of a VLGuard json.
@@ -638,36 +648,25 @@ pub fn fetch_model(hub: &Hub, req: &ModelRequest) -> Result<Outcome, Error> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let listing = hub.list(RepoKind::Model, &req.repo, &req.revision)?;
-    let chosen: Vec<&String> = listing
+    let mut session = Session::new(hub, RepoKind::Model, &req.repo, &req.revision, &req.to)?;
+    let chosen: Vec<String> = session
+        .listing
         .files
         .iter()
         .filter(|f| patterns.is_empty() || patterns.iter().any(|p| p.matches(f)))
+        .cloned()
         .collect();
     if chosen.is_empty() {
         return Err(Error::NothingIncluded {
             repo: req.repo.clone(),
             patterns: req.include.clone(),
-            present: listing.files.join(", "),
+            present: session.listing.files.join(", "),
         });
     }
-    let mut outcome = Outcome {
-        commit: listing.commit.clone(),
-        ..Outcome::default()
-    };
-    let mut state = State::load(&req.to);
-    for path in chosen {
-        hub.fetch_into(
-            RepoKind::Model,
-            &req.repo,
-            &listing,
-            path,
-            &req.to,
-            &mut state,
-            &mut outcome,
-        )?;
+    for path in &chosen {
+        session.fetch(path)?;
     }
-    Ok(outcome)
+    Ok(session.outcome)
 }
 
 /// `vlguard-ort fetch`: validate, fetch, print a summary.
