@@ -207,20 +207,38 @@ fn fetch_small_with_zip(
 }
 
 #[test]
-fn archive_without_top_folder_unpacks_the_same() {
+fn archive_without_top_folder_unpacks_the_same_and_a_lost_image_is_restored() {
     let zip = zip_of(&[
         ("bad_ads/a.png", b"A"),
         ("privacy/b.jpg", b"B"),
         ("bad_ads/c.png", b"C"),
         ("__MACOSX/bad_ads/._a.png", b"junk"),
     ]);
-    let (_tmp, to, result) = fetch_small_with_zip(zip);
-    result.expect("fetch");
+    let (test_json, reference) = small_json();
+    let server = HubServer::start(
+        vec![dataset_repo(test_json, zip)],
+        vec![(RAW.to_string(), reference)],
+        Faults::default(),
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let to = tmp.path().join("VLGuard");
+    let hub = Hub::new(&server.hub_url, None, policy()).expect("hub");
+    fetch::fetch_dataset(&hub, &request(&server, &to)).expect("fetch");
     assert_eq!(
         std::fs::read(to.join("test/privacy/b.jpg")).expect("image"),
         b"B"
     );
     assert!(!to.join("test/__MACOSX").exists());
+
+    // An image lost since: the rerun unpacks the kept archive again, downloads nothing.
+    std::fs::remove_file(to.join("test/privacy/b.jpg")).expect("remove image");
+    let again = fetch::fetch_dataset(&hub, &request(&server, &to)).expect("rerun");
+    assert!(again.downloaded.is_empty(), "{:?}", again.downloaded);
+    assert_eq!(again.unpacked, vec!["test.zip".to_string()]);
+    assert_eq!(
+        std::fs::read(to.join("test/privacy/b.jpg")).expect("image"),
+        b"B"
+    );
 }
 
 #[test]

@@ -384,3 +384,19 @@ fn include_picks_files_and_an_empty_match_is_an_error() {
     let err = fetch::fetch_model(&hub, &request(tmp.path(), &["*.bin"])).expect_err("no match");
     assert!(matches!(err, Error::NothingIncluded { .. }), "{err}");
 }
+
+#[test]
+fn renamed_repo_is_followed_through_relative_redirects() {
+    let faults = Faults {
+        renamed: Some(("tester/old-name".into(), REPO.into())),
+        ..Faults::default()
+    };
+    let server = HubServer::start(vec![model_repo()], vec![], faults);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::new(&server.hub_url, None, policy()).expect("hub");
+    let mut req = request(tmp.path(), &[]);
+    req.repo = "tester/old-name".into();
+    fetch::fetch_model(&hub, &req).expect("fetch through the rename");
+    assert_all_files_match(tmp.path());
+    assert!(server.log().iter().any(|l| l.status == 307));
+}

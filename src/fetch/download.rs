@@ -1,7 +1,7 @@
 //! One repository file from a `resolve` URL to a verified file on disk.
 //!
 //! Like huggingface_hub's `hf_hub_download`: a HEAD on the resolve URL (following only
-//! same-origin redirects, i.e. a renamed repo) gives the metadata: `X-Linked-Etag` (LFS:
+//! relative redirects, i.e. a renamed repo) gives the metadata: `X-Linked-Etag` (LFS:
 //! the sha256) or `ETag` (plain git file: the git blob sha1), `X-Linked-Size` or
 //! `Content-Length`, and a `Location` to the bytes (the CDN for LFS files). The bytes go to
 //! `NAME.incomplete` beside the target; an existing one is resumed with
@@ -74,7 +74,7 @@ fn normalise_etag(raw: &str) -> String {
     raw.trim_matches('"').to_string()
 }
 
-/// HEAD on a resolve URL, following same-origin redirects only; metadata from the first
+/// HEAD on a resolve URL, following relative redirects only; metadata from the first
 /// answer that is not such a redirect.
 pub(crate) fn file_meta(client: &Client, url: &str) -> Result<FileMeta, Error> {
     let mut current = url.to_string();
@@ -82,11 +82,14 @@ pub(crate) fn file_meta(client: &Client, url: &str) -> Result<FileMeta, Error> {
         let mut resp = client.send(Method::Head, &current, None)?;
         let status = resp.status();
         let target = redirect_target(&current, &resp);
-        if let Some(next) = &target {
-            if super::http::origin(next) == super::http::origin(&current) {
-                current = next.clone();
-                continue;
-            }
+        // Only a relative Location is followed here (huggingface_hub's
+        // `follow_relative_redirects`): a renamed repo. An absolute one points at the bytes,
+        // and this answer carries their metadata.
+        let relative = header(resp.headers(), "location")
+            .is_some_and(|l| !l.contains("://") && !l.starts_with("//"));
+        if let (Some(next), true) = (&target, relative) {
+            current = next.clone();
+            continue;
         }
         if !(status.is_success() || status.is_redirection()) {
             return Err(status_error(client, &current, &mut resp));

@@ -485,8 +485,10 @@ pub fn fetch_dataset(hub: &Hub, req: &DatasetRequest) -> Result<Outcome, Error> 
         let json_path = req.to.join(&json_name);
         let images = dataset_images(&json_path)?;
         let image_dir = req.to.join(split);
-        let unpacked_before = session.state.unpacked.get(&zip_name) == Some(&zip_meta.etag);
-        if !(unpacked_before && image_dir.is_dir()) {
+        // Unpacked by an earlier run from this very archive and still complete: keep it.
+        let unpacked_before = session.state.unpacked.get(&zip_name) == Some(&zip_meta.etag)
+            && check_images(&json_path, &image_dir, &images).is_ok();
+        if !unpacked_before {
             let archive = req.to.join(&zip_name);
             eprintln!("fetch: unpacking {} ...", archive.display());
             let summary = unpack(&archive, &image_dir, &hub.client.policy.unzip)?;

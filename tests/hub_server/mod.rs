@@ -41,6 +41,9 @@ pub struct Faults {
     pub always_500: HashSet<String>,
     /// When set, Hub routes (not the CDN) want `Authorization: Bearer <this>`.
     pub require_token: Option<String>,
+    /// (old id, new id): requests naming the old id get a 307 with a relative Location,
+    /// as the Hub answers for a renamed repo.
+    pub renamed: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -345,6 +348,14 @@ fn route(req: &Request, listener: &'static str, inner: &Arc<Mutex<Inner>>) -> Re
                 "GatedRepo",
                 "Access to this repo is restricted. You must be authenticated to access it.",
             );
+        }
+    }
+
+    if let Some((old, new)) = &inner.faults.renamed {
+        for prefix in ["/api/models/", "/api/datasets/", "/datasets/", "/"] {
+            if let Some(rest) = path.strip_prefix(&format!("{prefix}{old}/")) {
+                return Reply::new(307).header("Location", format!("{prefix}{new}/{rest}"));
+            }
         }
     }
 
