@@ -395,6 +395,15 @@ fn transfer(
                     attempts: 1,
                 });
             }
+            401 | 403 if !client.is_hub(&url) => {
+                // A signed CDN link that expired or was refused: the next try asks the
+                // Hub for a fresh one; the token has nothing to do with it.
+                return Err(Error::Transfer {
+                    url,
+                    detail: format!("the download link was refused (HTTP {})", resp.status()),
+                    attempts: 1,
+                });
+            }
             _ => return Err(status_error(client, &url, &mut resp)),
         }
         file.set_len(start).map_err(io_err(partial))?;

@@ -103,6 +103,11 @@ impl Client {
         }
     }
 
+    /// Whether `url` is on the Hub's own origin (where the token goes).
+    pub(crate) fn is_hub(&self, url: &str) -> bool {
+        origin(url) == self.token_origin
+    }
+
     pub(crate) fn has_token(&self) -> bool {
         self.token.is_some()
     }
@@ -118,7 +123,7 @@ impl Client {
     ) -> Result<Response<ureq::Body>, Error> {
         let mut headers: Vec<(&str, String)> = Vec::new();
         if let Some(token) = &self.token {
-            if origin(url) == self.token_origin {
+            if self.is_hub(url) {
                 headers.push(("Authorization", format!("Bearer {}", token.0)));
             }
         }
