@@ -1,0 +1,352 @@
+//! The HTTP layer under fetch: one `ureq` agent with automatic redirects OFF, so each hop's
+//! headers stay readable (the Hub puts `X-Linked-Etag` / `X-Linked-Size` on the 302 of an
+//! LFS file, not on the CDN's answer) and so the token never follows a redirect to another
+//! origin; status codes mapped to errors that say what to do; bounded retries with
+//! exponential backoff for what a retry can fix (no connection, a dropped transfer, 5xx, 429).
+
+use std::fmt;
+use std::time::Duration;
+
+use ureq::http::{HeaderMap, Response};
+
+use super::Error;
+
+/// How hard to try. `Policy::default()` is for people; tests shrink the waits to
+/// milliseconds.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Tries per request (and per file transfer, each resuming where the last one stopped).
+    pub attempts: u32,
+    /// Wait before the second try; doubled after each further failure.
+    pub backoff: Duration,
+    /// Longest wait between tries.
+    pub backoff_max: Duration,
+    /// Limit for opening a connection (DNS, TCP, TLS).
+    pub connect_timeout: Duration,
+    /// Limit for one read from the socket, so a stalled transfer fails and resumes.
+    pub read_timeout: Duration,
+    /// Draw progress bars (on a terminal only; indicatif hides them otherwise).
+    pub progress: bool,
+    /// Bounds for unpacking archives.
+    pub unzip: super::unzip::UnzipLimits,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            attempts: 5,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(20),
+            read_timeout: Duration::from_secs(60),
+            progress: true,
+            unzip: super::unzip::UnzipLimits::default(),
+        }
+    }
+}
+
+impl Policy {
+    /// Wait after failed try number `attempt` (1-based).
+    fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.backoff.saturating_mul(factor).min(self.backoff_max)
+    }
+}
+
+/// A Hub token. Its `Debug` never shows the value, so no log or error can leak it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(value: String) -> Option<Token> {
+        let value = value.trim().to_string();
+        (!value.is_empty()).then_some(Token(value))
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Head,
+}
+
+/// The agent, the token and the one origin the token may be sent to.
+pub(crate) struct Client {
+    agent: ureq::Agent,
+    token: Option<Token>,
+    token_origin: String,
+    pub(crate) policy: Policy,
+}
+
+impl Client {
+    pub(crate) fn new(token: Option<Token>, token_origin: &str, policy: Policy) -> Client {
+        let config = ureq::Agent::config_builder()
+            .max_redirects(0)
+            .http_status_as_error(false)
+            // Byte ranges and sizes refer to the stored bytes: no transparent gzip.
+            .accept_encoding("identity")
+            .user_agent(concat!("vlguard-ort/", env!("CARGO_PKG_VERSION")))
+            .timeout_connect(Some(policy.connect_timeout))
+            .timeout_per_read(Some(policy.read_timeout))
+            .build();
+        Client {
+            agent: ureq::Agent::new_with_config(config),
+            token,
+            token_origin: origin(token_origin).to_string(),
+            policy,
+        }
+    }
+
+    /// Whether `url` is on the Hub's own origin (where the token goes).
+    pub(crate) fn is_hub(&self, url: &str) -> bool {
+        origin(url) == self.token_origin
+    }
+
+    pub(crate) fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// One request, one hop (no redirect followed). The token goes only to the Hub's own
+    /// origin, like `requests` drops `Authorization` when a redirect changes host.
+    /// An error here means no answer came back at all: the host could not be reached.
+    pub(crate) fn send(
+        &self,
+        method: Method,
+        url: &str,
+        range_from: Option<u64>,
+    ) -> Result<Response<ureq::Body>, Error> {
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        if let Some(token) = &self.token {
+            if self.is_hub(url) {
+                headers.push(("Authorization", format!("Bearer {}", token.0)));
+            }
+        }
+        if let Some(from) = range_from {
+            headers.push(("Range", format!("bytes={from}-")));
+        }
+        let result = match method {
+            Method::Get => {
+                let mut req = self.agent.get(url);
+                for (k, v) in &headers {
+                    req = req.header(*k, v);
+                }
+                req.call()
+            }
+            Method::Head => {
+                let mut req = self.agent.head(url);
+                for (k, v) in &headers {
+                    req = req.header(*k, v);
+                }
+                req.call()
+            }
+        };
+        result.map_err(|e| Error::Unreachable {
+            host: host_of(url).to_string(),
+            detail: e.to_string(),
+            attempts: 1,
+        })
+    }
+
+    /// GET (or HEAD) following every redirect, for small documents: API answers and the
+    /// reference answers. Returns the final URL and response; statuses are not judged.
+    pub(crate) fn send_following(
+        &self,
+        method: Method,
+        url: &str,
+    ) -> Result<(String, Response<ureq::Body>), Error> {
+        let mut url = url.to_string();
+        for _ in 0..MAX_REDIRECTS {
+            let resp = self.send(method, &url, None)?;
+            match redirect_target(&url, &resp) {
+                Some(next) => url = next,
+                None => return Ok((url, resp)),
+            }
+        }
+        Err(Error::BadResponse {
+            url,
+            what: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the tries run out; waits between
+    /// tries by the policy. `op` gets the try number (1-based).
+    pub(crate) fn with_retries<T>(
+        &self,
+        mut op: impl FnMut(u32) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let attempts = self.policy.attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            match op(attempt) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && attempt < attempts => {
+                    eprintln!(
+                        "fetch: try {attempt}/{attempts} failed ({e}); retrying in {:?}",
+                        self.policy.delay(attempt)
+                    );
+                    std::thread::sleep(self.policy.delay(attempt));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.with_attempts(attempt)),
+            }
+        }
+    }
+}
+
+pub(crate) const MAX_REDIRECTS: usize = 10;
+
+/// Where a 3xx answer points, resolved against the request URL; `None` for other answers.
+pub(crate) fn redirect_target(url: &str, resp: &Response<ureq::Body>) -> Option<String> {
+    if !resp.status().is_redirection() {
+        return None;
+    }
+    let location = header(resp.headers(), "location")?;
+    Some(resolve(url, location))
+}
+
+/// Resolves a `Location` value against the URL it came from.
+pub(crate) fn resolve(base: &str, location: &str) -> String {
+    if location.contains("://") {
+        location.to_string()
+    } else if let Some(rest) = location.strip_prefix("//") {
+        let scheme = base.split("://").next().unwrap_or("https");
+        format!("{scheme}://{rest}")
+    } else if location.starts_with('/') {
+        format!("{}{location}", origin(base))
+    } else {
+        let path_end = base.find(['?', '#']).unwrap_or(base.len());
+        let dir_end = base[..path_end]
+            .rfind('/')
+            .filter(|&i| i >= origin(base).len())
+            .map_or(path_end, |i| i + 1);
+        let sep = if dir_end == origin(base).len() {
+            "/"
+        } else {
+            ""
+        };
+        format!("{}{sep}{location}", &base[..dir_end])
+    }
+}
+
+/// `scheme://host[:port]` of a URL.
+pub(crate) fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    &url[..end]
+}
+
+/// `host[:port]` of a URL, for messages.
+pub(crate) fn host_of(url: &str) -> &str {
+    let o = origin(url);
+    o.find("://").map_or(o, |i| &o[i + 3..])
+}
+
+/// A header as text (first value), `None` when absent or not visible ASCII.
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// What the server said about a failure: the Hub's `X-Error-Code` / `X-Error-Message`
+/// headers, else the start of the body.
+pub(crate) fn server_message(resp: &mut Response<ureq::Body>) -> String {
+    let code = header(resp.headers(), "x-error-code").map(str::to_string);
+    let message = header(resp.headers(), "x-error-message").map(str::to_string);
+    let text = match (code, message) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        (None, Some(m)) => m,
+        (None, None) => resp
+            .body_mut()
+            .with_config()
+            .limit(4096)
+            .lossy_utf8(true)
+            .read_to_string()
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect::<String>()
+            .trim()
+            .to_string(),
+    };
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(" ({text})")
+    }
+}
+
+/// Turns a non-success status into the error a user can act on.
+pub(crate) fn status_error(client: &Client, url: &str, resp: &mut Response<ureq::Body>) -> Error {
+    let status = resp.status().as_u16();
+    let server = server_message(resp);
+    match status {
+        401 | 403 => Error::Denied {
+            url: url.to_string(),
+            status,
+            server,
+            token_set: client.has_token(),
+        },
+        404 => Error::NotFound {
+            url: url.to_string(),
+            server,
+        },
+        _ => Error::Status {
+            url: url.to_string(),
+            status,
+            server,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_locations_like_a_browser() {
+        // Expected values: RFC 3986 section 5.4 reference resolution, by hand.
+        let base = "http://127.0.0.1:8080/datasets/a/b/resolve/main/test.zip";
+        assert_eq!(resolve(base, "https://cdn.x/y?z=1"), "https://cdn.x/y?z=1");
+        assert_eq!(
+            resolve(base, "/api/x"),
+            "http://127.0.0.1:8080/api/x".to_string()
+        );
+        assert_eq!(resolve(base, "//cdn.x/y"), "http://cdn.x/y");
+        assert_eq!(
+            resolve(base, "other.zip"),
+            "http://127.0.0.1:8080/datasets/a/b/resolve/main/other.zip"
+        );
+        assert_eq!(resolve("http://h:1", "x"), "http://h:1/x");
+        assert_eq!(
+            origin("https://huggingface.co/api/models"),
+            "https://huggingface.co"
+        );
+        assert_eq!(host_of("http://127.0.0.1:9/x?y"), "127.0.0.1:9");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = Policy {
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(350),
+            ..Policy::default()
+        };
+        let waits: Vec<u128> = (1..=4).map(|a| policy.delay(a).as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 350, 350]);
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let token = Token::new("hf_secret123".into()).expect("non-empty");
+        assert!(!format!("{token:?}").contains("secret"));
+        assert!(Token::new("  ".into()).is_none());
+    }
+}
