@@ -226,3 +226,25 @@ fn special_ids_outside_vocab_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn image_placeholder_in_the_question_adds_a_slot() {
+    // tokenizer_image_token splits on every "<image>": each chunk is encoded on its own and
+    // loses its BOS; here the chunks after the template's slot are "\na " and " b ASSISTANT:".
+    let (tok, _dir) = load(LLAMA2);
+    let ids = tok.input_ids("a <image> b").unwrap();
+    let slots: Vec<usize> = (0..ids.len())
+        .filter(|&i| ids[i] == IMAGE_TOKEN_INDEX)
+        .collect();
+    assert_eq!(slots.len(), 2);
+    assert_eq!(slots[0], 35);
+    assert_eq!(ids[0], 1);
+    assert!(!ids[1..].contains(&1), "later chunks keep no BOS: {ids:?}");
+    // Expected chunk ids from sentencepiece 0.1.99 (Python) run as the slow tokenizer does
+    // (legacy=false): "\na " -> ▁ \n a ▁; " b ASSISTANT:" -> ▁ ▁b ▁A SS IST ANT :.
+    assert_eq!(&ids[36..slots[1]], &[29871, 13, 29874, 29871]);
+    assert_eq!(
+        &ids[slots[1] + 1..],
+        &[29871, 289, 319, 1799, 9047, 13566, 29901]
+    );
+}

@@ -149,6 +149,11 @@ fn garbage_and_truncated_models_are_errors() {
 /// Protobuf bytes of a small model, written by hand (field numbers from
 /// sentencepiece_model.proto): pieces <unk>/<s>/</s>/a/b/ab and a trainer spec.
 fn hand_model(model_type: u8) -> Vec<u8> {
+    hand_model_with(model_type, &[])
+}
+
+/// As [`hand_model`], with `trainer_extra` appended to the trainer spec.
+fn hand_model_with(model_type: u8, trainer_extra: &[u8]) -> Vec<u8> {
     fn piece(text: &str, score: f32, kind: u8) -> Vec<u8> {
         let mut p = vec![0x0a, text.len() as u8];
         p.extend_from_slice(text.as_bytes());
@@ -170,7 +175,8 @@ fn hand_model(model_type: u8) -> Vec<u8> {
     m.extend(piece("\u{2581}ab", -0.7, 1));
     // trainer_spec { model_type }, normalizer_spec { name: "identity",
     // remove_extra_whitespaces: false }
-    m.extend_from_slice(&[0x12, 2, 0x18, model_type]);
+    m.extend_from_slice(&[0x12, 2 + trainer_extra.len() as u8, 0x18, model_type]);
+    m.extend_from_slice(trainer_extra);
     m.extend_from_slice(&[0x1a, 12, 0x0a, 8]);
     m.extend_from_slice(b"identity");
     m.extend_from_slice(&[0x20, 0]);
@@ -195,4 +201,17 @@ fn non_bpe_models_are_refused() {
     let err = tokenizer_json_from_sentencepiece(&hand_model(1)).unwrap_err();
     assert!(matches!(err, TokenizerError::Unsupported(_)), "{err}");
     assert!(err.to_string().contains("UNIGRAM"), "{err}");
+}
+
+#[test]
+fn disabled_or_mistyped_special_ids_are_errors() {
+    // bos_id = -1 (field 41, int32 sign-extended to a 10-byte varint): BOS disabled.
+    let minus_one = [
+        0xc8, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    ];
+    let err = tokenizer_json_from_sentencepiece(&hand_model_with(2, &minus_one)).unwrap_err();
+    assert!(err.to_string().contains("bos_id = -1"), "{err}");
+    // eos_id = 4 names the NORMAL piece "a".
+    let err = tokenizer_json_from_sentencepiece(&hand_model_with(2, &[0xd0, 0x02, 4])).unwrap_err();
+    assert!(err.to_string().contains("eos_id = 4"), "{err}");
 }

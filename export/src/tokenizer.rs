@@ -28,7 +28,8 @@
 //! than converted approximately. Known limit, shared with Hugging Face's converter: when
 //! two different merges have equal scores, SentencePiece takes the leftmost while a ranked
 //! merge list takes the earlier rank (Llama-2's whitespace-only pieces all score -1e9; runs
-//! of up to 16 spaces come out the same either way). A literal `<s>`/`</s>` typed inside the
+//! of 1 to 400 spaces were checked to come out the same either way against sentencepiece
+//! 0.1.99). A literal `<s>`/`</s>` typed inside the
 //! text is split out as a special token as the slow tokenizer does, but the text after it
 //! gets a `▁` prefix that the slow tokenizer does not add.
 
