@@ -13,7 +13,8 @@
 //!   `tokenizers` BPE (lowest rank first, leftmost on ties) takes the same steps. Control,
 //!   unknown and byte pieces are never merge targets, as in SentencePiece.
 //! - Characters outside the vocabulary fall back to `<0xNN>` byte pieces (`byte_fallback`).
-//! - The slow tokenizer encodes `"▁" + text` with spaces written `▁`: a `Prepend("▁")` +
+//! - The slow tokenizer encodes `"▁" + text` with spaces written `▁` (legacy=false adds that
+//!   `▁` itself, whatever the model's `add_dummy_prefix`): a `Prepend("▁")` +
 //!   `Replace(" ", "▁")` normalizer, no pre-tokenizer (one word, as SentencePiece sees it).
 //! - `split_digits` is a training-time rule in SentencePiece (no piece holds a decimal digit
 //!   next to anything else); encoding needs no digit pre-tokenizer, and a `Digits`
@@ -29,9 +30,9 @@
 //! two different merges have equal scores, SentencePiece takes the leftmost while a ranked
 //! merge list takes the earlier rank (Llama-2's whitespace-only pieces all score -1e9; runs
 //! of 1 to 400 spaces were checked to come out the same either way against sentencepiece
-//! 0.1.99). A literal `<s>`/`</s>` typed inside the
-//! text is split out as a special token as the slow tokenizer does, but the text after it
-//! gets a `▁` prefix that the slow tokenizer does not add.
+//! 0.1.99). A literal `<s>`/`</s>` typed inside the text is split out as a special token
+//! as the slow tokenizer does, but the text after it gets a `▁` prefix that the slow
+//! tokenizer does not add (out of scope, as for Hugging Face's own tokenizer.json).
 
 use serde_json::{json, Map, Value};
 
