@@ -5,3 +5,4 @@
 //! (vision, projector, embed, decoder), `tokenizer.json` and `manifest.json`.
 
 pub mod manifest;
+pub mod tokenizer;
