@@ -457,6 +457,62 @@ pub fn random_into(
 mod tests {
     use super::*;
 
+    fn demo(name: &str) -> PathBuf {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/demo-src")
+            .join(name);
+        assert!(p.is_dir(), "{} missing", p.display());
+        p
+    }
+
+    /// The demo LLaVA shards: every key of `pytorch_model.bin.index.json` is found in the
+    /// shard it names, with the shape the bundle README gives (hidden 64, MLP 128, vocab
+    /// 1200), as fp16 (`torch_dtype: float16`).
+    #[test]
+    fn reads_the_demo_torch_shards() {
+        let dir = demo("llava-v1.5-tiny");
+        let ck = Checkpoint::open(&dir).unwrap();
+        let index: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("pytorch_model.bin.index.json")).unwrap(),
+        )
+        .unwrap();
+        let map = index["weight_map"].as_object().unwrap();
+        assert_eq!(ck.keys().count(), map.len());
+        for (key, shard) in map {
+            let info = &ck.tensors[key];
+            assert_eq!(
+                info.file.file_name().unwrap().to_str(),
+                shard.as_str(),
+                "{key}"
+            );
+            assert_eq!(info.dtype, StorageDtype::F16);
+        }
+        let info = ck
+            .info("model.layers.1.mlp.up_proj.weight", &[128, 64])
+            .unwrap();
+        assert_eq!(ck.read(info).unwrap().len(), 128 * 64 * 2);
+        assert!(matches!(
+            ck.info("model.embed_tokens.weight", &[1200, 32]),
+            Err(CheckpointError::Shape { .. })
+        ));
+        // The index's total_size is the sum of tensor bytes.
+        let total: u64 = ck.tensors.values().map(TensorInfo::byte_len).sum();
+        assert_eq!(index["metadata"]["total_size"].as_u64(), Some(total));
+    }
+
+    #[test]
+    fn reads_the_demo_safetensors() {
+        let ck = Checkpoint::open(&demo("clip-vit-tiny-patch14-336")).unwrap();
+        let info = ck
+            .info(
+                "vision_model.embeddings.position_embedding.weight",
+                &[577, 32],
+            )
+            .unwrap();
+        assert_eq!(info.dtype, StorageDtype::F32);
+        assert!(ck.keys().any(|k| k.starts_with("text_model.")));
+    }
+
     #[test]
     fn transpose_and_convert() {
         // [[1, 2, 3], [4, 5, 6]] as f32 -> transposed f16 [[1, 4], [2, 5], [3, 6]]

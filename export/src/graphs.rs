@@ -115,7 +115,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn to_f32(&mut self, x: &str) -> String {
+    fn cast_f32(&mut self, x: &str) -> String {
         if self.dt == ElemType::F32 {
             x.to_string()
         } else {
@@ -123,7 +123,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn to_dt(&mut self, x: &str) -> String {
+    fn cast_dt(&mut self, x: &str) -> String {
         if self.dt == ElemType::F32 {
             x.to_string()
         } else {
@@ -141,9 +141,9 @@ impl Ctx<'_> {
     ) -> Result<String, ExportError> {
         let w = self.weight(&format!("{prefix}.weight"), &[dim], false)?;
         let b = self.weight(&format!("{prefix}.bias"), &[dim], false)?;
-        let x32 = self.to_f32(x);
-        let w32 = self.to_f32(&w);
-        let b32 = self.to_f32(&b);
+        let x32 = self.cast_f32(x);
+        let w32 = self.cast_f32(&w);
+        let b32 = self.cast_f32(&b);
         let y = self.op_a(
             "LayerNormalization",
             &[&x32, &w32, &b32],
@@ -152,7 +152,7 @@ impl Ctx<'_> {
                 ("epsilon", Attr::Float(eps as f32)),
             ],
         );
-        Ok(self.to_dt(&y))
+        Ok(self.cast_dt(&y))
     }
 
     /// Llama RMSNorm: `weight * (x32 * rsqrt(mean(x32^2) + eps)).to(dtype)`.
@@ -164,7 +164,7 @@ impl Ctx<'_> {
         eps: f64,
     ) -> Result<String, ExportError> {
         let w = self.weight(key, &[dim], false)?;
-        let x32 = self.to_f32(x);
+        let x32 = self.cast_f32(x);
         let sq = self.op("Mul", &[&x32, &x32]);
         let var = self.op_a(
             "ReduceMean",
@@ -176,7 +176,7 @@ impl Ctx<'_> {
         let rms = self.op("Sqrt", &[&var]);
         let inv = self.op("Reciprocal", &[&rms]);
         let y = self.op("Mul", &[&x32, &inv]);
-        let y = self.to_dt(&y);
+        let y = self.cast_dt(&y);
         Ok(self.op("Mul", &[&w, &y]))
     }
 
@@ -184,7 +184,7 @@ impl Ctx<'_> {
     /// `already_f32`.
     fn softmax_f32(&mut self, x32: &str) -> String {
         let p = self.op_a("Softmax", &[x32], vec![("axis", Attr::Int(-1))]);
-        self.to_dt(&p)
+        self.cast_dt(&p)
     }
 
     /// [B, T, heads*hd] -> [B, heads, T, hd] (or [B, heads, hd, T] when `for_keys_t`).
@@ -254,7 +254,7 @@ pub fn build_vision(
         ElemType::F32,
         vec!["batch".into(), ch.into(), s.into(), s.into()],
     );
-    let x = c.to_dt(&px);
+    let x = c.cast_dt(&px);
     let pre = "vision_model";
     // Patch embedding: [B, C, S, S] -> [B, Hc, S/p, S/p] -> [B, N, Hc]  (336/14 = 24, 24*24 = 576)
     let conv_w = c.weight(
@@ -313,7 +313,7 @@ pub fn build_vision(
         let kt = c.split_heads(&k, heads, hd, &[0, 2, 3, 1]);
         let v = c.split_heads(&v, heads, hd, &[0, 2, 1, 3]);
         let scores = c.op("MatMul", &[&q, &kt]); // [B, heads, N+1, N+1]
-        let scores = c.to_f32(&scores);
+        let scores = c.cast_f32(&scores);
         let probs = c.softmax_f32(&scores);
         let o = c.op("MatMul", &[&probs, &v]);
         let o = c.merge_heads(&o, hc);
@@ -375,7 +375,7 @@ pub fn build_vision(
 
 /// Exact GELU `0.5 x (1 + erf(x / sqrt 2))`, in fp32.
 fn gelu_erf(c: &mut Ctx, x: &str) -> String {
-    let x32 = c.to_f32(x);
+    let x32 = c.cast_f32(x);
     let inv_sqrt2 =
         c.g.const_float(ElemType::F32, &[], &[std::f32::consts::FRAC_1_SQRT_2]);
     let half = c.g.const_float(ElemType::F32, &[], &[0.5]);
@@ -385,7 +385,7 @@ fn gelu_erf(c: &mut Ctx, x: &str) -> String {
     let e1 = c.op("Add", &[&e, &one]);
     let xh = c.op("Mul", &[&x32, &half]);
     let y = c.op("Mul", &[&xh, &e1]);
-    c.to_dt(&y)
+    c.cast_dt(&y)
 }
 
 /// `image_features [B,N,Hc] -> image_embeds [B,N,H]`.
@@ -521,8 +521,8 @@ pub fn build_decoder(
     let emb = c.op_a("Concat", &[&freqs, &freqs], vec![("axis", Attr::Int(-1))]); // [B, T, hd]
     let cos = c.op("Cos", &[&emb]);
     let sin = c.op("Sin", &[&emb]);
-    let cos = c.to_dt(&cos);
-    let sin = c.to_dt(&sin);
+    let cos = c.cast_dt(&cos);
+    let sin = c.cast_dt(&sin);
     let ax1 = c.g.const_i64(&[1]);
     let cos = c.op("Unsqueeze", &[&cos, &ax1]); // [B, 1, T, hd]
     let sin = c.op("Unsqueeze", &[&sin, &ax1]);
@@ -612,7 +612,7 @@ pub fn build_decoder(
             vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
         );
         let scores = c.op("MatMul", &[&q, &kt]); // [B, heads, T, S]
-        let scores = c.to_f32(&scores);
+        let scores = c.cast_f32(&scores);
         let scores = c.op("Div", &[&scores, &sqrt_hd]);
         let scores = c.op("Where", &[&allowed, &scores, &neg]);
         let probs = c.softmax_f32(&scores);
@@ -640,7 +640,7 @@ pub fn build_decoder(
     let last = c.op_a("Gather", &[&x, &last_idx], vec![("axis", Attr::Int(1))]);
     let last = c.rms_norm(&last, "model.norm.weight", hsz, cfg.rms_norm_eps)?;
     let logits = c.linear(&last, "lm_head", hsz, cfg.vocab_size, false)?;
-    let logits = c.to_f32(&logits);
+    let logits = c.cast_f32(&logits);
     c.identity_to(&logits, names::LOGITS);
     c.g.output(
         names::LOGITS,

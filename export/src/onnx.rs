@@ -612,9 +612,10 @@ mod tests {
             dims: vec![Dim::Named("B".into()), Dim::Fixed(3)],
         };
         let b = v.encode();
-        // name; type { tensor_type { elem_type 1, shape { dim{param "B"}, dim{value 3} } } }
+        // name; type (15 bytes) { tensor_type (13) { elem_type 1, shape (9) {
+        //   dim (3) {param "B"}, dim (2) {value 3} } } }
         let expected = [
-            0x0a, 1, b'x', 0x12, 13, 0x0a, 11, 0x08, 1, 0x12, 7, 0x0a, 3, 0x12, 1, b'B', 0x0a, 2,
+            0x0a, 1, b'x', 0x12, 15, 0x0a, 13, 0x08, 1, 0x12, 9, 0x0a, 3, 0x12, 1, b'B', 0x0a, 2,
             0x08, 3,
         ];
         assert_eq!(b, expected);
