@@ -244,3 +244,40 @@ fn random_weights_need_no_weights_files() {
         "{dec_bytes} < {expected_min}"
     );
 }
+
+/// The built binary: bad flags and a non-empty --out exit with code 2 and say why.
+#[test]
+fn cli_reports_bad_input_with_exit_code_2() {
+    let c = Case::new();
+    let bin = env!("CARGO_BIN_EXE_vlguard-ort");
+    let run = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("export")
+            .arg("--checkpoint")
+            .arg(c.llava())
+            .arg("--vision-tower")
+            .arg(c.clip())
+            .arg("--out")
+            .arg(c.out())
+            .args(extra);
+        cmd.output().unwrap()
+    };
+    let out = run(&["--dtype", "bf8"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bf8") && stderr.contains("--dtype"),
+        "{stderr}"
+    );
+
+    std::fs::create_dir(c.out()).unwrap();
+    std::fs::write(c.out().join("x"), "").unwrap();
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not empty") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    c.assert_no_partial_output();
+}
