@@ -73,6 +73,9 @@ pub struct TensorInfo {
     pub offset: u64,
     pub dtype: StorageDtype,
     pub shape: Vec<u64>,
+    /// Why this tensor cannot be read as a weight (e.g. a strided view), reported only
+    /// when the graphs ask for it: a checkpoint's unused tensors never fail an export.
+    pub problem: Option<String>,
 }
 
 impl TensorInfo {
@@ -161,6 +164,18 @@ impl Checkpoint {
                 source_desc: self.described_by.display().to_string(),
             })?;
         let expected: Vec<u64> = expected.iter().map(|d| *d as u64).collect();
+        if let Some(problem) = &info.problem {
+            return Err(format_err(&info.file, format!("tensor `{key}`: {problem}")));
+        }
+        if !info.dtype.is_weight_type() {
+            return Err(format_err(
+                &info.file,
+                format!(
+                    "tensor `{key}` is {}, expected float32, float16 or bfloat16",
+                    info.dtype.name()
+                ),
+            ));
+        }
         if info.shape != expected {
             return Err(CheckpointError::Shape {
                 key: key.to_string(),
@@ -242,13 +257,14 @@ fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, 
             Some("F32") => StorageDtype::F32,
             Some("F16") => StorageDtype::F16,
             Some("BF16") => StorageDtype::BF16,
-            Some(other) => {
-                // Integer buffers (e.g. CLIP's position_ids) are never read; record nothing.
-                if ["I64", "I32", "I16", "I8", "U8", "BOOL", "F64"].contains(&other) {
-                    continue;
-                }
-                return Err(bad(&format!("unsupported dtype {other}")));
-            }
+            Some("F64") => StorageDtype::F64,
+            Some("I64") => StorageDtype::I64,
+            Some("I32") => StorageDtype::I32,
+            Some("I16") => StorageDtype::I16,
+            Some("I8") => StorageDtype::I8,
+            Some("U8") => StorageDtype::U8,
+            Some("BOOL") => StorageDtype::Bool,
+            Some(other) => return Err(bad(&format!("unsupported dtype {other}"))),
             None => return Err(bad("no dtype")),
         };
         let shape: Vec<u64> = entry
@@ -270,6 +286,7 @@ fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, 
             offset: data_start + begin,
             dtype,
             shape,
+            problem: None,
         };
         if end < begin || end - begin != info.byte_len() || data_start + end > file_len {
             return Err(bad("data_offsets disagree with shape or file length"));
@@ -310,12 +327,8 @@ fn read_torch_zip(path: &Path) -> Result<BTreeMap<String, TensorInfo>, Checkpoin
     let mut out = BTreeMap::new();
     let mut storages: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (name, t) in refs {
-        if !t.is_contiguous() {
-            return Err(format_err(
-                path,
-                format!("tensor `{name}` is not contiguous (stride {:?})", t.stride),
-            ));
-        }
+        let problem =
+            (!t.is_contiguous()).then(|| format!("not contiguous (stride {:?})", t.stride));
         let (start, size) = match storages.get(&t.storage_key) {
             Some(s) => *s,
             None => {
@@ -342,6 +355,7 @@ fn read_torch_zip(path: &Path) -> Result<BTreeMap<String, TensorInfo>, Checkpoin
             offset: start + t.storage_offset * t.dtype.size() as u64,
             dtype: t.dtype,
             shape: t.shape.clone(),
+            problem,
         };
         if t.storage_offset * t.dtype.size() as u64 + info.byte_len() > size {
             return Err(format_err(
@@ -357,10 +371,21 @@ fn read_torch_zip(path: &Path) -> Result<BTreeMap<String, TensorInfo>, Checkpoin
 // ---------------------------------------------------------------- conversion
 
 fn elem_to_f32(dtype: StorageDtype, b: &[u8]) -> f32 {
+    let b8 = |b: &[u8]| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[..8]);
+        a
+    };
     match dtype {
         StorageDtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         StorageDtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
         StorageDtype::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        StorageDtype::F64 => f64::from_le_bytes(b8(b)) as f32,
+        StorageDtype::I64 => i64::from_le_bytes(b8(b)) as f32,
+        StorageDtype::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,
+        StorageDtype::I16 => i16::from_le_bytes([b[0], b[1]]) as f32,
+        StorageDtype::I8 => b[0] as i8 as f32,
+        StorageDtype::U8 | StorageDtype::Bool => b[0] as f32,
     }
 }
 
@@ -527,6 +552,31 @@ mod tests {
             .unwrap();
         assert_eq!(info.dtype, StorageDtype::F32);
         assert!(ck.keys().any(|k| k.starts_with("text_model.")));
+    }
+
+    /// A hand-written safetensors file with an int64 buffer (as CLIP's `position_ids`):
+    /// the checkpoint opens, the float tensor reads, the buffer is refused by name.
+    #[test]
+    fn integer_buffers_are_listed_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"pos":{"dtype":"I64","shape":[1,3],"data_offsets":[8,32]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(1.5f32.to_le_bytes());
+        bytes.extend((-2f32).to_le_bytes());
+        for v in [0i64, 1, 2] {
+            bytes.extend(v.to_le_bytes());
+        }
+        std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+        let ck = Checkpoint::open(dir.path()).unwrap();
+        let a = ck.info("a", &[2]).unwrap();
+        let raw = ck.read(a).unwrap();
+        assert_eq!(raw[..4], 1.5f32.to_le_bytes());
+        assert_eq!(raw[4..], (-2f32).to_le_bytes());
+        let err = ck.info("pos", &[1, 3]).unwrap_err().to_string();
+        assert!(err.contains("`pos`") && err.contains("int64"), "{err}");
+        let err = ck.info("b", &[2]).unwrap_err().to_string();
+        assert!(err.contains("`b` not found"), "{err}");
     }
 
     #[test]

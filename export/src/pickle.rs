@@ -14,19 +14,52 @@
 
 use std::collections::HashMap;
 
-/// Element type of a storage.
+/// Element type of a storage. Weights are F32, F16 or BF16; the others occur as buffers
+/// (CLIP's int64 `position_ids`) that are listed but never read as weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageDtype {
     F32,
     F16,
     BF16,
+    F64,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
 }
 
 impl StorageDtype {
     pub fn size(self) -> usize {
         match self {
-            StorageDtype::F32 => 4,
-            StorageDtype::F16 | StorageDtype::BF16 => 2,
+            StorageDtype::F64 | StorageDtype::I64 => 8,
+            StorageDtype::F32 | StorageDtype::I32 => 4,
+            StorageDtype::F16 | StorageDtype::BF16 | StorageDtype::I16 => 2,
+            StorageDtype::I8 | StorageDtype::U8 | StorageDtype::Bool => 1,
+        }
+    }
+
+    /// The element types the exporter reads weights from.
+    pub fn is_weight_type(self) -> bool {
+        matches!(
+            self,
+            StorageDtype::F32 | StorageDtype::F16 | StorageDtype::BF16
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageDtype::F32 => "float32",
+            StorageDtype::F16 => "float16",
+            StorageDtype::BF16 => "bfloat16",
+            StorageDtype::F64 => "float64",
+            StorageDtype::I64 => "int64",
+            StorageDtype::I32 => "int32",
+            StorageDtype::I16 => "int16",
+            StorageDtype::I8 => "int8",
+            StorageDtype::U8 => "uint8",
+            StorageDtype::Bool => "bool",
         }
     }
 }
@@ -471,6 +504,13 @@ fn persistent_load(pid: Value, pos: usize) -> Result<Value, PickleError> {
                 "torch.FloatStorage" => StorageDtype::F32,
                 "torch.HalfStorage" => StorageDtype::F16,
                 "torch.BFloat16Storage" => StorageDtype::BF16,
+                "torch.DoubleStorage" => StorageDtype::F64,
+                "torch.LongStorage" => StorageDtype::I64,
+                "torch.IntStorage" => StorageDtype::I32,
+                "torch.ShortStorage" => StorageDtype::I16,
+                "torch.CharStorage" => StorageDtype::I8,
+                "torch.ByteStorage" => StorageDtype::U8,
+                "torch.BoolStorage" => StorageDtype::Bool,
                 other => return Err(PickleError::Storage(other.to_string())),
             };
             Ok(Value::Storage {
@@ -599,9 +639,12 @@ mod tests {
         assert_eq!(t[0].1.dtype, StorageDtype::BF16);
         let t = read_state_dict(&one_tensor_pickle("FloatStorage")).unwrap();
         assert_eq!(t[0].1.dtype, StorageDtype::F32);
+        // CLIP checkpoints hold an int64 `position_ids` buffer: listed, not refused.
+        let t = read_state_dict(&one_tensor_pickle("LongStorage")).unwrap();
+        assert_eq!(t[0].1.dtype, StorageDtype::I64);
         assert_eq!(
-            read_state_dict(&one_tensor_pickle("LongStorage")),
-            Err(PickleError::Storage("torch.LongStorage".into()))
+            read_state_dict(&one_tensor_pickle("ComplexFloatStorage")),
+            Err(PickleError::Storage("torch.ComplexFloatStorage".into()))
         );
     }
 
