@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vlguard_export::{Dtype, ExportError, ExportOptions};
+use vlguard_export::{Dtype, ExportError, ExportOptions, ExportReport};
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -60,21 +60,27 @@ impl ExportArgs {
 pub fn command(args: &ExportArgs) -> Result<ExitCode, Error> {
     let opts = args.options()?;
     let report = vlguard_export::export(&opts)?;
+    print!("{}", summary(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text `export` prints: where, dtype, time, weights per graph, the key dimensions.
+pub fn summary(report: &ExportReport) -> String {
     let m = &report.manifest;
-    println!(
-        "exported {} ({}) in {:.1} s",
+    let mut out = format!(
+        "exported {} ({}) in {:.1} s\n",
         report.out.display(),
         m.dtype.as_str(),
         report.seconds
     );
     for (file, bytes) in &report.weight_bytes {
-        println!(
-            "  {file:<16} {:>10.1} MiB of weights",
+        out += &format!(
+            "  {file:<16} {:>10.1} MiB of weights\n",
             *bytes as f64 / 1048576.0
         );
     }
-    println!(
-        "  vision: {} layers of {} run, {} tokens x {}; decoder: {} layers, hidden {}, heads {}/{} kv, vocab {}",
+    out += &format!(
+        "  vision: {} of {} layers, {} tokens x {}; decoder: {} layers, hidden {}, heads {} ({} kv), vocab {}\n",
         m.vision.layers_emitted,
         m.vision.num_layers,
         m.vision.num_tokens,
@@ -85,5 +91,5 @@ pub fn command(args: &ExportArgs) -> Result<ExitCode, Error> {
         m.decoder.num_kv_heads,
         m.decoder.vocab_size
     );
-    Ok(ExitCode::SUCCESS)
+    out
 }

@@ -231,8 +231,21 @@ fn random_weights_need_no_weights_files() {
         force: false,
         random_weights: true,
     };
-    let report = export_with(&opts, &stub_tokenizer).unwrap();
+    let mut report = export_with(&opts, &stub_tokenizer).unwrap();
     assert_eq!(report.manifest.decoder.num_kv_heads, 2);
+    // What the command prints (time fixed; the rest from the bundle's configs).
+    report.seconds = 0.25;
+    let text = vlguard_ort::export_cmd::summary(&report);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("exported {} (fp16) in 0.2 s", c.out().display())
+    );
+    assert!(lines[1].starts_with("  decoder.onnx ") && lines[1].ends_with(" MiB of weights"));
+    assert_eq!(
+        lines[5],
+        "  vision: 2 of 3 layers, 576 tokens x 32; decoder: 2 layers, hidden 64, heads 4 (2 kv), vocab 1200"
+    );
     // k_proj is [kv*hd, H] = [32, 64]: 2048 fp16 values; the decoder data holds all layers.
     let dec_bytes = report.weight_bytes["decoder.onnx"];
     // Per layer: q 64*64 + k,v 2*32*64 + o 64*64 + 3 MLP 64*128 + 2 norms 64; + norm 64 +
