@@ -633,6 +633,38 @@ mod tests {
         assert!(t.is_contiguous());
     }
 
+    /// Fixtures written by Python's own pickle (export/tests/fixtures/make_pickles.py, which
+    /// says how): an OrderedDict state dict with `_metadata`, a shared storage, a strided
+    /// view, an `nn.Parameter`, a bf16 and an int64 storage; protocols 2 and 4.
+    #[test]
+    fn reads_python_pickled_state_dicts() {
+        for bytes in [
+            &include_bytes!("../tests/fixtures/state_dict_p2.pkl")[..],
+            &include_bytes!("../tests/fixtures/state_dict_p4.pkl")[..],
+        ] {
+            let t = read_state_dict(bytes).unwrap();
+            let names: Vec<&str> = t.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["w", "w_view", "b", "pos"]);
+            let w = &t[0].1;
+            assert_eq!((w.storage_key.as_str(), w.dtype), ("0", StorageDtype::F16));
+            assert_eq!(
+                (w.shape.clone(), w.stride.clone()),
+                (vec![4, 3], vec![3, 1])
+            );
+            assert!(w.is_contiguous());
+            let view = &t[1].1;
+            assert_eq!((view.storage_key.as_str(), view.storage_offset), ("0", 12));
+            assert!(!view.is_contiguous());
+            let b = &t[2].1;
+            assert_eq!((b.dtype, b.shape.clone()), (StorageDtype::BF16, vec![5]));
+            let pos = &t[3].1;
+            assert_eq!(
+                (pos.dtype, pos.shape.clone()),
+                (StorageDtype::I64, vec![1, 300])
+            );
+        }
+    }
+
     #[test]
     fn storage_types() {
         let t = read_state_dict(&one_tensor_pickle("BFloat16Storage")).unwrap();
@@ -678,8 +710,8 @@ mod tests {
     }
 
     #[test]
-    fn long1_negative_and_memo() {
-        // {'a': ...} is not needed: check ints through a dict of tensors is refused nicely.
+    fn non_tensor_entry_is_refused() {
+        // {"a": -1} (LONG1 0xff): a dict entry that is not a tensor is refused by name.
         let p = b"\x80\x02}q\x00X\x01\x00\x00\x00a\x8a\x01\xffs.";
         assert_eq!(
             read_state_dict(p),
