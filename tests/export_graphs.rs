@@ -255,6 +255,28 @@ fn vision_matches_reference() {
     }
 }
 
+/// Two images in one batch: each row equals its reference (the CLS token is broadcast
+/// over the batch, not baked in for B = 1).
+#[test]
+fn vision_batch_of_two() {
+    let m = fp32_model();
+    let mut vision = session(&m.dir, &m.manifest.graphs.vision.file);
+    let (shape, mut px) = golden(0, "pixel_values");
+    px.extend(golden(1, "pixel_values").1);
+    let (_, mut expected) = golden(0, "vision_features");
+    expected.extend(golden(1, "vision_features").1);
+    let full = vec![2, shape[0], shape[1], shape[2]];
+    let out = vision
+        .run(ort::inputs![names::PIXEL_VALUES => Tensor::from_array((full, px)).unwrap()])
+        .unwrap();
+    let (got_shape, got) = out[names::IMAGE_FEATURES]
+        .try_extract_tensor::<f32>()
+        .unwrap();
+    assert_eq!(got_shape[0], 2);
+    let diff = max_abs_diff(got, &expected);
+    assert!(diff <= TOL, "{diff}");
+}
+
 #[test]
 fn projector_matches_reference() {
     let m = fp32_model();
