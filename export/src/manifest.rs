@@ -45,7 +45,10 @@ impl std::str::FromStr for Dtype {
 pub struct Manifest {
     pub format_version: u32,
     pub exporter_version: String,
-    /// Storage and compute dtype of the graphs' weights and activations.
+    /// Storage and compute dtype of the graphs' weights and activations (and of
+    /// `image_features`, `image_embeds`, `inputs_embeds` and the KV cache). Whatever it is,
+    /// `pixel_values` is fp32 (cast inside the vision graph) and `logits` is fp32; with fp16,
+    /// LayerNorm, RMSNorm, softmax, GELU and RoPE angles are computed in fp32.
     pub dtype: Dtype,
     pub vision: VisionSpec,
     pub projector: ProjectorSpec,

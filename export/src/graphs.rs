@@ -1,0 +1,694 @@
+//! Graph builders: CLIP vision tower, projector, token embedding and Llama decoder, as
+//! ONNX graphs of standard opset-17 ops. Every dimension comes from the parsed configs,
+//! every graph input/output name from `manifest::names`.
+//!
+//! Numerics follow the reference (transformers 4.37 `CLIPVisionModel`, LLaVA's projector,
+//! `LlamaForCausalLM`):
+//! - vision: Conv patch embedding (no bias), CLS + learned positions, `pre_layrnorm`, the
+//!   first `layers_emitted` pre-LN encoder layers (q scaled by head_dim^-0.5 after its
+//!   bias), quick_gelu (or exact gelu) MLP; no post_layernorm; CLS dropped for `patch`.
+//! - projector: Linear -> GELU (erf) -> Linear, or one Linear.
+//! - decoder: RMSNorm (fp32: x * 1/sqrt(mean(x^2) + eps), cast back, times weight), RoPE
+//!   rotate-half with cos/sin of position_ids * inv_freq computed in the graph, scores
+//!   (q k^T) / sqrt(head_dim), a mask where query t (absolute position P + t) sees key j
+//!   when j <= P + t and attention_mask[j] = 1 (others get f32::MIN, HF's finfo.min, never
+//!   -inf, so a fully padded row is uniform, not NaN), softmax in fp32, GQA by repeating kv
+//!   heads, SiLU MLP, final norm and untied lm_head on the LAST position only.
+//! - fp16: weights and activations fp16; LayerNorm, RMSNorm, softmax, GELU and RoPE angles
+//!   computed in fp32 between Casts; `pixel_values` input and `logits` output are fp32.
+//!
+//! Linear weights are stored transposed ([in, out]) so that `MatMul(x, W)` needs no
+//! Transpose node at run time.
+
+use std::path::Path;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{ClipVisionConfig, LlavaConfig, ProjectorKind};
+use crate::manifest::{names, Dtype};
+use crate::onnx::{Attr, ElemType, GraphBuilder};
+use crate::ExportError;
+
+/// Where weights come from.
+pub enum Weights<'a> {
+    Checkpoint(&'a Checkpoint),
+    /// Seeded random values (`--random-weights`), any shape.
+    Random,
+}
+
+/// One graph under construction with its weight source and compute dtype.
+struct Ctx<'a> {
+    g: GraphBuilder,
+    w: &'a Weights<'a>,
+    /// Activation and weight element type.
+    dt: ElemType,
+}
+
+fn elem(dtype: Dtype) -> ElemType {
+    match dtype {
+        Dtype::Fp32 => ElemType::F32,
+        Dtype::Fp16 => ElemType::F16,
+    }
+}
+
+impl Ctx<'_> {
+    /// Streams checkpoint tensor `key` (checked to be `shape`) into the graph, transposed
+    /// when `transpose` (2-D only), as the graph dtype.
+    fn weight(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        transpose: bool,
+    ) -> Result<String, ExportError> {
+        let out_shape: Vec<usize> = if transpose {
+            vec![shape[1], shape[0]]
+        } else {
+            shape.to_vec()
+        };
+        let dt = self.dt;
+        let name = if transpose {
+            format!("{key}.T")
+        } else {
+            key.to_string()
+        };
+        match self.w {
+            Weights::Checkpoint(ckpt) => {
+                let info = ckpt.info(key, shape)?;
+                let raw = ckpt.read(info)?;
+                let dtype = info.dtype;
+                Ok(self.g.weight(&name, dt, &out_shape, |w| {
+                    checkpoint::convert_into(&raw, dtype, shape, transpose, dt, w)
+                })?)
+            }
+            Weights::Random => {
+                let numel = shape.iter().product();
+                Ok(self.g.weight(&name, dt, &out_shape, |w| {
+                    checkpoint::random_into(key, numel, dt, w)
+                })?)
+            }
+        }
+    }
+
+    fn op(&mut self, op: &str, inputs: &[&str]) -> String {
+        self.g.node(op, inputs, vec![])
+    }
+
+    fn op_a(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+        self.g.node(op, inputs, attrs)
+    }
+
+    /// `x @ W^T + b` for a PyTorch Linear `prefix.{weight,bias}` of [out, in].
+    fn linear(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<String, ExportError> {
+        let w = self.weight(&format!("{prefix}.weight"), &[d_out, d_in], true)?;
+        let y = self.op("MatMul", &[x, &w]);
+        if bias {
+            let b = self.weight(&format!("{prefix}.bias"), &[d_out], false)?;
+            Ok(self.op("Add", &[&y, &b]))
+        } else {
+            Ok(y)
+        }
+    }
+
+    fn cast_f32(&mut self, x: &str) -> String {
+        if self.dt == ElemType::F32 {
+            x.to_string()
+        } else {
+            self.op_a("Cast", &[x], vec![("to", Attr::Int(ElemType::F32 as i64))])
+        }
+    }
+
+    fn cast_dt(&mut self, x: &str) -> String {
+        if self.dt == ElemType::F32 {
+            x.to_string()
+        } else {
+            self.op_a("Cast", &[x], vec![("to", Attr::Int(self.dt as i64))])
+        }
+    }
+
+    /// LayerNorm over the last axis, computed in fp32.
+    fn layer_norm(
+        &mut self,
+        x: &str,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<String, ExportError> {
+        let w = self.weight(&format!("{prefix}.weight"), &[dim], false)?;
+        let b = self.weight(&format!("{prefix}.bias"), &[dim], false)?;
+        let x32 = self.cast_f32(x);
+        let w32 = self.cast_f32(&w);
+        let b32 = self.cast_f32(&b);
+        let y = self.op_a(
+            "LayerNormalization",
+            &[&x32, &w32, &b32],
+            vec![
+                ("axis", Attr::Int(-1)),
+                ("epsilon", Attr::Float(eps as f32)),
+            ],
+        );
+        Ok(self.cast_dt(&y))
+    }
+
+    /// Llama RMSNorm: `weight * (x32 * rsqrt(mean(x32^2) + eps)).to(dtype)`.
+    fn rms_norm(
+        &mut self,
+        x: &str,
+        key: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<String, ExportError> {
+        let w = self.weight(key, &[dim], false)?;
+        let x32 = self.cast_f32(x);
+        let sq = self.op("Mul", &[&x32, &x32]);
+        let var = self.op_a(
+            "ReduceMean",
+            &[&sq],
+            vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))],
+        );
+        let eps = self.g.const_float(ElemType::F32, &[], &[eps as f32]);
+        let var = self.op("Add", &[&var, &eps]);
+        let rms = self.op("Sqrt", &[&var]);
+        let inv = self.op("Reciprocal", &[&rms]);
+        let y = self.op("Mul", &[&x32, &inv]);
+        let y = self.cast_dt(&y);
+        Ok(self.op("Mul", &[&w, &y]))
+    }
+
+    /// Softmax over the last axis in fp32; input and output in the graph dtype unless
+    /// `already_f32`.
+    fn softmax_f32(&mut self, x32: &str) -> String {
+        let p = self.op_a("Softmax", &[x32], vec![("axis", Attr::Int(-1))]);
+        self.cast_dt(&p)
+    }
+
+    /// [B, T, heads*hd] -> [B, heads, T, hd] (or [B, heads, hd, T] when `for_keys_t`).
+    fn split_heads(&mut self, x: &str, heads: usize, hd: usize, perm: &[i64]) -> String {
+        let shape = self.g.const_i64(&[0, 0, heads as i64, hd as i64]);
+        let r = self.op("Reshape", &[x, &shape]);
+        self.op_a(
+            "Transpose",
+            &[&r],
+            vec![("perm", Attr::Ints(perm.to_vec()))],
+        )
+    }
+
+    /// [B, heads, T, hd] -> [B, T, heads*hd].
+    fn merge_heads(&mut self, x: &str, hidden: usize) -> String {
+        let t = self.op_a(
+            "Transpose",
+            &[x],
+            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let shape = self.g.const_i64(&[0, 0, hidden as i64]);
+        self.op("Reshape", &[&t, &shape])
+    }
+
+    fn identity_to(&mut self, x: &str, name: &str) {
+        self.g.node_named("Identity", &[x], vec![], Some(name));
+    }
+}
+
+/// Encoder layers run: hidden_states has layers + 1 entries (0 = embeddings after
+/// pre_layrnorm), `select_layer` indexes it like Python (-2 -> layers - 1).
+pub fn layers_emitted(select_layer: i64, num_layers: usize) -> Option<usize> {
+    let n = num_layers as i64 + 1;
+    let idx = if select_layer < 0 {
+        n + select_layer
+    } else {
+        select_layer
+    };
+    (0..n).contains(&idx).then_some(idx as usize)
+}
+
+pub struct BuiltGraph {
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub weight_bytes: u64,
+}
+
+/// `pixel_values [B,C,S,S] f32 -> image_features [B,N,Hc]`.
+pub fn build_vision(
+    dir: &Path,
+    file: &str,
+    clip: &ClipVisionConfig,
+    llava: &LlavaConfig,
+    emitted: usize,
+    dtype: Dtype,
+    w: &Weights,
+) -> Result<BuiltGraph, ExportError> {
+    let mut c = Ctx {
+        g: GraphBuilder::new("vision", dir, file)?,
+        w,
+        dt: elem(dtype),
+    };
+    let hc = clip.hidden_size;
+    let (s, p, ch) = (clip.image_size, clip.patch_size, clip.num_channels);
+    let px = c.g.input(
+        names::PIXEL_VALUES,
+        ElemType::F32,
+        vec!["batch".into(), ch.into(), s.into(), s.into()],
+    );
+    let x = c.cast_dt(&px);
+    let pre = "vision_model";
+    // Patch embedding: [B, C, S, S] -> [B, Hc, S/p, S/p] -> [B, N, Hc]  (336/14 = 24, 24*24 = 576)
+    let conv_w = c.weight(
+        &format!("{pre}.embeddings.patch_embedding.weight"),
+        &[hc, ch, p, p],
+        false,
+    )?;
+    let patches = c.op_a(
+        "Conv",
+        &[&x, &conv_w],
+        vec![
+            ("kernel_shape", Attr::Ints(vec![p as i64, p as i64])),
+            ("strides", Attr::Ints(vec![p as i64, p as i64])),
+        ],
+    );
+    let flat_shape = c.g.const_i64(&[0, hc as i64, -1]);
+    let flat = c.op("Reshape", &[&patches, &flat_shape]);
+    let tokens = c.op_a(
+        "Transpose",
+        &[&flat],
+        vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+    );
+    // CLS token broadcast to [B, 1, Hc]
+    let cls = c.weight(&format!("{pre}.embeddings.class_embedding"), &[hc], false)?;
+    let cls_shape = c.g.const_i64(&[1, 1, hc as i64]);
+    let cls = c.op("Reshape", &[&cls, &cls_shape]);
+    let batch = c.op_a(
+        "Shape",
+        &[&px],
+        vec![("start", Attr::Int(0)), ("end", Attr::Int(1))],
+    );
+    let rest = c.g.const_i64(&[1, hc as i64]);
+    let target = c.op_a("Concat", &[&batch, &rest], vec![("axis", Attr::Int(0))]);
+    let cls = c.op("Expand", &[&cls, &target]);
+    let h = c.op_a("Concat", &[&cls, &tokens], vec![("axis", Attr::Int(1))]);
+    let pos = c.weight(
+        &format!("{pre}.embeddings.position_embedding.weight"),
+        &[clip.num_positions(), hc],
+        false,
+    )?;
+    let h = c.op("Add", &[&h, &pos]);
+    let mut h = c.layer_norm(&h, &format!("{pre}.pre_layrnorm"), hc, clip.layer_norm_eps)?;
+
+    let heads = clip.num_heads;
+    let hd = clip.head_dim();
+    let scale = c.g.const_float(c.dt, &[], &[(hd as f32).powf(-0.5)]);
+    for l in 0..emitted {
+        let lp = format!("{pre}.encoder.layers.{l}");
+        let eps = clip.layer_norm_eps;
+        let x = c.layer_norm(&h, &format!("{lp}.layer_norm1"), hc, eps)?;
+        let q = c.linear(&x, &format!("{lp}.self_attn.q_proj"), hc, hc, true)?;
+        let q = c.op("Mul", &[&q, &scale]);
+        let k = c.linear(&x, &format!("{lp}.self_attn.k_proj"), hc, hc, true)?;
+        let v = c.linear(&x, &format!("{lp}.self_attn.v_proj"), hc, hc, true)?;
+        let q = c.split_heads(&q, heads, hd, &[0, 2, 1, 3]);
+        let kt = c.split_heads(&k, heads, hd, &[0, 2, 3, 1]);
+        let v = c.split_heads(&v, heads, hd, &[0, 2, 1, 3]);
+        let scores = c.op("MatMul", &[&q, &kt]); // [B, heads, N+1, N+1]
+        let scores = c.cast_f32(&scores);
+        let probs = c.softmax_f32(&scores);
+        let o = c.op("MatMul", &[&probs, &v]);
+        let o = c.merge_heads(&o, hc);
+        let o = c.linear(&o, &format!("{lp}.self_attn.out_proj"), hc, hc, true)?;
+        h = c.op("Add", &[&h, &o]);
+        let x = c.layer_norm(&h, &format!("{lp}.layer_norm2"), hc, eps)?;
+        let x = c.linear(
+            &x,
+            &format!("{lp}.mlp.fc1"),
+            hc,
+            clip.intermediate_size,
+            true,
+        )?;
+        let x = match clip.hidden_act.as_str() {
+            "quick_gelu" => {
+                // x * sigmoid(1.702 x)
+                let k = c.g.const_float(c.dt, &[], &[1.702]);
+                let kx = c.op("Mul", &[&x, &k]);
+                let sg = c.op("Sigmoid", &[&kx]);
+                c.op("Mul", &[&x, &sg])
+            }
+            _ => gelu_erf(&mut c, &x),
+        };
+        let x = c.linear(
+            &x,
+            &format!("{lp}.mlp.fc2"),
+            clip.intermediate_size,
+            hc,
+            true,
+        )?;
+        h = c.op("Add", &[&h, &x]);
+    }
+    let n_out = if llava.select_feature_keeps_cls {
+        clip.num_positions()
+    } else {
+        clip.num_positions() - 1
+    };
+    if llava.select_feature_keeps_cls {
+        c.identity_to(&h, names::IMAGE_FEATURES);
+    } else {
+        let starts = c.g.const_i64(&[1]);
+        let ends = c.g.const_i64(&[i64::MAX]);
+        let axes = c.g.const_i64(&[1]);
+        c.g.node_named(
+            "Slice",
+            &[&h, &starts, &ends, &axes],
+            vec![],
+            Some(names::IMAGE_FEATURES),
+        );
+    }
+    let dt = c.dt;
+    c.g.output(
+        names::IMAGE_FEATURES,
+        dt,
+        vec!["batch".into(), n_out.into(), hc.into()],
+    );
+    finish(c, dir, file)
+}
+
+/// Exact GELU `0.5 x (1 + erf(x / sqrt 2))`, in fp32.
+fn gelu_erf(c: &mut Ctx, x: &str) -> String {
+    let x32 = c.cast_f32(x);
+    let inv_sqrt2 =
+        c.g.const_float(ElemType::F32, &[], &[std::f32::consts::FRAC_1_SQRT_2]);
+    let half = c.g.const_float(ElemType::F32, &[], &[0.5]);
+    let one = c.g.const_float(ElemType::F32, &[], &[1.0]);
+    let xs = c.op("Mul", &[&x32, &inv_sqrt2]);
+    let e = c.op("Erf", &[&xs]);
+    let e1 = c.op("Add", &[&e, &one]);
+    let xh = c.op("Mul", &[&x32, &half]);
+    let y = c.op("Mul", &[&xh, &e1]);
+    c.cast_dt(&y)
+}
+
+/// `image_features [B,N,Hc] -> image_embeds [B,N,H]`.
+pub fn build_projector(
+    dir: &Path,
+    file: &str,
+    llava: &LlavaConfig,
+    dtype: Dtype,
+    w: &Weights,
+) -> Result<BuiltGraph, ExportError> {
+    let mut c = Ctx {
+        g: GraphBuilder::new("projector", dir, file)?,
+        w,
+        dt: elem(dtype),
+    };
+    let (hc, h) = (llava.mm_hidden_size, llava.llama.hidden_size);
+    let dt = c.dt;
+    let x = c.g.input(
+        names::PROJECTOR_IN,
+        dt,
+        vec!["batch".into(), "tokens".into(), hc.into()],
+    );
+    let y = match llava.projector {
+        ProjectorKind::Mlp2xGelu => {
+            let y = c.linear(&x, "model.mm_projector.0", hc, h, true)?;
+            let y = gelu_erf(&mut c, &y);
+            c.linear(&y, "model.mm_projector.2", h, h, true)?
+        }
+        ProjectorKind::Linear => c.linear(&x, "model.mm_projector", hc, h, true)?,
+    };
+    c.identity_to(&y, names::PROJECTOR_OUT);
+    c.g.output(
+        names::PROJECTOR_OUT,
+        dt,
+        vec!["batch".into(), "tokens".into(), h.into()],
+    );
+    finish(c, dir, file)
+}
+
+/// `input_ids [B,T] i64 -> inputs_embeds [B,T,H]`.
+pub fn build_embed(
+    dir: &Path,
+    file: &str,
+    llava: &LlavaConfig,
+    dtype: Dtype,
+    w: &Weights,
+) -> Result<BuiltGraph, ExportError> {
+    let mut c = Ctx {
+        g: GraphBuilder::new("embed", dir, file)?,
+        w,
+        dt: elem(dtype),
+    };
+    let (v, h) = (llava.llama.vocab_size, llava.llama.hidden_size);
+    let ids = c.g.input(
+        names::INPUT_IDS,
+        ElemType::I64,
+        vec!["batch".into(), "seq".into()],
+    );
+    let table = c.weight("model.embed_tokens.weight", &[v, h], false)?;
+    c.g.node_named(
+        "Gather",
+        &[&table, &ids],
+        vec![("axis", Attr::Int(0))],
+        Some(names::INPUTS_EMBEDS),
+    );
+    let dt = c.dt;
+    c.g.output(
+        names::INPUTS_EMBEDS,
+        dt,
+        vec!["batch".into(), "seq".into(), h.into()],
+    );
+    finish(c, dir, file)
+}
+
+/// The Llama decoder with KV cache; see the module doc for its contract.
+pub fn build_decoder(
+    dir: &Path,
+    file: &str,
+    llava: &LlavaConfig,
+    dtype: Dtype,
+    w: &Weights,
+) -> Result<BuiltGraph, ExportError> {
+    let mut c = Ctx {
+        g: GraphBuilder::new("decoder", dir, file)?,
+        w,
+        dt: elem(dtype),
+    };
+    let cfg = &llava.llama;
+    let (hsz, nh, nkv, hd) = (
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+    );
+    let dt = c.dt;
+    let x_in = c.g.input(
+        names::INPUTS_EMBEDS,
+        dt,
+        vec!["batch".into(), "seq".into(), hsz.into()],
+    );
+    let mask = c.g.input(
+        names::ATTENTION_MASK,
+        ElemType::I64,
+        vec!["batch".into(), "total".into()],
+    );
+    let pos = c.g.input(
+        names::POSITION_IDS,
+        ElemType::I64,
+        vec!["batch".into(), "seq".into()],
+    );
+    let mut past = Vec::new();
+    for l in 0..cfg.num_layers {
+        let kv_dims = || vec!["batch".into(), nkv.into(), "past".into(), hd.into()];
+        let k = c.g.input(&names::past_key(l), dt, kv_dims());
+        let v = c.g.input(&names::past_value(l), dt, kv_dims());
+        past.push((k, v));
+    }
+
+    // RoPE: inv_freq[i] = 1 / theta^(2i / hd), computed in f32 like transformers 4.37.
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
+        .collect();
+    let inv_freq =
+        c.g.const_float(ElemType::F32, &[(hd / 2) as i64], &inv_freq);
+    let posf = c.op_a(
+        "Cast",
+        &[&pos],
+        vec![("to", Attr::Int(ElemType::F32 as i64))],
+    );
+    let ax2 = c.g.const_i64(&[2]);
+    let posf = c.op("Unsqueeze", &[&posf, &ax2]); // [B, T, 1]
+    let freqs = c.op("Mul", &[&posf, &inv_freq]); // [B, T, hd/2]
+    let emb = c.op_a("Concat", &[&freqs, &freqs], vec![("axis", Attr::Int(-1))]); // [B, T, hd]
+    let cos = c.op("Cos", &[&emb]);
+    let sin = c.op("Sin", &[&emb]);
+    let cos = c.cast_dt(&cos);
+    let sin = c.cast_dt(&sin);
+    let ax1 = c.g.const_i64(&[1]);
+    let cos = c.op("Unsqueeze", &[&cos, &ax1]); // [B, 1, T, hd]
+    let sin = c.op("Unsqueeze", &[&sin, &ax1]);
+
+    // Mask [B, 1, T, S]: key j visible to query t iff j <= P + t and attention_mask[j] = 1.
+    let t_len = c.op_a(
+        "Shape",
+        &[&x_in],
+        vec![("start", Attr::Int(1)), ("end", Attr::Int(2))],
+    );
+    let s_len = c.op_a(
+        "Shape",
+        &[&mask],
+        vec![("start", Attr::Int(1)), ("end", Attr::Int(2))],
+    );
+    let p_len = c.op("Sub", &[&s_len, &t_len]);
+    let ax0 = c.g.const_i64(&[0]);
+    let t_s = c.op("Squeeze", &[&t_len, &ax0]);
+    let s_s = c.op("Squeeze", &[&s_len, &ax0]);
+    let zero = c.g.scalar_i64(0);
+    let one = c.g.scalar_i64(1);
+    let kpos = c.op("Range", &[&zero, &s_s, &one]); // [S]
+    let qpos = c.op("Range", &[&zero, &t_s, &one]); // [T]
+    let qpos = c.op("Add", &[&qpos, &p_len]);
+    let kpos = c.op("Unsqueeze", &[&kpos, &ax0]); // [1, S]
+    let qpos = c.op("Unsqueeze", &[&qpos, &ax1]); // [T, 1]
+    let causal = c.op("LessOrEqual", &[&kpos, &qpos]); // [T, S]
+    let keep = c.op_a(
+        "Cast",
+        &[&mask],
+        vec![("to", Attr::Int(ElemType::Bool as i64))],
+    );
+    let ax12 = c.g.const_i64(&[1, 2]);
+    let keep = c.op("Unsqueeze", &[&keep, &ax12]); // [B, 1, 1, S]
+    let allowed = c.op("And", &[&causal, &keep]); // [B, 1, T, S]
+    let neg = c.g.const_float(ElemType::F32, &[], &[f32::MIN]);
+    let sqrt_hd =
+        c.g.const_float(ElemType::F32, &[], &[(hd as f64).sqrt() as f32]);
+    let n_rep = nh / nkv;
+    let rep = c.g.const_i64(&[1, 1, n_rep as i64, 1, 1]);
+    let rep_shape = c.g.const_i64(&[0, nh as i64, -1, hd as i64]);
+
+    let mut x = x_in.clone();
+    for (l, (past_k, past_v)) in past.iter().enumerate() {
+        let lp = format!("model.layers.{l}");
+        let h = c.rms_norm(
+            &x,
+            &format!("{lp}.input_layernorm.weight"),
+            hsz,
+            cfg.rms_norm_eps,
+        )?;
+        let q = c.linear(&h, &format!("{lp}.self_attn.q_proj"), hsz, nh * hd, false)?;
+        let k = c.linear(&h, &format!("{lp}.self_attn.k_proj"), hsz, nkv * hd, false)?;
+        let v = c.linear(&h, &format!("{lp}.self_attn.v_proj"), hsz, nkv * hd, false)?;
+        let q = c.split_heads(&q, nh, hd, &[0, 2, 1, 3]);
+        let k = c.split_heads(&k, nkv, hd, &[0, 2, 1, 3]);
+        let v = c.split_heads(&v, nkv, hd, &[0, 2, 1, 3]);
+        let q = rope(&mut c, &q, &cos, &sin);
+        let k = rope(&mut c, &k, &cos, &sin);
+        let k_all = c.g.node_named(
+            "Concat",
+            &[past_k, &k],
+            vec![("axis", Attr::Int(2))],
+            Some(&names::present_key(l)),
+        );
+        let v_all = c.g.node_named(
+            "Concat",
+            &[past_v, &v],
+            vec![("axis", Attr::Int(2))],
+            Some(&names::present_value(l)),
+        );
+        let (k_all, v_all) = if n_rep > 1 {
+            // [B, kv, S, hd] -> [B, kv, 1, S, hd] -> [B, kv, rep, S, hd] -> [B, heads, S, hd]
+            let mut out = Vec::new();
+            for t in [&k_all, &v_all] {
+                let u = c.op("Unsqueeze", &[t, &ax2]);
+                let e = c.op("Expand", &[&u, &rep]);
+                out.push(c.op("Reshape", &[&e, &rep_shape]));
+            }
+            (out[0].clone(), out[1].clone())
+        } else {
+            (k_all, v_all)
+        };
+        let kt = c.op_a(
+            "Transpose",
+            &[&k_all],
+            vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
+        );
+        let scores = c.op("MatMul", &[&q, &kt]); // [B, heads, T, S]
+        let scores = c.cast_f32(&scores);
+        let scores = c.op("Div", &[&scores, &sqrt_hd]);
+        let scores = c.op("Where", &[&allowed, &scores, &neg]);
+        let probs = c.softmax_f32(&scores);
+        let o = c.op("MatMul", &[&probs, &v_all]);
+        let o = c.merge_heads(&o, nh * hd);
+        let o = c.linear(&o, &format!("{lp}.self_attn.o_proj"), nh * hd, hsz, false)?;
+        x = c.op("Add", &[&x, &o]);
+        let h = c.rms_norm(
+            &x,
+            &format!("{lp}.post_attention_layernorm.weight"),
+            hsz,
+            cfg.rms_norm_eps,
+        )?;
+        let inter = cfg.intermediate_size;
+        let gate = c.linear(&h, &format!("{lp}.mlp.gate_proj"), hsz, inter, false)?;
+        let up = c.linear(&h, &format!("{lp}.mlp.up_proj"), hsz, inter, false)?;
+        let sg = c.op("Sigmoid", &[&gate]);
+        let act = c.op("Mul", &[&gate, &sg]);
+        let a = c.op("Mul", &[&act, &up]);
+        let d = c.linear(&a, &format!("{lp}.mlp.down_proj"), inter, hsz, false)?;
+        x = c.op("Add", &[&x, &d]);
+    }
+    // Last position only: [B, T, H] -> [B, H]; the norm is per position, so take it first.
+    let last_idx = c.g.scalar_i64(-1);
+    let last = c.op_a("Gather", &[&x, &last_idx], vec![("axis", Attr::Int(1))]);
+    let last = c.rms_norm(&last, "model.norm.weight", hsz, cfg.rms_norm_eps)?;
+    let logits = c.linear(&last, "lm_head", hsz, cfg.vocab_size, false)?;
+    let logits = c.cast_f32(&logits);
+    c.identity_to(&logits, names::LOGITS);
+    c.g.output(
+        names::LOGITS,
+        ElemType::F32,
+        vec!["batch".into(), cfg.vocab_size.into()],
+    );
+    for l in 0..cfg.num_layers {
+        let kv_dims = || vec!["batch".into(), nkv.into(), "total".into(), hd.into()];
+        c.g.output(&names::present_key(l), dt, kv_dims());
+        c.g.output(&names::present_value(l), dt, kv_dims());
+    }
+    finish(c, dir, file)
+}
+
+/// `x * cos + rotate_half(x) * sin`, rotate_half(x) = cat(-x2, x1).
+fn rope(c: &mut Ctx, x: &str, cos: &str, sin: &str) -> String {
+    let halves =
+        c.g.node_multi("Split", &[x], vec![("axis", Attr::Int(-1))], 2);
+    let neg = c.op("Neg", &[&halves[1]]);
+    let rot = c.op_a("Concat", &[&neg, &halves[0]], vec![("axis", Attr::Int(-1))]);
+    let a = c.op("Mul", &[x, cos]);
+    let b = c.op("Mul", &[&rot, sin]);
+    c.op("Add", &[&a, &b])
+}
+
+fn finish(c: Ctx, dir: &Path, file: &str) -> Result<BuiltGraph, ExportError> {
+    let inputs = c.g.input_names();
+    let outputs = c.g.output_names();
+    let weight_bytes = c.g.finish(&dir.join(file))?;
+    Ok(BuiltGraph {
+        inputs,
+        outputs,
+        weight_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_layer_indexing() {
+        // hidden_states has L + 1 entries; -2 -> L - 1 layers run (LLaVA-1.5: 24 -> 23).
+        assert_eq!(layers_emitted(-2, 24), Some(23));
+        assert_eq!(layers_emitted(-1, 3), Some(3));
+        assert_eq!(layers_emitted(0, 3), Some(0));
+        assert_eq!(layers_emitted(3, 3), Some(3));
+        assert_eq!(layers_emitted(4, 3), None);
+        assert_eq!(layers_emitted(-5, 3), None);
+    }
+}
