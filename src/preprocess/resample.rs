@@ -1,0 +1,162 @@
+//! Pillow's BICUBIC resize of an 8-bit RGB image (`libImaging/Resample.c`, Pillow 10.3.0,
+//! `Image.resize(size, BICUBIC, reducing_gap=None)`), reimplemented bit for bit.
+//!
+//! Separable: a horizontal pass over only the source rows the vertical pass will read,
+//! then a vertical pass. Each pass computes its filter weights in f64 (Keys cubic,
+//! a = -0.5, support 2 * max(scale, 1), weights normalised to sum 1), turns them into
+//! fixed point with 22 fractional bits (`PRECISION_BITS = 32 - 8 - 2`, rounding half away
+//! from zero), accumulates in i32 starting from 0.5, and clamps the result to 0..=255,
+//! so the intermediate image is 8-bit exactly as in Pillow. A pass whose size does not
+//! change is skipped; an image already at the target size is returned unchanged (Pillow's
+//! `resize` returns a copy).
+
+use super::RgbImage;
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Keys' cubic convolution kernel with a = -0.5 (Pillow's `bicubic_filter`).
+#[inline]
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// Fixed-point weights of one pass: output pixel `i` reads `len[i]` inputs from
+/// `first[i]` with weights `k[i * ksize ..]`.
+struct Coeffs {
+    ksize: usize,
+    first: Vec<usize>,
+    len: Vec<usize>,
+    k: Vec<i32>,
+}
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `0..in_size`.
+fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
+    // Pillow passes the box edges as C floats; (in1 - in0) is computed in float.
+    let scale = f64::from(in_size as f32 - 0.0f32) / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = 2.0 * filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut first = Vec::with_capacity(out_size);
+    let mut len = Vec::with_capacity(out_size);
+    let mut k = vec![0i32; out_size * ksize];
+    let mut w = vec![0f64; ksize];
+    for xx in 0..out_size {
+        let center = 0.0 + (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filterscale;
+        // C `(int)` truncates toward zero, as `as i64` does.
+        let xmin = ((center - support + 0.5) as i64).max(0);
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
+        let n = xmax.clamp(0, ksize as i64) as usize;
+        let mut ww = 0.0;
+        for (x, wx) in w.iter_mut().enumerate().take(n) {
+            *wx = bicubic(((x as i64 + xmin) as f64 - center + 0.5) * ss);
+            ww += *wx;
+        }
+        let row = &mut k[xx * ksize..xx * ksize + n];
+        for (kx, &wx) in row.iter_mut().zip(&w) {
+            let v = if ww != 0.0 { wx / ww } else { wx };
+            let f = v * f64::from(1u32 << PRECISION_BITS);
+            *kx = if v < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
+        }
+        first.push(xmin as usize);
+        len.push(n);
+    }
+    Coeffs {
+        ksize,
+        first,
+        len,
+        k,
+    }
+}
+
+/// Pillow's `clip8`: drop the fraction bits, clamp to a byte.
+#[inline]
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
+
+/// Resizes `img` to `out_w` x `out_h` exactly as Pillow's BICUBIC `resize`.
+pub(super) fn resize_bicubic(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
+    let (in_w, in_h) = (img.width, img.height);
+    if (in_w, in_h) == (out_w, out_h) {
+        return img.clone();
+    }
+    let horiz = coeffs(in_w, out_w);
+    let vert = coeffs(in_h, out_h);
+    let need_h = out_w != in_w;
+    let need_v = out_h != in_h;
+
+    // Horizontal pass over the source rows the vertical pass uses.
+    let (mut src, mut src_w, mut row0) = (std::borrow::Cow::Borrowed(&img.data), in_w, 0usize);
+    if need_h {
+        let y_first = vert.first[0];
+        let y_last = vert.first[out_h - 1] + vert.len[out_h - 1];
+        let rows = y_last - y_first;
+        let mut tmp = vec![0u8; rows * out_w * 3];
+        for (y, out_row) in tmp.chunks_exact_mut(out_w * 3).enumerate() {
+            let in_row = &img.data[(y + y_first) * in_w * 3..(y + y_first + 1) * in_w * 3];
+            for (xx, px) in out_row.chunks_exact_mut(3).enumerate() {
+                let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
+                let start = horiz.first[xx] * 3;
+                let taps = &in_row[start..start + k.len() * 3];
+                let (mut r, mut g, mut b) = (HALF, HALF, HALF);
+                for (&kx, s) in k.iter().zip(taps.chunks_exact(3)) {
+                    r += i32::from(s[0]) * kx;
+                    g += i32::from(s[1]) * kx;
+                    b += i32::from(s[2]) * kx;
+                }
+                px[0] = clip8(r);
+                px[1] = clip8(g);
+                px[2] = clip8(b);
+            }
+        }
+        src = std::borrow::Cow::Owned(tmp);
+        src_w = out_w;
+        row0 = y_first;
+    }
+    if !need_v {
+        return RgbImage {
+            width: src_w,
+            height: out_h,
+            data: src.into_owned(),
+        };
+    }
+
+    // Vertical pass: row-wise accumulation (vectorises over the row).
+    let stride = src_w * 3;
+    let mut out = vec![0u8; out_h * stride];
+    let mut acc = vec![0i32; stride];
+    for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
+        acc.fill(HALF);
+        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + vert.len[yy]];
+        let y0 = vert.first[yy] - row0;
+        for (dy, &ky) in k.iter().enumerate() {
+            let row = &src[(y0 + dy) * stride..(y0 + dy + 1) * stride];
+            for (a, &s) in acc.iter_mut().zip(row) {
+                *a += i32::from(s) * ky;
+            }
+        }
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
+    RgbImage {
+        width: src_w,
+        height: out_h,
+        data: out,
+    }
+}
