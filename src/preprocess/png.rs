@@ -36,18 +36,33 @@ pub(super) fn decode(data: &[u8]) -> Result<RgbImage, String> {
         .as_ref()
         .map(|p| p.to_vec())
         .unwrap_or_default();
-    let size = reader
-        .output_buffer_size()
+    let (color_type, bit_depth) = reader.output_color_type();
+    let line = reader
+        .output_line_size(width as u32)
         .ok_or_else(|| "image too large".to_string())?;
-    let mut buf = vec![0u8; size];
-    let out = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
-    let line = out.line_size;
-    if out.width as usize != width || out.height as usize != height || buf.len() < line * height {
-        return Err("unexpected PNG frame geometry".into());
+    let bits_per_pixel = color_type.samples() as u8 * bit_depth as u8;
+    let interlaced = reader.info().interlaced;
+    let mut buf = vec![0u8; line * height];
+    // Row by row, stopping after the last row: like Pillow, accept a file whose chunks
+    // after the image data (IEND) are cut; `next_frame` would insist on reading them.
+    for y in 0..row_count(width, height, interlaced) {
+        let row = reader
+            .next_interlaced_row()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "image file is truncated".to_string())?;
+        match row.interlace() {
+            png::InterlaceInfo::Adam7(info) => {
+                png::expand_interlaced_row(&mut buf, line, row.data(), info, bits_per_pixel)
+            }
+            // Not interlaced: the rows come in order, one per image row.
+            png::InterlaceInfo::Null(_) => {
+                buf[y * line..(y + 1) * line].copy_from_slice(row.data())
+            }
+        }
     }
     let rows = buf.chunks_exact(line).take(height);
     let mut rgb = Vec::with_capacity(width * height * 3);
-    match (out.color_type, out.bit_depth) {
+    match (color_type, bit_depth) {
         (ColorType::Grayscale, BitDepth::Sixteen) => {
             // I;16 -> RGB (Convert.c I16_RGB): values above 255 clip to 255.
             for row in rows {
@@ -124,6 +139,28 @@ pub(super) fn decode(data: &[u8]) -> Result<RgbImage, String> {
         height,
         data: rgb,
     })
+}
+
+/// Rows the decoder yields: `height`, or the rows of the non-empty Adam7 passes.
+fn row_count(width: usize, height: usize, interlaced: bool) -> usize {
+    if !interlaced {
+        return height;
+    }
+    // (x0, y0, dx, dy) of the seven Adam7 passes.
+    const PASSES: [(usize, usize, usize, usize); 7] = [
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+        (0, 1, 1, 2),
+    ];
+    PASSES
+        .iter()
+        .filter(|&&(x0, _, _, _)| width > x0)
+        .map(|&(_, y0, _, dy)| height.saturating_sub(y0).div_ceil(dy))
+        .sum()
 }
 
 /// The `x`-th `bits`-wide sample of a packed row (most significant bits first).
