@@ -103,3 +103,12 @@ for name in sorted(os.listdir(OUT)):
     pv = proc.preprocess(rgb, return_tensors="np")["pixel_values"][0].astype("<f4")
     print(name, hashlib.sha256(np.asarray(rgb).tobytes()).hexdigest(),
           hashlib.sha256(pv.tobytes()).hexdigest())
+
+# transformers' center_crop zero-pads an image smaller than the crop; with an odd gap it
+# returns one row/column short (printed shape), which the Rust side refuses.
+for short in (300, 301):
+    p = CLIPImageProcessor(size={"shortest_edge": short},
+                           crop_size={"height": 336, "width": 336})
+    rgb = Image.open(os.path.join(OUT, "q85_420.jpg")).convert("RGB")
+    pv = p.preprocess(rgb, return_tensors="np")["pixel_values"][0].astype("<f4")
+    print(f"shortest_edge={short} q85_420.jpg", pv.shape, hashlib.sha256(pv.tobytes()).hexdigest())

@@ -230,3 +230,27 @@ fn truncated_pngs() {
         }
     }
 }
+
+/// shortest_edge 300 < crop 336: transformers' `center_crop` zero-pads. Expected sha256 of
+/// `pixel_values[0]` (shape (3, 336, 336)) from `python3 scripts/make_preprocess_fixtures.py`
+/// (line `shortest_edge=300 q85_420.jpg`). With 301 transformers returns (3, 335, 336)
+/// (odd gap), which `pixel_values` refuses with an error instead of a wrong-shaped tensor.
+#[test]
+fn smaller_than_crop_pads_like_transformers() {
+    let spec = PreprocessSpec {
+        shortest_edge: 300,
+        ..PreprocessSpec::default()
+    };
+    let pv = pixel_values(&fixture("q85_420.jpg"), &spec).expect("padded crop");
+    let bytes: Vec<u8> = pv.iter().flat_map(|x| x.to_le_bytes()).collect();
+    assert_eq!(
+        sha256_hex(&bytes),
+        "d4c40b3ad64fc9d585b7b939867477f6ac341aece917c0e502abbc2c0cbe4001"
+    );
+    let odd = PreprocessSpec {
+        shortest_edge: 301,
+        ..PreprocessSpec::default()
+    };
+    let err = pixel_values(&fixture("q85_420.jpg"), &odd).unwrap_err();
+    assert!(matches!(err, Error::Preprocess { .. }), "{err:?}");
+}

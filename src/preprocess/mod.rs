@@ -10,7 +10,8 @@
 //! 2. Resize so the short side is `shortest_edge`, the long side
 //!    `int(shortest_edge * long / short)`, with Pillow's BICUBIC (`resample.rs`).
 //! 3. Center crop `top = (H - crop) // 2`, `left = (W - crop) // 2` (transformers
-//!    `center_crop`, zero padding included when the image is smaller than the crop).
+//!    `center_crop`, zero padding included when the image is smaller than the crop);
+//!    only the cropped pixels of the resized image are computed (same values).
 //! 4. `(x * rescale_factor)` in f64 rounded to f32, then `(x - mean) / std` in f32.
 //!
 //! Errors: unreadable, truncated, corrupt or unsupported files give [`Error`]; no input
@@ -132,7 +133,7 @@ pub fn resize_output_size(width: usize, height: usize, shortest_edge: usize) -> 
 
 /// Steps 2 and 3: Pillow BICUBIC resize, then transformers' `center_crop` (with its zero
 /// padding when the resized image is smaller than the crop). Returns the crop as
-/// `crop x crop` HWC bytes.
+/// `crop x crop` HWC bytes. Only the cropped pixels of the resized image are computed.
 pub fn resize_and_crop(img: &RgbImage, spec: &PreprocessSpec) -> Result<RgbImage, String> {
     if spec.resample != 3 {
         return Err(format!(
@@ -149,53 +150,55 @@ pub fn resize_and_crop(img: &RgbImage, spec: &PreprocessSpec) -> Result<RgbImage
         ));
     }
     let (w, h) = resize_output_size(img.width, img.height, spec.shortest_edge);
-    if w == 0 || h == 0 {
-        return Err(format!("resized size {w}x{h} is empty"));
+    let crop = spec.crop_size;
+    if w == 0 || h == 0 || crop == 0 {
+        return Err(format!("resized size {w}x{h} or crop {crop} is empty"));
     }
-    let resized = resample::resize_bicubic(img, w, h);
-    center_crop(&resized, spec.crop_size)
-}
-
-/// transformers 4.37.2 `center_crop` on an HWC image (see the module docs).
-fn center_crop(img: &RgbImage, crop: usize) -> Result<RgbImage, String> {
-    let (h, w, c) = (img.height as i64, img.width as i64, crop as i64);
-    // Python floor division on possibly negative numbers.
-    let top = (h - c).div_euclid(2);
-    let left = (w - c).div_euclid(2);
-    let (new_h, new_w) = (c.max(h), c.max(w));
-    let (top_pad, left_pad) = ((new_h - h) / 2, (new_w - w) / 2);
-    let (top, left) = (top + top_pad, left + left_pad);
-    let (y0, y1) = (top.max(0), (top + c).min(new_h));
-    let (x0, x1) = (left.max(0), (left + c).min(new_w));
-    if y1 - y0 != c || x1 - x0 != c {
-        return Err(format!(
-            "transformers' center_crop of a {w}x{h} image gives {}x{}, not {crop}x{crop}",
-            x1 - x0,
-            y1 - y0
-        ));
+    let (ys, yd) = crop_span(h, crop)?;
+    let (xs, xd) = crop_span(w, crop)?;
+    let region = resample::Region {
+        x0: xs.start,
+        y0: ys.start,
+        w: xs.len(),
+        h: ys.len(),
+    };
+    let part = resample::resize_bicubic_region(img, w, h, region);
+    if (xs.len(), ys.len()) == (crop, crop) {
+        return Ok(part);
     }
+    // Zero padding around the resized image.
     let mut data = vec![0u8; crop * crop * 3];
-    for y in y0..y1 {
-        // Row y of the padded image is source row y - top_pad (or zero padding).
-        let sy = y - top_pad;
-        if !(0..h).contains(&sy) {
-            continue;
-        }
-        for x in x0..x1 {
-            let sx = x - left_pad;
-            if !(0..w).contains(&sx) {
-                continue;
-            }
-            let s = ((sy * w + sx) * 3) as usize;
-            let d = (((y - y0) * c + (x - x0)) * 3) as usize;
-            data[d..d + 3].copy_from_slice(&img.data[s..s + 3]);
-        }
+    for (y, row) in part.data.chunks_exact(part.width * 3).enumerate() {
+        let d = ((yd + y) * crop + xd) * 3;
+        data[d..d + row.len()].copy_from_slice(row);
     }
     Ok(RgbImage {
         width: crop,
         height: crop,
         data,
     })
+}
+
+/// transformers 4.37.2 `center_crop` along one axis of length `n`: the source range of
+/// the resized image that lands in the crop, and where it lands (after zero padding).
+fn crop_span(n: usize, crop: usize) -> Result<(std::ops::Range<usize>, usize), String> {
+    let (n_i, c) = (n as i64, crop as i64);
+    // Python floor division on a possibly negative difference.
+    let start = (n_i - c).div_euclid(2);
+    let padded = c.max(n_i);
+    let pad = (padded - n_i) / 2;
+    let (lo, hi) = ((start + pad).max(0), (start + pad + c).min(padded));
+    if hi - lo != c {
+        return Err(format!(
+            "transformers' center_crop of a side of {n} to {crop} gives {}, not {crop}",
+            hi - lo
+        ));
+    }
+    // Padded coordinates lo..hi hold source pixels pad..pad + n.
+    let src_lo = (lo - pad).max(0);
+    let src_hi = (hi - pad).min(n_i);
+    let dst = (src_lo + pad - lo) as usize;
+    Ok((src_lo as usize..src_hi as usize, dst))
 }
 
 /// Step 4 on a `crop x crop` image: per channel a 256-entry table of

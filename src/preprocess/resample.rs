@@ -7,8 +7,8 @@
 //! fixed point with 22 fractional bits (`PRECISION_BITS = 32 - 8 - 2`, rounding half away
 //! from zero), accumulates in i32 starting from 0.5, and clamps the result to 0..=255,
 //! so the intermediate image is 8-bit exactly as in Pillow. A pass whose size does not
-//! change is skipped; an image already at the target size is returned unchanged (Pillow's
-//! `resize` returns a copy).
+//! change is skipped, as in Pillow (so an image already at the target size is unchanged).
+//! Only the pixels of a requested region (the center crop) are computed.
 
 use super::RgbImage;
 
@@ -89,27 +89,46 @@ fn clip8(acc: i32) -> u8 {
 
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Resizes `img` to `out_w` x `out_h` exactly as Pillow's BICUBIC `resize`.
-pub(super) fn resize_bicubic(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
+/// A rectangle of the resized image: columns `x0..x0 + w`, rows `y0..y0 + h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Region {
+    pub x0: usize,
+    pub y0: usize,
+    pub w: usize,
+    pub h: usize,
+}
+
+/// Resizes `img` to `out_w` x `out_h` exactly as Pillow's BICUBIC `resize`, but computes
+/// only the pixels inside `region` (which must lie within `out_w` x `out_h`). Every output
+/// pixel depends only on its own filter taps, so this equals cropping Pillow's full result;
+/// it skips the work for the parts a center crop throws away.
+pub(super) fn resize_bicubic_region(
+    img: &RgbImage,
+    out_w: usize,
+    out_h: usize,
+    region: Region,
+) -> RgbImage {
     let (in_w, in_h) = (img.width, img.height);
-    if (in_w, in_h) == (out_w, out_h) {
-        return img.clone();
-    }
-    let horiz = coeffs(in_w, out_w);
-    let vert = coeffs(in_h, out_h);
+    let Region { x0, y0, w, h } = region;
     let need_h = out_w != in_w;
     let need_v = out_h != in_h;
 
-    // Horizontal pass over the source rows the vertical pass uses.
-    let (mut src, mut src_w, mut row0) = (std::borrow::Cow::Borrowed(&img.data), in_w, 0usize);
+    // Horizontal pass (or a plain column crop when the width does not change) over the
+    // source rows the vertical pass will read for the requested output rows.
+    let vert = need_v.then(|| coeffs(in_h, out_h));
+    let (row_first, row_last) = match &vert {
+        Some(v) => (v.first[y0], v.first[y0 + h - 1] + v.len[y0 + h - 1]),
+        None => (y0, y0 + h),
+    };
+    let stride = w * 3;
+    let mut tmp = vec![0u8; (row_last - row_first) * stride];
     if need_h {
-        let y_first = vert.first[0];
-        let y_last = vert.first[out_h - 1] + vert.len[out_h - 1];
-        let rows = y_last - y_first;
-        let mut tmp = vec![0u8; rows * out_w * 3];
-        for (y, out_row) in tmp.chunks_exact_mut(out_w * 3).enumerate() {
-            let in_row = &img.data[(y + y_first) * in_w * 3..(y + y_first + 1) * in_w * 3];
-            for (xx, px) in out_row.chunks_exact_mut(3).enumerate() {
+        let horiz = coeffs(in_w, out_w);
+        for (y, out_row) in tmp.chunks_exact_mut(stride).enumerate() {
+            let sy = row_first + y;
+            let in_row = &img.data[sy * in_w * 3..(sy + 1) * in_w * 3];
+            for (i, px) in out_row.chunks_exact_mut(3).enumerate() {
+                let xx = x0 + i;
                 let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
                 let start = horiz.first[xx] * 3;
                 let taps = &in_row[start..start + k.len() * 3];
@@ -124,28 +143,30 @@ pub(super) fn resize_bicubic(img: &RgbImage, out_w: usize, out_h: usize) -> RgbI
                 px[2] = clip8(b);
             }
         }
-        src = std::borrow::Cow::Owned(tmp);
-        src_w = out_w;
-        row0 = y_first;
+    } else {
+        for (y, out_row) in tmp.chunks_exact_mut(stride).enumerate() {
+            let start = ((row_first + y) * in_w + x0) * 3;
+            out_row.copy_from_slice(&img.data[start..start + stride]);
+        }
     }
-    if !need_v {
+    let Some(vert) = vert else {
         return RgbImage {
-            width: src_w,
-            height: out_h,
-            data: src.into_owned(),
+            width: w,
+            height: h,
+            data: tmp,
         };
-    }
+    };
 
     // Vertical pass: row-wise accumulation (vectorises over the row).
-    let stride = src_w * 3;
-    let mut out = vec![0u8; out_h * stride];
+    let mut out = vec![0u8; h * stride];
     let mut acc = vec![0i32; stride];
-    for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
+    for (i, out_row) in out.chunks_exact_mut(stride).enumerate() {
+        let yy = y0 + i;
         acc.fill(HALF);
         let k = &vert.k[yy * vert.ksize..yy * vert.ksize + vert.len[yy]];
-        let y0 = vert.first[yy] - row0;
+        let first = vert.first[yy] - row_first;
         for (dy, &ky) in k.iter().enumerate() {
-            let row = &src[(y0 + dy) * stride..(y0 + dy + 1) * stride];
+            let row = &tmp[(first + dy) * stride..(first + dy + 1) * stride];
             for (a, &s) in acc.iter_mut().zip(row) {
                 *a += i32::from(s) * ky;
             }
@@ -155,8 +176,8 @@ pub(super) fn resize_bicubic(img: &RgbImage, out_w: usize, out_h: usize) -> RgbI
         }
     }
     RgbImage {
-        width: src_w,
-        height: out_h,
+        width: w,
+        height: h,
         data: out,
     }
 }
