@@ -89,6 +89,110 @@ fn clip8(acc: i32) -> u8 {
 
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
+/// Calls `$f` through a copy compiled for AVX2 when the CPU has it (wider integer
+/// vectors; integer arithmetic, so the results are identical either way).
+macro_rules! dispatch {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the running CPU supports AVX2 (checked just above).
+                unsafe { avx2::$f($($arg),*) }
+            } else {
+                $f($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $f($($arg),*)
+        }
+    }};
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The passes compiled with AVX2 enabled; callers check the CPU first.
+    use super::Coeffs;
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn horizontal(
+        src: &[u8],
+        in_w: usize,
+        horiz: &Coeffs,
+        x0: usize,
+        tmp: &mut [u8],
+        stride: usize,
+    ) {
+        super::horizontal(src, in_w, horiz, x0, tmp, stride)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn vertical(
+        tmp: &[u8],
+        vert: &Coeffs,
+        y0: usize,
+        row_first: usize,
+        out: &mut [u8],
+        stride: usize,
+    ) {
+        super::vertical(tmp, vert, y0, row_first, out, stride)
+    }
+}
+
+/// Horizontal pass: every row of `src` (`in_w` RGB pixels) gives one row of `tmp`
+/// (`stride` bytes = output columns `x0..` of the resized width).
+#[inline(always)]
+fn horizontal(src: &[u8], in_w: usize, horiz: &Coeffs, x0: usize, tmp: &mut [u8], stride: usize) {
+    // Samples widened once per row to 4 x i32 (R, G, B, 0) so the tap loop runs as one
+    // 4-lane multiply-add per tap.
+    let mut wide = vec![[0i32; 4]; in_w];
+    for (in_row, out_row) in src.chunks_exact(in_w * 3).zip(tmp.chunks_exact_mut(stride)) {
+        for (w4, s) in wide.iter_mut().zip(in_row.chunks_exact(3)) {
+            *w4 = [i32::from(s[0]), i32::from(s[1]), i32::from(s[2]), 0];
+        }
+        for (i, px) in out_row.chunks_exact_mut(3).enumerate() {
+            let xx = x0 + i;
+            let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
+            let taps = &wide[horiz.first[xx]..horiz.first[xx] + k.len()];
+            let mut acc = [HALF; 4];
+            for (&kx, s) in k.iter().zip(taps) {
+                for c in 0..4 {
+                    acc[c] += s[c] * kx;
+                }
+            }
+            px[0] = clip8(acc[0]);
+            px[1] = clip8(acc[1]);
+            px[2] = clip8(acc[2]);
+        }
+    }
+}
+
+/// Vertical pass: output row `y0 + i` of the resized image from the rows of `tmp`
+/// (`tmp` row 0 is resized-input row `row_first`), accumulated row-wise.
+#[inline(always)]
+fn vertical(tmp: &[u8], vert: &Coeffs, y0: usize, row_first: usize, out: &mut [u8], stride: usize) {
+    let mut acc = vec![0i32; stride];
+    for (i, out_row) in out.chunks_exact_mut(stride).enumerate() {
+        let yy = y0 + i;
+        acc.fill(HALF);
+        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + vert.len[yy]];
+        let first = vert.first[yy] - row_first;
+        for (dy, &ky) in k.iter().enumerate() {
+            let row = &tmp[(first + dy) * stride..(first + dy + 1) * stride];
+            for (a, &s) in acc.iter_mut().zip(row) {
+                *a += i32::from(s) * ky;
+            }
+        }
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
+}
+
 /// A rectangle of the resized image: columns `x0..x0 + w`, rows `y0..y0 + h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Region {
@@ -124,25 +228,8 @@ pub(super) fn resize_bicubic_region(
     let mut tmp = vec![0u8; (row_last - row_first) * stride];
     if need_h {
         let horiz = coeffs(in_w, out_w);
-        for (y, out_row) in tmp.chunks_exact_mut(stride).enumerate() {
-            let sy = row_first + y;
-            let in_row = &img.data[sy * in_w * 3..(sy + 1) * in_w * 3];
-            for (i, px) in out_row.chunks_exact_mut(3).enumerate() {
-                let xx = x0 + i;
-                let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
-                let start = horiz.first[xx] * 3;
-                let taps = &in_row[start..start + k.len() * 3];
-                let (mut r, mut g, mut b) = (HALF, HALF, HALF);
-                for (&kx, s) in k.iter().zip(taps.chunks_exact(3)) {
-                    r += i32::from(s[0]) * kx;
-                    g += i32::from(s[1]) * kx;
-                    b += i32::from(s[2]) * kx;
-                }
-                px[0] = clip8(r);
-                px[1] = clip8(g);
-                px[2] = clip8(b);
-            }
-        }
+        let src = &img.data[row_first * in_w * 3..row_last * in_w * 3];
+        dispatch!(horizontal(src, in_w, &horiz, x0, &mut tmp, stride));
     } else {
         for (y, out_row) in tmp.chunks_exact_mut(stride).enumerate() {
             let start = ((row_first + y) * in_w + x0) * 3;
@@ -157,24 +244,9 @@ pub(super) fn resize_bicubic_region(
         };
     };
 
-    // Vertical pass: row-wise accumulation (vectorises over the row).
+    // Vertical pass.
     let mut out = vec![0u8; h * stride];
-    let mut acc = vec![0i32; stride];
-    for (i, out_row) in out.chunks_exact_mut(stride).enumerate() {
-        let yy = y0 + i;
-        acc.fill(HALF);
-        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + vert.len[yy]];
-        let first = vert.first[yy] - row_first;
-        for (dy, &ky) in k.iter().enumerate() {
-            let row = &tmp[(first + dy) * stride..(first + dy + 1) * stride];
-            for (a, &s) in acc.iter_mut().zip(row) {
-                *a += i32::from(s) * ky;
-            }
-        }
-        for (o, &a) in out_row.iter_mut().zip(&acc) {
-            *o = clip8(a);
-        }
-    }
+    dispatch!(vertical(&tmp, &vert, y0, row_first, &mut out, stride));
     RgbImage {
         width: w,
         height: h,
