@@ -23,6 +23,7 @@ use crate::prompt::PromptTokenizer;
 use crate::results::{Fingerprint, Journal, JournalEntry, Paths};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
 pub enum SubsetArg {
     Unsafes,
     SafeUnsafes,

@@ -398,7 +398,10 @@ pub struct ScoreConfig {
 impl ScoreConfig {
     pub fn from_args(args: &ScoreArgs) -> Result<Self, Error> {
         Ok(ScoreConfig {
-            subset: args.subset.parse().map_err(|_| Error::UnknownSubset(args.subset.clone()))?,
+            subset: args
+                .subset
+                .parse()
+                .map_err(|_| Error::UnknownSubset(args.subset.clone()))?,
             keywords: match &args.keywords {
                 Some(path) => KeywordList::from_file(path)?,
                 None => KeywordList::reference(),

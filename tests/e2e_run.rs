@@ -59,9 +59,10 @@ fn batch_of_four_gives_the_same_files() {
 fn killed_run_resumes_without_regenerating() {
     let out = tempfile::tempdir().unwrap();
     let journal = out.path().join("safe_safes/demo.journal.jsonl");
+    let log = out.path().join("first-run.log");
     let mut child = run_cmd(out.path(), "safe_safes")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     // Kill -9 once a few samples are journaled (header + 3 lines).
@@ -80,8 +81,11 @@ fn killed_run_resumes_without_regenerating() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    let first_log = std::fs::read_to_string(&log).unwrap_or_default();
     let before: Vec<String> = std::fs::read_to_string(&journal)
-        .unwrap()
+        .unwrap_or_else(|e| {
+            panic!("no journal after the first run ({e}); its stderr:\n{first_log}")
+        })
         .lines()
         .skip(1)
         .filter(|l| l.ends_with('}'))
