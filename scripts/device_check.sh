@@ -28,7 +28,8 @@ out="${OUT:-$root/target/device-out}"
 mkdir -p "$out"
 work=/tmp/vlguard-device
 mkdir -p "$work"
-bin="$root/target/release/vlguard-ort"
+bin="${VLGUARD_BIN:-$root/target/release/vlguard-ort}"
+[ -x "$bin" ] || [ ! -x "$root/.gpu/bin/vlguard-ort" ] || bin="$root/.gpu/bin/vlguard-ort"
 [ -x "$bin" ] || { echo "missing $bin" >&2; exit 1; }
 
 if [ -z "$ort_dir" ]; then
