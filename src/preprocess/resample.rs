@@ -125,7 +125,37 @@ mod avx2 {
         tmp: &mut [u8],
         stride: usize,
     ) {
-        super::horizontal(src, in_w, horiz, x0, tmp, stride)
+        // SAFETY: this function only runs on CPUs with AVX2 (its own contract).
+        super::horizontal_with(src, in_w, horiz, x0, tmp, stride, |a, k| unsafe {
+            dot8(a, k)
+        })
+    }
+
+    /// `super::dot8` with explicit 256-bit integer multiply-adds.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot8(taps: &[i32], weights: &[i32]) -> [i32; 8] {
+        use std::arch::x86_64::{
+            __m256i, _mm256_add_epi32, _mm256_loadu_si256, _mm256_mullo_epi32,
+            _mm256_setzero_si256, _mm256_storeu_si256,
+        };
+        let mut acc = _mm256_setzero_si256();
+        for (a, k) in taps.chunks_exact(8).zip(weights.chunks_exact(8)) {
+            // SAFETY: both chunks hold exactly 8 i32 (32 bytes); unaligned loads.
+            let (va, vk) = unsafe {
+                (
+                    _mm256_loadu_si256(a.as_ptr().cast::<__m256i>()),
+                    _mm256_loadu_si256(k.as_ptr().cast::<__m256i>()),
+                )
+            };
+            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(va, vk));
+        }
+        let mut out = [0i32; 8];
+        // SAFETY: `out` is 32 bytes; unaligned store.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast::<__m256i>(), acc) };
+        out
     }
 
     /// # Safety
@@ -147,26 +177,65 @@ mod avx2 {
 /// (`stride` bytes = output columns `x0..` of the resized width).
 #[inline(always)]
 fn horizontal(src: &[u8], in_w: usize, horiz: &Coeffs, x0: usize, tmp: &mut [u8], stride: usize) {
-    // Samples widened once per row to 4 x i32 (R, G, B, 0) so the tap loop runs as one
-    // 4-lane multiply-add per tap.
-    let mut wide = vec![[0i32; 4]; in_w];
+    horizontal_with(src, in_w, horiz, x0, tmp, stride, dot8);
+}
+
+/// Lane-wise sums of `taps[i] * weights[i]` over 8-wide chunks (portable version).
+#[inline(always)]
+fn dot8(taps: &[i32], weights: &[i32]) -> [i32; 8] {
+    let mut acc = [0i32; 8];
+    for (a8, k8) in taps.chunks_exact(8).zip(weights.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += a8[l] * k8[l];
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+fn horizontal_with(
+    src: &[u8],
+    in_w: usize,
+    horiz: &Coeffs,
+    x0: usize,
+    tmp: &mut [u8],
+    stride: usize,
+    dot: impl Fn(&[i32], &[i32]) -> [i32; 8],
+) {
+    // Samples widened once per row to (R, G, B, 0) i32 quadruples, plus one zero pixel so a
+    // tap count rounded up to even stays in bounds; each output pixel is then a dot
+    // product of two flat i32 slices, two taps (8 lanes) at a time, with the weights
+    // repeated 4 times (`expand`). The extra tap has weight 0; integer sums in any order
+    // are the same, so this equals Pillow's tap-by-tap sum.
+    let out_n = stride / 3;
+    let taps_of = |xx: usize| horiz.len[xx].div_ceil(2) * 2;
+    let mut expand: Vec<i32> = Vec::new();
+    let mut offsets = Vec::with_capacity(out_n + 1);
+    for xx in x0..x0 + out_n {
+        offsets.push(expand.len());
+        let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
+        for t in 0..taps_of(xx) {
+            let w = k.get(t).copied().unwrap_or(0);
+            expand.extend_from_slice(&[w, w, w, w]);
+        }
+    }
+    offsets.push(expand.len());
+    let mut wide = vec![0i32; (in_w + 1) * 4];
     for (in_row, out_row) in src.chunks_exact(in_w * 3).zip(tmp.chunks_exact_mut(stride)) {
-        for (w4, s) in wide.iter_mut().zip(in_row.chunks_exact(3)) {
-            *w4 = [i32::from(s[0]), i32::from(s[1]), i32::from(s[2]), 0];
+        for (w4, s) in wide.chunks_exact_mut(4).zip(in_row.chunks_exact(3)) {
+            w4[0] = i32::from(s[0]);
+            w4[1] = i32::from(s[1]);
+            w4[2] = i32::from(s[2]);
         }
         for (i, px) in out_row.chunks_exact_mut(3).enumerate() {
             let xx = x0 + i;
-            let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
-            let taps = &wide[horiz.first[xx]..horiz.first[xx] + k.len()];
-            let mut acc = [HALF; 4];
-            for (&kx, s) in k.iter().zip(taps) {
-                for c in 0..4 {
-                    acc[c] += s[c] * kx;
-                }
-            }
-            px[0] = clip8(acc[0]);
-            px[1] = clip8(acc[1]);
-            px[2] = clip8(acc[2]);
+            let kw = &expand[offsets[i]..offsets[i + 1]];
+            let first = horiz.first[xx] * 4;
+            let taps = &wide[first..first + kw.len()];
+            let acc = dot(taps, kw);
+            px[0] = clip8(HALF + acc[0] + acc[4]);
+            px[1] = clip8(HALF + acc[1] + acc[5]);
+            px[2] = clip8(HALF + acc[2] + acc[6]);
         }
     }
 }
