@@ -8,7 +8,7 @@
 //! little-endian f32). The Pillow modes they exercise: I;16 (clipped to 255), RGB;16B,
 //! RGBA;16B, LA;16B (high bytes), 1, L;2, L;4, P;4 with a 5-entry palette, P with tRNS,
 //! L with tRNS, RGBA; JPEG 4:2:0 / 4:2:2 / progressive 4:4:4 / restart markers / CMYK
-//! (Adobe-inverted) / gray, all 37x23 (odd, so edge blocks and upsampling matter).
+//! (Adobe-inverted) / gray / arithmetic-coded, all 37x23 (odd, so edge blocks and upsampling matter).
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,11 @@ use vlguard_ort::util::sha256_hex;
 /// (file, sha256 of Pillow's RGB bytes, sha256 of CLIPImageProcessor pixel_values), from
 /// `python3 scripts/make_preprocess_fixtures.py`.
 const FIXTURES: &[(&str, &str, &str)] = &[
+    (
+        "arith_420.jpg",
+        "a5dd7c12d057110d1b6c128d678cf0f2368cc75097daa9a07ca1af63578884fa",
+        "7e3339d88a92e0463562e7eae031bde59a26a15ac1cd6f3329c5f2cfb20e0368",
+    ),
     (
         "cmyk.jpg",
         "402c034e81d42f15184fcda802a4b62d1082bbb76b5b4c829b9b9e33fe0d5834",
