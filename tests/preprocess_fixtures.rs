@@ -259,3 +259,26 @@ fn smaller_than_crop_pads_like_transformers() {
     let err = pixel_values(&fixture("q85_420.jpg"), &odd).unwrap_err();
     assert!(matches!(err, Error::Preprocess { .. }), "{err:?}");
 }
+
+/// A 2-pixel-wide, 20000-pixel-tall image resizes to 336 x 3 360 000; only the crop is
+/// computed, so this is cheap. A constant image stays constant through Pillow's bicubic
+/// (weights sum to 1), so every value is `(128/255 - mean) / std` of its channel.
+#[test]
+fn extreme_aspect_ratio_only_computes_the_crop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("needle.png");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 2, 20_000);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().expect("header");
+    w.write_image_data(&vec![128u8; 2 * 20_000]).expect("data");
+    w.finish().expect("finish");
+    let spec = PreprocessSpec::default();
+    let pv = pixel_values(&path, &spec).expect("pixel_values");
+    assert_eq!(pv.len(), 3 * 336 * 336);
+    for (c, plane) in pv.chunks_exact(336 * 336).enumerate() {
+        let want = ((128.0 * spec.rescale_factor) as f32 - spec.image_mean[c]) / spec.image_std[c];
+        assert!(plane.iter().all(|&v| v == want), "channel {c}");
+    }
+}

@@ -28,27 +28,44 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
-/// Fixed-point weights of one pass: output pixel `i` reads `len[i]` inputs from
-/// `first[i]` with weights `k[i * ksize ..]`.
+/// Fixed-point weights of one pass for the output pixels `offset..offset + first.len()`:
+/// output pixel `offset + i` reads `len[i]` inputs from `first[i]` with weights
+/// `k[i * ksize ..]`.
 struct Coeffs {
+    offset: usize,
     ksize: usize,
     first: Vec<usize>,
     len: Vec<usize>,
     k: Vec<i32>,
 }
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `0..in_size`.
-fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
+impl Coeffs {
+    /// First input index and weights of output pixel `xx`.
+    #[inline]
+    fn at(&self, xx: usize) -> (usize, &[i32]) {
+        let i = xx - self.offset;
+        (
+            self.first[i],
+            &self.k[i * self.ksize..i * self.ksize + self.len[i]],
+        )
+    }
+}
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `0..in_size`,
+/// computed only for the output pixels in `wanted` (each pixel's weights depend only on
+/// its own index, so this equals slicing Pillow's full table).
+fn coeffs(in_size: usize, out_size: usize, wanted: std::ops::Range<usize>) -> Coeffs {
     // Pillow passes the box edges as C floats; (in1 - in0) is computed in float.
     let scale = f64::from(in_size as f32 - 0.0f32) / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = 2.0 * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut first = Vec::with_capacity(out_size);
-    let mut len = Vec::with_capacity(out_size);
-    let mut k = vec![0i32; out_size * ksize];
+    let mut first = Vec::with_capacity(wanted.len());
+    let mut len = Vec::with_capacity(wanted.len());
+    let mut k = vec![0i32; wanted.len() * ksize];
     let mut w = vec![0f64; ksize];
-    for xx in 0..out_size {
+    let offset = wanted.start;
+    for xx in wanted {
         let center = 0.0 + (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         // C `(int)` truncates toward zero, as `as i64` does.
@@ -60,7 +77,7 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
             *wx = bicubic(((x as i64 + xmin) as f64 - center + 0.5) * ss);
             ww += *wx;
         }
-        let row = &mut k[xx * ksize..xx * ksize + n];
+        let row = &mut k[(xx - offset) * ksize..(xx - offset) * ksize + n];
         for (kx, &wx) in row.iter_mut().zip(&w) {
             let v = if ww != 0.0 { wx / ww } else { wx };
             let f = v * f64::from(1u32 << PRECISION_BITS);
@@ -74,6 +91,7 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
         len.push(n);
     }
     Coeffs {
+        offset,
         ksize,
         first,
         len,
@@ -208,13 +226,13 @@ fn horizontal_with(
     // repeated 4 times (`expand`). The extra tap has weight 0; integer sums in any order
     // are the same, so this equals Pillow's tap-by-tap sum.
     let out_n = stride / 3;
-    let taps_of = |xx: usize| horiz.len[xx].div_ceil(2) * 2;
+
     let mut expand: Vec<i32> = Vec::new();
     let mut offsets = Vec::with_capacity(out_n + 1);
     for xx in x0..x0 + out_n {
         offsets.push(expand.len());
-        let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
-        for t in 0..taps_of(xx) {
+        let k = horiz.at(xx).1;
+        for t in 0..k.len().div_ceil(2) * 2 {
             let w = k.get(t).copied().unwrap_or(0);
             expand.extend_from_slice(&[w, w, w, w]);
         }
@@ -230,7 +248,7 @@ fn horizontal_with(
         for (i, px) in out_row.chunks_exact_mut(3).enumerate() {
             let xx = x0 + i;
             let kw = &expand[offsets[i]..offsets[i + 1]];
-            let first = horiz.first[xx] * 4;
+            let first = horiz.at(xx).0 * 4;
             let taps = &wide[first..first + kw.len()];
             let acc = dot(taps, kw);
             px[0] = clip8(HALF + acc[0] + acc[4]);
@@ -248,8 +266,8 @@ fn vertical(tmp: &[u8], vert: &Coeffs, y0: usize, row_first: usize, out: &mut [u
     for (i, out_row) in out.chunks_exact_mut(stride).enumerate() {
         let yy = y0 + i;
         acc.fill(HALF);
-        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + vert.len[yy]];
-        let first = vert.first[yy] - row_first;
+        let (first, k) = vert.at(yy);
+        let first = first - row_first;
         for (dy, &ky) in k.iter().enumerate() {
             let row = &tmp[(first + dy) * stride..(first + dy + 1) * stride];
             for (a, &s) in acc.iter_mut().zip(row) {
@@ -288,15 +306,18 @@ pub(super) fn resize_bicubic_region(
 
     // Horizontal pass (or a plain column crop when the width does not change) over the
     // source rows the vertical pass will read for the requested output rows.
-    let vert = need_v.then(|| coeffs(in_h, out_h));
+    let vert = need_v.then(|| coeffs(in_h, out_h, y0..y0 + h));
     let (row_first, row_last) = match &vert {
-        Some(v) => (v.first[y0], v.first[y0 + h - 1] + v.len[y0 + h - 1]),
+        Some(v) => {
+            let (last_first, last_k) = v.at(y0 + h - 1);
+            (v.at(y0).0, last_first + last_k.len())
+        }
         None => (y0, y0 + h),
     };
     let stride = w * 3;
     let mut tmp = vec![0u8; (row_last - row_first) * stride];
     if need_h {
-        let horiz = coeffs(in_w, out_w);
+        let horiz = coeffs(in_w, out_w, x0..x0 + w);
         let src = &img.data[row_first * in_w * 3..row_last * in_w * 3];
         dispatch!(horizontal(src, in_w, &horiz, x0, &mut tmp, stride));
     } else {
@@ -390,8 +411,8 @@ mod tests {
         }
         let img = noise(131, 77);
         let (ow, oh) = (50, 29);
-        let horiz = coeffs(131, ow);
-        let vert = coeffs(77, oh);
+        let horiz = coeffs(131, ow, 0..ow);
+        let vert = coeffs(77, oh, 0..oh);
         let stride = ow * 3;
         let (mut a, mut b) = (vec![0u8; 77 * stride], vec![0u8; 77 * stride]);
         horizontal(&img.data, 131, &horiz, 0, &mut a, stride);
@@ -405,6 +426,18 @@ mod tests {
         assert_eq!(c, d);
     }
 
+    /// Weights computed for a sub-range equal the same rows of the full table.
+    #[test]
+    fn coeffs_for_a_range_equal_the_full_table() {
+        for &(n_in, n_out) in &[(1411, 336), (45, 504), (300, 1568)] {
+            let full = coeffs(n_in, n_out, 0..n_out);
+            let part = coeffs(n_in, n_out, n_out / 3..n_out / 3 + 100);
+            for xx in n_out / 3..n_out / 3 + 100 {
+                assert_eq!(part.at(xx), full.at(xx), "{n_in}->{n_out} at {xx}");
+            }
+        }
+    }
+
     /// Pillow's kernel values at the knots and the weight normalisation (each output's
     /// fixed-point weights sum to 1.0 within rounding, i.e. 2^22 +- taps).
     #[test]
@@ -414,9 +447,9 @@ mod tests {
         assert_eq!(bicubic(2.0), 0.0);
         assert_eq!(bicubic(0.5), 0.5625);
         assert_eq!(bicubic(-1.5), -0.0625);
-        let c = coeffs(1411, 336);
+        let c = coeffs(1411, 336, 0..336);
         for i in 0..336 {
-            let sum: i32 = c.k[i * c.ksize..i * c.ksize + c.len[i]].iter().sum();
+            let sum: i32 = c.at(i).1.iter().sum();
             assert!(
                 (sum - (1 << PRECISION_BITS)).abs() <= c.len[i] as i32,
                 "{i}: {sum}"
