@@ -5,7 +5,7 @@ Run (development only): pip install pillow==10.3.0 numpy transformers==4.37.2
     python3 scripts/make_preprocess_fixtures.py
 PNGs are written by hand (zlib + struct) to reach every bit depth / colour type that
 Pillow opens differently; JPEGs by Pillow 10.3.0 itself (subsamplings, progressive, odd
-sizes, restart markers, CMYK). Deterministic: same bytes on every run. Then for each file
+sizes, restart markers, CMYK; one arithmetic-coded copy by jpegtran). Deterministic: same bytes on every run. Then for each file
 it prints `name sha256(Image.open(p).convert('RGB') HWC bytes) sha256(pixel_values f32 LE)`
 from Pillow 10.3.0 + transformers 4.37.2 CLIPImageProcessor (the defaults of
 openai/clip-vit-large-patch14-336), which tests/preprocess_fixtures.rs pins.
@@ -13,6 +13,7 @@ openai/clip-vit-large-patch14-336), which tests/preprocess_fixtures.rs pins.
 import hashlib
 import os
 import struct
+import subprocess
 import zlib
 
 import numpy as np
@@ -95,6 +96,10 @@ img.save(os.path.join(OUT, "q70_420_restart.jpg"), quality=70, subsampling=2,
          restart_marker_blocks=2)
 img.convert("CMYK").save(os.path.join(OUT, "cmyk.jpg"), quality=90)
 img.convert("L").save(os.path.join(OUT, "gray.jpg"), quality=90)
+# Arithmetic-coded JPEG (Pillow's libjpeg-turbo decodes it): lossless transcode of
+# q85_420.jpg with libjpeg-turbo's jpegtran (apt-get install libjpeg-turbo-progs).
+subprocess.run(["jpegtran", "-arithmetic", "-outfile", os.path.join(OUT, "arith_420.jpg"),
+                os.path.join(OUT, "q85_420.jpg")], check=True)
 
 # The real CLIP-336 preprocessor config (mean/std/rescale/BICUBIC are the defaults).
 proc = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})

@@ -8,7 +8,7 @@
 //! little-endian f32). The Pillow modes they exercise: I;16 (clipped to 255), RGB;16B,
 //! RGBA;16B, LA;16B (high bytes), 1, L;2, L;4, P;4 with a 5-entry palette, P with tRNS,
 //! L with tRNS, RGBA; JPEG 4:2:0 / 4:2:2 / progressive 4:4:4 / restart markers / CMYK
-//! (Adobe-inverted) / gray, all 37x23 (odd, so edge blocks and upsampling matter).
+//! (Adobe-inverted) / gray / arithmetic-coded, all 37x23 (odd, so edge blocks and upsampling matter).
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,11 @@ use vlguard_ort::util::sha256_hex;
 /// (file, sha256 of Pillow's RGB bytes, sha256 of CLIPImageProcessor pixel_values), from
 /// `python3 scripts/make_preprocess_fixtures.py`.
 const FIXTURES: &[(&str, &str, &str)] = &[
+    (
+        "arith_420.jpg",
+        "a5dd7c12d057110d1b6c128d678cf0f2368cc75097daa9a07ca1af63578884fa",
+        "7e3339d88a92e0463562e7eae031bde59a26a15ac1cd6f3329c5f2cfb20e0368",
+    ),
     (
         "cmyk.jpg",
         "402c034e81d42f15184fcda802a4b62d1082bbb76b5b4c829b9b9e33fe0d5834",
@@ -253,4 +258,27 @@ fn smaller_than_crop_pads_like_transformers() {
     };
     let err = pixel_values(&fixture("q85_420.jpg"), &odd).unwrap_err();
     assert!(matches!(err, Error::Preprocess { .. }), "{err:?}");
+}
+
+/// A 2-pixel-wide, 20000-pixel-tall image resizes to 336 x 3 360 000; only the crop is
+/// computed, so this is cheap. A constant image stays constant through Pillow's bicubic
+/// (weights sum to 1), so every value is `(128/255 - mean) / std` of its channel.
+#[test]
+fn extreme_aspect_ratio_only_computes_the_crop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("needle.png");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 2, 20_000);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().expect("header");
+    w.write_image_data(&vec![128u8; 2 * 20_000]).expect("data");
+    w.finish().expect("finish");
+    let spec = PreprocessSpec::default();
+    let pv = pixel_values(&path, &spec).expect("pixel_values");
+    assert_eq!(pv.len(), 3 * 336 * 336);
+    for (c, plane) in pv.chunks_exact(336 * 336).enumerate() {
+        let want = ((128.0 * spec.rescale_factor) as f32 - spec.image_mean[c]) / spec.image_std[c];
+        assert!(plane.iter().all(|&v| v == want), "channel {c}");
+    }
 }

@@ -3,9 +3,10 @@
 //! Input: the file's bytes. Output: an [`RgbImage`] equal byte for byte to
 //! `Image.open(path).convert('RGB')`, or a [`Decoded`] error reason.
 //!
-//! How: libjpeg-turbo's decoder (mozjpeg's copy, built from source by `mozjpeg-sys`) run
-//! with Pillow's settings: default DCT method (ISLOW), fancy upsampling, no scaling, no
-//! draft mode. Pillow picks the mode from the component count (1 -> L, 3 -> RGB, 4 ->
+//! How: libjpeg-turbo's decoder (mozjpeg's copy, built from source by `mozjpeg-sys`; its
+//! SIMD code when `nasm` was there at build time, else its C code, which decode the same
+//! bytes) run with Pillow's settings: default DCT method (ISLOW), fancy upsampling, no
+//! scaling, no draft mode; arithmetic-coded files too. Pillow picks the mode from the component count (1 -> L, 3 -> RGB, 4 ->
 //! CMYK), asks libjpeg for that output colour space, treats CMYK as Adobe-inverted
 //! (`CMYK;I`) and converts CMYK with `Convert.c:cmyk2rgb`. libjpeg errors unwind out of
 //! the C code (built with `-fexceptions`) as a Rust unwind caught here and returned as

@@ -154,6 +154,11 @@ pub fn resize_and_crop(img: &RgbImage, spec: &PreprocessSpec) -> Result<RgbImage
     if w == 0 || h == 0 || crop == 0 {
         return Err(format!("resized size {w}x{h} or crop {crop} is empty"));
     }
+    // Only the cropped part of the resize target is ever allocated, so an extreme aspect
+    // ratio (a huge target) costs nothing extra; just keep the arithmetic in range.
+    if w.checked_mul(h).is_none() {
+        return Err(format!("resize target {w}x{h} is too large"));
+    }
     let (ys, yd) = crop_span(h, crop)?;
     let (xs, xd) = crop_span(w, crop)?;
     let region = resample::Region {

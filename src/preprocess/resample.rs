@@ -28,27 +28,44 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
-/// Fixed-point weights of one pass: output pixel `i` reads `len[i]` inputs from
-/// `first[i]` with weights `k[i * ksize ..]`.
+/// Fixed-point weights of one pass for the output pixels `offset..offset + first.len()`:
+/// output pixel `offset + i` reads `len[i]` inputs from `first[i]` with weights
+/// `k[i * ksize ..]`.
 struct Coeffs {
+    offset: usize,
     ksize: usize,
     first: Vec<usize>,
     len: Vec<usize>,
     k: Vec<i32>,
 }
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `0..in_size`.
-fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
+impl Coeffs {
+    /// First input index and weights of output pixel `xx`.
+    #[inline]
+    fn at(&self, xx: usize) -> (usize, &[i32]) {
+        let i = xx - self.offset;
+        (
+            self.first[i],
+            &self.k[i * self.ksize..i * self.ksize + self.len[i]],
+        )
+    }
+}
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `0..in_size`,
+/// computed only for the output pixels in `wanted` (each pixel's weights depend only on
+/// its own index, so this equals slicing Pillow's full table).
+fn coeffs(in_size: usize, out_size: usize, wanted: std::ops::Range<usize>) -> Coeffs {
     // Pillow passes the box edges as C floats; (in1 - in0) is computed in float.
     let scale = f64::from(in_size as f32 - 0.0f32) / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = 2.0 * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut first = Vec::with_capacity(out_size);
-    let mut len = Vec::with_capacity(out_size);
-    let mut k = vec![0i32; out_size * ksize];
+    let mut first = Vec::with_capacity(wanted.len());
+    let mut len = Vec::with_capacity(wanted.len());
+    let mut k = vec![0i32; wanted.len() * ksize];
     let mut w = vec![0f64; ksize];
-    for xx in 0..out_size {
+    let offset = wanted.start;
+    for xx in wanted {
         let center = 0.0 + (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         // C `(int)` truncates toward zero, as `as i64` does.
@@ -60,7 +77,7 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
             *wx = bicubic(((x as i64 + xmin) as f64 - center + 0.5) * ss);
             ww += *wx;
         }
-        let row = &mut k[xx * ksize..xx * ksize + n];
+        let row = &mut k[(xx - offset) * ksize..(xx - offset) * ksize + n];
         for (kx, &wx) in row.iter_mut().zip(&w) {
             let v = if ww != 0.0 { wx / ww } else { wx };
             let f = v * f64::from(1u32 << PRECISION_BITS);
@@ -74,6 +91,7 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
         len.push(n);
     }
     Coeffs {
+        offset,
         ksize,
         first,
         len,
@@ -125,7 +143,37 @@ mod avx2 {
         tmp: &mut [u8],
         stride: usize,
     ) {
-        super::horizontal(src, in_w, horiz, x0, tmp, stride)
+        // SAFETY: this function only runs on CPUs with AVX2 (its own contract).
+        super::horizontal_with(src, in_w, horiz, x0, tmp, stride, |a, k| unsafe {
+            dot8(a, k)
+        })
+    }
+
+    /// `super::dot8` with explicit 256-bit integer multiply-adds.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot8(taps: &[i32], weights: &[i32]) -> [i32; 8] {
+        use std::arch::x86_64::{
+            __m256i, _mm256_add_epi32, _mm256_loadu_si256, _mm256_mullo_epi32,
+            _mm256_setzero_si256, _mm256_storeu_si256,
+        };
+        let mut acc = _mm256_setzero_si256();
+        for (a, k) in taps.chunks_exact(8).zip(weights.chunks_exact(8)) {
+            // SAFETY: both chunks hold exactly 8 i32 (32 bytes); unaligned loads.
+            let (va, vk) = unsafe {
+                (
+                    _mm256_loadu_si256(a.as_ptr().cast::<__m256i>()),
+                    _mm256_loadu_si256(k.as_ptr().cast::<__m256i>()),
+                )
+            };
+            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(va, vk));
+        }
+        let mut out = [0i32; 8];
+        // SAFETY: `out` is 32 bytes; unaligned store.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast::<__m256i>(), acc) };
+        out
     }
 
     /// # Safety
@@ -147,26 +195,65 @@ mod avx2 {
 /// (`stride` bytes = output columns `x0..` of the resized width).
 #[inline(always)]
 fn horizontal(src: &[u8], in_w: usize, horiz: &Coeffs, x0: usize, tmp: &mut [u8], stride: usize) {
-    // Samples widened once per row to 4 x i32 (R, G, B, 0) so the tap loop runs as one
-    // 4-lane multiply-add per tap.
-    let mut wide = vec![[0i32; 4]; in_w];
+    horizontal_with(src, in_w, horiz, x0, tmp, stride, dot8);
+}
+
+/// Lane-wise sums of `taps[i] * weights[i]` over 8-wide chunks (portable version).
+#[inline(always)]
+fn dot8(taps: &[i32], weights: &[i32]) -> [i32; 8] {
+    let mut acc = [0i32; 8];
+    for (a8, k8) in taps.chunks_exact(8).zip(weights.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += a8[l] * k8[l];
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+fn horizontal_with(
+    src: &[u8],
+    in_w: usize,
+    horiz: &Coeffs,
+    x0: usize,
+    tmp: &mut [u8],
+    stride: usize,
+    dot: impl Fn(&[i32], &[i32]) -> [i32; 8],
+) {
+    // Samples widened once per row to (R, G, B, 0) i32 quadruples, plus one zero pixel so a
+    // tap count rounded up to even stays in bounds; each output pixel is then a dot
+    // product of two flat i32 slices, two taps (8 lanes) at a time, with the weights
+    // repeated 4 times (`expand`). The extra tap has weight 0; integer sums in any order
+    // are the same, so this equals Pillow's tap-by-tap sum.
+    let out_n = stride / 3;
+
+    let mut expand: Vec<i32> = Vec::new();
+    let mut offsets = Vec::with_capacity(out_n + 1);
+    for xx in x0..x0 + out_n {
+        offsets.push(expand.len());
+        let k = horiz.at(xx).1;
+        for t in 0..k.len().div_ceil(2) * 2 {
+            let w = k.get(t).copied().unwrap_or(0);
+            expand.extend_from_slice(&[w, w, w, w]);
+        }
+    }
+    offsets.push(expand.len());
+    let mut wide = vec![0i32; (in_w + 1) * 4];
     for (in_row, out_row) in src.chunks_exact(in_w * 3).zip(tmp.chunks_exact_mut(stride)) {
-        for (w4, s) in wide.iter_mut().zip(in_row.chunks_exact(3)) {
-            *w4 = [i32::from(s[0]), i32::from(s[1]), i32::from(s[2]), 0];
+        for (w4, s) in wide.chunks_exact_mut(4).zip(in_row.chunks_exact(3)) {
+            w4[0] = i32::from(s[0]);
+            w4[1] = i32::from(s[1]);
+            w4[2] = i32::from(s[2]);
         }
         for (i, px) in out_row.chunks_exact_mut(3).enumerate() {
             let xx = x0 + i;
-            let k = &horiz.k[xx * horiz.ksize..xx * horiz.ksize + horiz.len[xx]];
-            let taps = &wide[horiz.first[xx]..horiz.first[xx] + k.len()];
-            let mut acc = [HALF; 4];
-            for (&kx, s) in k.iter().zip(taps) {
-                for c in 0..4 {
-                    acc[c] += s[c] * kx;
-                }
-            }
-            px[0] = clip8(acc[0]);
-            px[1] = clip8(acc[1]);
-            px[2] = clip8(acc[2]);
+            let kw = &expand[offsets[i]..offsets[i + 1]];
+            let first = horiz.at(xx).0 * 4;
+            let taps = &wide[first..first + kw.len()];
+            let acc = dot(taps, kw);
+            px[0] = clip8(HALF + acc[0] + acc[4]);
+            px[1] = clip8(HALF + acc[1] + acc[5]);
+            px[2] = clip8(HALF + acc[2] + acc[6]);
         }
     }
 }
@@ -179,8 +266,8 @@ fn vertical(tmp: &[u8], vert: &Coeffs, y0: usize, row_first: usize, out: &mut [u
     for (i, out_row) in out.chunks_exact_mut(stride).enumerate() {
         let yy = y0 + i;
         acc.fill(HALF);
-        let k = &vert.k[yy * vert.ksize..yy * vert.ksize + vert.len[yy]];
-        let first = vert.first[yy] - row_first;
+        let (first, k) = vert.at(yy);
+        let first = first - row_first;
         for (dy, &ky) in k.iter().enumerate() {
             let row = &tmp[(first + dy) * stride..(first + dy + 1) * stride];
             for (a, &s) in acc.iter_mut().zip(row) {
@@ -219,15 +306,18 @@ pub(super) fn resize_bicubic_region(
 
     // Horizontal pass (or a plain column crop when the width does not change) over the
     // source rows the vertical pass will read for the requested output rows.
-    let vert = need_v.then(|| coeffs(in_h, out_h));
+    let vert = need_v.then(|| coeffs(in_h, out_h, y0..y0 + h));
     let (row_first, row_last) = match &vert {
-        Some(v) => (v.first[y0], v.first[y0 + h - 1] + v.len[y0 + h - 1]),
+        Some(v) => {
+            let (last_first, last_k) = v.at(y0 + h - 1);
+            (v.at(y0).0, last_first + last_k.len())
+        }
         None => (y0, y0 + h),
     };
     let stride = w * 3;
     let mut tmp = vec![0u8; (row_last - row_first) * stride];
     if need_h {
-        let horiz = coeffs(in_w, out_w);
+        let horiz = coeffs(in_w, out_w, x0..x0 + w);
         let src = &img.data[row_first * in_w * 3..row_last * in_w * 3];
         dispatch!(horizontal(src, in_w, &horiz, x0, &mut tmp, stride));
     } else {
@@ -321,8 +411,8 @@ mod tests {
         }
         let img = noise(131, 77);
         let (ow, oh) = (50, 29);
-        let horiz = coeffs(131, ow);
-        let vert = coeffs(77, oh);
+        let horiz = coeffs(131, ow, 0..ow);
+        let vert = coeffs(77, oh, 0..oh);
         let stride = ow * 3;
         let (mut a, mut b) = (vec![0u8; 77 * stride], vec![0u8; 77 * stride]);
         horizontal(&img.data, 131, &horiz, 0, &mut a, stride);
@@ -336,6 +426,18 @@ mod tests {
         assert_eq!(c, d);
     }
 
+    /// Weights computed for a sub-range equal the same rows of the full table.
+    #[test]
+    fn coeffs_for_a_range_equal_the_full_table() {
+        for &(n_in, n_out) in &[(1411, 336), (45, 504), (300, 1568)] {
+            let full = coeffs(n_in, n_out, 0..n_out);
+            let part = coeffs(n_in, n_out, n_out / 3..n_out / 3 + 100);
+            for xx in n_out / 3..n_out / 3 + 100 {
+                assert_eq!(part.at(xx), full.at(xx), "{n_in}->{n_out} at {xx}");
+            }
+        }
+    }
+
     /// Pillow's kernel values at the knots and the weight normalisation (each output's
     /// fixed-point weights sum to 1.0 within rounding, i.e. 2^22 +- taps).
     #[test]
@@ -345,9 +447,9 @@ mod tests {
         assert_eq!(bicubic(2.0), 0.0);
         assert_eq!(bicubic(0.5), 0.5625);
         assert_eq!(bicubic(-1.5), -0.0625);
-        let c = coeffs(1411, 336);
+        let c = coeffs(1411, 336, 0..336);
         for i in 0..336 {
-            let sum: i32 = c.k[i * c.ksize..i * c.ksize + c.len[i]].iter().sum();
+            let sum: i32 = c.at(i).1.iter().sum();
             assert!(
                 (sum - (1 << PRECISION_BITS)).abs() <= c.len[i] as i32,
                 "{i}: {sum}"
