@@ -93,7 +93,7 @@ tok="${TOKENIZER_MODEL:-$root/.gpu/tokenizer.model}"
 ck="$work/7b-src"; mkdir -p "$ck/llava" "$ck/clip"
 cp models/bench-7b/config.json "$ck/llava/"; cp models/bench-7b/clip/config.json "$ck/clip/"; cp "$tok" "$ck/llava/tokenizer.model"
 t0=$(date +%s)
-timeout "$(( $(left) - 60 ))" /usr/bin/time -f "  export peak RSS %M KB, %e s" "$bin" export --checkpoint "$ck/llava" --vision-tower "$ck/clip" \
+timeout "$(( $(left) - 60 ))" "$bin" export --checkpoint "$ck/llava" --vision-tower "$ck/clip" \
   --out "$work/7b" --dtype fp16 --random-weights --force > /dev/null
 echo "  export took $(( $(date +%s) - t0 )) s; $(du -sh "$work/7b" | cut -f1) on disk"
 # The real test.json with the mini set's photos standing in for every image.
