@@ -35,10 +35,11 @@ bin="${VLGUARD_BIN:-$root/target/release/vlguard-ort}"
 if [ -z "$ort_dir" ]; then
   ort_dir="$work/ort"
   mkdir -p "$ort_dir"
+  zstd=zstd; command -v zstd >/dev/null || { zstd=.gpu/p2/zstd; export LD_LIBRARY_PATH=$root/.gpu/p2:${LD_LIBRARY_PATH:-}; }
   if [ ! -f "$ort_dir/libonnxruntime_providers_cuda.so" ]; then
     cat .gpu/p1/cuda.zst.part00 .gpu/p2/cuda.zst.part01 .gpu/p3/cuda.zst.part02 .gpu/p4/cuda.zst.part03 \
-      | zstd -d -q -o "$ort_dir/libonnxruntime_providers_cuda.so" || { echo "cannot assemble the CUDA provider" >&2; exit 1; }
-    zstd -d -q -f .gpu/p4/libort.zst -o "$ort_dir/libonnxruntime.so.1.31.1"
+      | "$zstd" -d -q -o "$ort_dir/libonnxruntime_providers_cuda.so" || { echo "cannot assemble the CUDA provider" >&2; exit 1; }
+    "$zstd" -d -q -f .gpu/p4/libort.zst -o "$ort_dir/libonnxruntime.so.1.31.1"
     cp .gpu/p4/libonnxruntime_providers_shared.so "$ort_dir/"
   fi
 fi
