@@ -432,6 +432,8 @@ fn try_session(
         CUDA_EP => Some(
             ort::ep::CUDA::default()
                 .with_device_id(options.device_id)
+                // fp32 graphs must stay fp32 (TF32 matmuls flip greedy near-ties).
+                .with_tf32(false)
                 .build()
                 .error_on_failure(),
         ),
