@@ -17,7 +17,7 @@ mkdir -p "$work"
 threads=("$@")
 
 report() { # manifest label
-  jq -r --arg label "$2" '[$label, .subset, .batch_size, .n_generated, .timings.new_tokens,
+  jq -r --arg name "$2" '[$name, .subset, .batch_size, .n_generated, .timings.new_tokens,
     (.timings.tokens_per_s*10|round/10), (.timings.preprocess_s*100|round/100),
     (.timings.vision_s*100|round/100), (.timings.prefill_s*100|round/100),
     (.timings.decode_s*100|round/100), (.timings.total_s*100|round/100),
