@@ -71,6 +71,19 @@ pub struct Sample {
     pub harmful_subcategory: Option<String>,
 }
 
+impl Sample {
+    /// A sample with only its image key and question (no id or categories).
+    pub fn new(image: &str, question: &str) -> Sample {
+        Sample {
+            image: image.into(),
+            question: question.into(),
+            id: String::new(),
+            harmful_category: None,
+            harmful_subcategory: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read the dataset file {path}: {source} (fetch it with `vlguard-ort fetch dataset`, or pass --meta)")]

@@ -333,13 +333,7 @@ mod tests {
     fn answers_file_is_in_subset_order_and_python_formatted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.json");
-        let sample = |image: &str| Sample {
-            image: image.into(),
-            question: "q".into(),
-            id: "i".into(),
-            harmful_category: None,
-            harmful_subcategory: None,
-        };
+        let sample = |image: &str| Sample::new(image, "q");
         let samples = vec![sample("z.png"), sample("a.png"), sample("m.png")];
         let mut entries = HashMap::new();
         entries.insert("a.png".to_string(), answered("a.png", "caf\u{e9}"));

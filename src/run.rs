@@ -843,13 +843,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("unsafes");
         std::fs::create_dir_all(&sub).unwrap();
-        let sample = |image: &str| Sample {
-            image: image.into(),
-            question: "q".into(),
-            id: "i".into(),
-            harmful_category: None,
-            harmful_subcategory: None,
-        };
+        let sample = |image: &str| Sample::new(image, "q");
         let samples = vec![sample("a"), sample("b"), sample("c")];
         std::fs::write(sub.join("e.shard-1-of-2.json"), r#"{"a": "1", "b": "2"}"#).unwrap();
         let err = merge_shards(dir.path(), Subset::Unsafes, "e", &samples)
