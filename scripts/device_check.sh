@@ -67,12 +67,21 @@ agree() { # results dir
   python3 - "$1" "$root/tests/fixtures/golden-dev" <<'PY'
 import json, sys, os
 same = total = 0
+diffs = []
 for s in ["unsafes", "safe_unsafes", "safe_safes"]:
     ours = json.load(open(os.path.join(sys.argv[1], s, "dev.json")))
     ref = json.load(open(os.path.join(sys.argv[2], s + ".json")))
+    margins = {}
+    for line in open(os.path.join(sys.argv[1], s, "dev.journal.jsonl")).read().splitlines()[1:]:
+        e = json.loads(line); margins[e["image"]] = e.get("min_margin")
     for k, v in ref.items():
         total += 1; same += ours.get(k) == v
+        if ours.get(k) != v:
+            a, b = ours.get(k) or "", v
+            n = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
+            diffs.append(f"{s}/{k}: first difference at char {n}, smallest logit margin of our run {margins.get(k)}")
 print(f"  agreement with the reference answers: {same}/{total}")
+for d in diffs: print("   ", d)
 PY
 }
 
