@@ -434,9 +434,6 @@ fn try_session(
                 .with_device_id(options.device_id)
                 // fp32 graphs must stay fp32 (TF32 matmuls flip greedy near-ties).
                 .with_tf32(false)
-                // The cache grows by one position per step: power-of-two arena chunks
-                // would nearly double its footprint (batch 64 of a 7B ran out of memory).
-                .with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested)
                 .build()
                 .error_on_failure(),
         ),
