@@ -232,3 +232,41 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn a_provider_asked_for_by_name_never_falls_back_silently() {
+    let out = tempfile::tempdir().unwrap();
+    let output = bin()
+        .arg("run")
+        .arg("--model")
+        .arg(demo_model())
+        .args(["--subset", "unsafes", "--ep", "cuda", "--engine", "demo"])
+        .args(["--limit", "1", "--max-new-tokens", "2"])
+        .arg("--meta")
+        .arg(mini_meta())
+        .arg("--images")
+        .arg(mini_images())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        // A GPU build of ONNX Runtime on a GPU machine: CUDA must then be what ran.
+        let manifest = std::fs::read_to_string(out.path().join("unsafes/demo.run.json")).unwrap();
+        assert!(
+            manifest.contains("\"decoder\": \"CUDAExecutionProvider\""),
+            "{manifest}"
+        );
+    } else {
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("CUDAExecutionProvider was requested"),
+            "{stderr}"
+        );
+        assert!(
+            !out.path().join("unsafes/demo.json").exists(),
+            "nothing may run on the CPU instead"
+        );
+    }
+}
