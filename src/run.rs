@@ -31,6 +31,18 @@ pub enum SubsetArg {
     All,
 }
 
+impl SubsetArg {
+    /// The subsets this choice runs, in the reference's order.
+    pub fn subsets(self) -> Vec<Subset> {
+        match self {
+            SubsetArg::Unsafes => vec![Subset::Unsafes],
+            SubsetArg::SafeUnsafes => vec![Subset::SafeUnsafes],
+            SubsetArg::SafeSafes => vec![Subset::SafeSafes],
+            SubsetArg::All => Subset::ALL.to_vec(),
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Model directory written by `export` (not needed with --merge).
@@ -172,12 +184,7 @@ impl RunConfig {
             return Err(Error::Images(args.images.clone()));
         }
         let shard = args.shard.as_deref().map(parse_shard).transpose()?;
-        let subsets = match args.subset {
-            SubsetArg::Unsafes => vec![Subset::Unsafes],
-            SubsetArg::SafeUnsafes => vec![Subset::SafeUnsafes],
-            SubsetArg::SafeSafes => vec![Subset::SafeSafes],
-            SubsetArg::All => Subset::ALL.to_vec(),
-        };
+        let subsets = args.subset.subsets();
         let engine_name = args.engine.clone().unwrap_or_else(|| {
             std::fs::canonicalize(&model)
                 .unwrap_or_else(|_| model.clone())
@@ -699,12 +706,7 @@ pub fn peak_rss_mb() -> Option<f64> {
 fn merge_command(args: &RunArgs) -> Result<ExitCode, Error> {
     let engine = args.engine.clone().ok_or(Error::MergeEngine)?;
     let dataset = Dataset::load(&args.meta)?;
-    let subsets = match args.subset {
-        SubsetArg::Unsafes => vec![Subset::Unsafes],
-        SubsetArg::SafeUnsafes => vec![Subset::SafeUnsafes],
-        SubsetArg::SafeSafes => vec![Subset::SafeSafes],
-        SubsetArg::All => Subset::ALL.to_vec(),
-    };
+    let subsets = args.subset.subsets();
     for subset in subsets {
         let mut samples = dataset.samples(subset)?;
         if let Some(limit) = args.limit {
