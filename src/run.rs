@@ -3,8 +3,9 @@
 //! Contract: for each requested subset, answers every sample not already answered in the
 //! journal (same configuration fingerprint), writes `OUT/{subset}/{engine}.json` exactly
 //! as VLGuard_eval.py does, the run manifest beside it, and prints the reference's ASR
-//! line (unsafes, safe_unsafes) with k/n. Preprocessing runs on rayon threads one batch
-//! ahead of the engine through a bounded channel. A bad sample (unreadable image) is
+//! line (unsafes, safe_unsafes) with k/n. With batches, prompts run sorted by length
+//! (less padding). Preprocessing runs on rayon threads one batch ahead of the engine
+//! through a bounded channel. A bad sample (unreadable image) is
 //! journaled with its error, reported, left out of the answers file, and makes the exit
 //! code 1; the rest of the run completes.
 
@@ -380,11 +381,16 @@ fn run_subset(
         dataset_sha256: dataset.sha256.clone(),
     };
     let (mut journal, mut entries) = Journal::open(&paths.journal, &fingerprint, config.fresh)?;
-    let pending: Vec<Sample> = samples
+    let mut pending: Vec<Sample> = samples
         .iter()
         .filter(|s| entries.get(&s.image).is_none_or(|e| e.answer.is_none()))
         .cloned()
         .collect();
+    if config.batch_size > 1 {
+        // Batch prompts of similar length together: less left padding to compute. The
+        // answers file keeps subset order whatever order the samples run in.
+        pending.sort_by_cached_key(|s| tokenizer.input_ids(&s.question).map_or(0, |ids| ids.len()));
+    }
     let n_resumed = samples.len() - pending.len();
     if n_resumed > 0 {
         eprintln!(
