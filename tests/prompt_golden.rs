@@ -10,32 +10,15 @@
 //!   every post-image chunk `"\n" + q + " ASSISTANT:"` with the real Llama-2 model;
 //! - REFERENCE.md "Tokenization" / "Generation" for the stated Llama-2 facts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use vlguard_ort::export::tokenizer::tokenizer_json_from_sentencepiece;
 use vlguard_ort::prompt::{PromptError, PromptTokenizer, IMAGE_TOKEN_INDEX};
 
-fn shared(rel: &str) -> PathBuf {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")).join(rel);
-    assert!(
-        p.exists(),
-        "test data {} is missing: these tests need the shared folder /work/shared \
-         (../shared from the repository root)",
-        p.display()
-    );
-    p
-}
-
-fn jsonl(rel: &str) -> Vec<Value> {
-    let p = shared(rel);
-    std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
+#[path = "common/shared.rs"]
+mod shared;
+use shared::{jsonl, shared};
 
 /// Converts `model` (relative to shared) and loads it through a temporary tokenizer.json,
 /// the way the runtime loads a model directory.

@@ -16,15 +16,9 @@ use vlguard_ort::score::{
 };
 use vlguard_ort::util::{python_float_repr, python_json_dumps, sha256_hex};
 
-fn shared(rel: &str) -> PathBuf {
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")).join(rel);
-    assert!(
-        path.exists(),
-        "{} is missing: these tests need the shared VLGuard data (../shared)",
-        path.display()
-    );
-    path
-}
+#[path = "common/shared.rs"]
+mod shared;
+use shared::shared;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/score")).join(name)

@@ -10,35 +10,17 @@
 //! - `data/llama2-tokenizer/tokenizer.json`: what Hugging Face's converter made from the
 //!   Llama-2 model (an independent source for the vocabulary and special tokens).
 
-use std::path::PathBuf;
-
 use serde_json::Value;
 use tokenizers::Tokenizer;
 use vlguard_ort::export::tokenizer::{tokenizer_json_from_sentencepiece, TokenizerError};
 
-fn shared(rel: &str) -> PathBuf {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")).join(rel);
-    assert!(
-        p.exists(),
-        "test data {} is missing: these tests need the shared folder /work/shared \
-         (../shared from the repository root)",
-        p.display()
-    );
-    p
-}
+#[path = "common/shared.rs"]
+mod shared;
+use shared::{jsonl, shared};
 
 fn read(rel: &str) -> Vec<u8> {
     let p = shared(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
-}
-
-fn jsonl(rel: &str) -> Vec<Value> {
-    String::from_utf8(read(rel))
-        .expect("cases file is UTF-8")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("cases line is JSON"))
-        .collect()
 }
 
 fn convert(
