@@ -247,9 +247,17 @@ pub fn write_answers(
         }
     }
     let count = map.len();
-    let text = crate::util::python_json_dumps(&serde_json::Value::Object(map), 4);
-    crate::util::write_atomic(path, text.as_bytes()).map_err(io(path))?;
+    write_answers_map(path, map)?;
     Ok(count)
+}
+
+/// Writes an `{image: answer}` map as the reference's `json.dump(indent=4)`, atomically.
+pub fn write_answers_map(
+    path: &Path,
+    map: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), Error> {
+    let text = crate::util::python_json_dumps(&serde_json::Value::Object(map), 4);
+    crate::util::write_atomic(path, text.as_bytes()).map_err(io(path))
 }
 
 /// Writes any serializable manifest as pretty JSON, atomically.

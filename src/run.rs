@@ -720,13 +720,7 @@ fn merge_command(args: &RunArgs) -> Result<ExitCode, Error> {
         }
         let merged = merge_shards(&args.out, subset, &engine, &samples)?;
         let path = Paths::new(&args.out, subset.name(), &engine).answers;
-        let text = crate::util::python_json_dumps(&serde_json::Value::Object(merged), 4);
-        crate::util::write_atomic(&path, text.as_bytes()).map_err(|source| {
-            crate::results::Error::Io {
-                path: path.clone(),
-                source,
-            }
-        })?;
+        crate::results::write_answers_map(&path, merged)?;
         eprintln!(
             "{subset}: merged {} answers -> {}",
             samples.len(),

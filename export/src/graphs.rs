@@ -50,7 +50,21 @@ fn elem(dtype: Dtype) -> ElemType {
     }
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A graph named `name` written to `dir/file`, with weights from `w` as `dtype`.
+    fn new(
+        name: &str,
+        dir: &Path,
+        file: &str,
+        w: &'a Weights<'a>,
+        dtype: Dtype,
+    ) -> Result<Ctx<'a>, ExportError> {
+        Ok(Ctx {
+            g: GraphBuilder::new(name, dir, file)?,
+            w,
+            dt: elem(dtype),
+        })
+    }
     /// Streams checkpoint tensor `key` (checked to be `shape`) into the graph, transposed
     /// when `transpose` (2-D only), as the graph dtype.
     fn weight(
@@ -242,11 +256,7 @@ pub fn build_vision(
     dtype: Dtype,
     w: &Weights,
 ) -> Result<BuiltGraph, ExportError> {
-    let mut c = Ctx {
-        g: GraphBuilder::new("vision", dir, file)?,
-        w,
-        dt: elem(dtype),
-    };
+    let mut c = Ctx::new("vision", dir, file, w, dtype)?;
     let hc = clip.hidden_size;
     let (s, p, ch) = (clip.image_size, clip.patch_size, clip.num_channels);
     let px = c.g.input(
@@ -396,11 +406,7 @@ pub fn build_projector(
     dtype: Dtype,
     w: &Weights,
 ) -> Result<BuiltGraph, ExportError> {
-    let mut c = Ctx {
-        g: GraphBuilder::new("projector", dir, file)?,
-        w,
-        dt: elem(dtype),
-    };
+    let mut c = Ctx::new("projector", dir, file, w, dtype)?;
     let (hc, h) = (llava.mm_hidden_size, llava.llama.hidden_size);
     let dt = c.dt;
     let x = c.g.input(
@@ -433,11 +439,7 @@ pub fn build_embed(
     dtype: Dtype,
     w: &Weights,
 ) -> Result<BuiltGraph, ExportError> {
-    let mut c = Ctx {
-        g: GraphBuilder::new("embed", dir, file)?,
-        w,
-        dt: elem(dtype),
-    };
+    let mut c = Ctx::new("embed", dir, file, w, dtype)?;
     let (v, h) = (llava.llama.vocab_size, llava.llama.hidden_size);
     let ids = c.g.input(
         names::INPUT_IDS,
@@ -468,11 +470,7 @@ pub fn build_decoder(
     dtype: Dtype,
     w: &Weights,
 ) -> Result<BuiltGraph, ExportError> {
-    let mut c = Ctx {
-        g: GraphBuilder::new("decoder", dir, file)?,
-        w,
-        dt: elem(dtype),
-    };
+    let mut c = Ctx::new("decoder", dir, file, w, dtype)?;
     let cfg = &llava.llama;
     let (hsz, nh, nkv, hd) = (
         cfg.hidden_size,
