@@ -2,7 +2,8 @@
 # CPU benchmark (numbers for the README; not a test). Needs jq.
 #   scripts/bench.sh [--threads N]
 # 1. demo model (tiny, fp32) on the mini test set: all subsets, batch 1 and 4
-# 2. bench-100m (random weights, fp32 and fp16): unsafes, 8 samples x 64 tokens, batch 1 and 4
+# 2. bench-100m (random weights, fp32 and fp16, plain and fused decoder): unsafes,
+#    8 samples x 64 tokens, batch 1 and 4
 # Prints per-stage seconds, tokens/s and the decoding loop's own overhead from each run
 # manifest; preprocessing vs Hugging Face: scripts/bench_preprocess.py.
 set -euo pipefail
@@ -40,13 +41,17 @@ mkdir -p "$ck/llava" "$ck/clip"
 cp models/bench-100m/config.json "$ck/llava/"
 cp models/bench-100m/clip/config.json "$ck/clip/"
 cp "$tok" "$ck/llava/tokenizer.model"
+for flavour in plain fused; do
 for dtype in fp32 fp16; do
-  /usr/bin/time -f "%M" -o "$work/export-$dtype.rss" "$bin" export --checkpoint "$ck/llava" --vision-tower "$ck/clip" \
-    --out "$work/bench-100m-$dtype" --dtype "$dtype" --random-weights --force >/dev/null
+  model="$work/bench-100m-$dtype-$flavour"
+  /usr/bin/time -f "%M" -o "$work/export-$dtype-$flavour.rss" "$bin" export --checkpoint "$ck/llava" \
+    --vision-tower "$ck/clip" --out "$model" --dtype "$dtype" --decoder "$flavour" --random-weights --force >/dev/null
   for bs in 1 4; do
-    "$bin" run --model "$work/bench-100m-$dtype" --subset unsafes --limit 8 --max-new-tokens 64 \
-      --meta data/mini/test.json --images data/mini/test --out "$work/results-100m-$dtype-b$bs" \
+    out="$work/results-100m-$dtype-$flavour-b$bs"
+    "$bin" run --model "$model" --subset unsafes --limit 8 --max-new-tokens 64 \
+      --meta data/mini/test.json --images data/mini/test --out "$out" \
       --engine bench --ep cpu --batch-size "$bs" --fresh "${threads[@]}" >/dev/null 2>&1
-    report "$work/results-100m-$dtype-b$bs/unsafes/bench.run.json" "100m-$dtype"
+    report "$out/unsafes/bench.run.json" "100m-$dtype-$flavour"
   done
+done
 done

@@ -32,12 +32,18 @@ pub struct ExportArgs {
     /// (for benchmarks: needs only the config.json files and tokenizer.model).
     #[arg(long)]
     pub random_weights: bool,
+    /// Decoder graph: `plain` (standard ONNX ops, every provider including TensorRT) or
+    /// `fused` (ONNX Runtime contrib ops for CPU/CUDA: in-place KV cache, GroupQueryAttention).
+    #[arg(long, default_value = "plain")]
+    pub decoder: String,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("--dtype: {0}")]
     Dtype(String),
+    #[error("--decoder: {0}")]
+    Flavour(String),
     #[error(transparent)]
     Export(#[from] ExportError),
 }
@@ -53,6 +59,7 @@ impl ExportArgs {
             dtype,
             force: self.force,
             random_weights: self.random_weights,
+            flavour: self.decoder.parse().map_err(Error::Flavour)?,
         })
     }
 }

@@ -31,8 +31,9 @@ pub trait Backend {
         batch: usize,
         new_len: usize,
     ) -> Result<Vec<f32>, BackendError>;
-    /// Empties the cache before a new batch.
-    fn reset(&mut self);
+    /// Empties the cache before a new batch that takes at most `max_new_tokens` steps (a
+    /// preallocated cache sizes itself from it).
+    fn reset(&mut self, max_new_tokens: usize);
     /// Keeps only these batch rows (ascending) of the cache.
     fn keep_rows(&mut self, rows: &[usize]) -> Result<(), BackendError>;
     /// Whether dropping finished rows is cheap. A device-resident cache says no: its
@@ -208,7 +209,7 @@ pub fn generate_batch(
         }
     }
 
-    backend.reset();
+    backend.reset(config.max_new_tokens);
     let t = Instant::now();
     let mut logits = backend.decode(&embeds, &mask, &positions, batch, max_len)?;
     timings.prefill_s += t.elapsed().as_secs_f64();
@@ -372,7 +373,7 @@ mod tests {
             }
             Ok(logits)
         }
-        fn reset(&mut self) {
+        fn reset(&mut self, _max_new_tokens: usize) {
             self.cache_rows.clear();
         }
         fn keep_rows(&mut self, rows: &[usize]) -> Result<(), BackendError> {
@@ -492,8 +493,8 @@ mod tests {
         ) -> Result<Vec<f32>, BackendError> {
             self.0.decode(e, m, p, b, n)
         }
-        fn reset(&mut self) {
-            self.0.reset()
+        fn reset(&mut self, max_new_tokens: usize) {
+            self.0.reset(max_new_tokens)
         }
         fn keep_rows(&mut self, _rows: &[usize]) -> Result<(), BackendError> {
             panic!("a backend that does not drop rows must not be asked to")

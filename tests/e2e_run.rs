@@ -55,6 +55,23 @@ fn batch_of_four_gives_the_same_files() {
     }
 }
 
+/// The fused decoder flavour (GroupQueryAttention, in-place cache, right padding) must
+/// give the reference's bytes too, alone and in batches with rows finishing early.
+#[test]
+fn fused_decoder_gives_the_same_files() {
+    for batch in ["1", "4"] {
+        let out = tempfile::tempdir().unwrap();
+        run_ok(run_cmd_with(demo_model_fused(), out.path(), "all").args(["--batch-size", batch]));
+        for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
+            let ours = std::fs::read_to_string(out.path().join(subset).join("demo.json")).unwrap();
+            assert!(
+                ours == golden(subset),
+                "{subset}: fused decoder, batch {batch}: answers differ from the reference"
+            );
+        }
+    }
+}
+
 #[test]
 fn killed_run_resumes_without_regenerating() {
     let out = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use vlguard_ort::export::checkpoint::CheckpointError;
 use vlguard_ort::export::config::ConfigError;
 use vlguard_ort::export::tokenizer::{SpecialIds, TokenizerError};
-use vlguard_ort::export::{export_with, Dtype, ExportError, ExportOptions};
+use vlguard_ort::export::{export_with, Dtype, ExportError, ExportOptions, Flavour};
 use vlguard_ort::export_cmd::ExportArgs;
 
 fn demo_src() -> PathBuf {
@@ -66,6 +66,7 @@ impl Case {
             dtype: Dtype::Fp32,
             force,
             random_weights: false,
+            flavour: Default::default(),
         };
         export_with(&opts, &stub_tokenizer).map(|_| ())
     }
@@ -203,9 +204,51 @@ fn unknown_dtype_is_refused_by_the_command() {
         dtype: "int8".into(),
         force: false,
         random_weights: false,
+        decoder: "plain".into(),
     };
     let err = args.options().unwrap_err().to_string();
     assert!(err.contains("int8") && err.contains("--dtype"), "{err}");
+}
+
+#[test]
+fn fused_decoder_refuses_a_head_size_gqa_cannot_run() {
+    let c = Case::new();
+    // 64 hidden / 8 heads = head size 8; ONNX Runtime's GroupQueryAttention needs 16k.
+    c.edit_json(&c.llava().join("config.json"), |v| {
+        v["num_attention_heads"] = 8.into();
+        v["num_key_value_heads"] = 8.into();
+    });
+    let opts = ExportOptions {
+        checkpoint: c.llava(),
+        vision_tower: c.clip(),
+        out: c.out(),
+        dtype: Dtype::Fp32,
+        force: false,
+        random_weights: true,
+        flavour: Flavour::Fused,
+    };
+    let err = export_with(&opts, &stub_tokenizer).unwrap_err().to_string();
+    assert!(
+        err.contains("config.json") && err.contains("multiple of 16") && err.contains("is 8"),
+        "{err}"
+    );
+    assert!(err.contains("--decoder plain"), "{err}");
+    c.assert_no_partial_output();
+}
+
+#[test]
+fn unknown_decoder_flavour_is_refused_by_the_command() {
+    let args = ExportArgs {
+        checkpoint: "a".into(),
+        vision_tower: "b".into(),
+        out: "c".into(),
+        dtype: "fp32".into(),
+        force: false,
+        random_weights: false,
+        decoder: "flash".into(),
+    };
+    let err = args.options().unwrap_err().to_string();
+    assert!(err.contains("flash") && err.contains("--decoder"), "{err}");
 }
 
 #[test]
@@ -230,6 +273,7 @@ fn random_weights_need_no_weights_files() {
         dtype: Dtype::Fp16,
         force: false,
         random_weights: true,
+        flavour: Default::default(),
     };
     let mut report = export_with(&opts, &stub_tokenizer).unwrap();
     assert_eq!(report.manifest.decoder.num_kv_heads, 2);

@@ -14,9 +14,12 @@ use std::sync::OnceLock;
 use half::f16;
 use ort::session::Session;
 use ort::value::Tensor;
+use vlguard_ort::engine::{EngineOptions, EpChoice, OrtEngine};
+use vlguard_ort::export::manifest::Flavour;
 use vlguard_ort::export::manifest::{names, Manifest};
 use vlguard_ort::export::tokenizer::SpecialIds;
 use vlguard_ort::export::{export_with, Dtype, ExportOptions, DECODER_FILE};
+use vlguard_ort::generate::Backend;
 
 const TOL: f32 = 1e-4;
 
@@ -88,7 +91,7 @@ struct Exported {
     manifest: Manifest,
 }
 
-fn export_demo(dtype: Dtype) -> Exported {
+fn export_demo(dtype: Dtype, flavour: Flavour) -> Exported {
     let src = repo().join("models/demo-src");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("model");
@@ -99,6 +102,7 @@ fn export_demo(dtype: Dtype) -> Exported {
         dtype,
         force: false,
         random_weights: false,
+        flavour,
     };
     let report = export_with(&opts, &stub_tokenizer).expect("export of the demo model");
     Exported {
@@ -110,21 +114,21 @@ fn export_demo(dtype: Dtype) -> Exported {
 
 fn fp32_model() -> &'static Exported {
     static M: OnceLock<Exported> = OnceLock::new();
-    M.get_or_init(|| export_demo(Dtype::Fp32))
+    M.get_or_init(|| export_demo(Dtype::Fp32, Flavour::Plain))
+}
+
+fn fused_model() -> &'static Exported {
+    static M: OnceLock<Exported> = OnceLock::new();
+    M.get_or_init(|| export_demo(Dtype::Fp32, Flavour::Fused))
 }
 
 /// The process-wide ONNX Runtime environment, from the library `ort_lib` finds.
 fn environment() -> &'static ort::environment::Environment {
-    static ENV: OnceLock<ort::environment::Environment> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let path = vlguard_ort::engine::ort_lib::locate(None)
-            .expect("ONNX Runtime library (run scripts/setup.sh)");
-        ort::init_from(&path)
-            .unwrap()
-            .with_name("export-tests")
-            .build()
-            .unwrap()
-    })
+    // The engine's own environment: the fused tests below open an `OrtEngine` in this
+    // process too, and a process has one environment.
+    vlguard_ort::engine::ort_lib::environment(None)
+        .expect("ONNX Runtime library (run scripts/setup.sh)")
+        .1
 }
 
 fn session(dir: &Path, file: &str) -> Session {
@@ -488,7 +492,7 @@ fn manifest_describes_the_graphs() {
 
 #[test]
 fn fp16_export_runs_and_agrees_loosely() {
-    let m = export_demo(Dtype::Fp16);
+    let m = export_demo(Dtype::Fp16, Flavour::Plain);
     assert_eq!(m.manifest.dtype, Dtype::Fp16);
     // Vision: pixel_values stay f32, features come out f16.
     let mut vision = session(&m.dir, &m.manifest.graphs.vision.file);
@@ -705,6 +709,7 @@ fn grouped_query_attention_equals_repeated_kv_heads() {
             dtype: Dtype::Fp32,
             force: false,
             random_weights: false,
+            flavour: Default::default(),
         };
         let report = export_with(&opts, &stub_tokenizer).unwrap();
         assert_eq!(report.manifest.decoder.num_kv_heads, kv_heads);
@@ -755,6 +760,7 @@ fn export_writes_a_loadable_tokenizer_json() {
         dtype: Dtype::Fp32,
         force: false,
         random_weights: false,
+        flavour: Default::default(),
     };
     let report = vlguard_ort::export::export(&opts).expect("export with the real tokenizer");
     // ids 0/1/2 = unk/bos/eos (bundle README, checkpoint/ section).
@@ -762,4 +768,126 @@ fn export_writes_a_loadable_tokenizer_json() {
     assert_eq!((t.unk_id, t.bos_id, t.eos_id), (0, 1, 2));
     let tok = tokenizers::Tokenizer::from_file(out.join(&t.file)).expect("tokenizer.json loads");
     assert_eq!(tok.get_vocab_size(true), report.manifest.decoder.vocab_size);
+}
+
+// ------------------------------------------------------------------ fused decoder flavour
+
+fn engine(model: &Exported) -> OrtEngine {
+    OrtEngine::open(&EngineOptions {
+        model_dir: model.dir.clone(),
+        ort_lib: None,
+        ep: EpChoice::Cpu,
+        device_id: 0,
+        threads: Some(1),
+        trt_cache: None,
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}", model.dir.display()))
+}
+
+#[test]
+fn fused_prefill_logits_match_reference() {
+    let m = fused_model();
+    assert_eq!(m.manifest.decoder.flavour, Flavour::Fused);
+    let mut fused = engine(m);
+    for sample in 0..4 {
+        let (shape, embeds) = golden(sample, "inputs_embeds");
+        let (_, expected) = golden(sample, "last_logits");
+        let len = shape[0];
+        fused.reset(4);
+        let positions: Vec<i64> = (0..len as i64).collect();
+        let logits = fused
+            .decode(&embeds, &vec![1; len], &positions, 1, len)
+            .unwrap();
+        let diff = max_abs_diff(&logits, &expected);
+        eprintln!("fused last_logits sample {sample}: max abs diff {diff:e}");
+        assert!(diff <= TOL, "sample {sample}: {diff}");
+    }
+}
+
+/// Three rows of different lengths through the engine seam exactly as `generate_batch`
+/// drives it (left-padded prompt, growing masks, a finished row dropped mid-way): the
+/// fused engine (right padding, in-place cache, compaction) gives the plain engine's
+/// logits at every call.
+#[test]
+fn fused_batch_steps_and_row_drops_match_plain() {
+    let h = fp32_model().manifest.decoder.hidden_size;
+    let mut plain = engine(fp32_model());
+    let mut fused = engine(fused_model());
+    let rows: Vec<Vec<f32>> = (0..3).map(|s| golden(s, "inputs_embeds").1).collect();
+    let lens: Vec<usize> = rows.iter().map(|r| r.len() / h).collect();
+    let longest = *lens.iter().max().unwrap();
+    assert!(
+        lens.iter().any(|&l| l != longest),
+        "rows must differ in length"
+    );
+    let mut embeds = Vec::new();
+    let mut masks: Vec<Vec<i64>> = Vec::new();
+    let mut positions = Vec::new();
+    for (row, &len) in rows.iter().zip(&lens) {
+        let pad = longest - len;
+        embeds.extend(vec![0.0; pad * h]);
+        embeds.extend(row);
+        let mut mask = vec![0i64; pad];
+        mask.extend(vec![1; len]);
+        masks.push(mask);
+        positions.extend(vec![1i64; pad]);
+        positions.extend(0..len as i64);
+    }
+    let flat = |masks: &[Vec<i64>]| masks.concat();
+    let compare = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+        let diff = max_abs_diff(&a, &b);
+        eprintln!("{what}: fused vs plain max abs diff {diff:e}");
+        assert!(diff <= TOL, "{what}: {diff}");
+    };
+    plain.reset(8);
+    fused.reset(8);
+    let a = plain
+        .decode(&embeds, &flat(&masks), &positions, 3, longest)
+        .unwrap();
+    let b = fused
+        .decode(&embeds, &flat(&masks), &positions, 3, longest)
+        .unwrap();
+    compare(a, b, "prompt");
+    let mut live = vec![0usize, 1, 2];
+    let mut next: Vec<i64> = lens.iter().map(|&l| l as i64).collect();
+    for step in 0..5 {
+        if step == 2 {
+            // The middle row finishes: both engines keep rows 0 and 2.
+            plain.keep_rows(&[0, 2]).unwrap();
+            fused.keep_rows(&[0, 2]).unwrap();
+            live = vec![0, 2];
+        }
+        let ids: Vec<i64> = live.iter().map(|&r| 100 + 7 * r as i64 + step).collect();
+        let step_embeds = plain.embed(&ids, live.len()).unwrap();
+        let mut mask = Vec::new();
+        let mut pos = Vec::new();
+        for &r in &live {
+            masks[r].push(1);
+            mask.extend(&masks[r]);
+            pos.push(next[r]);
+            next[r] += 1;
+        }
+        let n = live.len();
+        let a = plain.decode(&step_embeds, &mask, &pos, n, 1).unwrap();
+        let b = fused.decode(&step_embeds, &mask, &pos, n, 1).unwrap();
+        compare(a, b, &format!("step {step}"));
+    }
+}
+
+#[test]
+fn fused_cache_overflow_is_an_error_not_a_wrong_answer() {
+    let mut fused = engine(fused_model());
+    let (shape, embeds) = golden(0, "inputs_embeds");
+    let len = shape[0];
+    let h = fused_model().manifest.decoder.hidden_size;
+    fused.reset(0); // room for the prompt only
+    let positions: Vec<i64> = (0..len as i64).collect();
+    fused
+        .decode(&embeds, &vec![1; len], &positions, 1, len)
+        .unwrap();
+    let err = fused
+        .decode(&embeds[..h], &vec![1; len + 1], &[len as i64], 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("do not fit the cache"), "{err}");
 }

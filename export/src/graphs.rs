@@ -194,6 +194,45 @@ impl<'a> Ctx<'a> {
         Ok(self.op("Mul", &[&w, &y]))
     }
 
+    /// RMSNorm as ONNX Runtime's SimplifiedLayerNormalization (computed in fp32).
+    fn simplified_norm(
+        &mut self,
+        x: &str,
+        key: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<String, ExportError> {
+        let w = self.weight(key, &[dim], false)?;
+        Ok(self.op_a(
+            "SimplifiedLayerNormalization",
+            &[x, &w],
+            vec![
+                ("axis", Attr::Int(-1)),
+                ("epsilon", Attr::Float(eps as f32)),
+                ("stash_type", Attr::Int(1)),
+            ],
+        ))
+    }
+
+    /// `sum = x + skip; (RMSNorm(sum), sum)` as SkipSimplifiedLayerNormalization.
+    fn skip_norm(
+        &mut self,
+        x: &str,
+        skip: &str,
+        key: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<(String, String), ExportError> {
+        let w = self.weight(key, &[dim], false)?;
+        let out = self.g.contrib_node(
+            "SkipSimplifiedLayerNormalization",
+            &[x, skip, &w],
+            vec![("epsilon", Attr::Float(eps as f32))],
+            &[None, Some(""), Some(""), None],
+        );
+        Ok((out[0].clone(), out[3].clone()))
+    }
+
     /// Softmax over the last axis in fp32; input and output in the graph dtype unless
     /// `already_f32`.
     fn softmax_f32(&mut self, x32: &str) -> String {
@@ -647,6 +686,172 @@ pub fn build_decoder(
     );
     for l in 0..cfg.num_layers {
         let kv_dims = || vec!["batch".into(), nkv.into(), "total".into(), hd.into()];
+        c.g.output(&names::present_key(l), dt, kv_dims());
+        c.g.output(&names::present_value(l), dt, kv_dims());
+    }
+    finish(c, dir, file)
+}
+
+/// The Llama decoder in the `fused` flavour: ONNX Runtime contrib ops and a cache updated
+/// in place.
+///
+/// Contract (see `manifest::Flavour::Fused`):
+/// - inputs: `inputs_embeds [B,S,H]`, `seqlens_k [B]` int32 (per row, tokens in the cache
+///   after this call minus one), `total_sequence_length` int32 scalar (the largest
+///   `seqlens_k + 1`), and per layer `past_key_values.L.{key,value} [B,kv,C,hd]`: buffers of
+///   a fixed capacity C that the caller binds to `present.L.{key,value}` as well, so
+///   GroupQueryAttention writes the new positions in place.
+/// - a prompt call has S = the longest prompt, rows padded on the RIGHT (row b's tokens
+///   at 0..seqlens_k[b]); a step call has S = 1 and appends at position seqlens_k[b].
+///   Positions for RoPE come from `seqlens_k` (GroupQueryAttention's own rule: the real
+///   tokens of a row are 0, 1, ...: the reference's left-padded `cumsum(mask) - 1`).
+/// - output `logits [B,V]` fp32 at each row's last real position, `min(seqlens_k[b], S-1)`
+///   (seqlens_k[b] in a prompt call, 0 in a step call).
+/// - numerics: RMSNorm as SimplifiedLayerNormalization (fp32 inside), residual adds fused
+///   into SkipSimplifiedLayerNormalization, RoPE from cos/sin tables computed at export
+///   exactly as transformers 4.37 fills its cache (f32 `t * inv_freq`, then cos/sin), scores
+///   scaled by 1/sqrt(head_dim) and softmax in fp32 inside GroupQueryAttention.
+pub fn build_fused_decoder(
+    dir: &Path,
+    file: &str,
+    llava: &LlavaConfig,
+    dtype: Dtype,
+    w: &Weights,
+) -> Result<BuiltGraph, ExportError> {
+    let mut c = Ctx::new("decoder", dir, file, w, dtype)?;
+    let cfg = &llava.llama;
+    let (hsz, nh, nkv, hd) = (
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+    );
+    let eps = cfg.rms_norm_eps;
+    let dt = c.dt;
+    let x_in = c.g.input(
+        names::INPUTS_EMBEDS,
+        dt,
+        vec!["batch".into(), "seq".into(), hsz.into()],
+    );
+    let seqlens =
+        c.g.input(names::SEQLENS_K, ElemType::I32, vec!["batch".into()]);
+    let total =
+        c.g.input(names::TOTAL_SEQUENCE_LENGTH, ElemType::I32, vec![]);
+    let mut past = Vec::new();
+    for l in 0..cfg.num_layers {
+        let kv_dims = || vec!["batch".into(), nkv.into(), "capacity".into(), hd.into()];
+        let k = c.g.input(&names::past_key(l), dt, kv_dims());
+        let v = c.g.input(&names::past_value(l), dt, kv_dims());
+        past.push((k, v));
+    }
+
+    // cos/sin tables [max_positions, hd/2], as LlamaRotaryEmbedding's cache: f32 products,
+    // cos/sin rounded to f32 (then to the graph dtype).
+    let half = hd / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
+        .collect();
+    let positions = cfg.max_position_embeddings;
+    let freqs: Vec<f32> = (0..positions)
+        .flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f))
+        .collect();
+    let mut tables = Vec::new();
+    for (name, f) in [
+        ("rope.cos", f64::cos as fn(f64) -> f64),
+        ("rope.sin", f64::sin as fn(f64) -> f64),
+    ] {
+        let values: Vec<f32> = freqs.iter().map(|&a| f(a as f64) as f32).collect();
+        let table = c.g.weight(name, dt, &[positions, half], |out| {
+            for v in &values {
+                match dt {
+                    ElemType::F16 => out.write_all(&half::f16::from_f32(*v).to_le_bytes())?,
+                    _ => out.write_all(&v.to_le_bytes())?,
+                }
+            }
+            Ok(())
+        })?;
+        tables.push(table);
+    }
+    let (cos, sin) = (tables[0].clone(), tables[1].clone());
+
+    let mut x = x_in.clone();
+    let mut h = c.simplified_norm(&x, "model.layers.0.input_layernorm.weight", hsz, eps)?;
+    for (l, (past_k, past_v)) in past.iter().enumerate() {
+        let lp = format!("model.layers.{l}");
+        let q = c.linear(&h, &format!("{lp}.self_attn.q_proj"), hsz, nh * hd, false)?;
+        let k = c.linear(&h, &format!("{lp}.self_attn.k_proj"), hsz, nkv * hd, false)?;
+        let v = c.linear(&h, &format!("{lp}.self_attn.v_proj"), hsz, nkv * hd, false)?;
+        let attn = c.g.contrib_node(
+            "GroupQueryAttention",
+            &[&q, &k, &v, past_k, past_v, &seqlens, &total, &cos, &sin],
+            vec![
+                ("num_heads", Attr::Int(nh as i64)),
+                ("kv_num_heads", Attr::Int(nkv as i64)),
+                ("do_rotary", Attr::Int(1)),
+                ("rotary_interleaved", Attr::Int(0)),
+            ],
+            &[
+                None,
+                Some(&names::present_key(l)),
+                Some(&names::present_value(l)),
+            ],
+        );
+        let o = c.linear(
+            &attn[0],
+            &format!("{lp}.self_attn.o_proj"),
+            nh * hd,
+            hsz,
+            false,
+        )?;
+        (h, x) = c.skip_norm(
+            &x,
+            &o,
+            &format!("{lp}.post_attention_layernorm.weight"),
+            hsz,
+            eps,
+        )?;
+        let inter = cfg.intermediate_size;
+        let gate = c.linear(&h, &format!("{lp}.mlp.gate_proj"), hsz, inter, false)?;
+        let up = c.linear(&h, &format!("{lp}.mlp.up_proj"), hsz, inter, false)?;
+        let sg = c.op("Sigmoid", &[&gate]);
+        let act = c.op("Mul", &[&gate, &sg]);
+        let a = c.op("Mul", &[&act, &up]);
+        let d = c.linear(&a, &format!("{lp}.mlp.down_proj"), inter, hsz, false)?;
+        if l + 1 < cfg.num_layers {
+            let next = format!("model.layers.{}.input_layernorm.weight", l + 1);
+            (h, x) = c.skip_norm(&x, &d, &next, hsz, eps)?;
+        } else {
+            x = c.op("Add", &[&x, &d]);
+        }
+    }
+
+    // Each row's last real position: min(seqlens_k, S - 1), then [B,S,H] -> [B,H].
+    let s_len = c.op_a(
+        "Shape",
+        &[&x_in],
+        vec![("start", Attr::Int(1)), ("end", Attr::Int(2))],
+    );
+    let one = c.g.const_i64(&[1]);
+    let s_last = c.op("Sub", &[&s_len, &one]);
+    let lens = c.op_a(
+        "Cast",
+        &[&seqlens],
+        vec![("to", Attr::Int(ElemType::I64 as i64))],
+    );
+    let idx = c.op("Min", &[&lens, &s_last]);
+    let idx = c.op("Unsqueeze", &[&idx, &one]); // [B, 1]
+    let last = c.op_a("GatherND", &[&x, &idx], vec![("batch_dims", Attr::Int(1))]);
+    let last = c.simplified_norm(&last, "model.norm.weight", hsz, eps)?;
+    let logits = c.linear(&last, "lm_head", hsz, cfg.vocab_size, false)?;
+    let logits = c.cast_f32(&logits);
+    c.identity_to(&logits, names::LOGITS);
+    c.g.output(
+        names::LOGITS,
+        ElemType::F32,
+        vec!["batch".into(), cfg.vocab_size.into()],
+    );
+    for l in 0..cfg.num_layers {
+        let kv_dims = || vec!["batch".into(), nkv.into(), "capacity".into(), hd.into()];
         c.g.output(&names::present_key(l), dt, kv_dims());
         c.g.output(&names::present_value(l), dt, kv_dims());
     }

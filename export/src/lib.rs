@@ -31,11 +31,11 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::config::{ClipVisionConfig, ConfigError, LlavaConfig};
 use crate::graphs::Weights;
-pub use crate::manifest::Dtype;
 use crate::manifest::{
     DecoderSpec, GraphSpec, Graphs, Manifest, ProjectorSpec, SourceSpec, TokenizerSpec, VisionSpec,
     FORMAT_VERSION, MANIFEST_FILE,
 };
+pub use crate::manifest::{Dtype, Flavour};
 use crate::onnx::OnnxError;
 use crate::tokenizer::{SpecialIds, TokenizerError};
 
@@ -62,6 +62,8 @@ pub struct ExportOptions {
     pub force: bool,
     /// Seeded random weights of the configs' shapes instead of the checkpoints' (benchmarks).
     pub random_weights: bool,
+    /// Decoder graph flavour (plain ONNX ops, or ONNX Runtime contrib ops).
+    pub flavour: Flavour,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +104,8 @@ pub enum ExportError {
         mm_hidden: usize,
         clip_hidden: usize,
     },
+    #[error("{path}: the fused decoder needs a head size that is a multiple of 16 (ONNX Runtime's GroupQueryAttention); this model's is {head_dim}: export it with --decoder plain")]
+    FusedHeadDim { path: PathBuf, head_dim: usize },
     #[error(
         "{path}: mm_vision_select_layer {select} is out of range for a tower of {layers} layers"
     )]
@@ -157,6 +161,13 @@ pub fn export_with(
             layers: clip.num_layers,
         },
     )?;
+
+    if opts.flavour == Flavour::Fused && llava.llama.head_dim % 16 != 0 {
+        return Err(ExportError::FusedHeadDim {
+            path: llava_path,
+            head_dim: llava.llama.head_dim,
+        });
+    }
 
     let mut hashed: Vec<(String, PathBuf)> = vec![
         ("checkpoint/config.json".into(), llava_path.clone()),
@@ -219,7 +230,12 @@ pub fn export_with(
     weight_bytes.insert(PROJECTOR_FILE.to_string(), projector.weight_bytes);
     let embed = graphs::build_embed(&dir, EMBED_FILE, &llava, opts.dtype, &w_llava)?;
     weight_bytes.insert(EMBED_FILE.to_string(), embed.weight_bytes);
-    let decoder = graphs::build_decoder(&dir, DECODER_FILE, &llava, opts.dtype, &w_llava)?;
+    let decoder = match opts.flavour {
+        Flavour::Plain => graphs::build_decoder(&dir, DECODER_FILE, &llava, opts.dtype, &w_llava)?,
+        Flavour::Fused => {
+            graphs::build_fused_decoder(&dir, DECODER_FILE, &llava, opts.dtype, &w_llava)?
+        }
+    };
     weight_bytes.insert(DECODER_FILE.to_string(), decoder.weight_bytes);
 
     let tok_path = dir.join(TOKENIZER_FILE);
@@ -229,7 +245,7 @@ pub fn export_with(
     for (key, path) in &hashed {
         files.insert(key.clone(), sha256_file(path)?);
     }
-    let decoder_spec = decoder_spec(&llava);
+    let decoder_spec = decoder_spec(&llava, opts.flavour);
     let (dec_in, dec_out) = Manifest::decoder_io(&decoder_spec);
     debug_assert_eq!((&dec_in, &dec_out), (&decoder.inputs, &decoder.outputs));
     let manifest = Manifest {
@@ -311,7 +327,7 @@ fn vision_spec(clip: &ClipVisionConfig, llava: &LlavaConfig, emitted: usize) -> 
     }
 }
 
-fn decoder_spec(llava: &LlavaConfig) -> DecoderSpec {
+fn decoder_spec(llava: &LlavaConfig, flavour: Flavour) -> DecoderSpec {
     let l = &llava.llama;
     DecoderSpec {
         hidden_size: l.hidden_size,
@@ -324,6 +340,7 @@ fn decoder_spec(llava: &LlavaConfig) -> DecoderSpec {
         max_position_embeddings: l.max_position_embeddings,
         rope_theta: l.rope_theta,
         rms_norm_eps: l.rms_norm_eps,
+        flavour,
     }
 }
 

@@ -41,6 +41,43 @@ impl std::str::FromStr for Dtype {
     }
 }
 
+/// How the decoder graph is built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavour {
+    /// Standard ONNX ops only (any provider, TensorRT included): the cache grows by a
+    /// Concat per step, padding is on the left with an attention mask.
+    #[default]
+    Plain,
+    /// ONNX Runtime contrib ops (GroupQueryAttention with rotary, SimplifiedLayerNormalization,
+    /// SkipSimplifiedLayerNormalization) for the CPU and CUDA providers: a preallocated
+    /// cache updated in place (past and present bound to one buffer), prompts padded on
+    /// the right, per-row lengths in `seqlens_k`.
+    Fused,
+}
+
+impl Flavour {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavour::Plain => "plain",
+            Flavour::Fused => "fused",
+        }
+    }
+}
+
+impl std::str::FromStr for Flavour {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "plain" => Ok(Flavour::Plain),
+            "fused" => Ok(Flavour::Fused),
+            other => Err(format!(
+                "unknown decoder flavour `{other}` (expected plain or fused)"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format_version: u32,
@@ -99,6 +136,9 @@ pub struct DecoderSpec {
     pub max_position_embeddings: usize,
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
+    /// Graph flavour; manifests written before flavours existed are `plain`.
+    #[serde(default)]
+    pub flavour: Flavour,
 }
 
 /// `CLIPImageProcessor` constants, from the tower's `preprocessor_config.json`.
@@ -179,6 +219,10 @@ pub mod names {
     pub const INPUTS_EMBEDS: &str = "inputs_embeds";
     pub const ATTENTION_MASK: &str = "attention_mask";
     pub const POSITION_IDS: &str = "position_ids";
+    /// Fused decoder: per row, the tokens in the cache after this call, minus one (int32).
+    pub const SEQLENS_K: &str = "seqlens_k";
+    /// Fused decoder: the largest `seqlens_k + 1` of the batch (int32 scalar).
+    pub const TOTAL_SEQUENCE_LENGTH: &str = "total_sequence_length";
     pub const LOGITS: &str = "logits";
 
     pub fn past_key(layer: usize) -> String {
@@ -240,11 +284,18 @@ impl Manifest {
 
     /// The decoder graph's tensor names in contract order.
     pub fn decoder_io(decoder: &DecoderSpec) -> (Vec<String>, Vec<String>) {
-        let mut inputs = vec![
-            names::INPUTS_EMBEDS.to_string(),
-            names::ATTENTION_MASK.to_string(),
-            names::POSITION_IDS.to_string(),
-        ];
+        let mut inputs = match decoder.flavour {
+            Flavour::Plain => vec![
+                names::INPUTS_EMBEDS.to_string(),
+                names::ATTENTION_MASK.to_string(),
+                names::POSITION_IDS.to_string(),
+            ],
+            Flavour::Fused => vec![
+                names::INPUTS_EMBEDS.to_string(),
+                names::SEQLENS_K.to_string(),
+                names::TOTAL_SEQUENCE_LENGTH.to_string(),
+            ],
+        };
         let mut outputs = vec![names::LOGITS.to_string()];
         for layer in 0..decoder.num_layers {
             inputs.push(names::past_key(layer));

@@ -4,7 +4,8 @@
 //! Encoding: hand-written protobuf (varints, length-delimited fields) for ModelProto,
 //! GraphProto, NodeProto, AttributeProto, TensorProto, ValueInfoProto and the type/shape
 //! messages, following onnx.proto (proto2: repeated scalars are written unpacked, which
-//! every protobuf parser accepts). Opset 17 of the default domain, IR version 8.
+//! every protobuf parser accepts). Opset 17 of the default domain, IR version 8; version 1
+//! of ONNX Runtime's `com.microsoft` domain is imported only by graphs that use it.
 //!
 //! Weights: every weight initializer goes to external data, `<graph>.onnx.data` next to the
 //! graph, each tensor at a 4096-byte aligned offset (`location`/`offset`/`length` entries),
@@ -18,6 +19,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 pub const OPSET: i64 = 17;
+/// ONNX Runtime's contrib operator domain (GroupQueryAttention, SkipSimplifiedLayerNormalization).
+pub const CONTRIB_DOMAIN: &str = "com.microsoft";
 pub const IR_VERSION: i64 = 8;
 /// Offsets of external tensors are multiples of this (page size: lets ORT map them).
 const ALIGN: u64 = 4096;
@@ -26,6 +29,7 @@ const ALIGN: u64 = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ElemType {
     F32 = 1,
+    I32 = 6,
     I64 = 7,
     Bool = 9,
     F16 = 10,
@@ -35,6 +39,7 @@ impl ElemType {
     pub fn size(self) -> usize {
         match self {
             ElemType::F32 => 4,
+            ElemType::I32 => 4,
             ElemType::I64 => 8,
             ElemType::Bool => 1,
             ElemType::F16 => 2,
@@ -162,6 +167,8 @@ fn encode_attr(name: &str, attr: &Attr) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct Node {
     pub op: String,
+    /// Operator domain: "" (ONNX) or [`CONTRIB_DOMAIN`].
+    pub domain: &'static str,
     pub name: String,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
@@ -181,6 +188,9 @@ impl Node {
         field_bytes(&mut out, 4, self.op.as_bytes());
         for (name, attr) in &self.attrs {
             field_bytes(&mut out, 5, &encode_attr(name, attr));
+        }
+        if !self.domain.is_empty() {
+            field_bytes(&mut out, 7, self.domain.as_bytes());
         }
         out
     }
@@ -325,7 +335,7 @@ impl GraphBuilder {
             Some(o) => o.to_string(),
             None => self.fresh(&op.to_lowercase()),
         };
-        self.push_node(op, inputs, attrs, vec![output.clone()]);
+        self.push_node("", op, inputs, attrs, vec![output.clone()]);
         output
     }
 
@@ -343,12 +353,33 @@ impl GraphBuilder {
         n: usize,
     ) -> Vec<String> {
         let outputs: Vec<String> = (0..n).map(|_| self.fresh(&op.to_lowercase())).collect();
-        self.push_node(op, inputs, attrs, outputs.clone());
+        self.push_node("", op, inputs, attrs, outputs.clone());
+        outputs
+    }
+
+    /// Adds an ONNX Runtime contrib operator (domain [`CONTRIB_DOMAIN`]); each output is
+    /// named as given or fresh when `None`. An input may be "" (optional, absent).
+    pub fn contrib_node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<(&str, Attr)>,
+        outputs: &[Option<&str>],
+    ) -> Vec<String> {
+        let outputs: Vec<String> = outputs
+            .iter()
+            .map(|o| match o {
+                Some(name) => name.to_string(),
+                None => self.fresh(&op.to_lowercase()),
+            })
+            .collect();
+        self.push_node(CONTRIB_DOMAIN, op, inputs, attrs, outputs.clone());
         outputs
     }
 
     fn push_node(
         &mut self,
+        domain: &'static str,
         op: &str,
         inputs: &[&str],
         attrs: Vec<(&str, Attr)>,
@@ -357,6 +388,7 @@ impl GraphBuilder {
         let name = format!("{op}_{}", self.nodes.len());
         self.nodes.push(Node {
             op: op.to_string(),
+            domain,
             name,
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
             outputs,
@@ -511,6 +543,12 @@ impl GraphBuilder {
         field_bytes(&mut opset, 1, b"");
         field_varint(&mut opset, 2, OPSET);
         field_bytes(&mut model, 8, &opset);
+        if nodes.iter().any(|n| n.domain == CONTRIB_DOMAIN) {
+            let mut contrib = Vec::new();
+            field_bytes(&mut contrib, 1, CONTRIB_DOMAIN.as_bytes());
+            field_varint(&mut contrib, 2, 1);
+            field_bytes(&mut model, 8, &contrib);
+        }
         let io = |source| OnnxError::Io {
             path: onnx_path.to_path_buf(),
             source,

@@ -20,7 +20,7 @@ use std::time::Instant;
 use half::f16;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
-use vlguard_export::manifest::{GraphSpec, Manifest};
+use vlguard_export::manifest::{Flavour, GraphSpec, Manifest};
 
 use crate::generate::{Backend, BackendError};
 
@@ -98,6 +98,20 @@ pub struct OrtEngine {
     /// Set when the decoder runs on a GPU: the cache then stays in device memory
     /// between steps (IO binding) and only the logits come back to the host.
     device: Option<DeviceMemory>,
+    /// The fused flavour's preallocated cache (`None` for the plain flavour or after
+    /// `reset`), and the steps the current batch may still take after its prompt.
+    fixed: Option<FixedCache>,
+    reserve: usize,
+    /// Where the fused flavour allocates its cache: the decoder's device.
+    cache_allocator: ort::memory::Allocator,
+}
+
+/// The fused decoder's cache: per layer a key and a value buffer `[B, kv, capacity, hd]`,
+/// bound as both `past_key_values.*` and `present.*` so each call writes in place.
+struct FixedCache {
+    buffers: Vec<DynValue>,
+    batch: usize,
+    capacity: usize,
 }
 
 /// Memory descriptions for IO binding: `present.*` into device memory, logits to host.
@@ -107,6 +121,17 @@ struct DeviceMemory {
 }
 
 impl DeviceMemory {
+    fn host() -> Result<ort::memory::MemoryInfo<'static>, String> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| e.to_string())
+    }
+
     fn cuda(device_id: i32) -> Result<DeviceMemory, String> {
         use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
         let device = MemoryInfo::new(
@@ -161,7 +186,8 @@ impl OrtEngine {
         let projector = load("projector", &manifest.graphs.projector)?;
         let embed = load("embed", &manifest.graphs.embed)?;
         let decoder = load("decoder", &manifest.graphs.decoder)?;
-        let device = if providers.get("decoder").is_some_and(|p| p != CPU_EP) {
+        let on_device = providers.get("decoder").is_some_and(|p| p != CPU_EP);
+        let device = if on_device {
             Some(
                 DeviceMemory::cuda(options.device_id).map_err(|message| Error::Session {
                     graph: "decoder".into(),
@@ -172,8 +198,27 @@ impl OrtEngine {
         } else {
             None
         };
+        let cache_allocator = match &device {
+            Some(_) if manifest.decoder.flavour == Flavour::Fused => {
+                let info = DeviceMemory::cuda(options.device_id)
+                    .map(|m| m.device)
+                    .and_then(|info| {
+                        ort::memory::Allocator::new(&decoder.session, info)
+                            .map_err(|e| e.to_string())
+                    });
+                info.map_err(|message| Error::Session {
+                    graph: "decoder".into(),
+                    path: options.model_dir.join(&manifest.graphs.decoder.file),
+                    message: format!("cannot allocate the cache on the device: {message}"),
+                })?
+            }
+            _ => ort::memory::Allocator::default(),
+        };
         Ok(OrtEngine {
             device,
+            fixed: None,
+            reserve: 0,
+            cache_allocator,
             manifest_sha256: crate::util::sha256_hex(&bytes),
             manifest,
             ort_lib: lib.to_path_buf(),
@@ -224,6 +269,114 @@ impl OrtEngine {
         to_f32(&embeds, "projector output")
     }
 
+    /// One call of the fused decoder: a prompt call (empty cache: rows re-laid out from
+    /// left to right padding, the cache allocated for the prompt plus `reserve` steps) or a
+    /// one-token step. Per-row lengths come from the attention mask's ones.
+    fn decode_fused(
+        &mut self,
+        embeds: &[f32],
+        attention_mask: &[i64],
+        batch: usize,
+        new_len: usize,
+    ) -> Result<Vec<f32>, BackendError> {
+        let d = &self.manifest.decoder;
+        let hidden = d.hidden_size;
+        let total = attention_mask.len() / batch.max(1);
+        let lengths: Vec<usize> = attention_mask
+            .chunks(total.max(1))
+            .map(|row| row.iter().filter(|&&m| m != 0).count())
+            .collect();
+        let embeds = match &self.fixed {
+            None => {
+                let capacity = new_len + self.reserve;
+                let shape = vec![batch, d.num_kv_heads, capacity, d.head_dim];
+                let buffers = (0..2 * d.num_layers)
+                    .map(|_| alloc_tensor(&self.cache_allocator, &shape, self.decoder.float_type))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.fixed = Some(FixedCache {
+                    buffers,
+                    batch,
+                    capacity,
+                });
+                // Right padding: each row's real positions (mask 1) first, in order.
+                let mut packed = vec![0f32; embeds.len()];
+                for row in 0..batch {
+                    let mut at = row * new_len;
+                    for p in 0..new_len {
+                        if attention_mask[row * total + p] != 0 {
+                            let from = (row * new_len + p) * hidden;
+                            packed[at * hidden..(at + 1) * hidden]
+                                .copy_from_slice(&embeds[from..from + hidden]);
+                            at += 1;
+                        }
+                    }
+                }
+                packed
+            }
+            Some(_) if new_len == 1 => embeds.to_vec(),
+            Some(_) => {
+                return Err(BackendError(format!(
+                    "fused decoder: a call of {new_len} new positions on a filled cache"
+                )))
+            }
+        };
+        let Some(fixed) = self.fixed.as_mut() else {
+            unreachable!("allocated above");
+        };
+        if fixed.batch != batch {
+            return Err(BackendError(format!(
+                "decoder: cache holds {} rows, call has {batch}",
+                fixed.batch
+            )));
+        }
+        if let Some(&longest) = lengths.iter().max() {
+            if longest > fixed.capacity {
+                return Err(BackendError(format!(
+                    "fused decoder: {longest} positions do not fit the cache's {} (prompt + max new tokens)",
+                    fixed.capacity
+                )));
+            }
+        }
+        let seqlens: Vec<i32> = lengths.iter().map(|&l| l as i32 - 1).collect();
+        let total_len = lengths.iter().copied().max().unwrap_or(0) as i32;
+        let names = &self.manifest.graphs.decoder;
+        let embeds = float_tensor(
+            &embeds,
+            vec![batch, new_len, hidden],
+            self.decoder.float_type,
+        )?;
+        let seqlens = Tensor::from_array((vec![batch], seqlens))
+            .map_err(|e| BackendError(format!("seqlens_k: {e}")))?;
+        let total_len = Tensor::from_array((Vec::<usize>::new(), vec![total_len]))
+            .map_err(|e| BackendError(format!("total_sequence_length: {e}")))?;
+        let host = DeviceMemory::host().map_err(BackendError)?;
+        let session = &self.decoder.session;
+        let mut bind = || -> ort::Result<ort::session::IoBinding> {
+            let mut binding = session.create_binding()?;
+            binding.bind_input(names.inputs[0].as_str(), &embeds)?;
+            binding.bind_input(names.inputs[1].as_str(), &seqlens)?;
+            binding.bind_input(names.inputs[2].as_str(), &total_len)?;
+            for (name, value) in names.inputs[3..].iter().zip(&fixed.buffers) {
+                binding.bind_input(name.as_str(), value)?;
+            }
+            binding.bind_output_to_device(names.outputs[0].as_str(), &host)?;
+            for (name, value) in names.outputs[1..].iter().zip(fixed.buffers.iter_mut()) {
+                binding.bind_output(name.as_str(), value)?;
+            }
+            Ok(binding)
+        };
+        let binding = bind().map_err(|e| BackendError(format!("decoder IO binding: {e}")))?;
+        let t = Instant::now();
+        let mut out = self
+            .decoder
+            .session
+            .run_binding(&binding)
+            .map_err(|e| BackendError(format!("decoder graph: {e}")))?;
+        self.ort_seconds += t.elapsed().as_secs_f64();
+        let logits = take(&mut out, &names.outputs[0], "decoder")?;
+        to_f32(&logits, "logits")
+    }
+
     fn empty_cache(&self, batch: usize) -> Result<Vec<DynValue>, BackendError> {
         let d = &self.manifest.decoder;
         (0..2 * d.num_layers)
@@ -269,6 +422,9 @@ impl Backend for OrtEngine {
         batch: usize,
         new_len: usize,
     ) -> Result<Vec<f32>, BackendError> {
+        if self.manifest.decoder.flavour == Flavour::Fused {
+            return self.decode_fused(embeds, attention_mask, batch, new_len);
+        }
         let hidden = self.manifest.decoder.hidden_size;
         if self.cache.is_empty() {
             self.cache = self.empty_cache(batch)?;
@@ -339,9 +495,11 @@ impl Backend for OrtEngine {
         to_f32(&logits, "logits")
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self, max_new_tokens: usize) {
         self.cache.clear();
         self.cache_batch = 0;
+        self.fixed = None;
+        self.reserve = max_new_tokens;
     }
 
     fn drops_rows(&self) -> bool {
@@ -349,6 +507,18 @@ impl Backend for OrtEngine {
     }
 
     fn keep_rows(&mut self, rows: &[usize]) -> Result<(), BackendError> {
+        if let Some(fixed) = &self.fixed {
+            let mut buffers = Vec::with_capacity(fixed.buffers.len());
+            for value in &fixed.buffers {
+                buffers.push(copy_rows_into_new(&self.cache_allocator, value, rows)?);
+            }
+            self.fixed = Some(FixedCache {
+                buffers,
+                batch: rows.len(),
+                capacity: fixed.capacity,
+            });
+            return Ok(());
+        }
         let mut kept = Vec::with_capacity(self.cache.len());
         for value in &self.cache {
             kept.push(select_rows(value, rows)?);
@@ -553,6 +723,57 @@ fn select_rows(value: &DynValue, rows: &[usize]) -> Result<DynValue, BackendErro
         ));
     };
     built.map_err(|e| BackendError(format!("cannot rebuild the cache: {e}")))
+}
+
+/// An uninitialised `[shape]` tensor of the graph's float type from `allocator` (ORT-owned
+/// memory, so IO binding can use it as an output).
+fn alloc_tensor(
+    allocator: &ort::memory::Allocator,
+    shape: &[usize],
+    ty: TensorElementType,
+) -> Result<DynValue, BackendError> {
+    let result = match ty {
+        TensorElementType::Float16 => {
+            Tensor::<f16>::new(allocator, shape.to_vec()).map(|t| t.into_dyn())
+        }
+        _ => Tensor::<f32>::new(allocator, shape.to_vec()).map(|t| t.into_dyn()),
+    };
+    result.map_err(|e| BackendError(format!("cannot allocate the decoder cache {shape:?}: {e}")))
+}
+
+/// The given batch rows of a host `[B, ...]` float tensor, in a new tensor from
+/// `allocator` (for the fused cache, which must stay ORT-allocated).
+fn copy_rows_into_new(
+    allocator: &ort::memory::Allocator,
+    value: &DynValue,
+    rows: &[usize],
+) -> Result<DynValue, BackendError> {
+    fn copy<T: Copy>(data: &[T], batch: usize, rows: &[usize], out: &mut [T]) {
+        let per_row = data.len() / batch.max(1);
+        for (i, &r) in rows.iter().enumerate() {
+            out[i * per_row..(i + 1) * per_row]
+                .copy_from_slice(&data[r * per_row..(r + 1) * per_row]);
+        }
+    }
+    let (ty, shape) = match value.dtype() {
+        ValueType::Tensor { ty, shape, .. } => (*ty, shape.clone()),
+        _ => return Err(BackendError("cache value is not a tensor".into())),
+    };
+    let mut new_shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let batch = new_shape[0];
+    new_shape[0] = rows.len();
+    let mut target = alloc_tensor(allocator, &new_shape, ty)?;
+    let failed = |e: ort::Error| BackendError(format!("cannot compact the cache: {e}"));
+    if ty == TensorElementType::Float16 {
+        let (_, src) = value.try_extract_tensor::<f16>().map_err(failed)?;
+        let (_, dst) = target.try_extract_tensor_mut::<f16>().map_err(failed)?;
+        copy(src, batch, rows, dst);
+    } else {
+        let (_, src) = value.try_extract_tensor::<f32>().map_err(failed)?;
+        let (_, dst) = target.try_extract_tensor_mut::<f32>().map_err(failed)?;
+        copy(src, batch, rows, dst);
+    }
+    Ok(target)
 }
 
 #[derive(Debug, clap::Args)]

@@ -31,23 +31,36 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 /// life of the test process.
 pub fn demo_model() -> &'static Path {
     static MODEL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &MODEL
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let out = dir.path().join("demo");
-            let src = repo().join("models/demo-src");
-            run_ok(
-                bin()
-                    .args(["export", "--dtype", "fp32", "--checkpoint"])
-                    .arg(src.join("llava-v1.5-tiny"))
-                    .arg("--vision-tower")
-                    .arg(src.join("clip-vit-tiny-patch14-336"))
-                    .arg("--out")
-                    .arg(&out),
-            );
-            (dir, out)
-        })
-        .1
+    &MODEL.get_or_init(|| export_demo("plain")).1
+}
+
+/// The same model with the `fused` decoder flavour (ONNX Runtime contrib ops).
+pub fn demo_model_fused() -> &'static Path {
+    static MODEL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &MODEL.get_or_init(|| export_demo("fused")).1
+}
+
+fn export_demo(flavour: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let src = repo().join("models/demo-src");
+    run_ok(
+        bin()
+            .args([
+                "export",
+                "--dtype",
+                "fp32",
+                "--decoder",
+                flavour,
+                "--checkpoint",
+            ])
+            .arg(src.join("llava-v1.5-tiny"))
+            .arg("--vision-tower")
+            .arg(src.join("clip-vit-tiny-patch14-336"))
+            .arg("--out")
+            .arg(&out),
+    );
+    (dir, out)
 }
 
 pub fn mini_meta() -> PathBuf {
@@ -60,10 +73,15 @@ pub fn mini_images() -> PathBuf {
 
 /// `vlguard-ort run` on the demo model and mini test set, CPU, into `out`.
 pub fn run_cmd(out: &Path, subset: &str) -> Command {
+    run_cmd_with(demo_model(), out, subset)
+}
+
+/// `vlguard-ort run` of `model` on the mini test set, CPU, into `out`.
+pub fn run_cmd_with(model: &Path, out: &Path, subset: &str) -> Command {
     let mut cmd = bin();
     cmd.arg("run")
         .arg("--model")
-        .arg(demo_model())
+        .arg(model)
         .args(["--subset", subset, "--ep", "cpu", "--engine", "demo"])
         .arg("--meta")
         .arg(mini_meta())
