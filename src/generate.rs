@@ -42,6 +42,39 @@ pub trait Backend {
     fn drops_rows(&self) -> bool {
         true
     }
+
+    // Continuous batching (see [`generate_continuous`]): a cache of fixed slots that rows
+    // join and leave between steps. Backends without slots keep the defaults.
+
+    /// Whether the slot calls below work.
+    fn has_slots(&self) -> bool {
+        false
+    }
+    /// Replaces the cache with `slots` free slots of `capacity` positions each.
+    fn open_slots(&mut self, _slots: usize, _capacity: usize) -> Result<(), BackendError> {
+        Err(BackendError("this backend has no slot cache".into()))
+    }
+    /// Runs prompts (left-padded exactly like `decode`'s prompt call) into these free
+    /// slots, leaving the other slots untouched; returns their last logits `[k, V]`.
+    fn prefill_slots(
+        &mut self,
+        _slots: &[usize],
+        _embeds: &[f32],
+        _attention_mask: &[i64],
+        _new_len: usize,
+    ) -> Result<Vec<f32>, BackendError> {
+        Err(BackendError("this backend has no slot cache".into()))
+    }
+    /// One new position for every slot: `embeds [slots, 1, H]`, `lengths[s]` = tokens in
+    /// slot s after this step (a free slot gets 1 and its output is ignored). Returns
+    /// `[slots, V]`.
+    fn step_slots(
+        &mut self,
+        _embeds: &[f32],
+        _lengths: &[usize],
+    ) -> Result<Vec<f32>, BackendError> {
+        Err(BackendError("this backend has no slot cache".into()))
+    }
 }
 
 /// An engine failure, with the graph or tensor it concerns in the message.
@@ -140,6 +173,32 @@ pub fn argmax_first(values: &[f32]) -> (usize, f32) {
     (if best == usize::MAX { 0 } else { best }, best_v - second_v)
 }
 
+/// The greedy choice for one row at `step` (0 = the token after the prompt): EOS banned
+/// at step 0 (`min_new_tokens=1`: the reference sets its logit to -inf), argmax with the
+/// first index on ties, appended to `generation`. Returns the token and whether the row
+/// is finished (EOS, or `max_new_tokens` reached).
+fn choose(
+    row_logits: &mut [f32],
+    step: usize,
+    config: &GenerateConfig,
+    generation: &mut Generation,
+) -> (u32, bool) {
+    if step == 0 {
+        if let Some(v) = row_logits.get_mut(config.eos_id as usize) {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+    let (token, margin) = argmax_first(row_logits);
+    let token = token as u32;
+    generation.tokens.push(token);
+    generation.min_margin = generation.min_margin.min(margin);
+    if token == config.eos_id {
+        generation.ended_with_eos = true;
+        return (token, true);
+    }
+    (token, step + 1 >= config.max_new_tokens)
+}
+
 /// Greedy generation for a batch of prompts; see the module contract.
 pub fn generate_batch(
     backend: &mut dyn Backend,
@@ -149,65 +208,22 @@ pub fn generate_batch(
 ) -> Result<(Vec<Generation>, Timings), Error> {
     let started = Instant::now();
     let mut timings = Timings::default();
-    let hidden = backend.hidden_size();
     let batch = prompts.len();
     if batch == 0 {
         return Ok((Vec::new(), timings));
     }
 
-    // Splice: text embeddings before the slot, the image's N positions, text after.
     let t = Instant::now();
-    let mut sequences: Vec<Vec<f32>> = Vec::with_capacity(batch);
-    for (index, prompt) in prompts.iter().enumerate() {
-        let slots: Vec<usize> = (0..prompt.ids.len())
-            .filter(|&i| prompt.ids[i] == config.image_token_id)
-            .collect();
-        if slots.len() != 1 {
-            return Err(Error::ImageSlots {
-                index,
-                found: slots.len(),
-                image_token_id: config.image_token_id,
-            });
-        }
-        if prompt.image_embeds.is_empty() || prompt.image_embeds.len() % hidden != 0 {
-            return Err(Error::ImageShape {
-                index,
-                found: prompt.image_embeds.len(),
-                hidden,
-            });
-        }
-        let slot = slots[0];
-        let text: Vec<i64> = prompt
-            .ids
-            .iter()
-            .copied()
-            .filter(|&id| id != config.image_token_id)
-            .collect();
-        let text_embeds = backend.embed(&text, 1)?;
-        let mut seq = Vec::with_capacity(text_embeds.len() + prompt.image_embeds.len());
-        seq.extend_from_slice(&text_embeds[..slot * hidden]);
-        seq.extend_from_slice(&prompt.image_embeds);
-        seq.extend_from_slice(&text_embeds[slot * hidden..]);
-        sequences.push(seq);
-    }
+    let padded = splice_and_pad(backend, prompts, config)?;
     timings.embed_s += t.elapsed().as_secs_f64();
-
-    // Left padding to the longest row.
-    let lengths: Vec<usize> = sequences.iter().map(|s| s.len() / hidden).collect();
-    let max_len = lengths.iter().copied().max().unwrap_or(0);
+    let Padded {
+        embeds,
+        mask,
+        positions,
+        lengths,
+        max_len,
+    } = padded;
     timings.prompt_tokens = lengths.iter().sum();
-    let mut embeds = vec![0f32; batch * max_len * hidden];
-    let mut mask = vec![0i64; batch * max_len];
-    let mut positions = vec![1i64; batch * max_len];
-    for (row, seq) in sequences.iter().enumerate() {
-        let pad = max_len - lengths[row];
-        let start = (row * max_len + pad) * hidden;
-        embeds[start..start + seq.len()].copy_from_slice(seq);
-        for p in 0..lengths[row] {
-            mask[row * max_len + pad + p] = 1;
-            positions[row * max_len + pad + p] = p as i64;
-        }
-    }
 
     backend.reset(config.max_new_tokens);
     let t = Instant::now();
@@ -257,23 +273,9 @@ pub fn generate_batch(
             }
             working += 1;
             let row_logits = &mut logits[row * vocab..(row + 1) * vocab];
-            if step == 0 {
-                // min_new_tokens=1: the reference sets the EOS logit to -inf at step 1.
-                if let Some(v) = row_logits.get_mut(config.eos_id as usize) {
-                    *v = f32::NEG_INFINITY;
-                }
-            }
-            let (token, margin) = argmax_first(row_logits);
-            let generation = &mut out[index];
-            generation.tokens.push(token as u32);
-            generation.min_margin = generation.min_margin.min(margin);
+            let (token, finished) = choose(row_logits, step, config, &mut out[index]);
+            done[index] = finished;
             timings.new_tokens += 1;
-            if token as u32 == config.eos_id {
-                generation.ended_with_eos = true;
-                done[index] = true;
-            } else if step + 1 >= config.max_new_tokens {
-                done[index] = true;
-            }
             if !done[index] || !drops {
                 keep.push(row);
                 next_ids.push(token as i64);
@@ -307,6 +309,328 @@ pub fn generate_batch(
     }
     timings.loop_s = started.elapsed().as_secs_f64();
     Ok((out, timings))
+}
+
+/// Hands out up to `n` prompts for free slots, `None` when the stream is over.
+pub type Source<'a, B, K, E> = dyn FnMut(&mut B, usize) -> Result<Option<Vec<Queued<K>>>, E> + 'a;
+/// Takes each prompt's outcome, by key.
+pub type Sink<'a, K, E> = dyn FnMut(K, Result<Generation, String>) -> Result<(), E> + 'a;
+
+/// A prompt waiting for a slot, with the caller's key for it.
+pub struct Queued<K> {
+    pub key: K,
+    pub prompt: Prompt,
+}
+
+/// The slot cache of a continuous run: `slots` rows of `capacity` positions (the longest
+/// prompt plus `max_new_tokens`).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotPlan {
+    pub slots: usize,
+    pub capacity: usize,
+}
+
+/// A row in a slot: its key, what it generated so far, the tokens in its cache.
+struct SlotRow<K> {
+    key: K,
+    generation: Generation,
+    length: usize,
+    step: usize,
+}
+
+impl<K> SlotRow<K> {
+    fn last_token(&self) -> i64 {
+        self.generation.tokens.last().map_or(0, |&t| t as i64)
+    }
+}
+
+/// Continuous batching: greedy generation over a stream of prompts with a slot cache.
+///
+/// Contract: every prompt `source` hands out ends in exactly one `sink` call with its
+/// key: `Ok` with the same tokens `generate_batch` gives it alone (rows never see each
+/// other: per-row lengths, no shared padding in steps), or `Err` with the reason (a bad
+/// prompt, a prompt too long for `plan.capacity`, or a backend failure while it was in
+/// flight; after a backend failure the slots are reopened and the stream goes on).
+/// `source(backend, n)` returns up to `n` prompts for the free slots, `None` once the
+/// stream is over; it gets the backend so it can run the vision tower for them. A row
+/// that finishes frees its slot at once and the next prompt takes it, so the batch
+/// stays full until the stream runs dry; then, on a backend whose rows are cheap to drop,
+/// the cache is compacted to the live rows.
+pub fn generate_continuous<B: Backend + ?Sized, K, E: From<Error>>(
+    backend: &mut B,
+    plan: SlotPlan,
+    config: &GenerateConfig,
+    source: &mut Source<'_, B, K, E>,
+    sink: &mut Sink<'_, K, E>,
+    on_token: &mut dyn FnMut(usize),
+) -> Result<Timings, E> {
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    backend
+        .open_slots(plan.slots, plan.capacity)
+        .map_err(Error::from)?;
+    let mut rows: Vec<Option<SlotRow<K>>> = (0..plan.slots).map(|_| None).collect();
+    let mut exhausted = false;
+    loop {
+        // Refill the free slots from the stream.
+        let free: Vec<usize> = (0..rows.len()).filter(|&s| rows[s].is_none()).collect();
+        if !exhausted && !free.is_empty() {
+            match source(backend, free.len())? {
+                None => exhausted = true,
+                Some(queued) => {
+                    let before = timings.new_tokens;
+                    let joined =
+                        join_slots(backend, &free, queued, plan, config, &mut timings, sink)?;
+                    for (slot, row) in joined {
+                        rows[slot] = Some(row);
+                    }
+                    on_token(timings.new_tokens - before);
+                }
+            }
+        }
+        // Rows that finished on their first token never took a slot; drop the others'.
+        let live: Vec<usize> = (0..rows.len()).filter(|&s| rows[s].is_some()).collect();
+        if live.is_empty() {
+            if exhausted {
+                break;
+            }
+            continue;
+        }
+        if exhausted && backend.drops_rows() && live.len() < rows.len() {
+            let t = Instant::now();
+            backend.keep_rows(&live).map_err(Error::from)?;
+            timings.backend_s += t.elapsed().as_secs_f64();
+            rows = live.iter().map(|&s| rows[s].take()).collect();
+        }
+
+        // One step for every slot (free slots compute a throwaway position 0).
+        let t = Instant::now();
+        let ids: Vec<i64> = rows
+            .iter()
+            .map(|r| r.as_ref().map_or(config.eos_id as i64, SlotRow::last_token))
+            .collect();
+        let lengths: Vec<usize> = rows
+            .iter()
+            .map(|r| r.as_ref().map_or(1, |r| r.length + 1))
+            .collect();
+        let stepped = backend
+            .embed(&ids, rows.len())
+            .and_then(|embeds| backend.step_slots(&embeds, &lengths));
+        let spent = t.elapsed().as_secs_f64();
+        timings.decode_s += spent;
+        timings.backend_s += spent;
+        let mut logits = match stepped {
+            Ok(logits) => logits,
+            Err(error) => {
+                for row in rows.iter_mut().filter_map(Option::take) {
+                    sink(row.key, Err(error.to_string()))?;
+                }
+                backend
+                    .open_slots(plan.slots, plan.capacity)
+                    .map_err(Error::from)?;
+                rows = (0..plan.slots).map(|_| None).collect();
+                continue;
+            }
+        };
+        let vocab = logits.len() / rows.len();
+        if vocab == 0 || logits.len() != rows.len() * vocab {
+            return Err(Error::Logits {
+                found: logits.len(),
+                batch: rows.len(),
+            }
+            .into());
+        }
+        let mut working = 0;
+        for (slot, entry) in rows.iter_mut().enumerate() {
+            let Some(row) = entry.as_mut() else { continue };
+            working += 1;
+            row.length += 1;
+            row.step += 1;
+            let row_logits = &mut logits[slot * vocab..(slot + 1) * vocab];
+            let (_, finished) = choose(row_logits, row.step, config, &mut row.generation);
+            timings.new_tokens += 1;
+            if finished {
+                if let Some(row) = entry.take() {
+                    sink(row.key, Ok(row.generation))?;
+                }
+            }
+        }
+        on_token(working);
+    }
+    timings.loop_s = started.elapsed().as_secs_f64();
+    Ok(timings)
+}
+
+/// Prefills `queued` into the first free slots; returns the rows that go on (slot, row).
+/// Bad or too long prompts, rows done after one token, and a failed prefill end in `sink`.
+fn join_slots<B: Backend + ?Sized, K, E: From<Error>>(
+    backend: &mut B,
+    free: &[usize],
+    queued: Vec<Queued<K>>,
+    plan: SlotPlan,
+    config: &GenerateConfig,
+    timings: &mut Timings,
+    sink: &mut Sink<'_, K, E>,
+) -> Result<Vec<(usize, SlotRow<K>)>, E> {
+    let t = Instant::now();
+    let mut keys = Vec::new();
+    let mut prompts = Vec::new();
+    let mut padded = None;
+    for q in queued.into_iter().take(free.len()) {
+        // Each prompt alone first, so that one bad prompt fails alone.
+        match splice_and_pad(backend, std::slice::from_ref(&q.prompt), config) {
+            Err(error) => sink(q.key, Err(error.to_string()))?,
+            Ok(one) if one.max_len + config.max_new_tokens > plan.capacity => sink(
+                q.key,
+                Err(format!(
+                    "the prompt has {} positions: with {} new tokens it exceeds the cache capacity {}",
+                    one.max_len, config.max_new_tokens, plan.capacity
+                )),
+            )?,
+            Ok(_) => {
+                keys.push(q.key);
+                prompts.push(q.prompt);
+            }
+        }
+    }
+    if !prompts.is_empty() {
+        padded = Some(splice_and_pad(backend, &prompts, config));
+    }
+    timings.embed_s += t.elapsed().as_secs_f64();
+    let Some(padded) = padded else {
+        return Ok(Vec::new());
+    };
+    let slots = &free[..keys.len()];
+    let t = Instant::now();
+    let prefilled = padded
+        .map_err(|e| BackendError(e.to_string()))
+        .and_then(|p| {
+            timings.prompt_tokens += p.lengths.iter().sum::<usize>();
+            let logits = backend.prefill_slots(slots, &p.embeds, &p.mask, p.max_len)?;
+            Ok((logits, p.lengths))
+        });
+    let spent = t.elapsed().as_secs_f64();
+    timings.prefill_s += spent;
+    timings.backend_s += spent;
+    let (mut logits, lengths) = match prefilled {
+        Ok(done) => done,
+        Err(error) => {
+            for key in keys {
+                sink(key, Err(error.to_string()))?;
+            }
+            return Ok(Vec::new());
+        }
+    };
+    let vocab = logits.len() / keys.len();
+    if vocab == 0 || logits.len() != keys.len() * vocab {
+        return Err(Error::Logits {
+            found: logits.len(),
+            batch: keys.len(),
+        }
+        .into());
+    }
+    let mut joined = Vec::new();
+    for (j, key) in keys.into_iter().enumerate() {
+        let mut generation = Generation {
+            tokens: Vec::new(),
+            ended_with_eos: false,
+            min_margin: f32::INFINITY,
+        };
+        let (_, finished) = choose(
+            &mut logits[j * vocab..(j + 1) * vocab],
+            0,
+            config,
+            &mut generation,
+        );
+        timings.new_tokens += 1;
+        if finished {
+            sink(key, Ok(generation))?;
+        } else {
+            joined.push((
+                slots[j],
+                SlotRow {
+                    key,
+                    generation,
+                    length: lengths[j],
+                    step: 0,
+                },
+            ));
+        }
+    }
+    Ok(joined)
+}
+
+/// A batch of prompts spliced (text embeddings, the image's N positions in the image
+/// slot) and left-padded to the longest row, with HF's mask and positions.
+struct Padded {
+    embeds: Vec<f32>,
+    mask: Vec<i64>,
+    positions: Vec<i64>,
+    lengths: Vec<usize>,
+    max_len: usize,
+}
+
+fn splice_and_pad<B: Backend + ?Sized>(
+    backend: &mut B,
+    prompts: &[Prompt],
+    config: &GenerateConfig,
+) -> Result<Padded, Error> {
+    let hidden = backend.hidden_size();
+    let batch = prompts.len();
+    let mut sequences: Vec<Vec<f32>> = Vec::with_capacity(batch);
+    for (index, prompt) in prompts.iter().enumerate() {
+        let slots: Vec<usize> = (0..prompt.ids.len())
+            .filter(|&i| prompt.ids[i] == config.image_token_id)
+            .collect();
+        if slots.len() != 1 {
+            return Err(Error::ImageSlots {
+                index,
+                found: slots.len(),
+                image_token_id: config.image_token_id,
+            });
+        }
+        if prompt.image_embeds.is_empty() || prompt.image_embeds.len() % hidden != 0 {
+            return Err(Error::ImageShape {
+                index,
+                found: prompt.image_embeds.len(),
+                hidden,
+            });
+        }
+        let slot = slots[0];
+        let text: Vec<i64> = prompt
+            .ids
+            .iter()
+            .copied()
+            .filter(|&id| id != config.image_token_id)
+            .collect();
+        let text_embeds = backend.embed(&text, 1)?;
+        let mut seq = Vec::with_capacity(text_embeds.len() + prompt.image_embeds.len());
+        seq.extend_from_slice(&text_embeds[..slot * hidden]);
+        seq.extend_from_slice(&prompt.image_embeds);
+        seq.extend_from_slice(&text_embeds[slot * hidden..]);
+        sequences.push(seq);
+    }
+    let lengths: Vec<usize> = sequences.iter().map(|s| s.len() / hidden).collect();
+    let max_len = lengths.iter().copied().max().unwrap_or(0);
+    let mut embeds = vec![0f32; batch * max_len * hidden];
+    let mut mask = vec![0i64; batch * max_len];
+    let mut positions = vec![1i64; batch * max_len];
+    for (row, seq) in sequences.iter().enumerate() {
+        let pad = max_len - lengths[row];
+        let start = (row * max_len + pad) * hidden;
+        embeds[start..start + seq.len()].copy_from_slice(seq);
+        for p in 0..lengths[row] {
+            mask[row * max_len + pad + p] = 1;
+            positions[row * max_len + pad + p] = p as i64;
+        }
+    }
+    Ok(Padded {
+        embeds,
+        mask,
+        positions,
+        lengths,
+        max_len,
+    })
 }
 
 #[cfg(test)]
@@ -544,5 +868,237 @@ mod tests {
         };
         let err = generate_batch(&mut backend, &[bad], &config(2), &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("0 image slots"), "{err}");
+    }
+
+    /// A slot-cache double for continuous batching: each slot holds (row id, step); the
+    /// next token of a row comes from its script like `Scripted`'s.
+    struct Slotted {
+        vocab: usize,
+        script: Vec<Vec<u32>>,
+        slots: Vec<Option<(usize, usize)>>,
+        drops: bool,
+        /// Slots each prefill went to, and the batch of each step.
+        prefills: Vec<Vec<usize>>,
+        steps: Vec<usize>,
+        /// The step call (0-based) that fails, if any.
+        fail_step: Option<usize>,
+    }
+
+    impl Slotted {
+        fn new(script: Vec<Vec<u32>>, drops: bool) -> Slotted {
+            Slotted {
+                vocab: 10,
+                script,
+                slots: Vec::new(),
+                drops,
+                prefills: Vec::new(),
+                steps: Vec::new(),
+                fail_step: None,
+            }
+        }
+        fn logits_for(&mut self, slot: usize) -> Vec<f32> {
+            let mut logits = vec![0f32; self.vocab];
+            if let Some((id, step)) = self.slots[slot].as_mut() {
+                let token = self.script[*id].get(*step).copied().unwrap_or(7);
+                logits[token as usize] = 1.0;
+                if *step == 0 {
+                    logits[2] = 5.0; // must be ignored: EOS is banned at step 0
+                }
+                *step += 1;
+            }
+            logits
+        }
+    }
+
+    impl Backend for Slotted {
+        fn hidden_size(&self) -> usize {
+            2
+        }
+        fn embed(&mut self, ids: &[i64], _batch: usize) -> Result<Vec<f32>, BackendError> {
+            Ok(ids.iter().flat_map(|&id| vec![id as f32; 2]).collect())
+        }
+        fn decode(
+            &mut self,
+            _: &[f32],
+            _: &[i64],
+            _: &[i64],
+            _: usize,
+            _: usize,
+        ) -> Result<Vec<f32>, BackendError> {
+            panic!("continuous batching must use the slot calls")
+        }
+        fn reset(&mut self, _max_new_tokens: usize) {}
+        fn keep_rows(&mut self, rows: &[usize]) -> Result<(), BackendError> {
+            self.slots = rows.iter().map(|&r| self.slots[r]).collect();
+            Ok(())
+        }
+        fn drops_rows(&self) -> bool {
+            self.drops
+        }
+        fn has_slots(&self) -> bool {
+            true
+        }
+        fn open_slots(&mut self, slots: usize, _capacity: usize) -> Result<(), BackendError> {
+            self.slots = vec![None; slots];
+            Ok(())
+        }
+        fn prefill_slots(
+            &mut self,
+            slots: &[usize],
+            embeds: &[f32],
+            _mask: &[i64],
+            new_len: usize,
+        ) -> Result<Vec<f32>, BackendError> {
+            self.prefills.push(slots.to_vec());
+            let mut logits = Vec::new();
+            for (r, &slot) in slots.iter().enumerate() {
+                let row = &embeds[r * new_len * 2..(r + 1) * new_len * 2];
+                let id = row
+                    .iter()
+                    .find(|&&v| v >= 1000.0)
+                    .map(|&v| v as usize - 1000)
+                    .unwrap();
+                self.slots[slot] = Some((id, 0));
+                logits.extend(self.logits_for(slot));
+            }
+            Ok(logits)
+        }
+        fn step_slots(
+            &mut self,
+            _embeds: &[f32],
+            lengths: &[usize],
+        ) -> Result<Vec<f32>, BackendError> {
+            if self.fail_step == Some(self.steps.len()) {
+                self.steps.push(lengths.len());
+                return Err(BackendError("device lost".into()));
+            }
+            self.steps.push(lengths.len());
+            Ok((0..lengths.len())
+                .flat_map(|s| self.logits_for(s))
+                .collect())
+        }
+    }
+
+    /// Runs `prompts` (keyed by index) through `generate_continuous` on `backend`.
+    fn stream(
+        backend: &mut Slotted,
+        prompts: Vec<Prompt>,
+        slots: usize,
+        capacity: usize,
+        max: usize,
+    ) -> Vec<Result<Generation, String>> {
+        let n = prompts.len();
+        let mut queue: std::collections::VecDeque<Queued<usize>> = prompts
+            .into_iter()
+            .enumerate()
+            .map(|(key, prompt)| Queued { key, prompt })
+            .collect();
+        let mut results: Vec<Option<Result<Generation, String>>> = vec![None; n];
+        let mut source = |_: &mut Slotted, k: usize| -> Result<Option<Vec<Queued<usize>>>, Error> {
+            Ok((!queue.is_empty()).then(|| queue.drain(..k.min(queue.len())).collect()))
+        };
+        let mut sink = |key: usize, result: Result<Generation, String>| -> Result<(), Error> {
+            assert!(results[key].is_none(), "prompt {key} ended twice");
+            results[key] = Some(result);
+            Ok(())
+        };
+        let plan = SlotPlan { slots, capacity };
+        generate_continuous(
+            backend,
+            plan,
+            &config(max),
+            &mut source,
+            &mut sink,
+            &mut |_| {},
+        )
+        .unwrap();
+        results
+            .into_iter()
+            .map(|r| r.expect("every prompt ends in the sink"))
+            .collect()
+    }
+
+    fn script5() -> Vec<Vec<u32>> {
+        vec![
+            vec![5, 2],
+            vec![4, 4, 4, 4, 4],
+            vec![3, 2],
+            vec![2, 6, 6, 2],
+            vec![8, 8, 8],
+        ]
+    }
+
+    #[test]
+    fn continuous_gives_each_prompt_its_tokens_alone() {
+        let prompts: Vec<Prompt> = (0..5).map(|r| prompt(r, 2 + r % 3)).collect();
+        let mut slotted = Slotted::new(script5(), false);
+        let streamed = stream(&mut slotted, prompts.clone(), 2, 64, 5);
+        for (r, got) in streamed.into_iter().enumerate() {
+            let mut alone = Scripted {
+                hidden: 2,
+                vocab: 10,
+                script: script5(),
+                cache_rows: vec![],
+                steps: vec![],
+                calls: vec![],
+            };
+            let (expected, _) =
+                generate_batch(&mut alone, &prompts[r..r + 1], &config(5), &mut |_| {}).unwrap();
+            assert_eq!(got.unwrap(), expected[0], "prompt {r}");
+        }
+    }
+
+    #[test]
+    fn a_finished_row_frees_its_slot_for_the_next_prompt() {
+        let prompts: Vec<Prompt> = (0..5).map(|r| prompt(r, 2)).collect();
+        let mut slotted = Slotted::new(script5(), false);
+        stream(&mut slotted, prompts, 2, 64, 5);
+        // Rows 0 and 1 start; row 0 ends after 2 tokens (one step), so prompt 2 joins in
+        // slot 0 while row 1 goes on in slot 1; and so on.
+        assert_eq!(slotted.prefills[0], vec![0, 1]);
+        assert_eq!(slotted.prefills[1], vec![0]);
+        assert!(slotted.prefills.iter().flatten().count() == 5);
+        // A device-style backend never shrinks the batch.
+        assert!(slotted.steps.iter().all(|&b| b == 2), "{:?}", slotted.steps);
+    }
+
+    #[test]
+    fn a_host_backend_compacts_once_the_stream_runs_dry() {
+        let prompts: Vec<Prompt> = (0..3).map(|r| prompt(r, 2)).collect();
+        let mut slotted = Slotted::new(script5(), true);
+        let results = stream(&mut slotted, prompts, 2, 64, 5);
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(slotted.steps.last(), Some(&1), "{:?}", slotted.steps);
+    }
+
+    #[test]
+    fn bad_or_too_long_prompts_fail_alone() {
+        let mut prompts: Vec<Prompt> = (0..3).map(|r| prompt(r, 2)).collect();
+        prompts[1].ids.retain(|&id| id != -200); // no image slot
+        prompts.push(prompt(3, 40)); // 40 text + 2 image positions: over the capacity
+        let mut slotted = Slotted::new(script5(), false);
+        let results = stream(&mut slotted, prompts, 2, 20, 5);
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert!(results[1].as_ref().unwrap_err().contains("0 image slots"));
+        let too_long = results[3].as_ref().unwrap_err();
+        assert!(
+            too_long.contains("42 positions") && too_long.contains("capacity 20"),
+            "{too_long}"
+        );
+    }
+
+    #[test]
+    fn a_backend_failure_fails_the_rows_in_flight_and_the_stream_goes_on() {
+        let prompts: Vec<Prompt> = (0..5).map(|r| prompt(r, 2)).collect();
+        let mut slotted = Slotted::new(script5(), false);
+        slotted.fail_step = Some(0);
+        let results = stream(&mut slotted, prompts, 2, 64, 5);
+        // The first step fails with rows 0 and 1 in flight; 2, 3, 4 come after.
+        for r in [0, 1] {
+            assert_eq!(results[r].as_ref().unwrap_err(), "device lost");
+        }
+        for r in [2, 3, 4] {
+            assert!(results[r].is_ok(), "prompt {r}: {:?}", results[r]);
+        }
     }
 }

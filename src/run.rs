@@ -9,7 +9,8 @@
 //! journaled with its error, reported, left out of the answers file, and makes the exit
 //! code 1; the rest of the run completes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -19,7 +20,10 @@ use serde::Serialize;
 
 use crate::dataset::{Dataset, Sample, Subset};
 use crate::engine::{EngineOptions, EpChoice, OrtEngine};
-use crate::generate::{generate_batch, GenerateConfig, Prompt, Timings};
+use crate::generate::{
+    generate_batch, generate_continuous, Backend, GenerateConfig, Generation, Prompt, Queued,
+    SlotPlan, Timings,
+};
 use crate::prompt::PromptTokenizer;
 use crate::results::{Fingerprint, Journal, JournalEntry, Paths};
 
@@ -73,6 +77,12 @@ pub struct RunArgs {
     /// Prompts decoded together (left padding; finished rows leave the batch).
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
+    /// How prompts share the decoder: `static` batches (a batch ends when its longest
+    /// answer does), `continuous` (a finished row's slot takes the next prompt at once;
+    /// needs a model exported with `--decoder fused`), or `auto` (continuous when the
+    /// model allows it and --batch-size > 1).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub batching: Batching,
     /// Longest answer in tokens (VLGuard_eval.py: 256).
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
@@ -96,6 +106,14 @@ pub struct RunArgs {
     /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the setup folder).
     #[arg(long, env = "VLGUARD_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Batching {
+    Auto,
+    Static,
+    Continuous,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +142,10 @@ pub enum Error {
     Prompt(#[from] crate::prompt::PromptError),
     #[error(transparent)]
     Results(#[from] crate::results::Error),
+    #[error("--batching continuous needs a model exported with --decoder fused ({0} has the plain decoder)")]
+    Continuous(PathBuf),
+    #[error(transparent)]
+    Generate(#[from] crate::generate::Error),
 }
 
 /// Validated run configuration.
@@ -136,6 +158,7 @@ pub struct RunConfig {
     pub engine_name: String,
     pub engine: EngineOptions,
     pub batch_size: usize,
+    pub batching: Batching,
     pub max_new_tokens: usize,
     pub limit: Option<usize>,
     pub fresh: bool,
@@ -208,6 +231,7 @@ impl RunConfig {
                 threads: args.threads,
             },
             batch_size: args.batch_size,
+            batching: args.batching,
             max_new_tokens: args.max_new_tokens,
             limit: args.limit,
             fresh: args.fresh,
@@ -232,6 +256,8 @@ pub struct RunManifest {
     pub dataset_sha256: String,
     pub images: String,
     pub batch_size: usize,
+    /// `static` or `continuous`, as run.
+    pub batching: Batching,
     pub max_new_tokens: usize,
     pub limit: Option<usize>,
     pub started_at: String,
@@ -380,7 +406,7 @@ fn run_subset(
         max_new_tokens: config.max_new_tokens,
         dataset_sha256: dataset.sha256.clone(),
     };
-    let (mut journal, mut entries) = Journal::open(&paths.journal, &fingerprint, config.fresh)?;
+    let (journal, entries) = Journal::open(&paths.journal, &fingerprint, config.fresh)?;
     let mut pending: Vec<Sample> = samples
         .iter()
         .filter(|s| entries.get(&s.image).is_none_or(|e| e.answer.is_none()))
@@ -411,7 +437,6 @@ fn run_subset(
     );
     progress.set_prefix(subset.name());
 
-    let spec = engine.manifest.preprocess.clone();
     let generate_config = GenerateConfig {
         max_new_tokens: config.max_new_tokens,
         eos_id: engine.manifest.tokenizer.eos_id,
@@ -421,101 +446,75 @@ fn run_subset(
         session_load_s,
         ..StageTimings::default()
     };
-    let mut gen_timings = Timings::default();
-    let mut errors: Vec<SampleError> = Vec::new();
     let ort_before = engine.ort_seconds;
-    let mut n_generated = 0;
-
-    // Preprocessing one batch ahead of the engine, on rayon threads.
-    let (tx, rx) = mpsc::sync_channel::<Prepared>(1);
-    let images_root = config.images.clone();
-    let batches: Vec<Vec<Sample>> = pending
-        .chunks(config.batch_size)
-        .map(|c| c.to_vec())
-        .collect();
-    let producer = std::thread::spawn(move || {
-        for batch in batches {
-            let t = Instant::now();
-            let files: Vec<PathBuf> = batch.iter().map(|s| images_root.join(&s.image)).collect();
-            let pixels = crate::preprocess::pixel_values_batch(&files, &spec)
-                .into_iter()
-                .map(|r| r.map_err(|e| e.to_string()))
-                .collect();
-            let prepared = Prepared {
-                samples: batch,
-                pixels,
-                seconds: t.elapsed().as_secs_f64(),
-            };
-            if tx.send(prepared).is_err() {
-                break;
-            }
+    let batching = match config.batching {
+        Batching::Static => Batching::Static,
+        Batching::Continuous if !engine.has_slots() => {
+            return Err(Error::Continuous(config.engine.model_dir.clone()))
         }
-    });
-
+        Batching::Continuous => Batching::Continuous,
+        Batching::Auto if engine.has_slots() && config.batch_size > 1 => Batching::Continuous,
+        Batching::Auto => Batching::Static,
+    };
+    let mut recorder = Recorder {
+        journal,
+        entries,
+        errors: Vec::new(),
+        n_generated: 0,
+        progress: progress.clone(),
+    };
+    let (rx, producer) = spawn_preprocessing(
+        &pending,
+        config.batch_size,
+        config.images.clone(),
+        engine.manifest.preprocess.clone(),
+    );
     let mut tokens_done = 0usize;
     let decode_clock = Instant::now();
-    loop {
-        let wait = Instant::now();
-        let Ok(prepared) = rx.recv() else { break };
-        stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
-        stage.preprocess_s += prepared.seconds;
-
-        let mut good: Vec<(Sample, Vec<f32>)> = Vec::new();
-        for (sample, pixels) in prepared.samples.into_iter().zip(prepared.pixels) {
-            match pixels {
-                Ok(p) => good.push((sample, p)),
-                Err(error) => {
-                    record_error(
-                        &mut journal,
-                        &mut entries,
-                        &mut errors,
-                        &progress,
-                        &sample.image,
-                        error,
-                    )?;
-                }
-            }
+    let mut on_token = |n: usize| {
+        tokens_done += n;
+        let secs = decode_clock.elapsed().as_secs_f64().max(1e-9);
+        progress.set_message(format!("{:.1} tok/s", tokens_done as f64 / secs));
+    };
+    let gen_timings = match batching {
+        Batching::Continuous => {
+            let image_tokens = engine.manifest.vision.num_tokens;
+            let longest = pending
+                .iter()
+                .filter_map(|s| tokenizer.input_ids(&s.question).ok())
+                .map(|ids| ids.len().saturating_sub(1) + image_tokens)
+                .max()
+                .unwrap_or(image_tokens);
+            let plan = SlotPlan {
+                slots: config.batch_size,
+                capacity: longest + config.max_new_tokens,
+            };
+            let stream = Stream {
+                tokenizer,
+                rx,
+                recorder: &mut recorder,
+                stage: &mut stage,
+            };
+            stream.run(engine, plan, &generate_config, &mut on_token)?
         }
-        if good.is_empty() {
-            continue;
-        }
-        match answer_batch(
+        _ => run_static(
             engine,
             tokenizer,
-            &good,
+            rx,
+            &mut recorder,
             &generate_config,
             &mut stage,
-            &mut |n| {
-                tokens_done += n;
-                let secs = decode_clock.elapsed().as_secs_f64().max(1e-9);
-                progress.set_message(format!("{:.1} tok/s", tokens_done as f64 / secs));
-            },
-        ) {
-            Ok((answers, timings)) => {
-                gen_timings.add(&timings);
-                for entry in answers {
-                    journal.append(&entry)?;
-                    entries.insert(entry.image.clone(), entry);
-                    n_generated += 1;
-                    progress.inc(1);
-                }
-            }
-            Err(error) => {
-                for (sample, _) in &good {
-                    record_error(
-                        &mut journal,
-                        &mut entries,
-                        &mut errors,
-                        &progress,
-                        &sample.image,
-                        error.clone(),
-                    )?;
-                }
-            }
-        }
-    }
+            &mut on_token,
+        )?,
+    };
     let _ = producer.join();
     progress.finish_and_clear();
+    let Recorder {
+        entries,
+        mut errors,
+        n_generated,
+        ..
+    } = recorder;
 
     let n_answered = crate::results::write_answers(&paths.answers, &samples, &entries)?;
     // Errors recorded by earlier invocations that were not answered since still count.
@@ -602,6 +601,7 @@ fn run_subset(
         dataset_sha256: dataset.sha256.clone(),
         images: config.images.display().to_string(),
         batch_size: config.batch_size,
+        batching,
         max_new_tokens: config.max_new_tokens,
         limit: config.limit,
         started_at,
@@ -620,30 +620,250 @@ fn run_subset(
     Ok((errors.len(), paths.manifest))
 }
 
-fn record_error(
-    journal: &mut Journal,
-    entries: &mut HashMap<String, JournalEntry>,
-    errors: &mut Vec<SampleError>,
-    progress: &indicatif::ProgressBar,
-    image: &str,
-    error: String,
-) -> Result<(), Error> {
-    let entry = JournalEntry {
-        image: image.to_string(),
-        answer: None,
-        error: Some(error.clone()),
-        new_tokens: 0,
-        ended_with_eos: false,
-        min_margin: None,
-    };
-    journal.append(&entry)?;
-    entries.insert(image.to_string(), entry);
-    errors.push(SampleError {
-        image: image.to_string(),
-        error,
+/// What a run records as samples finish: the journal (fsynced per line), the entries by
+/// image, this invocation's errors.
+struct Recorder {
+    journal: Journal,
+    entries: HashMap<String, JournalEntry>,
+    errors: Vec<SampleError>,
+    n_generated: usize,
+    progress: indicatif::ProgressBar,
+}
+
+impl Recorder {
+    fn answer(&mut self, entry: JournalEntry) -> Result<(), Error> {
+        self.journal.append(&entry)?;
+        self.entries.insert(entry.image.clone(), entry);
+        self.n_generated += 1;
+        self.progress.inc(1);
+        Ok(())
+    }
+
+    fn error(&mut self, image: &str, error: String) -> Result<(), Error> {
+        let entry = JournalEntry {
+            image: image.to_string(),
+            answer: None,
+            error: Some(error.clone()),
+            new_tokens: 0,
+            ended_with_eos: false,
+            min_margin: None,
+        };
+        self.journal.append(&entry)?;
+        self.entries.insert(image.to_string(), entry);
+        self.errors.push(SampleError {
+            image: image.to_string(),
+            error,
+        });
+        self.progress.inc(1);
+        Ok(())
+    }
+}
+
+/// Preprocessing ahead of the engine on rayon threads, `batch_size` images at a time
+/// through a channel that holds one batch.
+fn spawn_preprocessing(
+    pending: &[Sample],
+    batch_size: usize,
+    images_root: PathBuf,
+    spec: vlguard_export::manifest::PreprocessSpec,
+) -> (mpsc::Receiver<Prepared>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::sync_channel::<Prepared>(1);
+    let batches: Vec<Vec<Sample>> = pending.chunks(batch_size).map(|c| c.to_vec()).collect();
+    let producer = std::thread::spawn(move || {
+        for batch in batches {
+            let t = Instant::now();
+            let files: Vec<PathBuf> = batch.iter().map(|s| images_root.join(&s.image)).collect();
+            let pixels = crate::preprocess::pixel_values_batch(&files, &spec)
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect();
+            let prepared = Prepared {
+                samples: batch,
+                pixels,
+                seconds: t.elapsed().as_secs_f64(),
+            };
+            if tx.send(prepared).is_err() {
+                break;
+            }
+        }
     });
-    progress.inc(1);
-    Ok(())
+    (rx, producer)
+}
+
+/// Records the samples whose image failed to load; returns the others with their pixels.
+fn usable(prepared: Prepared, recorder: &mut Recorder) -> Result<Vec<(Sample, Vec<f32>)>, Error> {
+    let mut good = Vec::new();
+    for (sample, pixels) in prepared.samples.into_iter().zip(prepared.pixels) {
+        match pixels {
+            Ok(p) => good.push((sample, p)),
+            Err(error) => recorder.error(&sample.image, error)?,
+        }
+    }
+    Ok(good)
+}
+
+/// Static batches: each preprocessed batch is answered whole, then the next.
+fn run_static(
+    engine: &mut OrtEngine,
+    tokenizer: &PromptTokenizer,
+    rx: mpsc::Receiver<Prepared>,
+    recorder: &mut Recorder,
+    config: &GenerateConfig,
+    stage: &mut StageTimings,
+    on_token: &mut dyn FnMut(usize),
+) -> Result<Timings, Error> {
+    let mut gen_timings = Timings::default();
+    loop {
+        let wait = Instant::now();
+        let Ok(prepared) = rx.recv() else { break };
+        stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
+        stage.preprocess_s += prepared.seconds;
+        let good = usable(prepared, recorder)?;
+        if good.is_empty() {
+            continue;
+        }
+        match answer_batch(engine, tokenizer, &good, config, stage, on_token) {
+            Ok((answers, timings)) => {
+                gen_timings.add(&timings);
+                for entry in answers {
+                    recorder.answer(entry)?;
+                }
+            }
+            Err(error) => {
+                for (sample, _) in &good {
+                    recorder.error(&sample.image, error.clone())?;
+                }
+            }
+        }
+    }
+    Ok(gen_timings)
+}
+
+/// Continuous batching: prompts stream into the engine's slots as rows finish
+/// ([`generate_continuous`]); images are encoded a preprocessed batch at a time, ahead of
+/// the slots that will take them; every answer is journaled the moment its row ends.
+struct Stream<'a> {
+    tokenizer: &'a PromptTokenizer,
+    rx: mpsc::Receiver<Prepared>,
+    recorder: &'a mut Recorder,
+    stage: &'a mut StageTimings,
+}
+
+impl Stream<'_> {
+    fn run(
+        self,
+        engine: &mut OrtEngine,
+        plan: SlotPlan,
+        config: &GenerateConfig,
+        on_token: &mut dyn FnMut(usize),
+    ) -> Result<Timings, Error> {
+        let Stream {
+            tokenizer,
+            rx,
+            recorder,
+            stage,
+        } = self;
+        let recorder = RefCell::new(recorder);
+        let stage = RefCell::new(stage);
+        // Time spent in the two callbacks (vision, journal writes): not the loop's own.
+        let callbacks_s = Cell::new(0.0);
+        let vision_ort_s = Cell::new(0.0);
+        let mut queue: VecDeque<Queued<Sample>> = VecDeque::new();
+        let mut source = |engine: &mut OrtEngine,
+                          n: usize|
+         -> Result<Option<Vec<Queued<Sample>>>, Error> {
+            let t = Instant::now();
+            while queue.len() < n {
+                let wait = Instant::now();
+                let Ok(prepared) = rx.recv() else { break };
+                let mut stage = stage.borrow_mut();
+                stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
+                stage.preprocess_s += prepared.seconds;
+                let good = usable(prepared, &mut recorder.borrow_mut())?;
+                if good.is_empty() {
+                    continue;
+                }
+                let pixels: Vec<f32> = good.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+                let (ort0, tv) = (engine.ort_seconds, Instant::now());
+                let encoded = engine.encode_images(&pixels, good.len());
+                stage.vision_s += tv.elapsed().as_secs_f64();
+                vision_ort_s.set(vision_ort_s.get() + engine.ort_seconds - ort0);
+                let image_embeds = match encoded {
+                    Ok(e) => e,
+                    Err(error) => {
+                        for (sample, _) in &good {
+                            recorder
+                                .borrow_mut()
+                                .error(&sample.image, error.to_string())?;
+                        }
+                        continue;
+                    }
+                };
+                let per_image = image_embeds.len() / good.len();
+                for (i, (sample, _)) in good.into_iter().enumerate() {
+                    match tokenizer.input_ids(&sample.question) {
+                        Ok(ids) => queue.push_back(Queued {
+                            prompt: Prompt {
+                                ids,
+                                image_embeds: image_embeds[i * per_image..(i + 1) * per_image]
+                                    .to_vec(),
+                            },
+                            key: sample,
+                        }),
+                        Err(e) => recorder.borrow_mut().error(
+                            &sample.image,
+                            format!("tokenizing the question of {}: {e}", sample.image),
+                        )?,
+                    }
+                }
+            }
+            callbacks_s.set(callbacks_s.get() + t.elapsed().as_secs_f64());
+            if queue.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(queue.drain(..n.min(queue.len())).collect()))
+        };
+        let mut sink = |sample: Sample, result: Result<Generation, String>| -> Result<(), Error> {
+            let t = Instant::now();
+            let done = match result {
+                Ok(generation) => {
+                    let entry = journal_entry(&sample, tokenizer, generation);
+                    stage.borrow_mut().detokenize_s += t.elapsed().as_secs_f64();
+                    recorder.borrow_mut().answer(entry)
+                }
+                Err(error) => recorder.borrow_mut().error(&sample.image, error),
+            };
+            callbacks_s.set(callbacks_s.get() + t.elapsed().as_secs_f64());
+            done
+        };
+        let ort_before = engine.ort_seconds;
+        let mut timings =
+            generate_continuous(engine, plan, config, &mut source, &mut sink, on_token)?;
+        // As for static batches: backend time is ORT's (without the vision tower here),
+        // and the loop's wall time leaves out what the callbacks did.
+        timings.loop_s -= callbacks_s.get();
+        timings.backend_s = engine.ort_seconds - ort_before - vision_ort_s.get();
+        Ok(timings)
+    }
+}
+
+/// The journal line for a finished generation.
+fn journal_entry(
+    sample: &Sample,
+    tokenizer: &PromptTokenizer,
+    generation: Generation,
+) -> JournalEntry {
+    JournalEntry {
+        image: sample.image.clone(),
+        answer: Some(tokenizer.decode(&generation.tokens)),
+        error: None,
+        new_tokens: generation.tokens.len(),
+        ended_with_eos: generation.ended_with_eos,
+        min_margin: generation
+            .min_margin
+            .is_finite()
+            .then_some(generation.min_margin),
+    }
 }
 
 /// Vision + projector for the batch's images, then batched generation and detokenizing.
@@ -682,23 +902,12 @@ fn answer_batch(
     let entries = batch
         .iter()
         .zip(generations)
-        .map(|((sample, _), generation)| JournalEntry {
-            image: sample.image.clone(),
-            answer: Some(tokenizer.decode(&generation.tokens)),
-            error: None,
-            new_tokens: generation.tokens.len(),
-            ended_with_eos: generation.ended_with_eos,
-            min_margin: generation
-                .min_margin
-                .is_finite()
-                .then_some(generation.min_margin),
-        })
+        .map(|((sample, _), generation)| journal_entry(sample, tokenizer, generation))
         .collect();
     stage.detokenize_s += t.elapsed().as_secs_f64();
     Ok((entries, timings))
 }
 
-/// Peak resident memory of this process (Linux `VmHWM`).
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

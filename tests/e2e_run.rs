@@ -56,20 +56,48 @@ fn batch_of_four_gives_the_same_files() {
 }
 
 /// The fused decoder flavour (GroupQueryAttention, in-place cache, right padding) must
-/// give the reference's bytes too, alone and in batches with rows finishing early.
+/// give the reference's bytes too: alone, in static batches whose rows finish early, and
+/// with continuous batching (rows joining slots as others finish).
 #[test]
 fn fused_decoder_gives_the_same_files() {
-    for batch in ["1", "4"] {
+    for (batch, batching) in [("1", "auto"), ("4", "static"), ("3", "continuous")] {
         let out = tempfile::tempdir().unwrap();
-        run_ok(run_cmd_with(demo_model_fused(), out.path(), "all").args(["--batch-size", batch]));
+        run_ok(run_cmd_with(demo_model_fused(), out.path(), "all").args([
+            "--batch-size",
+            batch,
+            "--batching",
+            batching,
+        ]));
         for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
             let ours = std::fs::read_to_string(out.path().join(subset).join("demo.json")).unwrap();
             assert!(
                 ours == golden(subset),
-                "{subset}: fused decoder, batch {batch}: answers differ from the reference"
+                "{subset}: fused decoder, batch {batch} ({batching}): answers differ from the reference"
             );
+            let manifest: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.path().join(subset).join("demo.run.json")).unwrap(),
+            )
+            .unwrap();
+            let expected = if batching == "continuous" {
+                "continuous"
+            } else {
+                "static"
+            };
+            assert_eq!(manifest["batching"], expected);
         }
     }
+}
+
+#[test]
+fn continuous_batching_needs_the_fused_decoder() {
+    let out = tempfile::tempdir().unwrap();
+    let output = run_cmd(out.path(), "unsafes")
+        .args(["--batch-size", "2", "--batching", "continuous"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--decoder fused"), "{stderr}");
 }
 
 #[test]

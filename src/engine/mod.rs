@@ -10,6 +10,7 @@
 //! [`crate::generate::Backend`]: host `f32` in and out whatever the graph dtype (fp16
 //! graphs are converted at the boundary), the cache kept as ORT values between calls.
 
+mod fused;
 pub mod ort_lib;
 
 use std::collections::BTreeMap;
@@ -100,18 +101,10 @@ pub struct OrtEngine {
     device: Option<DeviceMemory>,
     /// The fused flavour's preallocated cache (`None` for the plain flavour or after
     /// `reset`), and the steps the current batch may still take after its prompt.
-    fixed: Option<FixedCache>,
+    fixed: Option<fused::FixedCache>,
     reserve: usize,
     /// Where the fused flavour allocates its cache: the decoder's device.
     cache_allocator: ort::memory::Allocator,
-}
-
-/// The fused decoder's cache: per layer a key and a value buffer `[B, kv, capacity, hd]`,
-/// bound as both `past_key_values.*` and `present.*` so each call writes in place.
-struct FixedCache {
-    buffers: Vec<DynValue>,
-    batch: usize,
-    capacity: usize,
 }
 
 /// Memory descriptions for IO binding: `present.*` into device memory, logits to host.
@@ -269,9 +262,9 @@ impl OrtEngine {
         to_f32(&embeds, "projector output")
     }
 
-    /// One call of the fused decoder: a prompt call (empty cache: rows re-laid out from
-    /// left to right padding, the cache allocated for the prompt plus `reserve` steps) or a
-    /// one-token step. Per-row lengths come from the attention mask's ones.
+    /// One call of the fused decoder through the `decode` contract: a prompt call (empty
+    /// cache: rows re-laid out from left to right padding, the cache allocated for the
+    /// prompt plus `reserve` steps) or a one-token step.
     fn decode_fused(
         &mut self,
         embeds: &[f32],
@@ -279,102 +272,51 @@ impl OrtEngine {
         batch: usize,
         new_len: usize,
     ) -> Result<Vec<f32>, BackendError> {
-        let d = &self.manifest.decoder;
-        let hidden = d.hidden_size;
-        let total = attention_mask.len() / batch.max(1);
-        let lengths: Vec<usize> = attention_mask
-            .chunks(total.max(1))
-            .map(|row| row.iter().filter(|&&m| m != 0).count())
-            .collect();
-        let embeds = match &self.fixed {
-            None => {
-                let capacity = new_len + self.reserve;
-                let shape = vec![batch, d.num_kv_heads, capacity, d.head_dim];
-                let buffers = (0..2 * d.num_layers)
-                    .map(|_| alloc_tensor(&self.cache_allocator, &shape, self.decoder.float_type))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.fixed = Some(FixedCache {
-                    buffers,
-                    batch,
-                    capacity,
-                });
-                // Right padding: each row's real positions (mask 1) first, in order.
-                let mut packed = vec![0f32; embeds.len()];
-                for row in 0..batch {
-                    let mut at = row * new_len;
-                    for p in 0..new_len {
-                        if attention_mask[row * total + p] != 0 {
-                            let from = (row * new_len + p) * hidden;
-                            packed[at * hidden..(at + 1) * hidden]
-                                .copy_from_slice(&embeds[from..from + hidden]);
-                            at += 1;
-                        }
-                    }
-                }
-                packed
-            }
-            Some(_) if new_len == 1 => embeds.to_vec(),
-            Some(_) => {
-                return Err(BackendError(format!(
-                    "fused decoder: a call of {new_len} new positions on a filled cache"
-                )))
-            }
-        };
-        let Some(fixed) = self.fixed.as_mut() else {
-            unreachable!("allocated above");
-        };
-        if fixed.batch != batch {
+        let hidden = self.manifest.decoder.hidden_size;
+        let (packed, lengths) = fused::right_pad(embeds, attention_mask, batch, new_len, hidden);
+        if self.fixed.is_none() {
+            self.fixed = Some(fused::FixedCache::alloc(
+                &self.cache_allocator,
+                &self.manifest.decoder,
+                self.decoder.float_type,
+                batch,
+                new_len + self.reserve,
+            )?);
+        } else if new_len != 1 {
             return Err(BackendError(format!(
-                "decoder: cache holds {} rows, call has {batch}",
-                fixed.batch
+                "fused decoder: a call of {new_len} new positions on a filled cache"
             )));
         }
-        if let Some(&longest) = lengths.iter().max() {
-            if longest > fixed.capacity {
-                return Err(BackendError(format!(
-                    "fused decoder: {longest} positions do not fit the cache's {} (prompt + max new tokens)",
-                    fixed.capacity
-                )));
-            }
-        }
-        let seqlens: Vec<i32> = lengths.iter().map(|&l| l as i32 - 1).collect();
-        let total_len = lengths.iter().copied().max().unwrap_or(0) as i32;
-        let names = &self.manifest.graphs.decoder;
-        let embeds = float_tensor(
-            &embeds,
-            vec![batch, new_len, hidden],
-            self.decoder.float_type,
-        )?;
-        let seqlens = Tensor::from_array((vec![batch], seqlens))
-            .map_err(|e| BackendError(format!("seqlens_k: {e}")))?;
-        let total_len = Tensor::from_array((Vec::<usize>::new(), vec![total_len]))
-            .map_err(|e| BackendError(format!("total_sequence_length: {e}")))?;
-        let host = DeviceMemory::host().map_err(BackendError)?;
-        let session = &self.decoder.session;
-        let mut bind = || -> ort::Result<ort::session::IoBinding> {
-            let mut binding = session.create_binding()?;
-            binding.bind_input(names.inputs[0].as_str(), &embeds)?;
-            binding.bind_input(names.inputs[1].as_str(), &seqlens)?;
-            binding.bind_input(names.inputs[2].as_str(), &total_len)?;
-            for (name, value) in names.inputs[3..].iter().zip(&fixed.buffers) {
-                binding.bind_input(name.as_str(), value)?;
-            }
-            binding.bind_output_to_device(names.outputs[0].as_str(), &host)?;
-            for (name, value) in names.outputs[1..].iter().zip(fixed.buffers.iter_mut()) {
-                binding.bind_output(name.as_str(), value)?;
-            }
-            Ok(binding)
+        self.run_fused(None, &packed, &lengths, new_len)
+    }
+
+    /// Runs the fused decoder on `cache` (or the engine's own cache when `None`).
+    fn run_fused(
+        &mut self,
+        cache: Option<&mut fused::FixedCache>,
+        embeds: &[f32],
+        lengths: &[usize],
+        new_len: usize,
+    ) -> Result<Vec<f32>, BackendError> {
+        let cache = match cache {
+            Some(c) => c,
+            None => self
+                .fixed
+                .as_mut()
+                .ok_or_else(|| BackendError("fused decoder: no cache (call reset first)".into()))?,
         };
-        let binding = bind().map_err(|e| BackendError(format!("decoder IO binding: {e}")))?;
-        let t = Instant::now();
-        let mut out = self
-            .decoder
-            .session
-            .run_binding(&binding)
-            .map_err(|e| BackendError(format!("decoder graph: {e}")))?;
-        self.ort_seconds += t.elapsed().as_secs_f64();
-        let logits = take(&mut out, &names.outputs[0], "decoder")?;
-        to_f32(&logits, "logits")
+        let (logits, seconds) = fused::run(
+            &mut self.decoder.session,
+            &self.manifest.graphs.decoder,
+            self.decoder.float_type,
+            self.manifest.decoder.hidden_size,
+            cache,
+            embeds,
+            lengths,
+            new_len,
+        )?;
+        self.ort_seconds += seconds;
+        Ok(logits)
     }
 
     fn empty_cache(&self, batch: usize) -> Result<Vec<DynValue>, BackendError> {
@@ -506,17 +448,65 @@ impl Backend for OrtEngine {
         self.device.is_none()
     }
 
+    fn has_slots(&self) -> bool {
+        self.manifest.decoder.flavour == Flavour::Fused
+    }
+
+    fn open_slots(&mut self, slots: usize, capacity: usize) -> Result<(), BackendError> {
+        if !self.has_slots() {
+            return Err(BackendError(
+                "continuous batching needs a model exported with --decoder fused".into(),
+            ));
+        }
+        self.reset(0);
+        self.fixed = Some(fused::FixedCache::alloc(
+            &self.cache_allocator,
+            &self.manifest.decoder,
+            self.decoder.float_type,
+            slots,
+            capacity,
+        )?);
+        Ok(())
+    }
+
+    /// The prompts run on a cache of their own, then their rows are copied into the
+    /// slots (one contiguous copy per layer buffer and row, on the cache's device).
+    fn prefill_slots(
+        &mut self,
+        slots: &[usize],
+        embeds: &[f32],
+        attention_mask: &[i64],
+        new_len: usize,
+    ) -> Result<Vec<f32>, BackendError> {
+        let capacity = match &self.fixed {
+            Some(fixed) => fixed.capacity,
+            None => return Err(BackendError("prefill_slots before open_slots".into())),
+        };
+        let hidden = self.manifest.decoder.hidden_size;
+        let k = slots.len();
+        let (packed, lengths) = fused::right_pad(embeds, attention_mask, k, new_len, hidden);
+        let mut joining = fused::FixedCache::alloc(
+            &self.cache_allocator,
+            &self.manifest.decoder,
+            self.decoder.float_type,
+            k,
+            capacity,
+        )?;
+        let logits = self.run_fused(Some(&mut joining), &packed, &lengths, new_len)?;
+        let pairs: Vec<(usize, usize)> = slots.iter().copied().enumerate().collect();
+        if let Some(fixed) = self.fixed.as_mut() {
+            fixed.copy_rows_from(&joining, &pairs)?;
+        }
+        Ok(logits)
+    }
+
+    fn step_slots(&mut self, embeds: &[f32], lengths: &[usize]) -> Result<Vec<f32>, BackendError> {
+        self.run_fused(None, embeds, lengths, 1)
+    }
+
     fn keep_rows(&mut self, rows: &[usize]) -> Result<(), BackendError> {
         if let Some(fixed) = &self.fixed {
-            let mut buffers = Vec::with_capacity(fixed.buffers.len());
-            for value in &fixed.buffers {
-                buffers.push(copy_rows_into_new(&self.cache_allocator, value, rows)?);
-            }
-            self.fixed = Some(FixedCache {
-                buffers,
-                batch: rows.len(),
-                capacity: fixed.capacity,
-            });
+            self.fixed = Some(fixed.compact(&self.cache_allocator, rows)?);
             return Ok(());
         }
         let mut kept = Vec::with_capacity(self.cache.len());
@@ -723,57 +713,6 @@ fn select_rows(value: &DynValue, rows: &[usize]) -> Result<DynValue, BackendErro
         ));
     };
     built.map_err(|e| BackendError(format!("cannot rebuild the cache: {e}")))
-}
-
-/// An uninitialised `[shape]` tensor of the graph's float type from `allocator` (ORT-owned
-/// memory, so IO binding can use it as an output).
-fn alloc_tensor(
-    allocator: &ort::memory::Allocator,
-    shape: &[usize],
-    ty: TensorElementType,
-) -> Result<DynValue, BackendError> {
-    let result = match ty {
-        TensorElementType::Float16 => {
-            Tensor::<f16>::new(allocator, shape.to_vec()).map(|t| t.into_dyn())
-        }
-        _ => Tensor::<f32>::new(allocator, shape.to_vec()).map(|t| t.into_dyn()),
-    };
-    result.map_err(|e| BackendError(format!("cannot allocate the decoder cache {shape:?}: {e}")))
-}
-
-/// The given batch rows of a host `[B, ...]` float tensor, in a new tensor from
-/// `allocator` (for the fused cache, which must stay ORT-allocated).
-fn copy_rows_into_new(
-    allocator: &ort::memory::Allocator,
-    value: &DynValue,
-    rows: &[usize],
-) -> Result<DynValue, BackendError> {
-    fn copy<T: Copy>(data: &[T], batch: usize, rows: &[usize], out: &mut [T]) {
-        let per_row = data.len() / batch.max(1);
-        for (i, &r) in rows.iter().enumerate() {
-            out[i * per_row..(i + 1) * per_row]
-                .copy_from_slice(&data[r * per_row..(r + 1) * per_row]);
-        }
-    }
-    let (ty, shape) = match value.dtype() {
-        ValueType::Tensor { ty, shape, .. } => (*ty, shape.clone()),
-        _ => return Err(BackendError("cache value is not a tensor".into())),
-    };
-    let mut new_shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let batch = new_shape[0];
-    new_shape[0] = rows.len();
-    let mut target = alloc_tensor(allocator, &new_shape, ty)?;
-    let failed = |e: ort::Error| BackendError(format!("cannot compact the cache: {e}"));
-    if ty == TensorElementType::Float16 {
-        let (_, src) = value.try_extract_tensor::<f16>().map_err(failed)?;
-        let (_, dst) = target.try_extract_tensor_mut::<f16>().map_err(failed)?;
-        copy(src, batch, rows, dst);
-    } else {
-        let (_, src) = value.try_extract_tensor::<f32>().map_err(failed)?;
-        let (_, dst) = target.try_extract_tensor_mut::<f32>().map_err(failed)?;
-        copy(src, batch, rows, dst);
-    }
-    Ok(target)
 }
 
 #[derive(Debug, clap::Args)]
