@@ -36,7 +36,7 @@ use vlguard_export::manifest::{names, GraphSpec, Manifest};
 /// VLGuard's longest question is 162 characters and the `llava_v1` template with it comes
 /// to about 110 Llama tokens, so 256 leaves more than 2x room while keeping the decoder's
 /// maximum shapes (and TensorRT's activation memory for them) small. A longer prompt falls
-/// outside the profile and TensorRT refuses that sample.
+/// outside the profile: expect TensorRT to fail that batch (not checked on TensorRT here).
 pub const MAX_TEXT_TOKENS: usize = 256;
 
 /// Text tokens of a typical prompt, for the decoder's `opt` point (~40 template + question).
