@@ -1153,7 +1153,10 @@ const char *nvmlErrorString(int code) { return code == 6 ? "Not Found" : "error"
         let lib = dir.join("libstub.so");
         std::fs::write(&source, STUB_C).unwrap();
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let status = std::process::Command::new(&cc)
+        let mut words = cc.split_whitespace();
+        let program = words.next().unwrap_or("cc");
+        let status = std::process::Command::new(program)
+            .args(words)
             .args(["-shared", "-fPIC", "-o"])
             .arg(&lib)
             .arg(&source)
