@@ -138,6 +138,12 @@ pub struct Timings {
     pub loop_s: f64,
     pub new_tokens: usize,
     pub prompt_tokens: usize,
+    /// Decoder step calls (one new position per row), the rows they computed (finished
+    /// rows riding along and free slots included), and the tokens those rows produced:
+    /// `step_tokens / step_rows` is how busy the batch was.
+    pub steps: usize,
+    pub step_rows: usize,
+    pub step_tokens: usize,
 }
 
 impl Timings {
@@ -149,6 +155,9 @@ impl Timings {
         self.loop_s += other.loop_s;
         self.new_tokens += other.new_tokens;
         self.prompt_tokens += other.prompt_tokens;
+        self.steps += other.steps;
+        self.step_rows += other.step_rows;
+        self.step_tokens += other.step_tokens;
     }
 }
 
@@ -282,6 +291,9 @@ pub fn generate_batch(
             }
         }
         on_token(working);
+        if step > 0 {
+            timings.step_tokens += working;
+        }
         if live.iter().all(|&index| done[index]) {
             break;
         }
@@ -306,6 +318,8 @@ pub fn generate_batch(
         let spent = t.elapsed().as_secs_f64();
         timings.decode_s += spent;
         timings.backend_s += spent;
+        timings.steps += 1;
+        timings.step_rows += rows;
     }
     timings.loop_s = started.elapsed().as_secs_f64();
     Ok((out, timings))
@@ -419,6 +433,8 @@ pub fn generate_continuous<B: Backend + ?Sized, K, E: From<Error>>(
         let spent = t.elapsed().as_secs_f64();
         timings.decode_s += spent;
         timings.backend_s += spent;
+        timings.steps += 1;
+        timings.step_rows += rows.len();
         let mut logits = match stepped {
             Ok(logits) => logits,
             Err(error) => {
@@ -455,6 +471,7 @@ pub fn generate_continuous<B: Backend + ?Sized, K, E: From<Error>>(
                 }
             }
         }
+        timings.step_tokens += working;
         on_token(working);
     }
     timings.loop_s = started.elapsed().as_secs_f64();

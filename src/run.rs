@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// overlaps and gaps; runs no model.
     #[arg(long)]
     pub merge: bool,
+    /// TensorRT engine cache base folder (default: MODEL/trt-cache); engines go to a
+    /// sub-folder per model hash, GPU and TensorRT version. Delete it to rebuild.
+    #[arg(long, env = "VLGUARD_TRT_CACHE", value_name = "DIR")]
+    pub trt_cache: Option<PathBuf>,
     /// ONNX Runtime intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -223,7 +227,14 @@ impl RunConfig {
             out: args.out.clone(),
             engine_name,
             engine: EngineOptions {
-                trt_cache: Some(model.join("trt-cache")),
+                trt_cache: Some(
+                    args.trt_cache
+                        .clone()
+                        .unwrap_or_else(|| model.join("trt-cache")),
+                ),
+                // The prompt bound is trt::MAX_TEXT_TOKENS: a constant, so that profiles,
+                // and with them cached engines, stay the same from one subset to the next.
+                trt_limits: crate::engine::trt::Limits::new(args.batch_size, args.max_new_tokens),
                 model_dir: model,
                 ort_lib: args.ort_lib.clone(),
                 ep: args.ep,
@@ -252,6 +263,9 @@ pub struct RunManifest {
     pub dtype: String,
     pub ort_library: String,
     pub execution_providers: BTreeMap<String, String>,
+    /// Graphs on TensorRT: engine cache folder, whether the engine was reused, seconds.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tensorrt: BTreeMap<String, crate::engine::trt::TrtBuild>,
     pub dataset: String,
     pub dataset_sha256: String,
     pub images: String,
@@ -309,6 +323,10 @@ pub struct StageTimings {
     /// Generation wall time outside ONNX Runtime session runs (splicing, argmax, masks,
     /// tensor building, cache row selection), as a percentage of generation wall time.
     pub loop_overhead_pct: f64,
+    /// Decoder step calls, and the share of the rows they computed that were still
+    /// generating (finished rows riding along and free slots are the rest).
+    pub decode_steps: usize,
+    pub step_occupancy_pct: f64,
 }
 
 pub fn command(args: &RunArgs) -> Result<ExitCode, Error> {
@@ -352,6 +370,9 @@ pub fn run(config: &RunConfig) -> Result<Outcome, Error> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    for (graph, build) in &engine.trt {
+        eprintln!("{}", build.describe(graph));
+    }
     let mut outcome = Outcome {
         errors: 0,
         manifests: Vec::new(),
@@ -534,6 +555,12 @@ fn run_subset(
     stage.decode_s = gen_timings.decode_s;
     stage.new_tokens = gen_timings.new_tokens;
     stage.prompt_tokens = gen_timings.prompt_tokens;
+    stage.decode_steps = gen_timings.steps;
+    stage.step_occupancy_pct = if gen_timings.step_rows > 0 {
+        100.0 * gen_timings.step_tokens as f64 / gen_timings.step_rows as f64
+    } else {
+        0.0
+    };
     let gen_s = gen_timings.prefill_s + gen_timings.decode_s;
     stage.tokens_per_s = if gen_s > 0.0 {
         gen_timings.new_tokens as f64 / gen_s
@@ -597,6 +624,7 @@ fn run_subset(
         dtype: engine.manifest.dtype.as_str().into(),
         ort_library: engine.ort_lib.display().to_string(),
         execution_providers: engine.providers.clone(),
+        tensorrt: engine.trt.clone(),
         dataset: config.meta.display().to_string(),
         dataset_sha256: dataset.sha256.clone(),
         images: config.images.display().to_string(),

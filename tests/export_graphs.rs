@@ -780,6 +780,7 @@ fn engine(model: &Exported) -> OrtEngine {
         device_id: 0,
         threads: Some(1),
         trt_cache: None,
+        trt_limits: vlguard_ort::engine::trt::Limits::new(1, 8),
     })
     .unwrap_or_else(|e| panic!("{}: {e}", model.dir.display()))
 }

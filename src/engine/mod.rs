@@ -12,6 +12,7 @@
 
 mod fused;
 pub mod ort_lib;
+pub mod trt;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,8 +44,11 @@ pub struct EngineOptions {
     pub device_id: i32,
     /// Intra-op threads; `None` lets ONNX Runtime use every core.
     pub threads: Option<usize>,
-    /// TensorRT engine cache folder (keyed inside by model hash).
+    /// TensorRT engine cache base folder: engines go to a sub-folder keyed by model hash,
+    /// GPU and TensorRT version ([`trt::cache_dir`]). `None`: no engine cache.
     pub trt_cache: Option<PathBuf>,
+    /// Shapes the run feeds the graphs: TensorRT's optimisation profiles.
+    pub trt_limits: trt::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,9 @@ pub struct OrtEngine {
     reserve: usize,
     /// Where the fused flavour allocates its cache: the decoder's device.
     cache_allocator: ort::memory::Allocator,
+    /// Graph name -> its TensorRT session creation (engine built or reused, seconds);
+    /// only graphs that run on TensorRT.
+    pub trt: BTreeMap<String, trt::TrtBuild>,
 }
 
 /// Memory descriptions for IO binding: `present.*` into device memory, logits to host.
@@ -148,11 +155,33 @@ impl DeviceMemory {
 impl OrtEngine {
     pub fn open(options: &EngineOptions) -> Result<OrtEngine, Error> {
         let (manifest, bytes) = Manifest::load(&options.model_dir)?;
+        let manifest_sha256 = crate::util::sha256_hex(&bytes);
         let (lib, env) = ort_lib::environment(options.ort_lib.as_deref())?;
+        // TensorRT may run: sessions get the engine folder keyed by model, GPU and
+        // TensorRT version instead of the base folder (none when probing fails).
+        let trt_plan = matches!(options.ep, EpChoice::Auto | EpChoice::Tensorrt).then(|| {
+            trt::CachePlan::probe(
+                options.trt_cache.as_deref(),
+                &manifest_sha256,
+                lib,
+                options.device_id,
+            )
+        });
+        let options = &EngineOptions {
+            trt_cache: trt_plan.as_ref().and_then(|plan| plan.dir.clone()),
+            ..options.clone()
+        };
         let mut providers = BTreeMap::new();
+        let mut trt_builds = BTreeMap::new();
         let mut load = |name: &str, spec: &GraphSpec| -> Result<Graph, Error> {
             let path = options.model_dir.join(&spec.file);
+            let timer = trt_plan
+                .as_ref()
+                .map(|plan| trt::BuildTimer::start(plan, &manifest, name, &options.trt_limits));
             let (session, provider) = build_session(env, &path, name, options, &manifest)?;
+            if let (Some(timer), TRT_EP) = (timer, provider) {
+                trt_builds.insert(name.to_string(), timer.finish());
+            }
             check_contract(name, &session, spec)?;
             providers.insert(name.to_string(), provider.to_string());
             let float_type = session
@@ -212,7 +241,8 @@ impl OrtEngine {
             fixed: None,
             reserve: 0,
             cache_allocator,
-            manifest_sha256: crate::util::sha256_hex(&bytes),
+            trt: trt_builds,
+            manifest_sha256,
             manifest,
             ort_lib: lib.to_path_buf(),
             providers,
@@ -597,19 +627,15 @@ fn try_session(
                 .build()
                 .error_on_failure(),
         ),
-        TRT_EP => {
-            let mut trt = ort::ep::TensorRT::default()
-                .with_device_id(options.device_id)
-                .with_fp16(manifest.dtype == vlguard_export::manifest::Dtype::Fp16);
-            if let Some(dir) = &options.trt_cache {
-                trt = trt
-                    .with_engine_cache(true)
-                    .with_engine_cache_path(dir.display())
-                    .with_timing_cache(true)
-                    .with_timing_cache_path(dir.display());
-            }
-            Some(trt.build().error_on_failure())
-        }
+        // fp16 per the manifest, this graph's optimisation profile, engine and timing
+        // caches in `trt_cache` (the keyed folder `OrtEngine::open` resolved).
+        TRT_EP => Some(trt::execution_provider(
+            manifest,
+            path,
+            options.device_id,
+            &options.trt_limits,
+            options.trt_cache.as_deref(),
+        )?),
         _ => None,
     };
     if let Some(dispatch) = dispatch {
@@ -738,6 +764,7 @@ pub fn inspect_command(args: &InspectArgs) -> Result<ExitCode, Error> {
         device_id: 0,
         threads: Some(1),
         trt_cache: None,
+        trt_limits: trt::Limits::new(1, 1),
     };
     for (name, spec) in [
         ("vision", &manifest.graphs.vision),

@@ -1,0 +1,1211 @@
+//! TensorRT execution provider settings: optimisation profiles from the manifest and the
+//! run's limits, an engine cache folder keyed by model, GPU and TensorRT version, and the
+//! GPU / TensorRT identity that key needs, probed at run time.
+//!
+//! Contract:
+//! - [`profile`] gives, for one graph, the min/opt/max shapes of every graph input in the
+//!   TensorRT provider's `trt_profile_{min,opt,max}_shapes` format
+//!   (`name:d0xd1x..,name2:..`), every dimension taken from the manifest or [`Limits`].
+//!   An input it does not know (a decoder flavour with extra inputs) is an error naming it.
+//!   At each of the three points the decoder's shapes are consistent (`attention_mask`
+//!   length = past + new tokens), because TensorRT checks the graph's shape constraints at
+//!   min, opt and max, not only at run time.
+//! - [`cache_dir`] names a folder `{model_sha256[..12]}-{gpu-slug}-sm{major}{minor}-trt{version}`
+//!   under the base folder: another model, GPU or TensorRT version gets another folder, so
+//!   an engine is never reused where it was not built. Inside, each graph's engine files
+//!   start with [`engine_prefix`] (graph name + a hash of its profile), so runs with other
+//!   limits (batch size, answer length) keep their own engines instead of rebuilding one.
+//! - The probes ([`tensorrt_version`], [`gpu_identity`]) open `libnvinfer.so.10`,
+//!   `libcudart.so.13` and `libnvidia-ml.so.1` with `libloading` and never panic: a missing
+//!   library, symbol or device is an `Err` naming it, and [`CachePlan::probe`] then runs
+//!   TensorRT without an engine cache (recording why) instead of failing; a CPU run never
+//!   gets here with an error. The libraries stay loaded for the life of the process
+//!   (unloading the CUDA runtime after use can crash at exit).
+//!
+//! Not tested against TensorRT here (no GPU on the development machine): the profile
+//! strings, the folder naming and the probe plumbing (against a stub library) are.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use vlguard_export::manifest::{names, Flavour, GraphSpec, Manifest};
+
+/// Bound on one prompt's text tokens (template + question, image placeholder included):
+/// VLGuard's longest question is 162 characters and the `llava_v1` template with it comes
+/// to about 110 Llama tokens, so 256 leaves more than 2x room while keeping the decoder's
+/// maximum shapes (and TensorRT's activation memory for them) small. A longer prompt falls
+/// outside the profile: expect TensorRT to fail that batch (not checked on TensorRT here).
+pub const MAX_TEXT_TOKENS: usize = 256;
+
+/// Text tokens of a typical prompt, for the decoder's `opt` point (~40 template + question).
+const TYPICAL_TEXT_TOKENS: usize = 64;
+
+pub const NVINFER_LIB: &str = "libnvinfer.so.10";
+pub const CUDART_LIB: &str = "libcudart.so.13";
+pub const NVML_LIB: &str = "libnvidia-ml.so.1";
+
+/// What one run may feed the graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    /// Rows per graph call (`--batch-size`).
+    pub max_batch: usize,
+    /// Text tokens of one prompt, the image placeholder included.
+    pub max_text_tokens: usize,
+    /// Longest answer (`--max-new-tokens`).
+    pub max_new_tokens: usize,
+}
+
+impl Limits {
+    /// A run's limits with the [`MAX_TEXT_TOKENS`] prompt bound.
+    pub fn new(max_batch: usize, max_new_tokens: usize) -> Limits {
+        Limits {
+            max_batch,
+            max_text_tokens: MAX_TEXT_TOKENS,
+            max_new_tokens,
+        }
+    }
+}
+
+/// The four graphs of a model directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphKind {
+    Vision,
+    Projector,
+    Embed,
+    Decoder,
+}
+
+impl GraphKind {
+    pub const ALL: [GraphKind; 4] = [
+        GraphKind::Vision,
+        GraphKind::Projector,
+        GraphKind::Embed,
+        GraphKind::Decoder,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphKind::Vision => "vision",
+            GraphKind::Projector => "projector",
+            GraphKind::Embed => "embed",
+            GraphKind::Decoder => "decoder",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<GraphKind> {
+        GraphKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn spec(self, manifest: &Manifest) -> &GraphSpec {
+        let g = &manifest.graphs;
+        match self {
+            GraphKind::Vision => &g.vision,
+            GraphKind::Projector => &g.projector,
+            GraphKind::Embed => &g.embed,
+            GraphKind::Decoder => &g.decoder,
+        }
+    }
+
+    /// The graph whose manifest `file` is the file name of `path`.
+    pub fn for_file(manifest: &Manifest, path: &Path) -> Option<GraphKind> {
+        let file = path.file_name()?;
+        GraphKind::ALL
+            .into_iter()
+            .find(|k| Path::new(&k.spec(manifest).file).file_name() == Some(file))
+    }
+}
+
+/// One optimisation profile in the TensorRT provider's string format.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Profile {
+    pub min: String,
+    pub opt: String,
+    pub max: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("graph {graph}: input `{input}` has no TensorRT optimisation profile (this flavour of the graph is not supported on TensorRT)")]
+    UnknownInput { graph: &'static str, input: String },
+    #[error("TensorRT limits: {0} must be at least 1")]
+    Limits(&'static str),
+}
+
+/// Shape of one input at the min, opt and max points.
+type Points = [Vec<usize>; 3];
+
+/// The min/opt/max shapes of every input of `graph`, in manifest order.
+///
+/// Batch: 1 / `max_batch` / `max_batch`. Decoder, with P the longest prompt (image tokens +
+/// text tokens - the placeholder) and T = min(P + max_new_tokens, max_position_embeddings):
+/// - min: 1 new token, no past (prefill's zero-length cache: TensorRT >= 8 takes a 0 in a
+///   profile; 7.0 did not, NVIDIA/TensorRT#337; 0-length past in `minShapes` builds in
+///   NVIDIA/TensorRT#2928);
+/// - opt: 1 new token after a typical prompt and half an answer (decode steps dominate);
+/// - max: P new tokens, T past, mask P + T: prefill (P new, 0 past) and the last steps
+///   (1 new, T - 1 past) both fall inside, and the point itself satisfies
+///   mask = past + new as the graph requires.
+pub fn profile(
+    manifest: &Manifest,
+    graph: GraphKind,
+    limits: &Limits,
+) -> Result<Profile, ProfileError> {
+    for (value, name) in [
+        (limits.max_batch, "max_batch"),
+        (limits.max_text_tokens, "max_text_tokens"),
+        (limits.max_new_tokens, "max_new_tokens"),
+    ] {
+        if value == 0 {
+            return Err(ProfileError::Limits(name));
+        }
+    }
+    let b = limits.max_batch;
+    // Inputs whose only dynamic dimension is the batch.
+    let batched = |make: &dyn Fn(usize) -> Vec<usize>| -> Points { [make(1), make(b), make(b)] };
+    let v = &manifest.vision;
+    let d = &manifest.decoder;
+    let max_pos = d.max_position_embeddings;
+    let prompt_max = (v.num_tokens + limits.max_text_tokens - 1).min(max_pos);
+    let past_max = (prompt_max + limits.max_new_tokens).min(max_pos);
+    let past_opt = (v.num_tokens + TYPICAL_TEXT_TOKENS + limits.max_new_tokens / 2).min(past_max);
+    // Decoder points: (rows, new tokens, past) at min, opt, max.
+    let seq = [(1, 1, 0), (b, 1, past_opt), (b, prompt_max, past_max)];
+    let dec = |f: &dyn Fn(usize, usize, usize) -> Vec<usize>| -> Points {
+        seq.map(|(n, s, p)| f(n, s, p))
+    };
+
+    let spec = graph.spec(manifest);
+    let mut points: Vec<(&str, Points)> = Vec::with_capacity(spec.inputs.len());
+    for input in &spec.inputs {
+        let name = input.as_str();
+        let shape = match graph {
+            GraphKind::Vision if name == names::PIXEL_VALUES => {
+                // Channels: what preprocessing produces (one mean per channel).
+                let ch = manifest.preprocess.image_mean.len();
+                let s = v.image_size;
+                Some(batched(&|n| vec![n, ch, s, s]))
+            }
+            GraphKind::Projector if name == names::PROJECTOR_IN => {
+                let (t, h) = (v.num_tokens, manifest.projector.input_size);
+                Some(batched(&|n| vec![n, t, h]))
+            }
+            GraphKind::Embed if name == names::INPUT_IDS => {
+                // Prefill embeds one prompt's text, steps embed one token per row.
+                Some([vec![1, 1], vec![b, 1], vec![b, limits.max_text_tokens]])
+            }
+            GraphKind::Decoder => decoder_input(manifest, name).map(|kind| match kind {
+                DecoderInput::Embeds => dec(&|n, s, _| vec![n, s, d.hidden_size]),
+                DecoderInput::Mask => dec(&|n, s, p| vec![n, p + s]),
+                DecoderInput::Positions => dec(&|n, s, _| vec![n, s]),
+                DecoderInput::Past => dec(&|n, _, p| vec![n, d.num_kv_heads, p, d.head_dim]),
+            }),
+            _ => None,
+        };
+        let shape = shape.ok_or_else(|| ProfileError::UnknownInput {
+            graph: graph.name(),
+            input: input.clone(),
+        })?;
+        points.push((name, shape));
+    }
+    let render = |i: usize| -> String {
+        points
+            .iter()
+            .map(|(name, p)| {
+                let dims: Vec<String> = p[i].iter().map(usize::to_string).collect();
+                format!("{name}:{}", dims.join("x"))
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    Ok(Profile {
+        min: render(0),
+        opt: render(1),
+        max: render(2),
+    })
+}
+
+enum DecoderInput {
+    Embeds,
+    Mask,
+    Positions,
+    Past,
+}
+
+fn decoder_input(manifest: &Manifest, name: &str) -> Option<DecoderInput> {
+    match name {
+        names::INPUTS_EMBEDS => Some(DecoderInput::Embeds),
+        names::ATTENTION_MASK => Some(DecoderInput::Mask),
+        names::POSITION_IDS => Some(DecoderInput::Positions),
+        _ => (0..manifest.decoder.num_layers)
+            .any(|l| name == names::past_key(l) || name == names::past_value(l))
+            .then_some(DecoderInput::Past),
+    }
+}
+
+/// File-name prefix of one graph's engine files: the graph name and 8 hex digits of its
+/// profile, so that other limits never overwrite (or wrongly reuse) this engine.
+pub fn engine_prefix(graph: GraphKind, profile: &Profile) -> String {
+    let text = format!("{}\n{}\n{}", profile.min, profile.opt, profile.max);
+    let hash = crate::util::sha256_hex(text.as_bytes());
+    format!("{}-{}", graph.name(), &hash[..8])
+}
+
+/// A GPU as the engine cache key sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GpuIdentity {
+    /// Marketing name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    pub compute_major: i32,
+    pub compute_minor: i32,
+}
+
+/// Lowercase ASCII letters and digits, runs of anything else as one `-`, at most 40 bytes.
+fn slug(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.truncate(40);
+    let out = out.trim_end_matches('-').to_string();
+    if out.is_empty() {
+        "unknown".into()
+    } else {
+        out
+    }
+}
+
+/// The engine cache folder for this model, GPU and TensorRT version under `base`:
+/// `{model_sha256[..12]}-{gpu-name-slug}-sm{major}{minor}-trt{version}`.
+pub fn cache_dir(base: &Path, model_sha256: &str, gpu: &GpuIdentity, trt_version: &str) -> PathBuf {
+    let model: String = slug(model_sha256).chars().take(12).collect();
+    let version: String = trt_version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    base.join(format!(
+        "{model}-{}-sm{}{}-trt{version}",
+        slug(&gpu.name),
+        gpu.compute_major,
+        gpu.compute_minor
+    ))
+}
+
+/// Whether `dir` holds an engine of the graph with this prefix (ONNX Runtime names them
+/// `{prefix}_{graph hash}_{node id}[_fp16]_sm{cc}.engine`).
+pub fn engine_present(dir: &Path, prefix: &str) -> bool {
+    let start = format!("{prefix}_");
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(&start) && name.ends_with(".engine")
+        })
+    })
+}
+
+/// Where this process's TensorRT engines go, decided once per engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePlan {
+    /// The keyed folder (created); `None`: no engine cache, see `off`.
+    pub dir: Option<PathBuf>,
+    /// Why there is no engine cache.
+    pub off: Option<String>,
+}
+
+impl CachePlan {
+    /// Probes TensorRT and the GPU, then [`CachePlan::new`].
+    pub fn probe(
+        base: Option<&Path>,
+        model_sha256: &str,
+        ort_lib: &Path,
+        device_id: i32,
+    ) -> CachePlan {
+        if base.is_none() {
+            return CachePlan::new(None, model_sha256, Err(None), Err(None));
+        }
+        let trt = tensorrt_version().map_err(Some);
+        // Without TensorRT the provider cannot start: no need to wake the GPU.
+        let gpu = match trt {
+            Ok(_) => gpu_identity(ort_lib, device_id).map_err(Some),
+            Err(_) => Err(None),
+        };
+        CachePlan::new(base, model_sha256, gpu, trt)
+    }
+
+    /// The folder for these probe results, created; any failure turns the cache off with
+    /// its reason (`Err(None)`: not probed).
+    pub fn new(
+        base: Option<&Path>,
+        model_sha256: &str,
+        gpu: Result<GpuIdentity, Option<ProbeError>>,
+        trt_version: Result<String, Option<ProbeError>>,
+    ) -> CachePlan {
+        let off = |reason: String| CachePlan {
+            dir: None,
+            off: Some(reason),
+        };
+        let Some(base) = base else {
+            return off("no engine cache folder given".into());
+        };
+        let reason = |e: Option<ProbeError>, what: &str| match e {
+            Some(e) => format!("{what} unknown ({e})"),
+            None => format!("{what} not probed"),
+        };
+        let trt_version = match trt_version {
+            Ok(v) => v,
+            Err(e) => return off(reason(e, "TensorRT version")),
+        };
+        let gpu = match gpu {
+            Ok(g) => g,
+            Err(e) => return off(reason(e, "GPU")),
+        };
+        let dir = cache_dir(base, model_sha256, &gpu, &trt_version);
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => CachePlan {
+                // ONNX Runtime resolves a relative engine path against the model's folder
+                // in some versions: hand it an absolute one.
+                dir: Some(std::path::absolute(&dir).unwrap_or(dir)),
+                off: None,
+            },
+            Err(e) => off(format!("cannot create {}: {e}", dir.display())),
+        }
+    }
+}
+
+/// One graph's TensorRT session creation, as the run manifest records it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TrtBuild {
+    /// Engine cache folder; `None` when there was none (see `cache_off`).
+    pub cache_dir: Option<PathBuf>,
+    /// File-name prefix of this graph's engine in that folder.
+    pub engine_prefix: Option<String>,
+    /// An engine for this graph and profile was in the folder before the session was made.
+    pub cache_hit: bool,
+    /// Seconds to create the session: the engine build on a miss (the provider builds at
+    /// session creation when every dynamic input has a profile), loading it on a hit.
+    pub build_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_off: Option<String>,
+}
+
+impl TrtBuild {
+    /// The stderr line a run prints for this graph.
+    pub fn describe(&self, graph: &str) -> String {
+        match (&self.cache_dir, self.cache_hit) {
+            (Some(dir), true) => format!(
+                "tensorrt: {graph}: engine reused from {} ({:.1} s)",
+                dir.display(),
+                self.build_s
+            ),
+            (Some(dir), false) => format!(
+                "tensorrt: {graph}: engine built in {:.1} s, cached in {}",
+                self.build_s,
+                dir.display()
+            ),
+            (None, _) => format!(
+                "tensorrt: {graph}: engine built in {:.1} s, not cached ({})",
+                self.build_s,
+                self.cache_off.as_deref().unwrap_or("no cache folder")
+            ),
+        }
+    }
+}
+
+/// Times one session creation: made before it, finished when the provider is TensorRT.
+pub struct BuildTimer {
+    cache_dir: Option<PathBuf>,
+    prefix: Option<String>,
+    cache_hit: bool,
+    cache_off: Option<String>,
+    started: Instant,
+}
+
+impl BuildTimer {
+    pub fn start(plan: &CachePlan, manifest: &Manifest, graph: &str, limits: &Limits) -> Self {
+        let prefix = GraphKind::from_name(graph)
+            .and_then(|kind| Some(engine_prefix(kind, &profile(manifest, kind, limits).ok()?)));
+        let cache_hit = match (&plan.dir, &prefix) {
+            (Some(dir), Some(prefix)) => engine_present(dir, prefix),
+            _ => false,
+        };
+        BuildTimer {
+            cache_dir: plan.dir.clone(),
+            prefix,
+            cache_hit,
+            cache_off: plan.off.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn finish(self) -> TrtBuild {
+        TrtBuild {
+            cache_dir: self.cache_dir,
+            engine_prefix: self.prefix,
+            cache_hit: self.cache_hit,
+            build_s: self.started.elapsed().as_secs_f64(),
+            cache_off: self.cache_off,
+        }
+    }
+}
+
+/// The TensorRT provider for the graph stored at `path`: fp16 when the manifest says so,
+/// this graph's profile, and the engine and timing caches in `cache_dir` when given.
+pub fn execution_provider(
+    manifest: &Manifest,
+    path: &Path,
+    device_id: i32,
+    limits: &Limits,
+    cache_dir: Option<&Path>,
+) -> Result<ort::ep::ExecutionProviderDispatch, String> {
+    let kind = GraphKind::for_file(manifest, path)
+        .ok_or_else(|| format!("{} is none of the graphs in manifest.json", path.display()))?;
+    if kind == GraphKind::Decoder && manifest.decoder.flavour == Flavour::Fused {
+        return Err(
+            "the fused decoder uses ONNX Runtime contrib operators that TensorRT cannot run: \
+             use --ep cuda for it, or export with --decoder plain for TensorRT"
+                .into(),
+        );
+    }
+    let profile = profile(manifest, kind, limits).map_err(|e| e.to_string())?;
+    let mut trt = ort::ep::TensorRT::default()
+        .with_device_id(device_id)
+        .with_fp16(manifest.dtype == vlguard_export::manifest::Dtype::Fp16)
+        .with_profile_min_shapes(&profile.min)
+        .with_profile_opt_shapes(&profile.opt)
+        .with_profile_max_shapes(&profile.max);
+    if let Some(dir) = cache_dir {
+        trt = trt
+            .with_engine_cache(true)
+            .with_engine_cache_path(dir.display())
+            .with_engine_cache_prefix(engine_prefix(kind, &profile))
+            .with_timing_cache(true)
+            .with_timing_cache_path(dir.display());
+    }
+    Ok(trt.build().error_on_failure())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot load {lib}: {reason}")]
+    Load { lib: String, reason: String },
+    #[error("{lib} has no `{symbol}`: {reason}")]
+    Symbol {
+        lib: String,
+        symbol: &'static str,
+        reason: String,
+    },
+    #[error("{function} failed with code {code}: {message}")]
+    Call {
+        function: &'static str,
+        code: i32,
+        message: String,
+    },
+    #[error("{function} returned {value}, not a TensorRT version")]
+    Version { function: &'static str, value: i32 },
+}
+
+/// A shared library opened for probing and never closed (see the module contract).
+struct Lib {
+    lib: ManuallyDrop<libloading::Library>,
+    name: String,
+}
+
+impl Lib {
+    /// `path` with a `/` is opened as is, a bare file name through the system loader.
+    fn open(path: &Path) -> Result<Lib, ProbeError> {
+        let name = path.display().to_string();
+        // SAFETY: loading runs the library's initialisers; the CUDA, NVML and TensorRT
+        // libraries are made to be loaded this way (ONNX Runtime's providers dlopen them).
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| ProbeError::Load {
+            lib: name.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Lib {
+            lib: ManuallyDrop::new(lib),
+            name,
+        })
+    }
+
+    /// The function `symbol`; `T` must be its exact C signature.
+    fn get<T: Copy>(&self, symbol: &'static str) -> Result<T, ProbeError> {
+        // SAFETY: each caller names T as the documented C prototype of `symbol`; the
+        // library is never unloaded, so the pointer stays valid.
+        unsafe { self.lib.get::<T>(symbol) }
+            .map(|s| *s)
+            .map_err(|e| ProbeError::Symbol {
+                lib: self.name.clone(),
+                symbol,
+                reason: e.to_string(),
+            })
+    }
+}
+
+fn c_text(buffer: &[u8]) -> String {
+    CStr::from_bytes_until_nul(buffer)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| String::from_utf8_lossy(buffer).into_owned())
+}
+
+/// # Safety
+/// `text` is null or a NUL-terminated string that outlives the call.
+unsafe fn c_message(text: *const c_char) -> String {
+    if text.is_null() {
+        String::new()
+    } else {
+        // SAFETY: per this function's contract.
+        unsafe { CStr::from_ptr(text) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// `getInferLibVersion()`'s integer as `major.minor.patch`: TensorRT 10 encodes
+/// (MAJOR * 100 + MINOR) * 100 + PATCH, TensorRT 8 MAJOR * 1000 + MINOR * 100 + PATCH
+/// (NvInferRuntimeBase.h of each).
+pub fn decode_trt_version(value: i32) -> Option<String> {
+    match value {
+        v if v >= 100_000 => Some(format!("{}.{}.{}", v / 10_000, v / 100 % 100, v % 100)),
+        v if v >= 1_000 => Some(format!("{}.{}.{}", v / 1_000, v / 100 % 10, v % 100)),
+        _ => None,
+    }
+}
+
+/// The TensorRT version of `libnvinfer.so.10` as the system loader finds it (the library
+/// the provider will load too).
+pub fn tensorrt_version() -> Result<String, ProbeError> {
+    tensorrt_version_from(Path::new(NVINFER_LIB))
+}
+
+pub fn tensorrt_version_from(lib: &Path) -> Result<String, ProbeError> {
+    let lib = Lib::open(lib)?;
+    let get_version = lib.get::<unsafe extern "C" fn() -> i32>("getInferLibVersion")?;
+    // SAFETY: `int32_t getInferLibVersion() noexcept`, no arguments, no state.
+    let value = unsafe { get_version() };
+    decode_trt_version(value).ok_or(ProbeError::Version {
+        function: "getInferLibVersion",
+        value,
+    })
+}
+
+/// cudaDeviceAttr values (driver_types.h): compute capability major / minor.
+const CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MAJOR: c_int = 75;
+const CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MINOR: c_int = 76;
+/// NVML_DEVICE_NAME_V2_BUFFER_SIZE (nvml.h).
+const NVML_NAME_BUFFER: usize = 96;
+
+/// Name and compute capability of CUDA device `device_id` (the ordinal ONNX Runtime's
+/// `device_id` means): compute capability from the CUDA runtime
+/// (`cudaDeviceGetAttribute`), the name from NVML by the device's PCI bus id (the CUDA
+/// runtime's own name lives in `cudaDeviceProp`, a struct whose layout changes between
+/// CUDA versions). The runtime is the one [`super::ort_lib::cuda_lib_dirs`] finds beside
+/// ONNX Runtime, else the system loader's.
+pub fn gpu_identity(ort_lib: &Path, device_id: i32) -> Result<GpuIdentity, ProbeError> {
+    let cudart = super::ort_lib::cuda_lib_dirs(ort_lib)
+        .0
+        .map(|dir| dir.join(CUDART_LIB))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(CUDART_LIB));
+    gpu_identity_from(&cudart, Path::new(NVML_LIB), device_id)
+}
+
+pub fn gpu_identity_from(
+    cudart: &Path,
+    nvml: &Path,
+    device_id: i32,
+) -> Result<GpuIdentity, ProbeError> {
+    type GetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
+    type GetPciBusId = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+    type ErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
+    type NoArgs = unsafe extern "C" fn() -> c_int;
+    type HandleByBusId = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> c_int;
+    type GetName = unsafe extern "C" fn(*mut c_void, *mut c_char, c_uint) -> c_int;
+
+    let rt = Lib::open(cudart)?;
+    let get_attribute = rt.get::<GetAttribute>("cudaDeviceGetAttribute")?;
+    let get_bus_id = rt.get::<GetPciBusId>("cudaDeviceGetPCIBusId")?;
+    let cuda_error = rt.get::<ErrorString>("cudaGetErrorString")?;
+    let cuda_call = |function: &'static str, code: c_int| -> Result<(), ProbeError> {
+        if code == 0 {
+            return Ok(());
+        }
+        // SAFETY: `const char* cudaGetErrorString(cudaError_t)` returns a static string.
+        let message = unsafe { c_message(cuda_error(code)) };
+        Err(ProbeError::Call {
+            function,
+            code,
+            message,
+        })
+    };
+    let mut major: c_int = 0;
+    let mut minor: c_int = 0;
+    // SAFETY: `cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int
+    // device)` writes one int through a valid pointer.
+    cuda_call("cudaDeviceGetAttribute", unsafe {
+        get_attribute(
+            &mut major,
+            CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MAJOR,
+            device_id,
+        )
+    })?;
+    // SAFETY: as above.
+    cuda_call("cudaDeviceGetAttribute", unsafe {
+        get_attribute(
+            &mut minor,
+            CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MINOR,
+            device_id,
+        )
+    })?;
+    let mut bus_id = [0u8; 32];
+    // SAFETY: `cudaError_t cudaDeviceGetPCIBusId(char* pciBusId, int len, int device)`
+    // writes at most `len` bytes, NUL included.
+    cuda_call("cudaDeviceGetPCIBusId", unsafe {
+        get_bus_id(bus_id.as_mut_ptr().cast(), bus_id.len() as c_int, device_id)
+    })?;
+
+    let ml = Lib::open(nvml)?;
+    let init = ml.get::<NoArgs>("nvmlInit_v2")?;
+    let shutdown = ml.get::<NoArgs>("nvmlShutdown")?;
+    let by_bus_id = ml.get::<HandleByBusId>("nvmlDeviceGetHandleByPciBusId_v2")?;
+    let get_name = ml.get::<GetName>("nvmlDeviceGetName")?;
+    let nvml_error = ml.get::<ErrorString>("nvmlErrorString")?;
+    let nvml_call = |function: &'static str, code: c_int| -> Result<(), ProbeError> {
+        if code == 0 {
+            return Ok(());
+        }
+        // SAFETY: `const char* nvmlErrorString(nvmlReturn_t)` returns a static string.
+        let message = unsafe { c_message(nvml_error(code)) };
+        Err(ProbeError::Call {
+            function,
+            code,
+            message,
+        })
+    };
+    // SAFETY: `nvmlReturn_t nvmlInit_v2(void)`.
+    nvml_call("nvmlInit_v2", unsafe { init() })?;
+    let mut name = [0u8; NVML_NAME_BUFFER];
+    let named = (|| {
+        let mut device: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `nvmlReturn_t nvmlDeviceGetHandleByPciBusId_v2(const char*, nvmlDevice_t*)`
+        // reads the NUL-terminated bus id and writes one handle.
+        nvml_call("nvmlDeviceGetHandleByPciBusId_v2", unsafe {
+            by_bus_id(bus_id.as_ptr().cast(), &mut device)
+        })?;
+        // SAFETY: `nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t, char* name, unsigned int
+        // length)` writes at most `length` bytes, NUL included.
+        nvml_call("nvmlDeviceGetName", unsafe {
+            get_name(device, name.as_mut_ptr().cast(), NVML_NAME_BUFFER as c_uint)
+        })
+    })();
+    // SAFETY: `nvmlReturn_t nvmlShutdown(void)`, balancing the successful init.
+    unsafe { shutdown() };
+    named?;
+    Ok(GpuIdentity {
+        name: c_text(&name),
+        compute_major: major,
+        compute_minor: minor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use vlguard_export::manifest::{
+        DecoderSpec, Dtype, Graphs, PreprocessSpec, ProjectorSpec, SourceSpec, TokenizerSpec,
+        VisionSpec,
+    };
+
+    /// A manifest as the exporter writes it (graph files and tensor names from
+    /// `vlguard_export`), with the given vision hidden size and decoder shape.
+    fn manifest(vision_hidden: usize, decoder: DecoderSpec) -> Manifest {
+        let (dec_in, dec_out) = Manifest::decoder_io(&decoder);
+        let spec = |file: &str, inputs: &[&str], outputs: &[&str]| GraphSpec {
+            file: file.into(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        };
+        Manifest {
+            format_version: vlguard_export::manifest::FORMAT_VERSION,
+            exporter_version: "test".into(),
+            dtype: Dtype::Fp16,
+            vision: VisionSpec {
+                image_size: 336,
+                patch_size: 14,
+                num_tokens: 576,
+                hidden_size: vision_hidden,
+                num_heads: 4,
+                intermediate_size: 4 * vision_hidden,
+                num_layers: 3,
+                select_layer: -2,
+                layers_emitted: 2,
+                layer_norm_eps: 1e-5,
+                hidden_act: "quick_gelu".into(),
+            },
+            projector: ProjectorSpec {
+                kind: "mlp2x_gelu".into(),
+                input_size: vision_hidden,
+                output_size: decoder.hidden_size,
+            },
+            preprocess: PreprocessSpec::default(),
+            tokenizer: TokenizerSpec {
+                file: "tokenizer.json".into(),
+                bos_id: 1,
+                eos_id: 2,
+                unk_id: 0,
+                image_token_id: -200,
+                template: "llava_v1".into(),
+            },
+            graphs: Graphs {
+                vision: spec(
+                    vlguard_export::VISION_FILE,
+                    &[names::PIXEL_VALUES],
+                    &[names::IMAGE_FEATURES],
+                ),
+                projector: spec(
+                    vlguard_export::PROJECTOR_FILE,
+                    &[names::PROJECTOR_IN],
+                    &[names::PROJECTOR_OUT],
+                ),
+                embed: spec(
+                    vlguard_export::EMBED_FILE,
+                    &[names::INPUT_IDS],
+                    &[names::INPUTS_EMBEDS],
+                ),
+                decoder: GraphSpec {
+                    file: vlguard_export::DECODER_FILE.into(),
+                    inputs: dec_in,
+                    outputs: dec_out,
+                },
+            },
+            decoder,
+            source: SourceSpec {
+                checkpoint: "c".into(),
+                vision_tower: "v".into(),
+                files: BTreeMap::new(),
+            },
+        }
+    }
+
+    /// models/demo-src: llava-v1.5-tiny/config.json (hidden 64, 2 layers, 4 heads, 4 kv
+    /// heads -> head_dim 16, max_position_embeddings 4096) and the tiny CLIP tower
+    /// (hidden 32, 336/14 -> 576 tokens).
+    fn demo() -> Manifest {
+        manifest(
+            32,
+            DecoderSpec {
+                hidden_size: 64,
+                num_layers: 2,
+                num_heads: 4,
+                num_kv_heads: 4,
+                head_dim: 16,
+                intermediate_size: 128,
+                vocab_size: 1200,
+                max_position_embeddings: 4096,
+                rope_theta: 10000.0,
+                rms_norm_eps: 1e-5,
+                flavour: Flavour::Plain,
+            },
+        )
+    }
+
+    /// liuhaotian/llava-v1.5-7b's config.json (models/bench-7b/config.json): hidden 4096,
+    /// 32 layers, 32 heads and kv heads -> head_dim 128, max_position_embeddings 4096;
+    /// CLIP ViT-L/14-336: hidden 1024, 576 tokens.
+    fn llava_7b() -> Manifest {
+        manifest(
+            1024,
+            DecoderSpec {
+                hidden_size: 4096,
+                num_layers: 32,
+                num_heads: 32,
+                num_kv_heads: 32,
+                head_dim: 128,
+                intermediate_size: 11008,
+                vocab_size: 32000,
+                max_position_embeddings: 4096,
+                rope_theta: 10000.0,
+                rms_norm_eps: 1e-5,
+                flavour: Flavour::Plain,
+            },
+        )
+    }
+
+    fn limits(batch: usize, text: usize, new: usize) -> Limits {
+        Limits {
+            max_batch: batch,
+            max_text_tokens: text,
+            max_new_tokens: new,
+        }
+    }
+
+    #[test]
+    fn a_fused_decoder_is_refused_with_the_way_out() {
+        let mut m = demo();
+        m.decoder.flavour = Flavour::Fused;
+        let decoder = Path::new("model").join(&m.graphs.decoder.file);
+        let Err(err) = execution_provider(&m, &decoder, 0, &Limits::new(4, 256), None) else {
+            panic!("TensorRT must refuse the fused decoder");
+        };
+        assert!(
+            err.contains("contrib") && err.contains("--decoder plain"),
+            "{err}"
+        );
+        // The other graphs of the same model still get a provider.
+        let vision = Path::new("model").join(&m.graphs.vision.file);
+        assert!(execution_provider(&m, &vision, 0, &Limits::new(4, 256), None).is_ok());
+    }
+
+    #[test]
+    fn demo_profiles_for_every_graph() {
+        let m = demo();
+        let l = limits(8, 256, 256);
+        // Expected by hand: batch 1/8/8; pixel_values [B, 3, 336, 336]; image_features
+        // [B, 576, 32]; input_ids [1,1] / [8,1] / [8, 256 text tokens].
+        let p = profile(&m, GraphKind::Vision, &l).unwrap();
+        assert_eq!(p.min, "pixel_values:1x3x336x336");
+        assert_eq!(p.opt, "pixel_values:8x3x336x336");
+        assert_eq!(p.max, "pixel_values:8x3x336x336");
+        let p = profile(&m, GraphKind::Projector, &l).unwrap();
+        assert_eq!(
+            (p.min.as_str(), p.opt.as_str(), p.max.as_str()),
+            (
+                "image_features:1x576x32",
+                "image_features:8x576x32",
+                "image_features:8x576x32"
+            )
+        );
+        let p = profile(&m, GraphKind::Embed, &l).unwrap();
+        assert_eq!(
+            (p.min.as_str(), p.opt.as_str(), p.max.as_str()),
+            ("input_ids:1x1", "input_ids:8x1", "input_ids:8x256")
+        );
+        // Decoder: prompt max P = 576 + 256 - 1 = 831; past max T = 831 + 256 = 1087;
+        // past opt = 576 + 64 + 256/2 = 768. min (1 row, 1 new, 0 past), opt (8, 1, 768),
+        // max (8, 831, 1087) with mask = past + new: 1, 769, 1918.
+        let p = profile(&m, GraphKind::Decoder, &l).unwrap();
+        let kv = |n: usize, past: usize| {
+            (0..2)
+                .map(|l| {
+                    format!(
+                        "past_key_values.{l}.key:{n}x4x{past}x16,past_key_values.{l}.value:{n}x4x{past}x16"
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert_eq!(
+            p.min,
+            format!(
+                "inputs_embeds:1x1x64,attention_mask:1x1,position_ids:1x1,{}",
+                kv(1, 0)
+            )
+        );
+        assert_eq!(
+            p.opt,
+            format!(
+                "inputs_embeds:8x1x64,attention_mask:8x769,position_ids:8x1,{}",
+                kv(8, 768)
+            )
+        );
+        assert_eq!(
+            p.max,
+            format!(
+                "inputs_embeds:8x831x64,attention_mask:8x1918,position_ids:8x831,{}",
+                kv(8, 1087)
+            )
+        );
+    }
+
+    #[test]
+    fn llava_7b_decoder_profile_is_capped_by_max_position_embeddings() {
+        let m = llava_7b();
+        // 32 rows, 1024 text tokens, 4000 new: P = 576 + 1023 = 1599, P + 4000 capped at
+        // 4096; past opt = 576 + 64 + 2000 = 2640.
+        let p = profile(&m, GraphKind::Decoder, &limits(32, 1024, 4000)).unwrap();
+        let entries: Vec<&str> = p.max.split(',').collect();
+        // 3 inputs + 32 layers x (key, value), in manifest order.
+        assert_eq!(entries.len(), 3 + 64);
+        assert_eq!(entries[0], "inputs_embeds:32x1599x4096");
+        assert_eq!(entries[1], "attention_mask:32x5695");
+        assert_eq!(entries[2], "position_ids:32x1599");
+        assert_eq!(entries[3], "past_key_values.0.key:32x32x4096x128");
+        assert_eq!(entries[66], "past_key_values.31.value:32x32x4096x128");
+        let opt: Vec<&str> = p.opt.split(',').collect();
+        assert_eq!(opt[1], "attention_mask:32x2641");
+        assert_eq!(opt[65], "past_key_values.31.key:32x32x2640x128");
+        let min: Vec<&str> = p.min.split(',').collect();
+        assert_eq!(min[66], "past_key_values.31.value:1x32x0x128");
+        // Projector of the 7B: CLIP ViT-L hidden 1024.
+        let p = profile(&m, GraphKind::Projector, &limits(32, 1024, 4000)).unwrap();
+        assert_eq!(p.max, "image_features:32x576x1024");
+        // batch 1: min = opt = max rows.
+        let p = profile(&m, GraphKind::Vision, &limits(1, 256, 256)).unwrap();
+        assert_eq!(p.min, p.max);
+    }
+
+    #[test]
+    fn unknown_inputs_and_zero_limits_are_errors_naming_them() {
+        let mut m = demo();
+        m.graphs.decoder.inputs.push("seqlens_k".into());
+        let err = profile(&m, GraphKind::Decoder, &limits(1, 256, 256)).unwrap_err();
+        assert_eq!(
+            err,
+            ProfileError::UnknownInput {
+                graph: "decoder",
+                input: "seqlens_k".into()
+            }
+        );
+        assert!(err.to_string().contains("`seqlens_k`"), "{err}");
+        // A past layer beyond num_layers is not a known input either.
+        let mut m = demo();
+        m.graphs.decoder.inputs.push(names::past_key(2));
+        assert!(profile(&m, GraphKind::Decoder, &limits(1, 256, 256)).is_err());
+        let err = profile(&demo(), GraphKind::Vision, &limits(0, 256, 256)).unwrap_err();
+        assert_eq!(err, ProfileError::Limits("max_batch"));
+    }
+
+    #[test]
+    fn graphs_are_found_by_file_and_prefixes_follow_the_profile() {
+        let m = demo();
+        assert_eq!(
+            GraphKind::for_file(&m, Path::new("/models/demo/decoder.onnx")),
+            Some(GraphKind::Decoder)
+        );
+        assert_eq!(
+            GraphKind::for_file(&m, Path::new("vision.onnx")),
+            Some(GraphKind::Vision)
+        );
+        assert_eq!(GraphKind::for_file(&m, Path::new("other.onnx")), None);
+        let a = profile(&m, GraphKind::Decoder, &limits(8, 256, 256)).unwrap();
+        let b = profile(&m, GraphKind::Decoder, &limits(8, 256, 128)).unwrap();
+        let pa = engine_prefix(GraphKind::Decoder, &a);
+        assert!(
+            pa.starts_with("decoder-") && pa.len() == "decoder-".len() + 8,
+            "{pa}"
+        );
+        assert_eq!(pa, engine_prefix(GraphKind::Decoder, &a));
+        assert_ne!(pa, engine_prefix(GraphKind::Decoder, &b));
+        // The vision profile does not depend on the answer length: same engine.
+        let va = profile(&m, GraphKind::Vision, &limits(8, 256, 256)).unwrap();
+        let vb = profile(&m, GraphKind::Vision, &limits(8, 256, 128)).unwrap();
+        assert_eq!(
+            engine_prefix(GraphKind::Vision, &va),
+            engine_prefix(GraphKind::Vision, &vb)
+        );
+    }
+
+    fn h100() -> GpuIdentity {
+        GpuIdentity {
+            name: "NVIDIA H100 80GB HBM3".into(),
+            compute_major: 9,
+            compute_minor: 0,
+        }
+    }
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn cache_dir_names_model_gpu_and_tensorrt_version() {
+        let base = Path::new("/m/trt-cache");
+        let dir = cache_dir(base, SHA, &h100(), "10.9.0");
+        assert_eq!(
+            dir,
+            base.join("0123456789ab-nvidia-h100-80gb-hbm3-sm90-trt10.9.0")
+        );
+        let other_model = cache_dir(base, &SHA.replace('0', "f"), &h100(), "10.9.0");
+        let other_gpu = cache_dir(
+            base,
+            SHA,
+            &GpuIdentity {
+                name: "NVIDIA A100-SXM4-80GB".into(),
+                compute_major: 8,
+                compute_minor: 0,
+            },
+            "10.9.0",
+        );
+        let other_trt = cache_dir(base, SHA, &h100(), "10.13.0");
+        for other in [&other_model, &other_gpu, &other_trt] {
+            assert_ne!(&dir, other);
+            assert_eq!(other.parent(), Some(base));
+        }
+        assert_eq!(
+            other_gpu.file_name().unwrap(),
+            "0123456789ab-nvidia-a100-sxm4-80gb-sm80-trt10.9.0"
+        );
+        // Whatever a driver reports, the folder name stays one safe path component.
+        let odd = GpuIdentity {
+            name: "../../ GPU/\\:*".into(),
+            compute_major: 12,
+            compute_minor: 1,
+        };
+        let dir = cache_dir(base, "../x", &odd, "10/1");
+        assert_eq!(dir.parent(), Some(base));
+        assert_eq!(dir.file_name().unwrap(), "x-gpu-sm121-trt10-1");
+    }
+
+    #[test]
+    fn cache_plan_creates_the_folder_or_says_why_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plan = CachePlan::new(Some(tmp.path()), SHA, Ok(h100()), Ok("10.9.0".into()));
+        let dir = plan.dir.clone().expect("a cache folder");
+        assert!(dir.is_dir() && dir.is_absolute());
+        assert_eq!(plan.off, None);
+        assert!(!engine_present(&dir, "decoder-12345678"));
+        std::fs::write(
+            dir.join("decoder-12345678_2068723788287043730_0_fp16_sm90.engine"),
+            b"x",
+        )
+        .unwrap();
+        std::fs::write(dir.join("vision-abcdef01_1_0_sm90.profile"), b"x").unwrap();
+        assert!(engine_present(&dir, "decoder-12345678"));
+        assert!(!engine_present(&dir, "decoder-1234567"));
+        assert!(!engine_present(&dir, "vision-abcdef01"));
+
+        let missing = ProbeError::Load {
+            lib: NVINFER_LIB.into(),
+            reason: "not found".into(),
+        };
+        let plan = CachePlan::new(Some(tmp.path()), SHA, Ok(h100()), Err(Some(missing)));
+        assert_eq!(plan.dir, None);
+        let off = plan.off.unwrap();
+        assert!(off.contains("libnvinfer.so.10"), "{off}");
+        let plan = CachePlan::new(None, SHA, Ok(h100()), Ok("10.9.0".into()));
+        assert_eq!(plan.off.as_deref(), Some("no engine cache folder given"));
+    }
+
+    #[test]
+    fn build_records_read_as_the_run_prints_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plan = CachePlan::new(Some(tmp.path()), SHA, Ok(h100()), Ok("10.9.0".into()));
+        let m = demo();
+        let l = limits(1, 256, 256);
+        let build = BuildTimer::start(&plan, &m, "decoder", &l).finish();
+        assert!(!build.cache_hit);
+        let prefix = build.engine_prefix.clone().unwrap();
+        let dir = plan.dir.clone().unwrap();
+        assert!(build
+            .describe("decoder")
+            .starts_with("tensorrt: decoder: engine built in "));
+        std::fs::write(dir.join(format!("{prefix}_1_0_sm90.engine")), b"x").unwrap();
+        let build = BuildTimer::start(&plan, &m, "decoder", &l).finish();
+        assert!(build.cache_hit);
+        assert!(build.describe("decoder").starts_with(&format!(
+            "tensorrt: decoder: engine reused from {}",
+            dir.display()
+        )));
+        let json = serde_json::to_value(&build).unwrap();
+        assert_eq!(json["cache_hit"], true);
+        assert!(json.get("cache_off").is_none());
+        let off = CachePlan::new(None, SHA, Err(None), Err(None));
+        let build = BuildTimer::start(&off, &m, "vision", &l).finish();
+        assert!(build
+            .describe("vision")
+            .ends_with("not cached (no engine cache folder given)"));
+    }
+
+    #[test]
+    fn tensorrt_versions_decode_both_encodings() {
+        // NvInferRuntimeBase.h: TensorRT 10 (MAJOR*100+MINOR)*100+PATCH, 8 MAJOR*1000+...
+        assert_eq!(decode_trt_version(100900).as_deref(), Some("10.9.0"));
+        assert_eq!(decode_trt_version(101302).as_deref(), Some("10.13.2"));
+        assert_eq!(decode_trt_version(8601).as_deref(), Some("8.6.1"));
+        assert_eq!(decode_trt_version(0), None);
+        assert_eq!(decode_trt_version(-1), None);
+    }
+
+    #[test]
+    fn probes_fail_soft_without_the_libraries() {
+        let err = tensorrt_version_from(Path::new("/nonexistent/libnvinfer.so.10")).unwrap_err();
+        assert!(matches!(err, ProbeError::Load { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/libnvinfer.so.10"));
+        // A library that loads but is not the CUDA runtime: the symbol is named.
+        let err = gpu_identity_from(Path::new("libc.so.6"), Path::new(NVML_LIB), 0).unwrap_err();
+        assert!(
+            matches!(&err, ProbeError::Symbol { symbol, .. } if *symbol == "cudaDeviceGetAttribute"),
+            "{err}"
+        );
+    }
+
+    /// Stand-ins for libnvinfer, libcudart and NVML with the C prototypes of their headers:
+    /// device 1 is an "NVIDIA H100 80GB HBM3" (sm 9.0) at PCI 0000:1C:00.0, any other
+    /// device is cudaErrorInvalidDevice (101), TensorRT reports 10.9.0.
+    const STUB_C: &str = r#"
+#include <stdio.h>
+#include <string.h>
+int getInferLibVersion(void) { return 100900; }
+int cudaDeviceGetAttribute(int *value, int attr, int device) {
+    if (device != 1) return 101;
+    if (attr == 75) { *value = 9; return 0; }
+    if (attr == 76) { *value = 0; return 0; }
+    return 1;
+}
+int cudaDeviceGetPCIBusId(char *bus, int len, int device) {
+    snprintf(bus, (size_t)len, "0000:%02X:00.0", 0x1B + device);
+    return 0;
+}
+const char *cudaGetErrorString(int code) { return code == 101 ? "invalid device ordinal" : "error"; }
+static int live = 0;
+int nvmlInit_v2(void) { live++; return 0; }
+int nvmlShutdown(void) { live--; return 0; }
+int nvmlDeviceGetHandleByPciBusId_v2(const char *bus, void **device) {
+    if (strcmp(bus, "0000:1C:00.0") != 0) return 6;
+    *device = (void *)&live;
+    return 0;
+}
+int nvmlDeviceGetName(void *device, char *name, unsigned int length) {
+    if (device != (void *)&live || live != 1) return 2;
+    snprintf(name, length, "NVIDIA H100 80GB HBM3");
+    return 0;
+}
+const char *nvmlErrorString(int code) { return code == 6 ? "Not Found" : "error"; }
+"#;
+
+    /// Compiles [`STUB_C`] with the system C compiler (the build already needs one for
+    /// mozjpeg-sys) into a shared library in `dir`.
+    fn stub_library(dir: &Path) -> PathBuf {
+        let source = dir.join("stub.c");
+        let lib = dir.join("libstub.so");
+        std::fs::write(&source, STUB_C).unwrap();
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let mut words = cc.split_whitespace();
+        let program = words.next().unwrap_or("cc");
+        let status = std::process::Command::new(program)
+            .args(words)
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(&source)
+            .status()
+            .unwrap_or_else(|e| panic!("this test needs a C compiler (`{cc}`): {e}"));
+        assert!(status.success(), "{cc} failed on the stub library");
+        lib
+    }
+
+    #[test]
+    fn probes_read_version_name_and_compute_capability_through_the_c_api() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stub = stub_library(tmp.path());
+        assert_eq!(tensorrt_version_from(&stub).unwrap(), "10.9.0");
+        assert_eq!(gpu_identity_from(&stub, &stub, 1).unwrap(), h100());
+        let err = gpu_identity_from(&stub, &stub, 0).unwrap_err();
+        assert_eq!(
+            err,
+            ProbeError::Call {
+                function: "cudaDeviceGetAttribute",
+                code: 101,
+                message: "invalid device ordinal".into()
+            }
+        );
+    }
+}
