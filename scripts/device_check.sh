@@ -7,9 +7,11 @@
 # wheel is 256 MB, over one transfer's limit); CUDA 13 + cuDNN 9 libraries (the nvidia-*
 # wheels of a PyTorch cu13x install are found through python3); the Llama-2
 # tokenizer.model at .gpu/tokenizer.model (or TOKENIZER_MODEL) for the 7B shape.
-# Prints: GPU, golden-bundle agreement of CUDA fp32/fp16 runs with the reference answers,
-# then for a random-weight LLaVA-1.5-7B fp16: export time, tokens/s and per-stage seconds
-# per batch size, peak GPU memory; and what TensorRT said.
+# Prints: GPU, golden-bundle agreement of CUDA runs (fp32 and fp16 plain decoder, fp16
+# fused decoder) with the reference answers, then for a random-weight LLaVA-1.5-7B fp16
+# with the plain and the fused decoder: export time, tokens/s, per-stage seconds, step
+# calls and batch occupancy per batch size and batching mode, peak GPU memory; and what
+# TensorRT said.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -57,10 +59,12 @@ summary() { # manifest
   python3 - "$1" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1])); t = m["timings"]
-print(f'  {m["subset"]} batch={m["batch_size"]} samples={m["n_generated"]} new_tokens={t["new_tokens"]} '
+print(f'  {m["subset"]} batch={m["batch_size"]} {m.get("batching", "static")} samples={m["n_generated"]} new_tokens={t["new_tokens"]} '
       f'tok/s={t["tokens_per_s"]:.1f} preprocess={t["preprocess_s"]:.2f}s vision={t["vision_s"]:.2f}s '
       f'prefill={t["prefill_s"]:.2f}s decode={t["decode_s"]:.2f}s total={t["total_s"]:.2f}s '
-      f'load={t["session_load_s"]:.1f}s loop_overhead={t["loop_overhead_pct"]:.2f}% providers={m["execution_providers"]}')
+      f'load={t["session_load_s"]:.1f}s loop_overhead={t["loop_overhead_pct"]:.2f}% '
+      f'steps={t.get("decode_steps")} occupancy={t.get("step_occupancy_pct", 0):.1f}% '
+      f'providers={m["execution_providers"]} tensorrt={m.get("tensorrt")}')
 PY
 }
 agree() { # results dir
@@ -86,15 +90,16 @@ PY
 }
 
 echo "== golden bundle on CUDA (demo model = the dev bundle's checkpoint)"
-for dtype in fp32 fp16; do
+for variant in fp32-plain fp16-plain fp16-fused; do
+  dtype=${variant%-*}; flavour=${variant#*-}
   "$bin" export --checkpoint models/demo-src/llava-v1.5-tiny --vision-tower models/demo-src/clip-vit-tiny-patch14-336 \
-    --out "$work/dev-$dtype" --dtype "$dtype" --force > /dev/null || echo "export $dtype failed"
-  "$bin" run --model "$work/dev-$dtype" --engine dev --subset all --meta data/mini/test.json --images data/mini/test \
-    --out "$work/res-dev-$dtype" --ep cuda --batch-size 8 --fresh > "$work/dev-$dtype.log" 2>&1
-  echo " $dtype (exit $?):"; agree "$work/res-dev-$dtype"; summary "$work/res-dev-$dtype/unsafes/dev.run.json"
+    --out "$work/dev-$variant" --dtype "$dtype" --decoder "$flavour" --force > /dev/null || echo "export $variant failed"
+  "$bin" run --model "$work/dev-$variant" --engine dev --subset all --meta data/mini/test.json --images data/mini/test \
+    --out "$work/res-dev-$variant" --ep cuda --batch-size 8 --fresh > "$work/dev-$variant.log" 2>&1
+  echo " $variant (exit $?):"; agree "$work/res-dev-$variant"; summary "$work/res-dev-$variant/unsafes/dev.run.json"
 done
 echo "== TensorRT provider"
-"$bin" run --model "$work/dev-fp16" --engine dev-trt --subset unsafes --limit 2 --meta data/mini/test.json \
+"$bin" run --model "$work/dev-fp16-plain" --engine dev-trt --subset unsafes --limit 2 --meta data/mini/test.json \
   --images data/mini/test --out "$work/res-trt" --ep tensorrt --fresh 2>&1 | tail -n 2
 
 echo "== random-weight LLaVA-1.5-7B, fp16"
@@ -102,10 +107,12 @@ if [ "$(left)" -lt 150 ]; then echo "  (budget reached: 7B skipped)"; cp "$work"
 tok="${TOKENIZER_MODEL:-$root/.gpu/tokenizer.model}"
 ck="$work/7b-src"; mkdir -p "$ck/llava" "$ck/clip"
 cp models/bench-7b/config.json "$ck/llava/"; cp models/bench-7b/clip/config.json "$ck/clip/"; cp "$tok" "$ck/llava/tokenizer.model"
-t0=$(date +%s)
-timeout "$(( $(left) - 60 ))" "$bin" export --checkpoint "$ck/llava" --vision-tower "$ck/clip" \
-  --out "$work/7b" --dtype fp16 --random-weights --force > /dev/null
-echo "  export took $(( $(date +%s) - t0 )) s; $(du -sh "$work/7b" | cut -f1) on disk"
+for flavour in fused plain; do
+  t0=$(date +%s)
+  timeout "$(( $(left) - 60 ))" "$bin" export --checkpoint "$ck/llava" --vision-tower "$ck/clip" \
+    --out "$work/7b-$flavour" --dtype fp16 --decoder "$flavour" --random-weights --force > /dev/null
+  echo "  export ($flavour decoder) took $(( $(date +%s) - t0 )) s; $(du -sh "$work/7b-$flavour" | cut -f1) on disk"
+done
 # The real test.json with the mini set's photos standing in for every image.
 python3 - "$root/.gpu/test.json" "$root/data/mini/test" "$work/vlguard" <<'PY'
 import json, os, shutil, sys
@@ -116,16 +123,20 @@ for i, e in enumerate(entries):
     if not os.path.exists(p): shutil.copy(imgs[i % len(imgs)], p)
 shutil.copy(meta, os.path.join(dst, "test.json"))
 PY
-for bs in 64 32 8 1; do
-  [ "$(left)" -gt 45 ] || { echo "  (budget reached: batch $bs skipped)"; continue; }
-  limit=$(( bs * 2 )); [ "$bs" = 1 ] && limit=4; [ "$bs" = 64 ] && limit=442
-  log="$work/mem-$bs.log"; pid=$(gpu_mem_log "$log")
-  timeout "$(left)" "$bin" run --model "$work/7b" --engine b$bs --subset unsafes --limit "$limit" \
+# flavour batch batching limit: the fused decoder first (the new path), then the plain
+# decoder at batch 32 as the same-machine baseline.
+for run in "fused 64 continuous 442" "plain 32 static 64" "fused 32 continuous 64" "fused 32 static 64" \
+           "fused 8 continuous 16" "fused 1 static 4" "plain 64 static 128"; do
+  read -r flavour bs batching limit <<<"$run"
+  name="$flavour-b$bs-$batching"
+  [ "$(left)" -gt 45 ] || { echo "  (budget reached: $name skipped)"; continue; }
+  log="$work/mem-$name.log"; pid=$(gpu_mem_log "$log")
+  timeout "$(left)" "$bin" run --model "$work/7b-$flavour" --engine "$name" --subset unsafes --limit "$limit" \
     --meta "$work/vlguard/test.json" --images "$work/vlguard/test" --out "$work/res-7b" --ep cuda \
-    --batch-size "$bs" --fresh > "$work/7b-$bs.log" 2>&1
+    --batch-size "$bs" --batching "$batching" --fresh > "$work/7b-$name.log" 2>&1
   rc=$?; kill "$pid" 2>/dev/null
-  echo " batch $bs (exit $rc, peak GPU memory $(peak "$log") MiB):"
-  [ -f "$work/res-7b/unsafes/b$bs.run.json" ] && summary "$work/res-7b/unsafes/b$bs.run.json" || tail -n 3 "$work/7b-$bs.log"
+  echo " $name (exit $rc, peak GPU memory $(peak "$log") MiB):"
+  [ -f "$work/res-7b/unsafes/$name.run.json" ] && summary "$work/res-7b/unsafes/$name.run.json" || tail -n 3 "$work/7b-$name.log"
 done
 cp "$work"/*.log "$out"/ 2>/dev/null
 echo "== done in $(( $(date +%s) - start )) s"

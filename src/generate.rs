@@ -493,15 +493,16 @@ fn join_slots<B: Backend + ?Sized, K, E: From<Error>>(
     let mut keys = Vec::new();
     let mut prompts = Vec::new();
     let mut padded = None;
+    let hidden = backend.hidden_size();
     for q in queued.into_iter().take(free.len()) {
-        // Each prompt alone first, so that one bad prompt fails alone.
-        match splice_and_pad(backend, std::slice::from_ref(&q.prompt), config) {
+        // Each prompt checked alone first, so that one bad prompt fails alone.
+        match check_prompt(0, &q.prompt, config, hidden) {
             Err(error) => sink(q.key, Err(error.to_string()))?,
-            Ok(one) if one.max_len + config.max_new_tokens > plan.capacity => sink(
+            Ok(positions) if positions + config.max_new_tokens > plan.capacity => sink(
                 q.key,
                 Err(format!(
-                    "the prompt has {} positions: with {} new tokens it exceeds the cache capacity {}",
-                    one.max_len, config.max_new_tokens, plan.capacity
+                    "the prompt has {positions} positions: with {} new tokens it exceeds the cache capacity {}",
+                    config.max_new_tokens, plan.capacity
                 )),
             )?,
             Ok(_) => {
@@ -587,6 +588,36 @@ struct Padded {
     max_len: usize,
 }
 
+/// Checks that a prompt has one image slot and whole image rows; returns its positions
+/// once spliced.
+fn check_prompt(
+    index: usize,
+    prompt: &Prompt,
+    config: &GenerateConfig,
+    hidden: usize,
+) -> Result<usize, Error> {
+    let found = prompt
+        .ids
+        .iter()
+        .filter(|&&id| id == config.image_token_id)
+        .count();
+    if found != 1 {
+        return Err(Error::ImageSlots {
+            index,
+            found,
+            image_token_id: config.image_token_id,
+        });
+    }
+    if prompt.image_embeds.is_empty() || prompt.image_embeds.len() % hidden != 0 {
+        return Err(Error::ImageShape {
+            index,
+            found: prompt.image_embeds.len(),
+            hidden,
+        });
+    }
+    Ok(prompt.ids.len() - 1 + prompt.image_embeds.len() / hidden)
+}
+
 fn splice_and_pad<B: Backend + ?Sized>(
     backend: &mut B,
     prompts: &[Prompt],
@@ -596,24 +627,12 @@ fn splice_and_pad<B: Backend + ?Sized>(
     let batch = prompts.len();
     let mut sequences: Vec<Vec<f32>> = Vec::with_capacity(batch);
     for (index, prompt) in prompts.iter().enumerate() {
-        let slots: Vec<usize> = (0..prompt.ids.len())
-            .filter(|&i| prompt.ids[i] == config.image_token_id)
-            .collect();
-        if slots.len() != 1 {
-            return Err(Error::ImageSlots {
-                index,
-                found: slots.len(),
-                image_token_id: config.image_token_id,
-            });
-        }
-        if prompt.image_embeds.is_empty() || prompt.image_embeds.len() % hidden != 0 {
-            return Err(Error::ImageShape {
-                index,
-                found: prompt.image_embeds.len(),
-                hidden,
-            });
-        }
-        let slot = slots[0];
+        check_prompt(index, prompt, config, hidden)?;
+        let slot = prompt
+            .ids
+            .iter()
+            .position(|&id| id == config.image_token_id)
+            .unwrap_or(0);
         let text: Vec<i64> = prompt
             .ids
             .iter()
