@@ -209,6 +209,17 @@ impl OrtEngine {
         let embed = load("embed", &manifest.graphs.embed)?;
         let decoder = load("decoder", &manifest.graphs.decoder)?;
         let on_device = providers.get("decoder").is_some_and(|p| p != CPU_EP);
+        if on_device
+            && manifest.decoder.flavour == Flavour::Fused
+            && manifest.dtype == vlguard_export::manifest::Dtype::Fp32
+        {
+            // ONNX Runtime 1.31's CUDA GroupQueryAttention has fp16/bf16 kernels only.
+            eprintln!(
+                "warning: the fused fp32 decoder's attention has no CUDA kernel: ONNX Runtime \
+                 runs it on the CPU and copies the cache across every step; export with \
+                 --dtype fp16 (or --decoder plain) for the GPU"
+            );
+        }
         let device = if on_device {
             Some(
                 DeviceMemory::cuda(options.device_id).map_err(|message| Error::Session {
