@@ -25,6 +25,9 @@ pub(super) struct FixedCache {
     buffers: Vec<DynTensor>,
     pub rows: usize,
     pub capacity: usize,
+    /// The IO binding of this cache's calls, made at the first call: the buffers and the
+    /// logits stay bound, each call rebinds only its three small inputs.
+    binding: Option<ort::session::IoBinding>,
 }
 
 impl FixedCache {
@@ -45,6 +48,7 @@ impl FixedCache {
             buffers,
             rows,
             capacity,
+            binding: None,
         })
     }
 
@@ -72,6 +76,7 @@ impl FixedCache {
             buffers: kept,
             rows: rows.len(),
             capacity: self.capacity,
+            binding: None,
         })
     }
 
@@ -163,32 +168,53 @@ pub(super) fn run(
     let total_len = lengths.iter().copied().max().unwrap_or(1).max(1) as i32;
     let embeds = super::float_tensor(embeds, vec![rows, new_len, hidden], ty)?;
     let seqlens = Tensor::from_array((vec![rows], seqlens))
-        .map_err(|e| BackendError(format!("seqlens_k: {e}")))?;
+        .map_err(|e| BackendError(format!("seqlens_k: {e}")))?
+        .into_dyn();
     let total_len = Tensor::from_array((Vec::<usize>::new(), vec![total_len]))
-        .map_err(|e| BackendError(format!("total_sequence_length: {e}")))?;
-    let host = super::DeviceMemory::host().map_err(BackendError)?;
-    let mut bind = || -> ort::Result<ort::session::IoBinding> {
-        let mut binding = session.create_binding()?;
-        binding.bind_input(names.inputs[0].as_str(), &embeds)?;
-        binding.bind_input(names.inputs[1].as_str(), &seqlens)?;
-        binding.bind_input(names.inputs[2].as_str(), &total_len)?;
-        for (name, value) in names.inputs[3..].iter().zip(&cache.buffers) {
-            binding.bind_input(name.as_str(), value)?;
-        }
-        binding.bind_output_to_device(names.outputs[0].as_str(), &host)?;
-        for (name, value) in names.outputs[1..].iter().zip(cache.buffers.iter_mut()) {
-            binding.bind_output(name.as_str(), value)?;
-        }
-        Ok(binding)
-    };
-    let binding = bind().map_err(|e| BackendError(format!("decoder IO binding: {e}")))?;
+        .map_err(|e| BackendError(format!("total_sequence_length: {e}")))?
+        .into_dyn();
+    let binding = bind(session, names, cache, [&embeds, &seqlens, &total_len])
+        .map_err(|e| BackendError(format!("decoder IO binding: {e}")))?;
     let t = Instant::now();
     let mut out = session
-        .run_binding(&binding)
+        .run_binding(binding)
         .map_err(|e| BackendError(format!("decoder graph: {e}")))?;
     let seconds = t.elapsed().as_secs_f64();
     let logits = super::take(&mut out, &names.outputs[0], "decoder")?;
     Ok((super::to_f32(&logits, "logits")?, seconds))
+}
+
+/// The cache's binding (made at its first call: buffers as past and present, logits to
+/// the host) with this call's `inputs_embeds`, `seqlens_k`, `total_sequence_length`.
+fn bind<'c>(
+    session: &Session,
+    names: &GraphSpec,
+    cache: &'c mut FixedCache,
+    inputs: [&ort::value::DynValue; 3],
+) -> Result<&'c ort::session::IoBinding, String> {
+    let failed = |e: ort::Error| e.to_string();
+    let FixedCache {
+        buffers, binding, ..
+    } = cache;
+    if binding.is_none() {
+        let host = super::DeviceMemory::host()?;
+        let mut fresh = session.create_binding().map_err(failed)?;
+        for (name, value) in names.inputs[3..].iter().zip(buffers.iter()) {
+            fresh.bind_input(name.as_str(), value).map_err(failed)?;
+        }
+        fresh
+            .bind_output_to_device(names.outputs[0].as_str(), &host)
+            .map_err(failed)?;
+        for (name, value) in names.outputs[1..].iter().zip(buffers.iter_mut()) {
+            fresh.bind_output(name.as_str(), value).map_err(failed)?;
+        }
+        *binding = Some(fresh);
+    }
+    let bound = binding.as_mut().ok_or("no binding")?;
+    for (name, value) in names.inputs[..3].iter().zip(inputs) {
+        bound.bind_input(name.as_str(), value).map_err(failed)?;
+    }
+    Ok(bound)
 }
 
 /// An uninitialised tensor of the graph's float type from `allocator` (ORT-owned memory,

@@ -511,7 +511,8 @@ impl Backend for OrtEngine {
     }
 
     /// The prompts run on a cache of their own, then their rows are copied into the
-    /// slots (one contiguous copy per layer buffer and row, on the cache's device).
+    /// slots (one contiguous copy per layer buffer and row, on the cache's device);
+    /// prompts for all the slots run on the slot cache itself.
     fn prefill_slots(
         &mut self,
         slots: &[usize],
@@ -519,13 +520,18 @@ impl Backend for OrtEngine {
         attention_mask: &[i64],
         new_len: usize,
     ) -> Result<Vec<f32>, BackendError> {
-        let capacity = match &self.fixed {
-            Some(fixed) => fixed.capacity,
+        let (capacity, rows) = match &self.fixed {
+            Some(fixed) => (fixed.capacity, fixed.rows),
             None => return Err(BackendError("prefill_slots before open_slots".into())),
         };
         let hidden = self.manifest.decoder.hidden_size;
         let k = slots.len();
         let (packed, lengths) = fused::right_pad(embeds, attention_mask, k, new_len, hidden);
+        if slots.iter().copied().eq(0..rows) {
+            // Every slot at once (the first fill, or all rows ended together): straight
+            // into the cache.
+            return self.run_fused(None, &packed, &lengths, new_len);
+        }
         let mut joining = fused::FixedCache::alloc(
             &self.cache_allocator,
             &self.manifest.decoder,
