@@ -9,14 +9,13 @@
 //! and a row (a slot) can be refilled with a new prompt while the others go on
 //! ([`FixedCache::copy_rows_from`]).
 
+use std::ffi::{c_int, c_void};
 use std::time::Instant;
 
 use half::f16;
 use ort::memory::{AllocationDevice, Allocator};
 use ort::session::Session;
-use ort::value::{
-    DynTensor, PrimitiveTensorElementType, Shape, Tensor, TensorElementType, TensorRefMut,
-};
+use ort::value::{DynTensor, Tensor, TensorElementType};
 use vlguard_export::manifest::{DecoderSpec, GraphSpec};
 
 use crate::generate::BackendError;
@@ -69,7 +68,7 @@ impl FixedCache {
                 .enumerate()
                 .map(|(i, r)| (r, i))
                 .collect();
-            copy_rows(src, &mut dst, self.rows, &pairs)?;
+            copy_rows(src, &mut dst, self.rows, &pairs, None)?;
             kept.push(dst);
         }
         Ok(FixedCache {
@@ -80,12 +79,13 @@ impl FixedCache {
         })
     }
 
-    /// Copies row `from` of `src` into row `to` of this cache, for each `(from, to)`, on
-    /// whichever device the buffers live (the capacities must match).
+    /// Copies row `from` of `src` into row `to` of this cache, for each `(from, to)` (the
+    /// capacities must match): slices on the host, `device` copies on a GPU.
     pub fn copy_rows_from(
         &mut self,
         src: &FixedCache,
         pairs: &[(usize, usize)],
+        device: Option<&DeviceCopy>,
     ) -> Result<(), BackendError> {
         if src.capacity != self.capacity || src.buffers.len() != self.buffers.len() {
             return Err(BackendError(format!(
@@ -94,7 +94,10 @@ impl FixedCache {
             )));
         }
         for (s, d) in src.buffers.iter().zip(self.buffers.iter_mut()) {
-            copy_rows(s, d, src.rows, pairs)?;
+            copy_rows(s, d, src.rows, pairs, device)?;
+        }
+        if let Some(device) = device {
+            device.finish()?;
         }
         Ok(())
     }
@@ -234,12 +237,13 @@ fn alloc_tensor(
 }
 
 /// Row copies between two `[rows, ...]` buffers of the same row size: slices on the
-/// host, ONNX Runtime copies of raw row views on a device.
+/// host, `cudaMemcpy` between the rows' device addresses on a GPU.
 fn copy_rows(
     src: &DynTensor,
     dst: &mut DynTensor,
     src_rows: usize,
     pairs: &[(usize, usize)],
+    device: Option<&DeviceCopy>,
 ) -> Result<(), BackendError> {
     let failed = |e: ort::Error| BackendError(format!("cannot copy cache rows: {e}"));
     let per_row = src.shape().num_elements() / src_rows.max(1);
@@ -255,10 +259,23 @@ fn copy_rows(
         }
         return Ok(());
     }
-    match *src.data_type() {
-        TensorElementType::Float16 => device_rows::<f16>(src, dst, per_row, pairs).map_err(failed),
-        _ => device_rows::<f32>(src, dst, per_row, pairs).map_err(failed),
+    let device = device.ok_or_else(|| {
+        BackendError("cache rows on a device but no CUDA runtime to copy them".into())
+    })?;
+    let bytes = per_row
+        * match *src.data_type() {
+            TensorElementType::Float16 => 2,
+            _ => 4,
+        };
+    let src_base = src.data_ptr().cast::<u8>();
+    let dst_base = dst.data_ptr_mut().cast::<u8>();
+    for &(from, to) in pairs {
+        // SAFETY: both rows lie inside their buffers (row index < rows, `bytes` each) and
+        // the buffers are different allocations, so the ranges do not overlap.
+        let (s, d) = unsafe { (src_base.add(from * bytes), dst_base.add(to * bytes)) };
+        device.copy(d.cast(), s.cast(), bytes)?;
     }
+    Ok(())
 }
 
 fn slice_rows<T: Copy>(src: &[T], dst: &mut [T], per_row: usize, pairs: &[(usize, usize)]) {
@@ -268,38 +285,103 @@ fn slice_rows<T: Copy>(src: &[T], dst: &mut [T], per_row: usize, pairs: &[(usize
     }
 }
 
-/// Device rows: a row of a `[rows, ...]` buffer is contiguous, so each copy is one ONNX
-/// Runtime tensor copy between two raw views of `per_row` elements.
-fn device_rows<T>(
-    src: &DynTensor,
-    dst: &mut DynTensor,
-    per_row: usize,
-    pairs: &[(usize, usize)],
-) -> ort::Result<()>
-where
-    T: PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
-{
-    let info = src.memory_info().clone();
-    let src_base = src.data_ptr().cast::<T>();
-    let dst_base = dst.data_ptr_mut().cast::<T>();
-    for &(from, to) in pairs {
-        // SAFETY: both pointers stay inside their buffers (row < rows, per_row elements
-        // each), the buffers outlive the views, and source and target rows never overlap
-        // (different buffers).
-        unsafe {
-            let shape = Shape::new([per_row as i64]);
-            let s = TensorRefMut::<T>::from_raw(
-                info.clone(),
-                src_base.add(from * per_row).cast_mut().cast(),
-                shape.clone(),
-            )?;
-            let d = TensorRefMut::<T>::from_raw(
-                info.clone(),
-                dst_base.add(to * per_row).cast(),
-                shape,
-            )?;
-            s.copy_into(d)?;
+/// Device-to-device copies through the CUDA runtime ONNX Runtime's CUDA provider loads
+/// (`libcudart.so.13`): `cudaMemcpy` on the legacy stream, then `cudaDeviceSynchronize`,
+/// so a copy is complete before the next session run starts on ONNX Runtime's stream
+/// (a run has synchronised its own stream when it returns: its logits are on the host).
+pub(super) struct DeviceCopy {
+    set_device: unsafe extern "C" fn(c_int) -> c_int,
+    memcpy: unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int,
+    synchronize: unsafe extern "C" fn() -> c_int,
+    device_id: c_int,
+    /// Never unloaded: CUDA libraries must not be closed while the process uses CUDA.
+    _lib: std::mem::ManuallyDrop<libloading::Library>,
+}
+
+/// cudaMemcpyKind::cudaMemcpyDeviceToDevice (driver_types.h).
+const CUDA_MEMCPY_DEVICE_TO_DEVICE: c_int = 3;
+
+impl DeviceCopy {
+    pub fn load(cudart: &std::path::Path, device_id: i32) -> Result<DeviceCopy, String> {
+        // SAFETY: loading the CUDA runtime runs its initialisers only; ONNX Runtime's CUDA
+        // provider has loaded the same library already.
+        let lib = unsafe { libloading::Library::new(cudart) }
+            .map_err(|e| format!("cannot load {}: {e}", cudart.display()))?;
+        // SAFETY: each symbol is read with its C prototype from cuda_runtime_api.h.
+        let (set_device, memcpy, synchronize) = unsafe {
+            let sym = |name: &str| format!("{} has no {name}", cudart.display());
+            (
+                *lib.get::<unsafe extern "C" fn(c_int) -> c_int>(b"cudaSetDevice")
+                    .map_err(|_| sym("cudaSetDevice"))?,
+                *lib.get::<unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int>(
+                    b"cudaMemcpy",
+                )
+                .map_err(|_| sym("cudaMemcpy"))?,
+                *lib.get::<unsafe extern "C" fn() -> c_int>(b"cudaDeviceSynchronize")
+                    .map_err(|_| sym("cudaDeviceSynchronize"))?,
+            )
+        };
+        Ok(DeviceCopy {
+            set_device,
+            memcpy,
+            synchronize,
+            device_id,
+            _lib: std::mem::ManuallyDrop::new(lib),
+        })
+    }
+
+    fn check(what: &str, code: c_int) -> Result<(), BackendError> {
+        match code {
+            0 => Ok(()),
+            code => Err(BackendError(format!(
+                "{what} failed with CUDA error {code}"
+            ))),
         }
     }
-    Ok(())
+
+    fn copy(&self, dst: *mut c_void, src: *const c_void, bytes: usize) -> Result<(), BackendError> {
+        // SAFETY: the caller passes device addresses of `bytes` valid bytes each.
+        unsafe {
+            Self::check("cudaSetDevice", (self.set_device)(self.device_id))?;
+            Self::check(
+                "cudaMemcpy",
+                (self.memcpy)(dst, src, bytes, CUDA_MEMCPY_DEVICE_TO_DEVICE),
+            )
+        }
+    }
+
+    fn finish(&self) -> Result<(), BackendError> {
+        // SAFETY: no arguments; waits for the device's pending work.
+        Self::check("cudaDeviceSynchronize", unsafe { (self.synchronize)() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn right_pad_moves_each_rows_tokens_to_the_front() {
+        // Two rows of hidden size 1, left-padded to 3: [pad, a, b] and [c, d, e].
+        let embeds = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0];
+        let mask = [0, 1, 1, 1, 1, 1];
+        let (packed, lengths) = right_pad(&embeds, &mask, 2, 3, 1);
+        assert_eq!(packed, vec![1.0, 2.0, 0.0, 3.0, 4.0, 5.0]);
+        assert_eq!(lengths, vec![2, 3]);
+        // A step: the mask covers past + 1, the embeddings only the new position.
+        let (packed, lengths) = right_pad(&[7.0, 8.0], &[0, 1, 1, 1, 1, 1, 1, 1], 2, 1, 1);
+        assert_eq!(packed, vec![7.0, 8.0]);
+        assert_eq!(lengths, vec![3, 4]);
+    }
+
+    #[test]
+    fn device_copy_without_a_cuda_runtime_says_what_is_missing() {
+        let missing = DeviceCopy::load(std::path::Path::new("/nonexistent/libcudart.so.13"), 0);
+        let err = missing.err().expect("no such library");
+        assert!(err.contains("/nonexistent/libcudart.so.13"), "{err}");
+        // A library without the CUDA symbols.
+        let libc = DeviceCopy::load(std::path::Path::new("libc.so.6"), 0);
+        let err = libc.err().expect("libc has no cudaSetDevice");
+        assert!(err.contains("cudaSetDevice"), "{err}");
+    }
 }

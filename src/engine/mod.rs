@@ -109,6 +109,8 @@ pub struct OrtEngine {
     reserve: usize,
     /// Where the fused flavour allocates its cache: the decoder's device.
     cache_allocator: ort::memory::Allocator,
+    /// Row copies between device caches (continuous batching on a GPU).
+    device_copy: Option<fused::DeviceCopy>,
     /// Graph name -> its TensorRT session creation (engine built or reused, seconds);
     /// only graphs that run on TensorRT.
     pub trt: BTreeMap<String, trt::TrtBuild>,
@@ -247,8 +249,26 @@ impl OrtEngine {
             }
             _ => ort::memory::Allocator::default(),
         };
+        let device_copy = match &device {
+            Some(_) if manifest.decoder.flavour == Flavour::Fused => {
+                let cudart = ort_lib::cuda_lib_dirs(lib)
+                    .0
+                    .map(|dir| dir.join(trt::CUDART_LIB))
+                    .filter(|p| p.is_file())
+                    .unwrap_or_else(|| PathBuf::from(trt::CUDART_LIB));
+                match fused::DeviceCopy::load(&cudart, options.device_id) {
+                    Ok(copy) => Some(copy),
+                    Err(reason) => {
+                        eprintln!("warning: continuous batching is off on the GPU: {reason}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Ok(OrtEngine {
             device,
+            device_copy,
             fixed: None,
             reserve: 0,
             cache_allocator,
@@ -491,6 +511,7 @@ impl Backend for OrtEngine {
 
     fn has_slots(&self) -> bool {
         self.manifest.decoder.flavour == Flavour::Fused
+            && (self.device.is_none() || self.device_copy.is_some())
     }
 
     fn open_slots(&mut self, slots: usize, capacity: usize) -> Result<(), BackendError> {
@@ -542,7 +563,7 @@ impl Backend for OrtEngine {
         let logits = self.run_fused(Some(&mut joining), &packed, &lengths, new_len)?;
         let pairs: Vec<(usize, usize)> = slots.iter().copied().enumerate().collect();
         if let Some(fixed) = self.fixed.as_mut() {
-            fixed.copy_rows_from(&joining, &pairs)?;
+            fixed.copy_rows_from(&joining, &pairs, self.device_copy.as_ref())?;
         }
         Ok(logits)
     }
