@@ -4,8 +4,9 @@
 //! journal (same configuration fingerprint), writes `OUT/{subset}/{engine}.json` exactly
 //! as VLGuard_eval.py does, the run manifest beside it, and prints the reference's ASR
 //! line (unsafes, safe_unsafes) with k/n. With batches, prompts run sorted by length
-//! (less padding). Preprocessing runs on rayon threads one batch ahead of the engine
-//! through a bounded channel. A bad sample (unreadable image) is
+//! (less padding). Three stages overlap through channels of one batch: preprocessing on
+//! rayon threads, the vision tower + projector on a thread of its own, and the decoder
+//! (static batches, or continuous batching with a fused model). A bad sample (unreadable image) is
 //! journaled with its error, reported, left out of the answers file, and makes the exit
 //! code 1; the rest of the run completes.
 
@@ -19,10 +20,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::dataset::{Dataset, Sample, Subset};
-use crate::engine::{EngineOptions, EpChoice, OrtEngine};
+use crate::engine::{EngineOptions, EpChoice, ImageEncoder, OrtEngine};
 use crate::generate::{
-    generate_batch, generate_continuous, Backend, GenerateConfig, Generation, Prompt, Queued,
-    SlotPlan, Timings,
+    generate_batch, generate_continuous, Backend, BackendError, GenerateConfig, Generation, Prompt,
+    Queued, SlotPlan, Timings,
 };
 use crate::prompt::PromptTokenizer;
 use crate::results::{Fingerprint, Journal, JournalEntry, Paths};
@@ -304,10 +305,12 @@ pub struct AsrSummary {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StageTimings {
     pub session_load_s: f64,
-    /// Wall time the engine waited on preprocessing (it runs one batch ahead).
+    /// Wall time the decoder waited for images: preprocessing (rayon threads) and the
+    /// vision tower (its own thread) both run a batch ahead of it.
     pub preprocess_wait_s: f64,
     /// Total preprocessing work on the rayon threads.
     pub preprocess_s: f64,
+    /// Vision tower + projector time on the vision thread (beside the decoder).
     pub vision_s: f64,
     pub embed_s: f64,
     pub prefill_s: f64,
@@ -490,6 +493,11 @@ fn run_subset(
         config.images.clone(),
         engine.manifest.preprocess.clone(),
     );
+    let images = engine.lend_images().ok_or_else(|| {
+        Error::Generate(BackendError("the image encoder is already lent out".into()).into())
+    })?;
+    let images_ort_before = images.ort_seconds;
+    let (rx, vision) = spawn_vision(rx, images);
     let mut tokens_done = 0usize;
     let decode_clock = Instant::now();
     let mut on_token = |n: usize| {
@@ -497,7 +505,7 @@ fn run_subset(
         let secs = decode_clock.elapsed().as_secs_f64().max(1e-9);
         progress.set_message(format!("{:.1} tok/s", tokens_done as f64 / secs));
     };
-    let gen_timings = match batching {
+    let generated = match batching {
         Batching::Continuous => {
             let image_tokens = engine.manifest.vision.num_tokens;
             let longest = pending
@@ -516,7 +524,7 @@ fn run_subset(
                 recorder: &mut recorder,
                 stage: &mut stage,
             };
-            stream.run(engine, plan, &generate_config, &mut on_token)?
+            stream.run(engine, plan, &generate_config, &mut on_token)
         }
         _ => run_static(
             engine,
@@ -526,9 +534,16 @@ fn run_subset(
             &generate_config,
             &mut stage,
             &mut on_token,
-        )?,
+        ),
     };
+    // The receivers are gone: the vision thread stops and gives the encoder back.
+    let images = vision
+        .join()
+        .map_err(|_| Error::Generate(BackendError("the vision thread panicked".into()).into()))?;
+    let vision_ort_s = images.ort_seconds - images_ort_before;
+    engine.restore_images(images);
     let _ = producer.join();
+    let gen_timings = generated?;
     progress.finish_and_clear();
     let Recorder {
         entries,
@@ -567,7 +582,7 @@ fn run_subset(
     } else {
         0.0
     };
-    stage.ort_s = engine.ort_seconds - ort_before;
+    stage.ort_s = engine.ort_seconds - ort_before + vision_ort_s;
     // The decoding loop's own cost: generation wall time (splicing, prefill, steps) not
     // spent inside ONNX Runtime session runs, as a share of that wall time.
     let own_s = gen_timings.loop_s - gen_timings.backend_s;
@@ -718,23 +733,124 @@ fn spawn_preprocessing(
     (rx, producer)
 }
 
-/// Records the samples whose image failed to load; returns the others with their pixels.
-fn usable(prepared: Prepared, recorder: &mut Recorder) -> Result<Vec<(Sample, Vec<f32>)>, Error> {
-    let mut good = Vec::new();
-    for (sample, pixels) in prepared.samples.into_iter().zip(prepared.pixels) {
-        match pixels {
-            Ok(p) => good.push((sample, p)),
-            Err(error) => recorder.error(&sample.image, error)?,
-        }
-    }
-    Ok(good)
+/// A preprocessed batch after the vision tower: the samples whose image loaded with their
+/// projected image embeddings (or the batch's vision error), and the samples whose image
+/// did not load.
+struct Encoded {
+    good: Vec<Sample>,
+    embeds: Result<Vec<f32>, String>,
+    failed: Vec<(Sample, String)>,
+    preprocess_s: f64,
+    vision_s: f64,
 }
 
-/// Static batches: each preprocessed batch is answered whole, then the next.
+impl Encoded {
+    /// Records the failed samples and the batch's timings; returns the others with their
+    /// embeddings (none when the vision tower failed: then they are recorded too).
+    fn take(
+        self,
+        recorder: &mut Recorder,
+        stage: &mut StageTimings,
+    ) -> Result<(Vec<Sample>, Vec<f32>), Error> {
+        stage.preprocess_s += self.preprocess_s;
+        stage.vision_s += self.vision_s;
+        for (sample, error) in self.failed {
+            recorder.error(&sample.image, error)?;
+        }
+        match self.embeds {
+            Ok(embeds) => Ok((self.good, embeds)),
+            Err(error) => {
+                for sample in &self.good {
+                    recorder.error(&sample.image, error.clone())?;
+                }
+                Ok((Vec::new(), Vec::new()))
+            }
+        }
+    }
+}
+
+/// The vision thread: runs the vision tower and projector on each preprocessed batch
+/// while the decoder works on earlier ones (one batch ahead, through a channel of one);
+/// returns the encoder when the stream ends or the receiver goes away.
+fn spawn_vision(
+    rx: mpsc::Receiver<Prepared>,
+    mut images: ImageEncoder,
+) -> (
+    mpsc::Receiver<Encoded>,
+    std::thread::JoinHandle<ImageEncoder>,
+) {
+    let (tx, out) = mpsc::sync_channel::<Encoded>(1);
+    let handle = std::thread::spawn(move || {
+        for prepared in rx {
+            let mut good = Vec::new();
+            let mut pixels = Vec::new();
+            let mut failed = Vec::new();
+            for (sample, p) in prepared.samples.into_iter().zip(prepared.pixels) {
+                match p {
+                    Ok(p) => {
+                        pixels.extend_from_slice(&p);
+                        good.push(sample);
+                    }
+                    Err(error) => failed.push((sample, error)),
+                }
+            }
+            let t = Instant::now();
+            let embeds = if good.is_empty() {
+                Ok(Vec::new())
+            } else {
+                images
+                    .encode(&pixels, good.len())
+                    .map_err(|e| e.to_string())
+            };
+            let encoded = Encoded {
+                good,
+                embeds,
+                failed,
+                preprocess_s: prepared.seconds,
+                vision_s: t.elapsed().as_secs_f64(),
+            };
+            if tx.send(encoded).is_err() {
+                break;
+            }
+        }
+        images
+    });
+    (out, handle)
+}
+
+/// The prompts of `samples` with their slices of `embeds`; a question that does not
+/// tokenize is recorded and left out.
+fn prompts_for(
+    samples: Vec<Sample>,
+    embeds: &[f32],
+    tokenizer: &PromptTokenizer,
+    recorder: &mut Recorder,
+) -> Result<Vec<Queued<Sample>>, Error> {
+    let per_image = embeds.len() / samples.len().max(1);
+    let mut prompts = Vec::with_capacity(samples.len());
+    for (i, sample) in samples.into_iter().enumerate() {
+        match tokenizer.input_ids(&sample.question) {
+            Ok(ids) => prompts.push(Queued {
+                prompt: Prompt {
+                    ids,
+                    image_embeds: embeds[i * per_image..(i + 1) * per_image].to_vec(),
+                },
+                key: sample,
+            }),
+            Err(e) => recorder.error(
+                &sample.image,
+                format!("tokenizing the question of {}: {e}", sample.image),
+            )?,
+        }
+    }
+    Ok(prompts)
+}
+
+/// Static batches: each encoded batch is answered whole, then the next.
 fn run_static(
     engine: &mut OrtEngine,
     tokenizer: &PromptTokenizer,
-    rx: mpsc::Receiver<Prepared>,
+    rx: mpsc::Receiver<Encoded>,
     recorder: &mut Recorder,
     config: &GenerateConfig,
     stage: &mut StageTimings,
@@ -743,23 +859,35 @@ fn run_static(
     let mut gen_timings = Timings::default();
     loop {
         let wait = Instant::now();
-        let Ok(prepared) = rx.recv() else { break };
+        let Ok(encoded) = rx.recv() else { break };
         stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
-        stage.preprocess_s += prepared.seconds;
-        let good = usable(prepared, recorder)?;
-        if good.is_empty() {
+        let (samples, embeds) = encoded.take(recorder, stage)?;
+        let batch = prompts_for(samples, &embeds, tokenizer, recorder)?;
+        if batch.is_empty() {
             continue;
         }
-        match answer_batch(engine, tokenizer, &good, config, stage, on_token) {
-            Ok((answers, timings)) => {
+        let prompts: Vec<Prompt> = batch.iter().map(|q| q.prompt.clone()).collect();
+        let ort_before = engine.ort_seconds;
+        match generate_batch(engine, &prompts, config, on_token) {
+            Ok((generations, mut timings)) => {
+                // `backend_s` from here on: time inside ONNX Runtime session runs only,
+                // so that loop_s - backend_s is what our own code spent around them.
+                timings.backend_s = engine.ort_seconds - ort_before;
                 gen_timings.add(&timings);
-                for entry in answers {
+                let t = Instant::now();
+                let entries: Vec<JournalEntry> = batch
+                    .iter()
+                    .zip(generations)
+                    .map(|(q, generation)| journal_entry(&q.key, tokenizer, generation))
+                    .collect();
+                stage.detokenize_s += t.elapsed().as_secs_f64();
+                for entry in entries {
                     recorder.answer(entry)?;
                 }
             }
             Err(error) => {
-                for (sample, _) in &good {
-                    recorder.error(&sample.image, error.clone())?;
+                for q in &batch {
+                    recorder.error(&q.key.image, error.to_string())?;
                 }
             }
         }
@@ -772,7 +900,7 @@ fn run_static(
 /// the slots that will take them; every answer is journaled the moment its row ends.
 struct Stream<'a> {
     tokenizer: &'a PromptTokenizer,
-    rx: mpsc::Receiver<Prepared>,
+    rx: mpsc::Receiver<Encoded>,
     recorder: &'a mut Recorder,
     stage: &'a mut StageTimings,
 }
@@ -795,62 +923,25 @@ impl Stream<'_> {
         let stage = RefCell::new(stage);
         // Time spent in the two callbacks (vision, journal writes): not the loop's own.
         let callbacks_s = Cell::new(0.0);
-        let vision_ort_s = Cell::new(0.0);
         let mut queue: VecDeque<Queued<Sample>> = VecDeque::new();
-        let mut source = |engine: &mut OrtEngine,
-                          n: usize|
-         -> Result<Option<Vec<Queued<Sample>>>, Error> {
-            let t = Instant::now();
-            while queue.len() < n {
-                let wait = Instant::now();
-                let Ok(prepared) = rx.recv() else { break };
-                let mut stage = stage.borrow_mut();
-                stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
-                stage.preprocess_s += prepared.seconds;
-                let good = usable(prepared, &mut recorder.borrow_mut())?;
-                if good.is_empty() {
-                    continue;
+        let mut source =
+            |_: &mut OrtEngine, n: usize| -> Result<Option<Vec<Queued<Sample>>>, Error> {
+                let t = Instant::now();
+                while queue.len() < n {
+                    let wait = Instant::now();
+                    let Ok(encoded) = rx.recv() else { break };
+                    let mut stage = stage.borrow_mut();
+                    stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
+                    let mut recorder = recorder.borrow_mut();
+                    let (samples, embeds) = encoded.take(&mut recorder, &mut stage)?;
+                    queue.extend(prompts_for(samples, &embeds, tokenizer, &mut recorder)?);
                 }
-                let pixels: Vec<f32> = good.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-                let (ort0, tv) = (engine.ort_seconds, Instant::now());
-                let encoded = engine.encode_images(&pixels, good.len());
-                stage.vision_s += tv.elapsed().as_secs_f64();
-                vision_ort_s.set(vision_ort_s.get() + engine.ort_seconds - ort0);
-                let image_embeds = match encoded {
-                    Ok(e) => e,
-                    Err(error) => {
-                        for (sample, _) in &good {
-                            recorder
-                                .borrow_mut()
-                                .error(&sample.image, error.to_string())?;
-                        }
-                        continue;
-                    }
-                };
-                let per_image = image_embeds.len() / good.len();
-                for (i, (sample, _)) in good.into_iter().enumerate() {
-                    match tokenizer.input_ids(&sample.question) {
-                        Ok(ids) => queue.push_back(Queued {
-                            prompt: Prompt {
-                                ids,
-                                image_embeds: image_embeds[i * per_image..(i + 1) * per_image]
-                                    .to_vec(),
-                            },
-                            key: sample,
-                        }),
-                        Err(e) => recorder.borrow_mut().error(
-                            &sample.image,
-                            format!("tokenizing the question of {}: {e}", sample.image),
-                        )?,
-                    }
+                callbacks_s.set(callbacks_s.get() + t.elapsed().as_secs_f64());
+                if queue.is_empty() {
+                    return Ok(None);
                 }
-            }
-            callbacks_s.set(callbacks_s.get() + t.elapsed().as_secs_f64());
-            if queue.is_empty() {
-                return Ok(None);
-            }
-            Ok(Some(queue.drain(..n.min(queue.len())).collect()))
-        };
+                Ok(Some(queue.drain(..n.min(queue.len())).collect()))
+            };
         let mut sink = |sample: Sample, result: Result<Generation, String>| -> Result<(), Error> {
             let t = Instant::now();
             let done = match result {
@@ -867,10 +958,10 @@ impl Stream<'_> {
         let ort_before = engine.ort_seconds;
         let mut timings =
             generate_continuous(engine, plan, config, &mut source, &mut sink, on_token)?;
-        // As for static batches: backend time is ORT's (without the vision tower here),
-        // and the loop's wall time leaves out what the callbacks did.
+        // As for static batches: backend time is ORT's, and the loop's wall time leaves
+        // out what the callbacks did (waiting for images, journal writes).
         timings.loop_s -= callbacks_s.get();
-        timings.backend_s = engine.ort_seconds - ort_before - vision_ort_s.get();
+        timings.backend_s = engine.ort_seconds - ort_before;
         Ok(timings)
     }
 }
@@ -892,48 +983,6 @@ fn journal_entry(
             .is_finite()
             .then_some(generation.min_margin),
     }
-}
-
-/// Vision + projector for the batch's images, then batched generation and detokenizing.
-fn answer_batch(
-    engine: &mut OrtEngine,
-    tokenizer: &PromptTokenizer,
-    batch: &[(Sample, Vec<f32>)],
-    config: &GenerateConfig,
-    stage: &mut StageTimings,
-    on_token: &mut dyn FnMut(usize),
-) -> Result<(Vec<JournalEntry>, Timings), String> {
-    let t = Instant::now();
-    let pixels: Vec<f32> = batch.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-    let image_embeds = engine
-        .encode_images(&pixels, batch.len())
-        .map_err(|e| e.to_string())?;
-    stage.vision_s += t.elapsed().as_secs_f64();
-    let per_image = image_embeds.len() / batch.len();
-    let mut prompts = Vec::with_capacity(batch.len());
-    for (i, (sample, _)) in batch.iter().enumerate() {
-        let ids = tokenizer
-            .input_ids(&sample.question)
-            .map_err(|e| format!("tokenizing the question of {}: {e}", sample.image))?;
-        prompts.push(Prompt {
-            ids,
-            image_embeds: image_embeds[i * per_image..(i + 1) * per_image].to_vec(),
-        });
-    }
-    let ort_before = engine.ort_seconds;
-    let (generations, mut timings) =
-        generate_batch(engine, &prompts, config, on_token).map_err(|e| e.to_string())?;
-    // From here on `backend_s` means time inside ONNX Runtime session runs only, so
-    // that loop_s - backend_s is everything our own code spent around them.
-    timings.backend_s = engine.ort_seconds - ort_before;
-    let t = Instant::now();
-    let entries = batch
-        .iter()
-        .zip(generations)
-        .map(|((sample, _), generation)| journal_entry(sample, tokenizer, generation))
-        .collect();
-    stage.detokenize_s += t.elapsed().as_secs_f64();
-    Ok((entries, timings))
 }
 
 pub fn peak_rss_mb() -> Option<f64> {

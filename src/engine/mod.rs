@@ -92,8 +92,8 @@ pub struct OrtEngine {
     pub ort_lib: PathBuf,
     /// Graph name -> execution provider it runs on.
     pub providers: BTreeMap<String, String>,
-    vision: Graph,
-    projector: Graph,
+    /// Vision tower + projector; lent to a run's vision thread with [`OrtEngine::lend_images`].
+    images: Option<ImageEncoder>,
     embed: Graph,
     decoder: Graph,
     /// `present.*` of the last decoder call, in manifest order (key, value per layer).
@@ -152,6 +152,49 @@ impl DeviceMemory {
         )
         .map_err(|e| e.to_string())?;
         Ok(DeviceMemory { device, host })
+    }
+}
+
+/// The vision tower and the projector of a model: pixels in, projected image embeddings
+/// out. Sessions are `Send`, so a run can encode the next images on another thread while
+/// the decoder works.
+pub struct ImageEncoder {
+    vision: Graph,
+    projector: Graph,
+    graphs: (GraphSpec, GraphSpec),
+    image_size: usize,
+    /// Seconds inside `Session::run`.
+    pub ort_seconds: f64,
+}
+
+impl ImageEncoder {
+    /// `pixel_values [B,3,S,S]` -> projected image embeddings `[B,N,H]` as host f32.
+    pub fn encode(&mut self, pixel_values: &[f32], batch: usize) -> Result<Vec<f32>, BackendError> {
+        let s = self.image_size;
+        let (vision_spec, projector_spec) = &self.graphs;
+        let pixels = float_tensor(pixel_values, vec![batch, 3, s, s], self.vision.float_type)?;
+        let t = Instant::now();
+        let mut out = self
+            .vision
+            .session
+            .run(vec![(
+                vision_spec.inputs[0].as_str(),
+                SessionInputValue::from(pixels),
+            )])
+            .map_err(|e| BackendError(format!("vision graph: {e}")))?;
+        let features = take(&mut out, &vision_spec.outputs[0], "vision")?;
+        drop(out);
+        let mut out = self
+            .projector
+            .session
+            .run(vec![(
+                projector_spec.inputs[0].as_str(),
+                SessionInputValue::from(features),
+            )])
+            .map_err(|e| BackendError(format!("projector graph: {e}")))?;
+        let embeds = take(&mut out, &projector_spec.outputs[0], "projector")?;
+        self.ort_seconds += t.elapsed().as_secs_f64();
+        to_f32(&embeds, "projector output")
     }
 }
 
@@ -267,6 +310,16 @@ impl OrtEngine {
             }
             _ => None,
         };
+        let images = ImageEncoder {
+            vision,
+            projector,
+            graphs: (
+                manifest.graphs.vision.clone(),
+                manifest.graphs.projector.clone(),
+            ),
+            image_size: manifest.vision.image_size,
+            ort_seconds: 0.0,
+        };
         Ok(OrtEngine {
             device,
             device_copy,
@@ -278,8 +331,7 @@ impl OrtEngine {
             manifest,
             ort_lib: lib.to_path_buf(),
             providers,
-            vision,
-            projector,
+            images: Some(images),
             embed,
             decoder,
             cache: Vec::new(),
@@ -288,40 +340,31 @@ impl OrtEngine {
         })
     }
 
-    /// `pixel_values [B,3,S,S]` -> projected image embeddings `[B,N,H]`.
+    /// `pixel_values [B,3,S,S]` -> projected image embeddings `[B,N,H]` (while the image
+    /// encoder is not lent out).
     pub fn encode_images(
         &mut self,
         pixel_values: &[f32],
         batch: usize,
     ) -> Result<Vec<f32>, BackendError> {
-        let s = self.manifest.vision.image_size;
-        let pixels = float_tensor(pixel_values, vec![batch, 3, s, s], self.vision.float_type)?;
-        let t = Instant::now();
-        let mut out = self
-            .vision
-            .session
-            .run(vec![(
-                self.manifest.graphs.vision.inputs[0].as_str(),
-                SessionInputValue::from(pixels),
-            )])
-            .map_err(|e| BackendError(format!("vision graph: {e}")))?;
-        let features = take(&mut out, &self.manifest.graphs.vision.outputs[0], "vision")?;
-        drop(out);
-        let mut out = self
-            .projector
-            .session
-            .run(vec![(
-                self.manifest.graphs.projector.inputs[0].as_str(),
-                SessionInputValue::from(features),
-            )])
-            .map_err(|e| BackendError(format!("projector graph: {e}")))?;
-        let embeds = take(
-            &mut out,
-            &self.manifest.graphs.projector.outputs[0],
-            "projector",
-        )?;
-        self.ort_seconds += t.elapsed().as_secs_f64();
-        to_f32(&embeds, "projector output")
+        let images = self
+            .images
+            .as_mut()
+            .ok_or_else(|| BackendError("the image encoder is lent out".into()))?;
+        let before = images.ort_seconds;
+        let embeds = images.encode(pixel_values, batch);
+        self.ort_seconds += images.ort_seconds - before;
+        embeds
+    }
+
+    /// Hands the vision tower and projector to another thread (they run beside the
+    /// decoder); [`OrtEngine::restore_images`] takes them back.
+    pub fn lend_images(&mut self) -> Option<ImageEncoder> {
+        self.images.take()
+    }
+
+    pub fn restore_images(&mut self, images: ImageEncoder) {
+        self.images = Some(images);
     }
 
     /// One call of the fused decoder through the `decode` contract: a prompt call (empty
