@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// model allows it and --batch-size > 1).
     #[arg(long, value_enum, default_value = "auto")]
     pub batching: Batching,
+    /// Run the vision tower on a thread of its own, a batch ahead of the decoder: `auto`
+    /// does when the vision tower or the decoder is on a GPU (on a CPU alone the two
+    /// would fight over the same cores).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub vision_thread: Toggle,
     /// Longest answer in tokens (VLGuard_eval.py: 256).
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
@@ -119,6 +124,13 @@ pub enum Batching {
     Auto,
     Static,
     Continuous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +176,7 @@ pub struct RunConfig {
     pub engine: EngineOptions,
     pub batch_size: usize,
     pub batching: Batching,
+    pub vision_thread: Toggle,
     pub max_new_tokens: usize,
     pub limit: Option<usize>,
     pub fresh: bool,
@@ -244,6 +257,7 @@ impl RunConfig {
             },
             batch_size: args.batch_size,
             batching: args.batching,
+            vision_thread: args.vision_thread,
             max_new_tokens: args.max_new_tokens,
             limit: args.limit,
             fresh: args.fresh,
@@ -497,7 +511,18 @@ fn run_subset(
         Error::Generate(BackendError("the image encoder is already lent out".into()).into())
     })?;
     let images_ort_before = images.ort_seconds;
-    let (rx, vision) = spawn_vision(rx, images);
+    let on_cpu = |graph: &str| {
+        engine
+            .providers
+            .get(graph)
+            .is_none_or(|p| p == "CPUExecutionProvider")
+    };
+    let ahead = match config.vision_thread {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => !(on_cpu("vision") && on_cpu("decoder")),
+    };
+    let mut image_stage = ImageStage::start(rx, images, ahead);
     let mut tokens_done = 0usize;
     let decode_clock = Instant::now();
     let mut on_token = |n: usize| {
@@ -520,7 +545,7 @@ fn run_subset(
             };
             let stream = Stream {
                 tokenizer,
-                rx,
+                images: &mut image_stage,
                 recorder: &mut recorder,
                 stage: &mut stage,
             };
@@ -529,17 +554,14 @@ fn run_subset(
         _ => run_static(
             engine,
             tokenizer,
-            rx,
+            &mut image_stage,
             &mut recorder,
             &generate_config,
             &mut stage,
             &mut on_token,
         ),
     };
-    // The receivers are gone: the vision thread stops and gives the encoder back.
-    let images = vision
-        .join()
-        .map_err(|_| Error::Generate(BackendError("the vision thread panicked".into()).into()))?;
+    let images = image_stage.finish()?;
     let vision_ort_s = images.ort_seconds - images_ort_before;
     engine.restore_images(images);
     let _ = producer.join();
@@ -769,53 +791,96 @@ impl Encoded {
     }
 }
 
-/// The vision thread: runs the vision tower and projector on each preprocessed batch
-/// while the decoder works on earlier ones (one batch ahead, through a channel of one);
-/// returns the encoder when the stream ends or the receiver goes away.
-fn spawn_vision(
-    rx: mpsc::Receiver<Prepared>,
-    mut images: ImageEncoder,
-) -> (
-    mpsc::Receiver<Encoded>,
-    std::thread::JoinHandle<ImageEncoder>,
-) {
-    let (tx, out) = mpsc::sync_channel::<Encoded>(1);
-    let handle = std::thread::spawn(move || {
-        for prepared in rx {
-            let mut good = Vec::new();
-            let mut pixels = Vec::new();
-            let mut failed = Vec::new();
-            for (sample, p) in prepared.samples.into_iter().zip(prepared.pixels) {
-                match p {
-                    Ok(p) => {
-                        pixels.extend_from_slice(&p);
-                        good.push(sample);
-                    }
-                    Err(error) => failed.push((sample, error)),
+/// Where images are encoded. `Ahead`: on a thread of their own, one batch ahead of the
+/// decoder (through a channel of one), when the vision tower or the decoder runs on a GPU.
+/// `Inline`: on the decoder's thread when it asks, when both run on the CPU: two ONNX
+/// Runtime thread pools on the same cores slowed the 100M benchmark by ~25% (measured),
+/// more than the overlap gains.
+enum ImageStage {
+    Ahead {
+        rx: mpsc::Receiver<Encoded>,
+        thread: std::thread::JoinHandle<ImageEncoder>,
+    },
+    Inline {
+        rx: mpsc::Receiver<Prepared>,
+        images: Box<ImageEncoder>,
+    },
+}
+
+impl ImageStage {
+    fn start(rx: mpsc::Receiver<Prepared>, mut images: ImageEncoder, ahead: bool) -> ImageStage {
+        if !ahead {
+            return ImageStage::Inline {
+                rx,
+                images: Box::new(images),
+            };
+        }
+        let (tx, out) = mpsc::sync_channel::<Encoded>(1);
+        let thread = std::thread::spawn(move || {
+            for prepared in rx {
+                if tx.send(encode_batch(prepared, &mut images)).is_err() {
+                    break;
                 }
             }
-            let t = Instant::now();
-            let embeds = if good.is_empty() {
-                Ok(Vec::new())
-            } else {
-                images
-                    .encode(&pixels, good.len())
-                    .map_err(|e| e.to_string())
-            };
-            let encoded = Encoded {
-                good,
-                embeds,
-                failed,
-                preprocess_s: prepared.seconds,
-                vision_s: t.elapsed().as_secs_f64(),
-            };
-            if tx.send(encoded).is_err() {
-                break;
+            images
+        });
+        ImageStage::Ahead { rx: out, thread }
+    }
+
+    /// The next encoded batch, `None` at the end of the stream.
+    fn next(&mut self) -> Option<Encoded> {
+        match self {
+            ImageStage::Ahead { rx, .. } => rx.recv().ok(),
+            ImageStage::Inline { rx, images } => rx
+                .recv()
+                .ok()
+                .map(|prepared| encode_batch(prepared, images)),
+        }
+    }
+
+    /// Stops the stage (the thread ends once its receiver is gone) and returns the encoder.
+    fn finish(self) -> Result<ImageEncoder, Error> {
+        match self {
+            ImageStage::Inline { images, .. } => Ok(*images),
+            ImageStage::Ahead { rx, thread } => {
+                drop(rx);
+                thread.join().map_err(|_| {
+                    Error::Generate(BackendError("the vision thread panicked".into()).into())
+                })
             }
         }
+    }
+}
+
+/// Vision tower + projector over the images of a preprocessed batch that loaded.
+fn encode_batch(prepared: Prepared, images: &mut ImageEncoder) -> Encoded {
+    let mut good = Vec::new();
+    let mut pixels = Vec::new();
+    let mut failed = Vec::new();
+    for (sample, p) in prepared.samples.into_iter().zip(prepared.pixels) {
+        match p {
+            Ok(p) => {
+                pixels.extend_from_slice(&p);
+                good.push(sample);
+            }
+            Err(error) => failed.push((sample, error)),
+        }
+    }
+    let t = Instant::now();
+    let embeds = if good.is_empty() {
+        Ok(Vec::new())
+    } else {
         images
-    });
-    (out, handle)
+            .encode(&pixels, good.len())
+            .map_err(|e| e.to_string())
+    };
+    Encoded {
+        good,
+        embeds,
+        failed,
+        preprocess_s: prepared.seconds,
+        vision_s: t.elapsed().as_secs_f64(),
+    }
 }
 
 /// The prompts of `samples` with their slices of `embeds`; a question that does not
@@ -850,7 +915,7 @@ fn prompts_for(
 fn run_static(
     engine: &mut OrtEngine,
     tokenizer: &PromptTokenizer,
-    rx: mpsc::Receiver<Encoded>,
+    images: &mut ImageStage,
     recorder: &mut Recorder,
     config: &GenerateConfig,
     stage: &mut StageTimings,
@@ -859,7 +924,7 @@ fn run_static(
     let mut gen_timings = Timings::default();
     loop {
         let wait = Instant::now();
-        let Ok(encoded) = rx.recv() else { break };
+        let Some(encoded) = images.next() else { break };
         stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
         let (samples, embeds) = encoded.take(recorder, stage)?;
         let batch = prompts_for(samples, &embeds, tokenizer, recorder)?;
@@ -900,7 +965,7 @@ fn run_static(
 /// the slots that will take them; every answer is journaled the moment its row ends.
 struct Stream<'a> {
     tokenizer: &'a PromptTokenizer,
-    rx: mpsc::Receiver<Encoded>,
+    images: &'a mut ImageStage,
     recorder: &'a mut Recorder,
     stage: &'a mut StageTimings,
 }
@@ -915,7 +980,7 @@ impl Stream<'_> {
     ) -> Result<Timings, Error> {
         let Stream {
             tokenizer,
-            rx,
+            images,
             recorder,
             stage,
         } = self;
@@ -929,7 +994,7 @@ impl Stream<'_> {
                 let t = Instant::now();
                 while queue.len() < n {
                     let wait = Instant::now();
-                    let Ok(encoded) = rx.recv() else { break };
+                    let Some(encoded) = images.next() else { break };
                     let mut stage = stage.borrow_mut();
                     stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
                     let mut recorder = recorder.borrow_mut();

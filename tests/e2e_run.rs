@@ -57,16 +57,24 @@ fn batch_of_four_gives_the_same_files() {
 
 /// The fused decoder flavour (GroupQueryAttention, in-place cache, right padding) must
 /// give the reference's bytes too: alone, in static batches whose rows finish early, and
-/// with continuous batching (rows joining slots as others finish).
+/// with continuous batching (rows joining slots as others finish); with the vision tower
+/// inline and on its own thread.
 #[test]
 fn fused_decoder_gives_the_same_files() {
-    for (batch, batching) in [("1", "auto"), ("4", "static"), ("3", "continuous")] {
+    // The vision tower on its own thread (a GPU run's default) in two of the runs.
+    for (batch, batching, vision_thread) in [
+        ("1", "auto", "auto"),
+        ("4", "static", "on"),
+        ("3", "continuous", "on"),
+    ] {
         let out = tempfile::tempdir().unwrap();
         run_ok(run_cmd_with(demo_model_fused(), out.path(), "all").args([
             "--batch-size",
             batch,
             "--batching",
             batching,
+            "--vision-thread",
+            vision_thread,
         ]));
         for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
             let ours = std::fs::read_to_string(out.path().join(subset).join("demo.json")).unwrap();
