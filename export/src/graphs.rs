@@ -102,48 +102,6 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Several PyTorch Linears of the same input size as ONE `MatMul` weight `[in, sum of
-    /// outs]`: the parts' transposed weights side by side (columns `q | k | v`, or
-    /// `gate | up`), so one matrix product computes them all. Held in memory while it is
-    /// assembled (a 7B layer's gate + up: 180 MB in fp16).
-    fn packed_weight(
-        &mut self,
-        name: &str,
-        parts: &[(String, usize)],
-        d_in: usize,
-    ) -> Result<String, ExportError> {
-        let dt = self.dt;
-        let es = dt.size();
-        let mut columns: Vec<Vec<u8>> = Vec::with_capacity(parts.len());
-        for (key, d_out) in parts {
-            let mut part = Vec::with_capacity(d_in * d_out * es);
-            let shape = [*d_out, d_in];
-            match self.w {
-                Weights::Checkpoint(ckpt) => {
-                    let info = ckpt.info(key, &shape)?;
-                    let raw = ckpt.read(info)?;
-                    checkpoint::convert_into(&raw, info.dtype, &shape, true, dt, &mut part)
-                }
-                Weights::Random => checkpoint::random_into(key, d_in * d_out, dt, &mut part),
-            }
-            .map_err(|source| ExportError::Io {
-                path: std::path::PathBuf::from(key),
-                source,
-            })?;
-            columns.push(part);
-        }
-        let total: usize = parts.iter().map(|(_, d)| d).sum();
-        Ok(self.g.weight(name, dt, &[d_in, total], |w| {
-            for row in 0..d_in {
-                for ((_, d_out), part) in parts.iter().zip(&columns) {
-                    let width = d_out * es;
-                    w.write_all(&part[row * width..(row + 1) * width])?;
-                }
-            }
-            Ok(())
-        })?)
-    }
-
     fn op(&mut self, op: &str, inputs: &[&str]) -> String {
         self.g.node(op, inputs, vec![])
     }
@@ -749,9 +707,6 @@ pub fn build_decoder(
 ///   tokens of a row are 0, 1, ...: the reference's left-padded `cumsum(mask) - 1`).
 /// - output `logits [B,V]` fp32 at each row's last real position, `min(seqlens_k[b], S-1)`
 ///   (seqlens_k[b] in a prompt call, 0 in a step call).
-/// - q/k/v projections packed into one MatMul (GroupQueryAttention's packed-QKV input),
-///   gate/up into another (split after): per output column the same products as three
-///   (two) MatMuls.
 /// - numerics: RMSNorm as SimplifiedLayerNormalization (fp32 inside), residual adds fused
 ///   into SkipSimplifiedLayerNormalization, RoPE from cos/sin tables computed at export
 ///   exactly as transformers 4.37 fills its cache (f32 `t * inv_freq`, then cos/sin), scores
@@ -823,20 +778,12 @@ pub fn build_fused_decoder(
     let mut h = c.simplified_norm(&x, "model.layers.0.input_layernorm.weight", hsz, eps)?;
     for (l, (past_k, past_v)) in past.iter().enumerate() {
         let lp = format!("model.layers.{l}");
-        // q | k | v in one product; GroupQueryAttention splits packed QKV itself.
-        let qkv_w = c.packed_weight(
-            &format!("{lp}.self_attn.qkv_proj.weight.T"),
-            &[
-                (format!("{lp}.self_attn.q_proj.weight"), nh * hd),
-                (format!("{lp}.self_attn.k_proj.weight"), nkv * hd),
-                (format!("{lp}.self_attn.v_proj.weight"), nkv * hd),
-            ],
-            hsz,
-        )?;
-        let qkv = c.op("MatMul", &[&h, &qkv_w]);
+        let q = c.linear(&h, &format!("{lp}.self_attn.q_proj"), hsz, nh * hd, false)?;
+        let k = c.linear(&h, &format!("{lp}.self_attn.k_proj"), hsz, nkv * hd, false)?;
+        let v = c.linear(&h, &format!("{lp}.self_attn.v_proj"), hsz, nkv * hd, false)?;
         let attn = c.g.contrib_node(
             "GroupQueryAttention",
-            &[&qkv, "", "", past_k, past_v, &seqlens, &total, &cos, &sin],
+            &[&q, &k, &v, past_k, past_v, &seqlens, &total, &cos, &sin],
             vec![
                 ("num_heads", Attr::Int(nh as i64)),
                 ("kv_num_heads", Attr::Int(nkv as i64)),
@@ -863,23 +810,12 @@ pub fn build_fused_decoder(
             hsz,
             eps,
         )?;
-        // gate | up in one product, split after.
         let inter = cfg.intermediate_size;
-        let gate_up_w = c.packed_weight(
-            &format!("{lp}.mlp.gate_up_proj.weight.T"),
-            &[
-                (format!("{lp}.mlp.gate_proj.weight"), inter),
-                (format!("{lp}.mlp.up_proj.weight"), inter),
-            ],
-            hsz,
-        )?;
-        let gate_up = c.op("MatMul", &[&h, &gate_up_w]);
-        let halves =
-            c.g.node_multi("Split", &[&gate_up], vec![("axis", Attr::Int(-1))], 2);
-        let (gate, up) = (&halves[0], &halves[1]);
-        let sg = c.op("Sigmoid", &[gate]);
-        let act = c.op("Mul", &[gate, &sg]);
-        let a = c.op("Mul", &[&act, up]);
+        let gate = c.linear(&h, &format!("{lp}.mlp.gate_proj"), hsz, inter, false)?;
+        let up = c.linear(&h, &format!("{lp}.mlp.up_proj"), hsz, inter, false)?;
+        let sg = c.op("Sigmoid", &[&gate]);
+        let act = c.op("Mul", &[&gate, &sg]);
+        let a = c.op("Mul", &[&act, &up]);
         let d = c.linear(&a, &format!("{lp}.mlp.down_proj"), inter, hsz, false)?;
         if l + 1 < cfg.num_layers {
             let next = format!("model.layers.{}.input_layernorm.weight", l + 1);
