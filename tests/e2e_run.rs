@@ -110,10 +110,26 @@ fn continuous_batching_needs_the_fused_decoder() {
 
 #[test]
 fn killed_run_resumes_without_regenerating() {
+    kill_and_resume(demo_model(), &[]);
+}
+
+/// The same under continuous batching: answers are journaled as rows end, mid-batch.
+#[test]
+fn killed_continuous_run_resumes_without_regenerating() {
+    kill_and_resume(
+        demo_model_fused(),
+        &["--batch-size", "3", "--batching", "continuous"],
+    );
+}
+
+/// Kills a safe_safes run of `model` (with `args`) once three answers are journaled,
+/// reruns it, and checks nothing journaled was regenerated and the file is the reference's.
+fn kill_and_resume(model: &std::path::Path, args: &[&str]) {
     let out = tempfile::tempdir().unwrap();
     let journal = out.path().join("safe_safes/demo.journal.jsonl");
     let log = out.path().join("first-run.log");
-    let mut child = run_cmd(out.path(), "safe_safes")
+    let mut child = run_cmd_with(model, out.path(), "safe_safes")
+        .args(args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -148,8 +164,12 @@ fn killed_run_resumes_without_regenerating() {
         !before.is_empty(),
         "the journal should hold finished samples before the kill"
     );
+    assert!(
+        before.len() < 10,
+        "the first run finished before it could be killed: nothing was tested"
+    );
 
-    let output = run_ok(&mut run_cmd(out.path(), "safe_safes"));
+    let output = run_ok(run_cmd_with(model, out.path(), "safe_safes").args(args));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("safe_safes/demo.run.json")).unwrap(),
@@ -175,7 +195,7 @@ fn killed_run_resumes_without_regenerating() {
     );
 
     // A rerun with nothing left generates nothing.
-    run_ok(&mut run_cmd(out.path(), "safe_safes"));
+    run_ok(run_cmd_with(model, out.path(), "safe_safes").args(args));
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("safe_safes/demo.run.json")).unwrap(),
     )
