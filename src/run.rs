@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// would fight over the same cores).
     #[arg(long, value_enum, default_value = "auto")]
     pub vision_thread: Toggle,
+    /// Finished rows stay in the batch (computed, ignored) even on the CPU, as on a GPU:
+    /// runs the device scheduling on a machine without one (tests, debugging).
+    #[arg(long, hide = true)]
+    pub keep_finished_rows: bool,
     /// Longest answer in tokens (VLGuard_eval.py: 256).
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
@@ -249,6 +253,7 @@ impl RunConfig {
                 // The prompt bound is trt::MAX_TEXT_TOKENS: a constant, so that profiles,
                 // and with them cached engines, stay the same from one subset to the next.
                 trt_limits: crate::engine::trt::Limits::new(args.batch_size, args.max_new_tokens),
+                keep_finished_rows: args.keep_finished_rows,
                 model_dir: model,
                 ort_lib: args.ort_lib.clone(),
                 ep: args.ep,

@@ -96,6 +96,30 @@ fn fused_decoder_gives_the_same_files() {
     }
 }
 
+/// The GPU's scheduling on the CPU (`--keep-finished-rows`: finished rows ride along, free
+/// slots step a throwaway position, no compaction): still the reference's bytes, with the
+/// plain decoder's growing cache and the fused decoder's slots.
+#[test]
+fn device_style_scheduling_gives_the_same_files() {
+    for (model, batching) in [(demo_model(), "static"), (demo_model_fused(), "continuous")] {
+        let out = tempfile::tempdir().unwrap();
+        run_ok(run_cmd_with(model, out.path(), "all").args([
+            "--batch-size",
+            "4",
+            "--batching",
+            batching,
+            "--keep-finished-rows",
+        ]));
+        for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
+            let ours = std::fs::read_to_string(out.path().join(subset).join("demo.json")).unwrap();
+            assert!(
+                ours == golden(subset),
+                "{subset}: {batching} batches with riders differ from the reference"
+            );
+        }
+    }
+}
+
 #[test]
 fn continuous_batching_needs_the_fused_decoder() {
     let out = tempfile::tempdir().unwrap();

@@ -781,6 +781,7 @@ fn engine(model: &Exported) -> OrtEngine {
         threads: Some(1),
         trt_cache: None,
         trt_limits: vlguard_ort::engine::trt::Limits::new(1, 8),
+        keep_finished_rows: false,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", model.dir.display()))
 }

@@ -50,6 +50,9 @@ pub struct EngineOptions {
     pub trt_cache: Option<PathBuf>,
     /// Shapes the run feeds the graphs: TensorRT's optimisation profiles.
     pub trt_limits: trt::Limits,
+    /// Keep finished rows in the batch even on the CPU, as a GPU does (tests the device
+    /// scheduling on a machine without one).
+    pub keep_finished_rows: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +115,7 @@ pub struct OrtEngine {
     cache_allocator: ort::memory::Allocator,
     /// Row copies between device caches (continuous batching on a GPU).
     device_copy: Option<fused::DeviceCopy>,
+    keep_finished_rows: bool,
     /// Graph name -> its TensorRT session creation (engine built or reused, seconds);
     /// only graphs that run on TensorRT.
     pub trt: BTreeMap<String, trt::TrtBuild>,
@@ -323,6 +327,7 @@ impl OrtEngine {
         Ok(OrtEngine {
             device,
             device_copy,
+            keep_finished_rows: options.keep_finished_rows,
             fixed: None,
             reserve: 0,
             cache_allocator,
@@ -550,7 +555,7 @@ impl Backend for OrtEngine {
     }
 
     fn drops_rows(&self) -> bool {
-        self.device.is_none()
+        self.device.is_none() && !self.keep_finished_rows
     }
 
     fn has_slots(&self) -> bool {
@@ -849,6 +854,7 @@ pub fn inspect_command(args: &InspectArgs) -> Result<ExitCode, Error> {
         threads: Some(1),
         trt_cache: None,
         trt_limits: trt::Limits::new(1, 1),
+        keep_finished_rows: false,
     };
     for (name, spec) in [
         ("vision", &manifest.graphs.vision),
