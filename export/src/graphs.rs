@@ -23,7 +23,7 @@
 use std::path::Path;
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::{ClipVisionConfig, LlavaConfig, ProjectorKind};
+use crate::config::{ClipVisionConfig, LlamaConfig, LlavaConfig, ProjectorKind};
 use crate::manifest::{names, Dtype};
 use crate::onnx::{Attr, ElemType, GraphBuilder};
 use crate::ExportError;
@@ -260,6 +260,68 @@ impl<'a> Ctx<'a> {
         );
         let shape = self.g.const_i64(&[0, 0, hidden as i64]);
         self.op("Reshape", &[&t, &shape])
+    }
+
+    /// The decoder's `past_key_values.L.{key,value} [batch, kv, seq_dim, hd]` inputs.
+    fn past_inputs(&mut self, cfg: &LlamaConfig, seq_dim: &str) -> Vec<(String, String)> {
+        let dims = || {
+            vec![
+                "batch".into(),
+                cfg.num_kv_heads.into(),
+                seq_dim.into(),
+                cfg.head_dim.into(),
+            ]
+        };
+        (0..cfg.num_layers)
+            .map(|l| {
+                let k = self.g.input(&names::past_key(l), self.dt, dims());
+                let v = self.g.input(&names::past_value(l), self.dt, dims());
+                (k, v)
+            })
+            .collect()
+    }
+
+    /// Llama's MLP of layer prefix `lp`: `down(silu(gate(h)) * up(h))`.
+    fn swiglu_mlp(&mut self, h: &str, lp: &str, cfg: &LlamaConfig) -> Result<String, ExportError> {
+        let (hsz, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let gate = self.linear(h, &format!("{lp}.mlp.gate_proj"), hsz, inter, false)?;
+        let up = self.linear(h, &format!("{lp}.mlp.up_proj"), hsz, inter, false)?;
+        let sg = self.op("Sigmoid", &[&gate]);
+        let act = self.op("Mul", &[&gate, &sg]);
+        let a = self.op("Mul", &[&act, &up]);
+        self.linear(&a, &format!("{lp}.mlp.down_proj"), inter, hsz, false)
+    }
+
+    /// The decoder's outputs: `lm_head` of the normed last position as fp32 `logits
+    /// [batch, V]`, then `present.L.{key,value} [batch, kv, seq_dim, hd]` (made by the
+    /// layers under those names).
+    fn logits_and_presents(
+        &mut self,
+        last: &str,
+        cfg: &LlamaConfig,
+        seq_dim: &str,
+    ) -> Result<(), ExportError> {
+        let logits = self.linear(last, "lm_head", cfg.hidden_size, cfg.vocab_size, false)?;
+        let logits = self.cast_f32(&logits);
+        self.identity_to(&logits, names::LOGITS);
+        self.g.output(
+            names::LOGITS,
+            ElemType::F32,
+            vec!["batch".into(), cfg.vocab_size.into()],
+        );
+        let dims = || {
+            vec![
+                "batch".into(),
+                cfg.num_kv_heads.into(),
+                seq_dim.into(),
+                cfg.head_dim.into(),
+            ]
+        };
+        for l in 0..cfg.num_layers {
+            self.g.output(&names::present_key(l), self.dt, dims());
+            self.g.output(&names::present_value(l), self.dt, dims());
+        }
+        Ok(())
     }
 
     fn identity_to(&mut self, x: &str, name: &str) {
@@ -533,18 +595,9 @@ pub fn build_decoder(
         ElemType::I64,
         vec!["batch".into(), "seq".into()],
     );
-    let mut past = Vec::new();
-    for l in 0..cfg.num_layers {
-        let kv_dims = || vec!["batch".into(), nkv.into(), "past".into(), hd.into()];
-        let k = c.g.input(&names::past_key(l), dt, kv_dims());
-        let v = c.g.input(&names::past_value(l), dt, kv_dims());
-        past.push((k, v));
-    }
+    let past = c.past_inputs(cfg, "past");
 
-    // RoPE: inv_freq[i] = 1 / theta^(2i / hd), computed in f32 like transformers 4.37.
-    let inv_freq: Vec<f32> = (0..hd / 2)
-        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
-        .collect();
+    let inv_freq = rope_inv_freq(cfg);
     let inv_freq =
         c.g.const_float(ElemType::F32, &[(hd / 2) as i64], &inv_freq);
     let posf = c.op_a(
@@ -663,32 +716,14 @@ pub fn build_decoder(
             hsz,
             cfg.rms_norm_eps,
         )?;
-        let inter = cfg.intermediate_size;
-        let gate = c.linear(&h, &format!("{lp}.mlp.gate_proj"), hsz, inter, false)?;
-        let up = c.linear(&h, &format!("{lp}.mlp.up_proj"), hsz, inter, false)?;
-        let sg = c.op("Sigmoid", &[&gate]);
-        let act = c.op("Mul", &[&gate, &sg]);
-        let a = c.op("Mul", &[&act, &up]);
-        let d = c.linear(&a, &format!("{lp}.mlp.down_proj"), inter, hsz, false)?;
+        let d = c.swiglu_mlp(&h, &lp, cfg)?;
         x = c.op("Add", &[&x, &d]);
     }
     // Last position only: [B, T, H] -> [B, H]; the norm is per position, so take it first.
     let last_idx = c.g.scalar_i64(-1);
     let last = c.op_a("Gather", &[&x, &last_idx], vec![("axis", Attr::Int(1))]);
     let last = c.rms_norm(&last, "model.norm.weight", hsz, cfg.rms_norm_eps)?;
-    let logits = c.linear(&last, "lm_head", hsz, cfg.vocab_size, false)?;
-    let logits = c.cast_f32(&logits);
-    c.identity_to(&logits, names::LOGITS);
-    c.g.output(
-        names::LOGITS,
-        ElemType::F32,
-        vec!["batch".into(), cfg.vocab_size.into()],
-    );
-    for l in 0..cfg.num_layers {
-        let kv_dims = || vec!["batch".into(), nkv.into(), "total".into(), hd.into()];
-        c.g.output(&names::present_key(l), dt, kv_dims());
-        c.g.output(&names::present_value(l), dt, kv_dims());
-    }
+    c.logits_and_presents(&last, cfg, "total")?;
     finish(c, dir, file)
 }
 
@@ -737,20 +772,12 @@ pub fn build_fused_decoder(
         c.g.input(names::SEQLENS_K, ElemType::I32, vec!["batch".into()]);
     let total =
         c.g.input(names::TOTAL_SEQUENCE_LENGTH, ElemType::I32, vec![]);
-    let mut past = Vec::new();
-    for l in 0..cfg.num_layers {
-        let kv_dims = || vec!["batch".into(), nkv.into(), "capacity".into(), hd.into()];
-        let k = c.g.input(&names::past_key(l), dt, kv_dims());
-        let v = c.g.input(&names::past_value(l), dt, kv_dims());
-        past.push((k, v));
-    }
+    let past = c.past_inputs(cfg, "capacity");
 
     // cos/sin tables [max_positions, hd/2], as LlamaRotaryEmbedding's cache: f32 products,
     // cos/sin rounded to f32 (then to the graph dtype).
     let half = hd / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
-        .collect();
+    let inv_freq = rope_inv_freq(cfg);
     let positions = cfg.max_position_embeddings;
     let freqs: Vec<f32> = (0..positions)
         .flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f))
@@ -810,13 +837,7 @@ pub fn build_fused_decoder(
             hsz,
             eps,
         )?;
-        let inter = cfg.intermediate_size;
-        let gate = c.linear(&h, &format!("{lp}.mlp.gate_proj"), hsz, inter, false)?;
-        let up = c.linear(&h, &format!("{lp}.mlp.up_proj"), hsz, inter, false)?;
-        let sg = c.op("Sigmoid", &[&gate]);
-        let act = c.op("Mul", &[&gate, &sg]);
-        let a = c.op("Mul", &[&act, &up]);
-        let d = c.linear(&a, &format!("{lp}.mlp.down_proj"), inter, hsz, false)?;
+        let d = c.swiglu_mlp(&h, &lp, cfg)?;
         if l + 1 < cfg.num_layers {
             let next = format!("model.layers.{}.input_layernorm.weight", l + 1);
             (h, x) = c.skip_norm(&x, &d, &next, hsz, eps)?;
@@ -842,20 +863,16 @@ pub fn build_fused_decoder(
     let idx = c.op("Unsqueeze", &[&idx, &one]); // [B, 1]
     let last = c.op_a("GatherND", &[&x, &idx], vec![("batch_dims", Attr::Int(1))]);
     let last = c.simplified_norm(&last, "model.norm.weight", hsz, eps)?;
-    let logits = c.linear(&last, "lm_head", hsz, cfg.vocab_size, false)?;
-    let logits = c.cast_f32(&logits);
-    c.identity_to(&logits, names::LOGITS);
-    c.g.output(
-        names::LOGITS,
-        ElemType::F32,
-        vec!["batch".into(), cfg.vocab_size.into()],
-    );
-    for l in 0..cfg.num_layers {
-        let kv_dims = || vec!["batch".into(), nkv.into(), "capacity".into(), hd.into()];
-        c.g.output(&names::present_key(l), dt, kv_dims());
-        c.g.output(&names::present_value(l), dt, kv_dims());
-    }
+    c.logits_and_presents(&last, cfg, "capacity")?;
     finish(c, dir, file)
+}
+
+/// RoPE's `inv_freq[i] = 1 / theta^(2i / hd)`, computed in f32 like transformers 4.37.
+fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
+    let hd = cfg.head_dim;
+    (0..hd / 2)
+        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
+        .collect()
 }
 
 /// `x * cos + rotate_half(x) * sin`, rotate_half(x) = cat(-x2, x1).
