@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,21 +18,30 @@ fn golden(subset: &str) -> String {
         .unwrap()
 }
 
+/// The run in `out` wrote each subset's answers byte for byte as the reference did.
+fn assert_golden_files(out: &Path, what: &str) {
+    for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
+        let ours = std::fs::read_to_string(out.join(subset).join("demo.json")).unwrap();
+        assert!(
+            ours == golden(subset),
+            "{subset}: {what}: answers differ from the reference"
+        );
+    }
+}
+
+fn run_manifest(out: &Path, subset: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join(subset).join("demo.run.json")).unwrap())
+        .unwrap()
+}
+
 #[test]
 fn all_subsets_are_byte_identical_to_the_reference() {
     let out = tempfile::tempdir().unwrap();
     let output = run_ok(run_cmd(out.path(), "all").args(["--batch-size", "1"]));
     let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_golden_files(out.path(), "batch 1");
     for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
-        let ours = std::fs::read_to_string(out.path().join(subset).join("demo.json")).unwrap();
-        assert!(
-            ours == golden(subset),
-            "{subset}: answers differ from the reference"
-        );
-        let manifest: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out.path().join(subset).join("demo.run.json")).unwrap(),
-        )
-        .unwrap();
+        let manifest = run_manifest(out.path(), subset);
         assert_eq!(manifest["n_errors"], 0);
         assert_eq!(
             manifest["execution_providers"]["decoder"],
@@ -46,13 +56,7 @@ fn all_subsets_are_byte_identical_to_the_reference() {
 fn batch_of_four_gives_the_same_files() {
     let out = tempfile::tempdir().unwrap();
     run_ok(run_cmd(out.path(), "all").args(["--batch-size", "4"]));
-    for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
-        let ours = std::fs::read_to_string(out.path().join(subset).join("demo.json")).unwrap();
-        assert!(
-            ours == golden(subset),
-            "{subset}: batch 4 answers differ from the reference"
-        );
-    }
+    assert_golden_files(out.path(), "batch 4");
 }
 
 /// The fused decoder flavour (GroupQueryAttention, in-place cache, right padding) must
@@ -76,16 +80,12 @@ fn fused_decoder_gives_the_same_files() {
             "--vision-thread",
             vision_thread,
         ]));
+        assert_golden_files(
+            out.path(),
+            &format!("fused decoder, batch {batch} ({batching})"),
+        );
         for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
-            let ours = std::fs::read_to_string(out.path().join(subset).join("demo.json")).unwrap();
-            assert!(
-                ours == golden(subset),
-                "{subset}: fused decoder, batch {batch} ({batching}): answers differ from the reference"
-            );
-            let manifest: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(out.path().join(subset).join("demo.run.json")).unwrap(),
-            )
-            .unwrap();
+            let manifest = run_manifest(out.path(), subset);
             let expected = if batching == "continuous" {
                 "continuous"
             } else {
@@ -110,13 +110,7 @@ fn device_style_scheduling_gives_the_same_files() {
             batching,
             "--keep-finished-rows",
         ]));
-        for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
-            let ours = std::fs::read_to_string(out.path().join(subset).join("demo.json")).unwrap();
-            assert!(
-                ours == golden(subset),
-                "{subset}: {batching} batches with riders differ from the reference"
-            );
-        }
+        assert_golden_files(out.path(), &format!("{batching} batches with riders"));
     }
 }
 
@@ -195,10 +189,7 @@ fn kill_and_resume(model: &std::path::Path, args: &[&str]) {
 
     let output = run_ok(run_cmd_with(model, out.path(), "safe_safes").args(args));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("safe_safes/demo.run.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest: serde_json::Value = run_manifest(out.path(), "safe_safes");
     let resumed = manifest["n_resumed"].as_u64().unwrap() as usize;
     let generated = manifest["n_generated"].as_u64().unwrap() as usize;
     assert!(
@@ -220,10 +211,7 @@ fn kill_and_resume(model: &std::path::Path, args: &[&str]) {
 
     // A rerun with nothing left generates nothing.
     run_ok(run_cmd_with(model, out.path(), "safe_safes").args(args));
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("safe_safes/demo.run.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest: serde_json::Value = run_manifest(out.path(), "safe_safes");
     assert_eq!(manifest["n_generated"], 0);
     assert_eq!(manifest["n_resumed"], 10);
 }
@@ -272,10 +260,7 @@ fn a_bad_image_is_recorded_and_the_rest_completes() {
     )
     .unwrap();
     assert_eq!(answers.len(), 8, "the 8 good samples are answered");
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("unsafes/demo.run.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest: serde_json::Value = run_manifest(out.path(), "unsafes");
     assert_eq!(manifest["n_errors"], 2);
     let errors = manifest["errors"].to_string();
     assert!(
