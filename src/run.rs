@@ -520,7 +520,7 @@ fn run_subset(
         engine
             .providers
             .get(graph)
-            .is_none_or(|p| p == "CPUExecutionProvider")
+            .is_none_or(|p| p == crate::engine::CPU_EP)
     };
     let ahead = match config.vision_thread {
         Toggle::On => true,

@@ -294,8 +294,8 @@ pub(super) struct DeviceCopy {
     memcpy: unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int,
     synchronize: unsafe extern "C" fn() -> c_int,
     device_id: c_int,
-    /// Never unloaded: CUDA libraries must not be closed while the process uses CUDA.
-    _lib: std::mem::ManuallyDrop<libloading::Library>,
+    /// Holds the library (never unloaded: see `trt::Lib`).
+    _lib: super::trt::Lib,
 }
 
 /// cudaMemcpyKind::cudaMemcpyDeviceToDevice (driver_types.h).
@@ -303,30 +303,24 @@ const CUDA_MEMCPY_DEVICE_TO_DEVICE: c_int = 3;
 
 impl DeviceCopy {
     pub fn load(cudart: &std::path::Path, device_id: i32) -> Result<DeviceCopy, String> {
-        // SAFETY: loading the CUDA runtime runs its initialisers only; ONNX Runtime's CUDA
-        // provider has loaded the same library already.
-        let lib = unsafe { libloading::Library::new(cudart) }
-            .map_err(|e| format!("cannot load {}: {e}", cudart.display()))?;
-        // SAFETY: each symbol is read with its C prototype from cuda_runtime_api.h.
-        let (set_device, memcpy, synchronize) = unsafe {
-            let sym = |name: &str| format!("{} has no {name}", cudart.display());
-            (
-                *lib.get::<unsafe extern "C" fn(c_int) -> c_int>(b"cudaSetDevice")
-                    .map_err(|_| sym("cudaSetDevice"))?,
-                *lib.get::<unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int>(
-                    b"cudaMemcpy",
-                )
-                .map_err(|_| sym("cudaMemcpy"))?,
-                *lib.get::<unsafe extern "C" fn() -> c_int>(b"cudaDeviceSynchronize")
-                    .map_err(|_| sym("cudaDeviceSynchronize"))?,
-            )
+        let lib = super::trt::Lib::open(cudart).map_err(|e| e.to_string())?;
+        // The symbols with their C prototypes from cuda_runtime_api.h.
+        let symbols = || -> Result<_, super::trt::ProbeError> {
+            Ok((
+                lib.get::<unsafe extern "C" fn(c_int) -> c_int>("cudaSetDevice")?,
+                lib.get::<unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int>(
+                    "cudaMemcpy",
+                )?,
+                lib.get::<unsafe extern "C" fn() -> c_int>("cudaDeviceSynchronize")?,
+            ))
         };
+        let (set_device, memcpy, synchronize) = symbols().map_err(|e| e.to_string())?;
         Ok(DeviceCopy {
             set_device,
             memcpy,
             synchronize,
             device_id,
-            _lib: std::mem::ManuallyDrop::new(lib),
+            _lib: lib,
         })
     }
 

@@ -79,7 +79,7 @@ pub enum Error {
     },
 }
 
-const CPU_EP: &str = "CPUExecutionProvider";
+pub const CPU_EP: &str = "CPUExecutionProvider";
 const CUDA_EP: &str = "CUDAExecutionProvider";
 const TRT_EP: &str = "TensorrtExecutionProvider";
 
@@ -148,14 +148,10 @@ impl DeviceMemory {
             MemoryType::Default,
         )
         .map_err(|e| e.to_string())?;
-        let host = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(DeviceMemory { device, host })
+        Ok(DeviceMemory {
+            device,
+            host: DeviceMemory::host()?,
+        })
     }
 }
 
@@ -299,12 +295,7 @@ impl OrtEngine {
         };
         let device_copy = match &device {
             Some(_) if manifest.decoder.flavour == Flavour::Fused => {
-                let cudart = ort_lib::cuda_lib_dirs(lib)
-                    .0
-                    .map(|dir| dir.join(trt::CUDART_LIB))
-                    .filter(|p| p.is_file())
-                    .unwrap_or_else(|| PathBuf::from(trt::CUDART_LIB));
-                match fused::DeviceCopy::load(&cudart, options.device_id) {
+                match fused::DeviceCopy::load(&ort_lib::cudart_path(lib), options.device_id) {
                     Ok(copy) => Some(copy),
                     Err(reason) => {
                         eprintln!("warning: continuous batching is off on the GPU: {reason}");

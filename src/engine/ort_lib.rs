@@ -143,6 +143,19 @@ pub fn cuda_lib_dirs(ort_lib: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
     )
 }
 
+/// The CUDA runtime library ONNX Runtime's CUDA provider loads.
+pub const CUDART_LIB: &str = "libcudart.so.13";
+
+/// `libcudart.so.13` from [`cuda_lib_dirs`] when it is there, else the bare name for the
+/// system loader.
+pub fn cudart_path(ort_lib: &Path) -> PathBuf {
+    cuda_lib_dirs(ort_lib)
+        .0
+        .map(|dir| dir.join(CUDART_LIB))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(CUDART_LIB))
+}
+
 static CUDA_PRELOADED: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Preloads the CUDA and cuDNN libraries once, so the CUDA provider finds them without

@@ -43,7 +43,6 @@ pub const MAX_TEXT_TOKENS: usize = 256;
 const TYPICAL_TEXT_TOKENS: usize = 64;
 
 pub const NVINFER_LIB: &str = "libnvinfer.so.10";
-pub const CUDART_LIB: &str = "libcudart.so.13";
 pub const NVML_LIB: &str = "libnvidia-ml.so.1";
 
 /// What one run may feed the graphs.
@@ -516,15 +515,16 @@ pub enum ProbeError {
     Version { function: &'static str, value: i32 },
 }
 
-/// A shared library opened for probing and never closed (see the module contract).
-struct Lib {
+/// A shared library opened for probing (or for the fused cache's device copies) and never
+/// closed (see the module contract).
+pub(super) struct Lib {
     lib: ManuallyDrop<libloading::Library>,
     name: String,
 }
 
 impl Lib {
     /// `path` with a `/` is opened as is, a bare file name through the system loader.
-    fn open(path: &Path) -> Result<Lib, ProbeError> {
+    pub(super) fn open(path: &Path) -> Result<Lib, ProbeError> {
         let name = path.display().to_string();
         // SAFETY: loading runs the library's initialisers; the CUDA, NVML and TensorRT
         // libraries are made to be loaded this way (ONNX Runtime's providers dlopen them).
@@ -539,7 +539,7 @@ impl Lib {
     }
 
     /// The function `symbol`; `T` must be its exact C signature.
-    fn get<T: Copy>(&self, symbol: &'static str) -> Result<T, ProbeError> {
+    pub(super) fn get<T: Copy>(&self, symbol: &'static str) -> Result<T, ProbeError> {
         // SAFETY: each caller names T as the documented C prototype of `symbol`; the
         // library is never unloaded, so the pointer stays valid.
         unsafe { self.lib.get::<T>(symbol) }
@@ -612,11 +612,7 @@ const NVML_NAME_BUFFER: usize = 96;
 /// CUDA versions). The runtime is the one [`super::ort_lib::cuda_lib_dirs`] finds beside
 /// ONNX Runtime, else the system loader's.
 pub fn gpu_identity(ort_lib: &Path, device_id: i32) -> Result<GpuIdentity, ProbeError> {
-    let cudart = super::ort_lib::cuda_lib_dirs(ort_lib)
-        .0
-        .map(|dir| dir.join(CUDART_LIB))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(CUDART_LIB));
+    let cudart = super::ort_lib::cudart_path(ort_lib);
     gpu_identity_from(&cudart, Path::new(NVML_LIB), device_id)
 }
 
