@@ -336,23 +336,6 @@ impl OrtEngine {
         })
     }
 
-    /// `pixel_values [B,3,S,S]` -> projected image embeddings `[B,N,H]` (while the image
-    /// encoder is not lent out).
-    pub fn encode_images(
-        &mut self,
-        pixel_values: &[f32],
-        batch: usize,
-    ) -> Result<Vec<f32>, BackendError> {
-        let images = self
-            .images
-            .as_mut()
-            .ok_or_else(|| BackendError("the image encoder is lent out".into()))?;
-        let before = images.ort_seconds;
-        let embeds = images.encode(pixel_values, batch);
-        self.ort_seconds += images.ort_seconds - before;
-        embeds
-    }
-
     /// Hands the vision tower and projector to another thread (they run beside the
     /// decoder); [`OrtEngine::restore_images`] takes them back.
     pub fn lend_images(&mut self) -> Option<ImageEncoder> {
