@@ -455,10 +455,11 @@ fn run_subset(
         .filter(|s| entries.get(&s.image).is_none_or(|e| e.answer.is_none()))
         .cloned()
         .collect();
+    let questions = Questions::new(tokenizer, &pending);
     if config.batch_size > 1 {
         // Batch prompts of similar length together: less left padding to compute. The
         // answers file keeps subset order whatever order the samples run in.
-        pending.sort_by_cached_key(|s| tokenizer.input_ids(&s.question).map_or(0, |ids| ids.len()));
+        pending.sort_by_key(|s| questions.len(s));
     }
     let n_resumed = samples.len() - pending.len();
     if n_resumed > 0 {
@@ -540,8 +541,7 @@ fn run_subset(
             let image_tokens = engine.manifest.vision.num_tokens;
             let longest = pending
                 .iter()
-                .filter_map(|s| tokenizer.input_ids(&s.question).ok())
-                .map(|ids| ids.len().saturating_sub(1) + image_tokens)
+                .map(|s| questions.len(s).saturating_sub(1) + image_tokens)
                 .max()
                 .unwrap_or(image_tokens);
             let plan = SlotPlan {
@@ -549,7 +549,7 @@ fn run_subset(
                 capacity: longest + config.max_new_tokens,
             };
             let stream = Stream {
-                tokenizer,
+                questions: &questions,
                 images: &mut image_stage,
                 recorder: &mut recorder,
                 stage: &mut stage,
@@ -558,7 +558,7 @@ fn run_subset(
         }
         _ => run_static(
             engine,
-            tokenizer,
+            &questions,
             &mut image_stage,
             &mut recorder,
             &generate_config,
@@ -888,18 +888,56 @@ fn encode_batch(prepared: Prepared, images: &mut ImageEncoder) -> Encoded {
     }
 }
 
+/// The run's tokenizer and the prompt ids of each pending question, tokenized once for
+/// the length sort, the slot capacity and the prompts.
+struct Questions<'a> {
+    tokenizer: &'a PromptTokenizer,
+    ids: HashMap<String, Result<Vec<i64>, String>>,
+}
+
+impl<'a> Questions<'a> {
+    fn new(tokenizer: &'a PromptTokenizer, pending: &[Sample]) -> Questions<'a> {
+        let ids = pending
+            .iter()
+            .map(|s| {
+                let ids = tokenizer.input_ids(&s.question).map_err(|e| e.to_string());
+                (s.image.clone(), ids)
+            })
+            .collect();
+        Questions { tokenizer, ids }
+    }
+
+    /// Prompt tokens of a sample's question (0 when it does not tokenize).
+    fn len(&self, sample: &Sample) -> usize {
+        self.ids
+            .get(&sample.image)
+            .and_then(|ids| ids.as_ref().ok())
+            .map_or(0, Vec::len)
+    }
+
+    fn ids(&self, sample: &Sample) -> Result<Vec<i64>, String> {
+        match self.ids.get(&sample.image) {
+            Some(ids) => ids.clone(),
+            None => self
+                .tokenizer
+                .input_ids(&sample.question)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// The prompts of `samples` with their slices of `embeds`; a question that does not
 /// tokenize is recorded and left out.
 fn prompts_for(
     samples: Vec<Sample>,
     embeds: &[f32],
-    tokenizer: &PromptTokenizer,
+    questions: &Questions,
     recorder: &mut Recorder,
 ) -> Result<Vec<Queued<Sample>>, Error> {
     let per_image = embeds.len() / samples.len().max(1);
     let mut prompts = Vec::with_capacity(samples.len());
     for (i, sample) in samples.into_iter().enumerate() {
-        match tokenizer.input_ids(&sample.question) {
+        match questions.ids(&sample) {
             Ok(ids) => prompts.push(Queued {
                 prompt: Prompt {
                     ids,
@@ -919,7 +957,7 @@ fn prompts_for(
 /// Static batches: each encoded batch is answered whole, then the next.
 fn run_static(
     engine: &mut OrtEngine,
-    tokenizer: &PromptTokenizer,
+    questions: &Questions,
     images: &mut ImageStage,
     recorder: &mut Recorder,
     config: &GenerateConfig,
@@ -932,7 +970,7 @@ fn run_static(
         let Some(encoded) = images.next() else { break };
         stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
         let (samples, embeds) = encoded.take(recorder, stage)?;
-        let batch = prompts_for(samples, &embeds, tokenizer, recorder)?;
+        let batch = prompts_for(samples, &embeds, questions, recorder)?;
         if batch.is_empty() {
             continue;
         }
@@ -948,7 +986,7 @@ fn run_static(
                 let entries: Vec<JournalEntry> = batch
                     .iter()
                     .zip(generations)
-                    .map(|(q, generation)| journal_entry(&q.key, tokenizer, generation))
+                    .map(|(q, generation)| journal_entry(&q.key, questions.tokenizer, generation))
                     .collect();
                 stage.detokenize_s += t.elapsed().as_secs_f64();
                 for entry in entries {
@@ -969,7 +1007,7 @@ fn run_static(
 /// ([`generate_continuous`]); images are encoded a preprocessed batch at a time, ahead of
 /// the slots that will take them; every answer is journaled the moment its row ends.
 struct Stream<'a> {
-    tokenizer: &'a PromptTokenizer,
+    questions: &'a Questions<'a>,
     images: &'a mut ImageStage,
     recorder: &'a mut Recorder,
     stage: &'a mut StageTimings,
@@ -984,7 +1022,7 @@ impl Stream<'_> {
         on_token: &mut dyn FnMut(usize),
     ) -> Result<Timings, Error> {
         let Stream {
-            tokenizer,
+            questions,
             images,
             recorder,
             stage,
@@ -1004,7 +1042,7 @@ impl Stream<'_> {
                     stage.preprocess_wait_s += wait.elapsed().as_secs_f64();
                     let mut recorder = recorder.borrow_mut();
                     let (samples, embeds) = encoded.take(&mut recorder, &mut stage)?;
-                    queue.extend(prompts_for(samples, &embeds, tokenizer, &mut recorder)?);
+                    queue.extend(prompts_for(samples, &embeds, questions, &mut recorder)?);
                 }
                 callbacks_s.set(callbacks_s.get() + t.elapsed().as_secs_f64());
                 if queue.is_empty() {
@@ -1016,7 +1054,7 @@ impl Stream<'_> {
             let t = Instant::now();
             let done = match result {
                 Ok(generation) => {
-                    let entry = journal_entry(&sample, tokenizer, generation);
+                    let entry = journal_entry(&sample, questions.tokenizer, generation);
                     stage.borrow_mut().detokenize_s += t.elapsed().as_secs_f64();
                     recorder.borrow_mut().answer(entry)
                 }
