@@ -490,6 +490,42 @@ fn manifest_describes_the_graphs() {
     }
 }
 
+/// Every plain graph, fp32 and fp16, is one TensorRT engine for TensorRT's ONNX parser
+/// (supported operators, constant axes, opset); the fused decoder's ONNX Runtime-only
+/// operators are exactly what it would not take.
+#[test]
+fn plain_graphs_pass_the_tensorrt_parser_rules() {
+    use vlguard_ort::export::tensorrt;
+    let fp16 = export_demo(Dtype::Fp16, Flavour::Plain);
+    for (label, model) in [
+        ("fp32", fp32_model()),
+        ("fp16", &fp16),
+        ("fused", fused_model()),
+    ] {
+        let g = &model.manifest.graphs;
+        for spec in [&g.vision, &g.projector, &g.embed, &g.decoder] {
+            let bytes = std::fs::read(model.dir.join(&spec.file)).unwrap();
+            let found = tensorrt::check(&bytes).unwrap();
+            if label == "fused" && spec.file == g.decoder.file {
+                let mut ops: Vec<&str> = found.iter().map(|f| f.op.as_str()).collect();
+                ops.sort();
+                ops.dedup();
+                assert_eq!(
+                    ops,
+                    [
+                        "GroupQueryAttention",
+                        "SimplifiedLayerNormalization",
+                        "SkipSimplifiedLayerNormalization"
+                    ],
+                    "{found:?}"
+                );
+            } else {
+                assert!(found.is_empty(), "{label} {}: {found:?}", spec.file);
+            }
+        }
+    }
+}
+
 #[test]
 fn fp16_export_runs_and_agrees_loosely() {
     let m = export_demo(Dtype::Fp16, Flavour::Plain);

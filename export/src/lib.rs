@@ -19,7 +19,9 @@ pub mod graphs;
 pub mod manifest;
 pub mod onnx;
 pub mod pickle;
+pub mod tensorrt;
 pub mod tokenizer;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -477,6 +477,7 @@ pub fn execution_provider(
                 .into(),
         );
     }
+    warn_unparsable(path);
     let profile = profile(manifest, kind, limits).map_err(|e| e.to_string())?;
     let mut trt = ort::ep::TensorRT::default()
         .with_device_id(device_id)
@@ -493,6 +494,25 @@ pub fn execution_provider(
             .with_timing_cache_path(dir.display());
     }
     Ok(trt.build().error_on_failure())
+}
+
+/// Says on stderr which nodes of the graph at `path` TensorRT's ONNX parser will not take
+/// ([`vlguard_export::tensorrt`]): ONNX Runtime runs them outside the TensorRT engine, so
+/// the graph still runs, slower. Exported plain graphs have none (tested).
+fn warn_unparsable(path: &Path) {
+    let found = match std::fs::read(path).map(|bytes| vlguard_export::tensorrt::check(&bytes)) {
+        Ok(Ok(found)) => found,
+        // An unreadable graph fails at session creation, with its own message.
+        _ => return,
+    };
+    if let Some(first) = found.first() {
+        eprintln!(
+            "warning: {}: {} node(s) TensorRT's ONNX parser will not take, first {first}; \
+             ONNX Runtime runs them outside the TensorRT engine",
+            path.display(),
+            found.len()
+        );
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
