@@ -14,7 +14,7 @@
 # TensorRT said.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
+cd "$root" || exit 1
 ort_dir=""
 budget=420
 while [ $# -gt 0 ]; do
