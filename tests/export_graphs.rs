@@ -91,19 +91,24 @@ struct Exported {
     manifest: Manifest,
 }
 
-fn export_demo(dtype: Dtype, flavour: Flavour) -> Exported {
+/// Export options for the repo's demo checkpoint (`models/demo-src`) into `out`.
+fn demo_options(out: &Path, dtype: Dtype, flavour: Flavour) -> ExportOptions {
     let src = repo().join("models/demo-src");
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("model");
-    let opts = ExportOptions {
+    ExportOptions {
         checkpoint: src.join("llava-v1.5-tiny"),
         vision_tower: src.join("clip-vit-tiny-patch14-336"),
-        out: out.clone(),
+        out: out.to_path_buf(),
         dtype,
         force: false,
         random_weights: false,
         flavour,
-    };
+    }
+}
+
+fn export_demo(dtype: Dtype, flavour: Flavour) -> Exported {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let opts = demo_options(&out, dtype, flavour);
     let report = export_with(&opts, &stub_tokenizer).expect("export of the demo model");
     Exported {
         _tmp: tmp,
@@ -237,6 +242,27 @@ fn prefill_one(sess: &mut Session, m: &Manifest, embeds: &[f32], len: usize) -> 
     run_decoder(sess, m, step, None)
 }
 
+/// The cached path for one row of `len` positions: a prefill of all but the last, then a
+/// one-token step on its cache. Returns (that prefill, the step).
+fn prefix_then_step(
+    sess: &mut Session,
+    m: &Manifest,
+    embeds: &[f32],
+    len: usize,
+) -> (DecoderRun, DecoderRun) {
+    let h = m.decoder.hidden_size;
+    let head = prefill_one(sess, m, &embeds[..(len - 1) * h], len - 1);
+    let one = Step {
+        b: 1,
+        t: 1,
+        embeds: embeds[(len - 1) * h..].to_vec(),
+        mask: vec![1; len],
+        positions: vec![len as i64 - 1],
+    };
+    let step = run_decoder(sess, m, one, Some(&head.present));
+    (head, step)
+}
+
 #[test]
 fn vision_matches_reference() {
     let m = fp32_model();
@@ -361,20 +387,11 @@ fn prefill_logits_match_reference() {
 #[test]
 fn decode_step_with_cache_matches_full_prefill() {
     let m = fp32_model();
-    let h = m.manifest.decoder.hidden_size;
     let mut dec = session(&m.dir, &m.manifest.graphs.decoder.file);
     let (shape, embeds) = golden(0, "inputs_embeds");
     let len = shape[0];
     let full = prefill_one(&mut dec, &m.manifest, &embeds, len);
-    let head = prefill_one(&mut dec, &m.manifest, &embeds[..(len - 1) * h], len - 1);
-    let one = Step {
-        b: 1,
-        t: 1,
-        embeds: embeds[(len - 1) * h..].to_vec(),
-        mask: vec![1; len],
-        positions: vec![len as i64 - 1],
-    };
-    let step = run_decoder(&mut dec, &m.manifest, one, Some(&head.present));
+    let (_, step) = prefix_then_step(&mut dec, &m.manifest, &embeds, len);
     let diff = max_abs_diff(&step.logits, &full.logits);
     eprintln!("decode step vs full prefill: max abs diff {diff:e}");
     assert!(diff <= TOL, "{diff}");
@@ -755,24 +772,11 @@ fn grouped_query_attention_equals_repeated_kv_heads() {
         let embeds = values(9, len * h);
         let full = prefill_one(&mut dec, &report.manifest, &embeds, len);
         // And the cached path of the GQA graph: 6 positions, then 1 step.
-        let head = prefill_one(
-            &mut dec,
-            &report.manifest,
-            &embeds[..(len - 1) * h],
-            len - 1,
-        );
+        let (head, step) = prefix_then_step(&mut dec, &report.manifest, &embeds, len);
         assert_eq!(
             head.present[0].0,
             vec![1, kv_heads as i64, len as i64 - 1, hd as i64]
         );
-        let one = Step {
-            b: 1,
-            t: 1,
-            embeds: embeds[(len - 1) * h..].to_vec(),
-            mask: vec![1; len],
-            positions: vec![len as i64 - 1],
-        };
-        let step = run_decoder(&mut dec, &report.manifest, one, Some(&head.present));
         let diff = max_abs_diff(&step.logits, &full.logits);
         assert!(diff <= TOL, "kv {kv_heads}: step vs prefill {diff}");
         logits.push(full.logits);
@@ -782,22 +786,12 @@ fn grouped_query_attention_equals_repeated_kv_heads() {
     assert!(diff <= 1e-5, "{diff}");
 }
 
-/// Needs the real SentencePiece converter (export/src/tokenizer.rs from the tokenizer
-/// work); in the `export` branch it is a placeholder that always errors.
+/// The real SentencePiece converter (`export/src/tokenizer.rs`) instead of the stub.
 #[test]
 fn export_writes_a_loadable_tokenizer_json() {
-    let src = repo().join("models/demo-src");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("model");
-    let opts = ExportOptions {
-        checkpoint: src.join("llava-v1.5-tiny"),
-        vision_tower: src.join("clip-vit-tiny-patch14-336"),
-        out: out.clone(),
-        dtype: Dtype::Fp32,
-        force: false,
-        random_weights: false,
-        flavour: Default::default(),
-    };
+    let opts = demo_options(&out, Dtype::Fp32, Flavour::Plain);
     let report = vlguard_ort::export::export(&opts).expect("export with the real tokenizer");
     // ids 0/1/2 = unk/bos/eos (bundle README, checkpoint/ section).
     let t = &report.manifest.tokenizer;
