@@ -8,10 +8,14 @@
 
 #![allow(dead_code)] // Each test file uses a different part of this helper.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "http_head.rs"]
+mod http_head;
+use http_head::{read_head, Head};
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -157,22 +161,11 @@ fn serve(stream: TcpStream, recorded: &Mutex<Vec<Request>>, script: &Script) {
 
 fn read_request(stream: &TcpStream) -> Option<Request> {
     let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let path = parts.next()?.to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
+    let Head {
+        method,
+        path,
+        headers,
+    } = read_head(&mut reader)?;
     let len: usize = headers
         .iter()
         .find(|(k, _)| k == "content-length")

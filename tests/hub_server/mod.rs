@@ -10,11 +10,15 @@
 #![allow(dead_code)] // each test file uses a different part of this helper
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
+
+#[path = "../common/http_head.rs"]
+mod http_head;
+use http_head::read_head;
 
 pub struct RepoFile {
     pub path: String,
@@ -157,29 +161,11 @@ struct Request {
 
 fn read_request(stream: &TcpStream) -> Option<Request> {
     let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let path = parts.next()?.to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).ok()? == 0 {
-            break;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
+    let head = read_head(&mut reader)?;
     Some(Request {
-        method,
-        path,
-        headers,
+        method: head.method,
+        path: head.path,
+        headers: head.headers.into_iter().collect(),
     })
 }
 
