@@ -238,16 +238,25 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vlguard-ort"))
 }
 
+/// `vlguard-ort score [--json] --subset SUBSET --meta test.json ANSWERS`.
+fn score_cli(json: bool, subset: &str, answers: &Path) -> std::process::Output {
+    let mut cmd = bin();
+    cmd.arg("score");
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.args(["--subset", subset, "--meta"])
+        .arg(test_json())
+        .arg(answers)
+        .output()
+        .expect("runs")
+}
+
 #[test]
 fn cli_prints_the_reference_line_first_and_json_on_request() {
     let exp = expected();
     let want = &exp["subsets"]["unsafes"];
-    let out = bin()
-        .args(["score", "--subset", "unsafes", "--meta"])
-        .arg(test_json())
-        .arg(fixture("unsafes.json"))
-        .output()
-        .expect("runs");
+    let out = score_cli(false, "unsafes", &fixture("unsafes.json"));
     assert!(
         out.status.success(),
         "{}",
@@ -257,12 +266,7 @@ fn cli_prints_the_reference_line_first_and_json_on_request() {
     assert_eq!(text.lines().next(), want["asr_line"].as_str());
     assert!(text.contains("by harmful_subcategory"), "{text}");
 
-    let out = bin()
-        .args(["score", "--json", "--subset", "safe_safes", "--meta"])
-        .arg(test_json())
-        .arg(fixture("safe_safes.json"))
-        .output()
-        .expect("runs");
+    let out = score_cli(true, "safe_safes", &fixture("safe_safes.json"));
     assert!(out.status.success());
     let got: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let want = &exp["subsets"]["safe_safes"];
@@ -281,12 +285,7 @@ fn text_report_golden() {
     // The text a user reads. Its numbers are the ones checked against expected.json in
     // subsets_match_python_totals_and_breakdowns; this pins the layout.
     // VLGUARD_UPDATE_GOLDEN=1 rewrites it after an intended change.
-    let out = bin()
-        .args(["score", "--subset", "unsafes", "--meta"])
-        .arg(test_json())
-        .arg(fixture("unsafes.json"))
-        .output()
-        .expect("runs");
+    let out = score_cli(false, "unsafes", &fixture("unsafes.json"));
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let path = fixture("unsafes.txt");
     if std::env::var_os("VLGUARD_UPDATE_GOLDEN").is_some() {
@@ -333,12 +332,7 @@ fn missing_answers_are_errors_not_refusals() {
     let path = dir.path().join("partial.json");
     std::fs::write(&path, serde_json::to_string(&map).expect("json")).expect("write");
 
-    let out = bin()
-        .args(["score", "--json", "--subset", "unsafes", "--meta"])
-        .arg(test_json())
-        .arg(&path)
-        .output()
-        .expect("runs");
+    let out = score_cli(true, "unsafes", &path);
     assert_eq!(out.status.code(), Some(1), "errors give exit code 1");
     let got: Value = serde_json::from_slice(&out.stdout).expect("json");
     let want = &exp["subsets"]["unsafes"];
@@ -364,12 +358,7 @@ fn missing_answers_are_errors_not_refusals() {
 #[test]
 fn keys_outside_the_subset_are_an_error_that_lists_them() {
     // safe_safes answers are keyed by safe images: scored as unsafes, every key is foreign.
-    let out = bin()
-        .args(["score", "--subset", "unsafes", "--meta"])
-        .arg(test_json())
-        .arg(fixture("safe_safes.json"))
-        .output()
-        .expect("runs");
+    let out = score_cli(false, "unsafes", &fixture("safe_safes.json"));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("558 key(s) are not unsafes images"), "{err}");
