@@ -190,20 +190,45 @@ fn clean_fetch_unpacks_the_run_layout_then_rerun_downloads_nothing() {
         .starts_with("/api/datasets/ys-zong/VLGuard/revision/main"));
 }
 
+/// A Hub stand-in serving the small test.json, its reference answers and `zip` as the
+/// image archive, and a fresh folder to fetch the dataset into.
+struct SmallDataset {
+    server: HubServer,
+    hub: Hub,
+    tmp: tempfile::TempDir,
+    to: PathBuf,
+}
+
+impl SmallDataset {
+    fn start(zip: Vec<u8>) -> SmallDataset {
+        let (test_json, reference) = small_json();
+        let server = HubServer::start(
+            vec![dataset_repo(test_json, zip)],
+            vec![(RAW.to_string(), reference)],
+            Faults::default(),
+        );
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let to = tmp.path().join("VLGuard");
+        let hub = Hub::new(&server.hub_url, None, policy()).expect("hub");
+        SmallDataset {
+            server,
+            hub,
+            tmp,
+            to,
+        }
+    }
+
+    fn fetch(&self) -> Result<fetch::Outcome, Error> {
+        fetch::fetch_dataset(&self.hub, &request(&self.server, &self.to))
+    }
+}
+
 fn fetch_small_with_zip(
     zip: Vec<u8>,
 ) -> (tempfile::TempDir, PathBuf, Result<fetch::Outcome, Error>) {
-    let (test_json, reference) = small_json();
-    let server = HubServer::start(
-        vec![dataset_repo(test_json, zip)],
-        vec![(RAW.to_string(), reference)],
-        Faults::default(),
-    );
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let to = tmp.path().join("VLGuard");
-    let hub = Hub::new(&server.hub_url, None, policy()).expect("hub");
-    let result = fetch::fetch_dataset(&hub, &request(&server, &to));
-    (tmp, to, result)
+    let small = SmallDataset::start(zip);
+    let result = small.fetch();
+    (small.tmp, small.to, result)
 }
 
 #[test]
@@ -214,16 +239,9 @@ fn archive_without_top_folder_unpacks_the_same_and_a_lost_image_is_restored() {
         ("bad_ads/c.png", b"C"),
         ("__MACOSX/bad_ads/._a.png", b"junk"),
     ]);
-    let (test_json, reference) = small_json();
-    let server = HubServer::start(
-        vec![dataset_repo(test_json, zip)],
-        vec![(RAW.to_string(), reference)],
-        Faults::default(),
-    );
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let to = tmp.path().join("VLGuard");
-    let hub = Hub::new(&server.hub_url, None, policy()).expect("hub");
-    fetch::fetch_dataset(&hub, &request(&server, &to)).expect("fetch");
+    let small = SmallDataset::start(zip);
+    let to = &small.to;
+    small.fetch().expect("fetch");
     assert_eq!(
         std::fs::read(to.join("test/privacy/b.jpg")).expect("image"),
         b"B"
@@ -232,7 +250,7 @@ fn archive_without_top_folder_unpacks_the_same_and_a_lost_image_is_restored() {
 
     // An image lost since: the rerun unpacks the kept archive again, downloads nothing.
     std::fs::remove_file(to.join("test/privacy/b.jpg")).expect("remove image");
-    let again = fetch::fetch_dataset(&hub, &request(&server, &to)).expect("rerun");
+    let again = small.fetch().expect("rerun");
     assert!(again.downloaded.is_empty(), "{:?}", again.downloaded);
     assert_eq!(again.unpacked, vec!["test.zip".to_string()]);
     assert_eq!(
