@@ -190,14 +190,20 @@ fn truncated_jpegs_are_errors() {
         "gray.jpg",
     ] {
         let data = read_fixture(name);
-        for cut in [2, 10, data.len() / 2, data.len() - 4, data.len() - 3] {
-            let p = temp_file(&dir, name, &data[..data.len() - cut]);
-            let r = decode_rgb(&p);
-            assert!(
-                matches!(r, Err(Error::Decode { .. })),
-                "{name} cut by {cut}: expected a decode error, got {r:?}"
-            );
-        }
+        let cuts = [2, 10, data.len() / 2, data.len() - 4, data.len() - 3];
+        assert_cuts_fail(&dir, name, &data, &cuts);
+    }
+}
+
+/// Each copy of `data` with its last `cut` bytes gone is a decode error.
+fn assert_cuts_fail(dir: &tempfile::TempDir, name: &str, data: &[u8], cuts: &[usize]) {
+    for &cut in cuts {
+        let p = temp_file(dir, name, &data[..data.len() - cut]);
+        let r = decode_rgb(&p);
+        assert!(
+            matches!(r, Err(Error::Decode { .. })),
+            "{name} cut by {cut}: expected a decode error, got {r:?}"
+        );
     }
 }
 
@@ -225,14 +231,8 @@ fn truncated_pngs() {
         let whole = decode_rgb(&fixture(name)).expect("whole file");
         let p = temp_file(&dir, name, &data[..data.len() - 10]);
         assert_eq!(decode_rgb(&p).expect("IEND cut is fine"), whole, "{name}");
-        for cut in [data.len() / 2, data.len() - 20, data.len() - 40] {
-            let p = temp_file(&dir, name, &data[..data.len() - cut]);
-            let r = decode_rgb(&p);
-            assert!(
-                matches!(r, Err(Error::Decode { .. })),
-                "{name} cut by {cut}: expected a decode error, got {r:?}"
-            );
-        }
+        let cuts = [data.len() / 2, data.len() - 20, data.len() - 40];
+        assert_cuts_fail(&dir, name, &data, &cuts);
     }
 }
 
