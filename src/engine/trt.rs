@@ -591,6 +591,27 @@ unsafe fn c_message(text: *const c_char) -> String {
     }
 }
 
+/// A library's `const char* xxxErrorString(int)`, which returns a static string.
+type ErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
+
+/// `Ok` for status 0, else the call's code with the library's own message for it.
+fn status(
+    function: &'static str,
+    code: c_int,
+    error_string: ErrorString,
+) -> Result<(), ProbeError> {
+    if code == 0 {
+        return Ok(());
+    }
+    // SAFETY: `error_string` is an `ErrorString`: it returns a static string (or null).
+    let message = unsafe { c_message(error_string(code)) };
+    Err(ProbeError::Call {
+        function,
+        code,
+        message,
+    })
+}
+
 /// `getInferLibVersion()`'s integer as `major.minor.patch`: TensorRT 10 encodes
 /// (MAJOR * 100 + MINOR) * 100 + PATCH, TensorRT 8 MAJOR * 1000 + MINOR * 100 + PATCH
 /// (NvInferRuntimeBase.h of each).
@@ -643,7 +664,6 @@ pub fn gpu_identity_from(
 ) -> Result<GpuIdentity, ProbeError> {
     type GetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
     type GetPciBusId = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
-    type ErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
     type NoArgs = unsafe extern "C" fn() -> c_int;
     type HandleByBusId = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> c_int;
     type GetName = unsafe extern "C" fn(*mut c_void, *mut c_char, c_uint) -> c_int;
@@ -651,19 +671,9 @@ pub fn gpu_identity_from(
     let rt = Lib::open(cudart)?;
     let get_attribute = rt.get::<GetAttribute>("cudaDeviceGetAttribute")?;
     let get_bus_id = rt.get::<GetPciBusId>("cudaDeviceGetPCIBusId")?;
+    // `const char* cudaGetErrorString(cudaError_t)`: a static string.
     let cuda_error = rt.get::<ErrorString>("cudaGetErrorString")?;
-    let cuda_call = |function: &'static str, code: c_int| -> Result<(), ProbeError> {
-        if code == 0 {
-            return Ok(());
-        }
-        // SAFETY: `const char* cudaGetErrorString(cudaError_t)` returns a static string.
-        let message = unsafe { c_message(cuda_error(code)) };
-        Err(ProbeError::Call {
-            function,
-            code,
-            message,
-        })
-    };
+    let cuda_call = |function, code| status(function, code, cuda_error);
     let mut major: c_int = 0;
     let mut minor: c_int = 0;
     // SAFETY: `cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int
@@ -695,19 +705,9 @@ pub fn gpu_identity_from(
     let shutdown = ml.get::<NoArgs>("nvmlShutdown")?;
     let by_bus_id = ml.get::<HandleByBusId>("nvmlDeviceGetHandleByPciBusId_v2")?;
     let get_name = ml.get::<GetName>("nvmlDeviceGetName")?;
+    // `const char* nvmlErrorString(nvmlReturn_t)`: a static string.
     let nvml_error = ml.get::<ErrorString>("nvmlErrorString")?;
-    let nvml_call = |function: &'static str, code: c_int| -> Result<(), ProbeError> {
-        if code == 0 {
-            return Ok(());
-        }
-        // SAFETY: `const char* nvmlErrorString(nvmlReturn_t)` returns a static string.
-        let message = unsafe { c_message(nvml_error(code)) };
-        Err(ProbeError::Call {
-            function,
-            code,
-            message,
-        })
-    };
+    let nvml_call = |function, code| status(function, code, nvml_error);
     // SAFETY: `nvmlReturn_t nvmlInit_v2(void)`.
     nvml_call("nvmlInit_v2", unsafe { init() })?;
     let mut name = [0u8; NVML_NAME_BUFFER];
