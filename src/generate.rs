@@ -215,6 +215,18 @@ fn first_index_of(values: &[f32], target: f32) -> Option<usize> {
         .map(|i| tail + i)
 }
 
+/// The vocabulary size of logits for `rows` rows; an error when they do not split evenly.
+fn vocab_of(logits: &[f32], rows: usize) -> Result<usize, Error> {
+    let vocab = logits.len() / rows.max(1);
+    if vocab == 0 || logits.len() != rows * vocab {
+        return Err(Error::Logits {
+            found: logits.len(),
+            batch: rows,
+        });
+    }
+    Ok(vocab)
+}
+
 /// The greedy choice for one row at `step` (0 = the token after the prompt): EOS banned
 /// at step 0 (`min_new_tokens=1`: the reference sets its logit to -inf), argmax with the
 /// first index on ties, appended to `generation`. Returns the token and whether the row
@@ -288,13 +300,7 @@ pub fn generate_batch(
         .collect();
     let drops = backend.drops_rows();
     let mut done = vec![false; batch];
-    let vocab = logits.len() / batch;
-    if vocab == 0 || logits.len() != batch * vocab {
-        return Err(Error::Logits {
-            found: logits.len(),
-            batch,
-        });
-    }
+    let vocab = vocab_of(&logits, batch)?;
 
     for step in 0..config.max_new_tokens {
         if logits.len() != live.len() * vocab {
@@ -481,14 +487,7 @@ pub fn generate_continuous<B: Backend + ?Sized, K, E: From<Error>>(
                 continue;
             }
         };
-        let vocab = logits.len() / rows.len();
-        if vocab == 0 || logits.len() != rows.len() * vocab {
-            return Err(Error::Logits {
-                found: logits.len(),
-                batch: rows.len(),
-            }
-            .into());
-        }
+        let vocab = vocab_of(&logits, rows.len())?;
         let mut working = 0;
         for (slot, entry) in rows.iter_mut().enumerate() {
             let Some(row) = entry.as_mut() else { continue };
@@ -572,14 +571,7 @@ fn join_slots<B: Backend + ?Sized, K, E: From<Error>>(
             return Ok(Vec::new());
         }
     };
-    let vocab = logits.len() / keys.len();
-    if vocab == 0 || logits.len() != keys.len() * vocab {
-        return Err(Error::Logits {
-            found: logits.len(),
-            batch: keys.len(),
-        }
-        .into());
-    }
+    let vocab = vocab_of(&logits, keys.len())?;
     let mut joined = Vec::new();
     for (j, key) in keys.into_iter().enumerate() {
         let mut generation = Generation {
