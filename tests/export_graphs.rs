@@ -521,8 +521,7 @@ fn plain_graphs_pass_the_tensorrt_parser_rules() {
     ] {
         let g = &model.manifest.graphs;
         for spec in [&g.vision, &g.projector, &g.embed, &g.decoder] {
-            let bytes = std::fs::read(model.dir.join(&spec.file)).unwrap();
-            let found = tensorrt::check(&bytes).unwrap();
+            let found = tensorrt::check_file(&model.dir.join(&spec.file)).unwrap();
             if label == "fused" && spec.file == g.decoder.file {
                 let mut ops: Vec<&str> = found.iter().map(|f| f.op.as_str()).collect();
                 ops.sort();

@@ -13,6 +13,7 @@
 //! whole graph can become one TensorRT engine.
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use crate::wire::{Reader, Value, WireError};
 
@@ -208,6 +209,30 @@ impl std::fmt::Display for Finding {
     }
 }
 
+/// A graph file [`check_file`] could not read or parse.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Wire { path: PathBuf, source: WireError },
+}
+
+/// [`check`] on the graph file at `path`.
+pub fn check_file(path: &Path) -> Result<Vec<Finding>, CheckError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check(&bytes).map_err(|source| CheckError::Wire {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 #[derive(Default)]
 struct Node {
     name: String,
@@ -367,7 +392,7 @@ mod tests {
         build(&mut g, &x);
         g.output("y", ElemType::F32, vec![]);
         g.finish(&dir.path().join("t.onnx")).unwrap();
-        check(&std::fs::read(dir.path().join("t.onnx")).unwrap()).unwrap()
+        check_file(&dir.path().join("t.onnx")).unwrap()
     }
 
     #[test]

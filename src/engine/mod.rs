@@ -847,10 +847,7 @@ pub fn inspect_command(args: &InspectArgs) -> Result<ExitCode, Error> {
             println!("  out  {:<28} {}", output.name(), output.dtype());
         }
         check_contract(name, &session, spec)?;
-        let checked = std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| vlguard_export::tensorrt::check(&bytes).map_err(|e| e.to_string()));
-        match checked {
+        match vlguard_export::tensorrt::check_file(&path) {
             Ok(found) if found.is_empty() => println!("  TensorRT 10 ONNX parser: takes it whole"),
             Ok(found) => {
                 println!(
@@ -861,7 +858,7 @@ pub fn inspect_command(args: &InspectArgs) -> Result<ExitCode, Error> {
                     println!("    {finding}");
                 }
             }
-            Err(e) => println!("  TensorRT 10 ONNX parser check: cannot read the graph: {e}"),
+            Err(e) => println!("  TensorRT 10 ONNX parser check: {e}"),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -500,10 +500,9 @@ pub fn execution_provider(
 /// ([`vlguard_export::tensorrt`]): ONNX Runtime runs them outside the TensorRT engine, so
 /// the graph still runs, slower. Exported plain graphs have none (tested).
 fn warn_unparsable(path: &Path) {
-    let found = match std::fs::read(path).map(|bytes| vlguard_export::tensorrt::check(&bytes)) {
-        Ok(Ok(found)) => found,
-        // An unreadable graph fails at session creation, with its own message.
-        _ => return,
+    // An unreadable graph fails at session creation, with its own message.
+    let Ok(found) = vlguard_export::tensorrt::check_file(path) else {
+        return;
     };
     if let Some(first) = found.first() {
         eprintln!(
