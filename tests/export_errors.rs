@@ -58,15 +58,22 @@ impl Case {
         edit(&mut v);
         std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     }
-    fn export(&self, force: bool) -> Result<(), ExportError> {
-        let opts = ExportOptions {
+    /// Options exporting this case's folders into `out`.
+    fn options(&self, dtype: Dtype, random_weights: bool, flavour: Flavour) -> ExportOptions {
+        ExportOptions {
             checkpoint: self.llava(),
             vision_tower: self.clip(),
             out: self.out(),
-            dtype: Dtype::Fp32,
+            dtype,
+            force: false,
+            random_weights,
+            flavour,
+        }
+    }
+    fn export(&self, force: bool) -> Result<(), ExportError> {
+        let opts = ExportOptions {
             force,
-            random_weights: false,
-            flavour: Default::default(),
+            ..self.options(Dtype::Fp32, false, Flavour::Plain)
         };
         export_with(&opts, &stub_tokenizer).map(|_| ())
     }
@@ -195,18 +202,25 @@ fn failure_with_force_keeps_the_old_output() {
     c.assert_no_partial_output();
 }
 
-#[test]
-fn unknown_dtype_is_refused_by_the_command() {
-    let args = ExportArgs {
+/// The command's arguments with this `--dtype` and `--decoder`.
+fn export_args(dtype: &str, decoder: &str) -> ExportArgs {
+    ExportArgs {
         checkpoint: "a".into(),
         vision_tower: "b".into(),
         out: "c".into(),
-        dtype: "int8".into(),
+        dtype: dtype.into(),
         force: false,
         random_weights: false,
-        decoder: "plain".into(),
-    };
-    let err = args.options().unwrap_err().to_string();
+        decoder: decoder.into(),
+    }
+}
+
+#[test]
+fn unknown_dtype_is_refused_by_the_command() {
+    let err = export_args("int8", "plain")
+        .options()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("int8") && err.contains("--dtype"), "{err}");
 }
 
@@ -218,15 +232,7 @@ fn fused_decoder_refuses_a_head_size_gqa_cannot_run() {
         v["num_attention_heads"] = 8.into();
         v["num_key_value_heads"] = 8.into();
     });
-    let opts = ExportOptions {
-        checkpoint: c.llava(),
-        vision_tower: c.clip(),
-        out: c.out(),
-        dtype: Dtype::Fp32,
-        force: false,
-        random_weights: true,
-        flavour: Flavour::Fused,
-    };
+    let opts = c.options(Dtype::Fp32, true, Flavour::Fused);
     let err = export_with(&opts, &stub_tokenizer).unwrap_err().to_string();
     assert!(
         err.contains("config.json") && err.contains("multiple of 16") && err.contains("is 8"),
@@ -238,16 +244,10 @@ fn fused_decoder_refuses_a_head_size_gqa_cannot_run() {
 
 #[test]
 fn unknown_decoder_flavour_is_refused_by_the_command() {
-    let args = ExportArgs {
-        checkpoint: "a".into(),
-        vision_tower: "b".into(),
-        out: "c".into(),
-        dtype: "fp32".into(),
-        force: false,
-        random_weights: false,
-        decoder: "flash".into(),
-    };
-    let err = args.options().unwrap_err().to_string();
+    let err = export_args("fp32", "flash")
+        .options()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("flash") && err.contains("--decoder"), "{err}");
 }
 
@@ -266,15 +266,7 @@ fn random_weights_need_no_weights_files() {
     c.edit_json(&c.llava().join("config.json"), |v| {
         v["num_key_value_heads"] = 2.into()
     });
-    let opts = ExportOptions {
-        checkpoint: c.llava(),
-        vision_tower: c.clip(),
-        out: c.out(),
-        dtype: Dtype::Fp16,
-        force: false,
-        random_weights: true,
-        flavour: Default::default(),
-    };
+    let opts = c.options(Dtype::Fp16, true, Flavour::Plain);
     let mut report = export_with(&opts, &stub_tokenizer).unwrap();
     assert_eq!(report.manifest.decoder.num_kv_heads, 2);
     // What the command prints (time fixed; the rest from the bundle's configs).
