@@ -20,9 +20,11 @@ pub enum Command {
     /// Export a LLaVA-1.5 checkpoint and its CLIP tower to a model directory of ONNX graphs.
     Export(crate::export_cmd::ExportArgs),
     /// Print a model directory's manifest and every graph's inputs and outputs.
-    Inspect(crate::engine::InspectArgs),
+    Inspect(crate::inspect::InspectArgs),
     /// Run the VLGuard evaluation: answers for a test subset, written like the reference.
     Run(crate::run::RunArgs),
+    /// Join the shard files of `run --shard K/N` into one answers file per subset.
+    Merge(crate::merge::MergeArgs),
     /// Attack success rate (and more) of a predictions file, as the reference computes it.
     Score(crate::score::ScoreArgs),
     /// One table of every engine found under a results folder.

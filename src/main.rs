@@ -13,8 +13,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Export(args) => vlguard_ort::export_cmd::command(&args).map_err(Into::into),
-        Command::Inspect(args) => vlguard_ort::engine::inspect_command(&args).map_err(Into::into),
+        Command::Inspect(args) => vlguard_ort::inspect::command(&args).map_err(Into::into),
         Command::Run(args) => vlguard_ort::run::command(&args).map_err(Into::into),
+        Command::Merge(args) => vlguard_ort::merge::command(&args).map_err(Into::into),
         Command::Score(args) => vlguard_ort::score::command(&args).map_err(Into::into),
         Command::Leaderboard(args) => vlguard_ort::report::command(&args).map_err(Into::into),
         Command::Judge(args) => vlguard_ort::judge::command(&args).map_err(Into::into),

@@ -26,9 +26,11 @@
 use std::path::{Path, PathBuf};
 
 use tokenizers::Tokenizer;
+use vlguard_export::manifest::TokenizerSpec;
 
-/// The id LLaVA puts where the image features go (`IMAGE_TOKEN_INDEX`).
-pub const IMAGE_TOKEN_INDEX: i64 = -200;
+/// The id LLaVA puts where the image features go (`IMAGE_TOKEN_INDEX`): the exporter's,
+/// which it records in the manifest ([`PromptTokenizer::for_model`] takes it from there).
+pub use vlguard_export::IMAGE_TOKEN_ID as IMAGE_TOKEN_INDEX;
 
 /// The placeholder the prompt is split on (`DEFAULT_IMAGE_TOKEN`).
 pub const IMAGE_PLACEHOLDER: &str = "<image>";
@@ -75,6 +77,8 @@ pub struct PromptTokenizer {
     tokenizer: Tokenizer,
     bos: u32,
     eos: u32,
+    /// The id put in the image slot.
+    image_token_id: i64,
     /// Indexed by id.
     detok: Vec<Detok>,
 }
@@ -106,7 +110,15 @@ fn push_lenient_utf8(out: &mut String, bytes: &[u8]) {
 }
 
 impl PromptTokenizer {
-    /// Loads `tokenizer.json`; `bos`/`eos` come from the model manifest.
+    /// The tokenizer of a model directory, with the special ids and image slot id its
+    /// manifest records.
+    pub fn for_model(dir: &Path, spec: &TokenizerSpec) -> Result<Self, PromptError> {
+        let mut tokenizer = Self::from_file(&dir.join(&spec.file), spec.bos_id, spec.eos_id)?;
+        tokenizer.image_token_id = spec.image_token_id;
+        Ok(tokenizer)
+    }
+
+    /// Loads `tokenizer.json` with these BOS/EOS ids (the image slot id is LLaVA's).
     pub fn from_file(path: &Path, bos: u32, eos: u32) -> Result<Self, PromptError> {
         let tokenizer = Tokenizer::from_file(path).map_err(|e| PromptError::Load {
             path: path.to_path_buf(),
@@ -146,6 +158,7 @@ impl PromptTokenizer {
             tokenizer,
             bos,
             eos,
+            image_token_id: IMAGE_TOKEN_INDEX,
             detok,
         })
     }
@@ -163,7 +176,7 @@ impl PromptTokenizer {
         format!("{LLAVA_V1_SYSTEM} USER: {IMAGE_PLACEHOLDER}\n{question} ASSISTANT:")
     }
 
-    /// `tokenizer_image_token(prompt_text(question))`: ids with [`IMAGE_TOKEN_INDEX`] at
+    /// `tokenizer_image_token(prompt_text(question))`: ids with the image slot id at
     /// each `<image>` (one for the template; more only if the question itself holds one).
     pub fn input_ids(&self, question: &str) -> Result<Vec<i64>, PromptError> {
         let prompt = Self::prompt_text(question);
@@ -188,7 +201,7 @@ impl PromptTokenizer {
         }
         for (i, chunk) in chunks.iter().enumerate() {
             if i > 0 {
-                ids.push(IMAGE_TOKEN_INDEX);
+                ids.push(self.image_token_id);
             }
             ids.extend(chunk.iter().skip(offset).map(|&id| i64::from(id)));
         }

@@ -14,12 +14,12 @@ use std::sync::OnceLock;
 use half::f16;
 use ort::session::Session;
 use ort::value::Tensor;
-use vlguard_ort::engine::{EngineOptions, EpChoice, OrtEngine};
+use vlguard_ort::engine::{Engine, EngineOptions, EpChoice};
 use vlguard_ort::export::manifest::Flavour;
 use vlguard_ort::export::manifest::{names, Manifest};
 use vlguard_ort::export::tokenizer::SpecialIds;
 use vlguard_ort::export::{export_with, Dtype, ExportOptions, DECODER_FILE};
-use vlguard_ort::generate::Backend;
+use vlguard_ort::generate::Prompt;
 
 const TOL: f32 = 1e-4;
 
@@ -129,7 +129,7 @@ fn fused_model() -> &'static Exported {
 
 /// The process-wide ONNX Runtime environment, from the library `ort_lib` finds.
 fn environment() -> &'static ort::environment::Environment {
-    // The engine's own environment: the fused tests below open an `OrtEngine` in this
+    // The engine's own environment: the fused tests below open an `Engine` in this
     // process too, and a process has one environment.
     vlguard_ort::engine::ort_lib::environment(None)
         .expect("ONNX Runtime library (run scripts/setup.sh)")
@@ -315,7 +315,7 @@ fn projector_matches_reference() {
         let (shape, feats) = golden(sample, "vision_features");
         let (_, expected) = golden(sample, "projector_out");
         let out = proj
-            .run(ort::inputs![names::PROJECTOR_IN => Tensor::from_array(([1, shape[0], shape[1]], feats)).unwrap()])
+            .run(ort::inputs![names::IMAGE_FEATURES => Tensor::from_array(([1, shape[0], shape[1]], feats)).unwrap()])
             .unwrap();
         let (_, got) = out[names::PROJECTOR_OUT]
             .try_extract_tensor::<f32>()
@@ -801,8 +801,8 @@ fn export_writes_a_loadable_tokenizer_json() {
 
 // ------------------------------------------------------------------ fused decoder flavour
 
-fn engine(model: &Exported) -> OrtEngine {
-    OrtEngine::open(&EngineOptions {
+fn engine(model: &Exported) -> Engine {
+    Engine::open(&EngineOptions {
         model_dir: model.dir.clone(),
         ort_lib: None,
         ep: EpChoice::Cpu,
@@ -815,110 +815,104 @@ fn engine(model: &Exported) -> OrtEngine {
     .unwrap_or_else(|e| panic!("{}: {e}", model.dir.display()))
 }
 
+/// `input_ids` of the first `n` unsafes samples from the bundle's generations.jsonl.
+fn input_ids(n: usize) -> Vec<Vec<i64>> {
+    let path = repo().join("../shared/golden/dev/reference/generations.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .take(n)
+        .map(|line| {
+            let g: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(g["subset"], "unsafes");
+            g["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// The prompt of unsafes sample `k` as a run builds it: its ids with the image slot and
+/// the reference's projector output for its image.
+fn golden_prompt(k: usize, ids: &[i64], manifest: &Manifest) -> Prompt {
+    Prompt {
+        ids: ids.to_vec(),
+        image_embeds: golden(k, "projector_out").1,
+        image_tokens: manifest.vision.num_tokens,
+    }
+}
+
 #[test]
 fn fused_prefill_logits_match_reference() {
     let m = fused_model();
     assert_eq!(m.manifest.decoder.flavour, Flavour::Fused);
     let mut fused = engine(m);
-    for sample in 0..4 {
-        let (shape, embeds) = golden(sample, "inputs_embeds");
+    for (sample, ids) in input_ids(4).iter().enumerate() {
         let (_, expected) = golden(sample, "last_logits");
-        let len = shape[0];
-        fused.reset(4);
-        let positions: Vec<i64> = (0..len as i64).collect();
-        let logits = fused
-            .decode(&embeds, &vec![1; len], &positions, 1, len)
-            .unwrap();
+        let prompt = golden_prompt(sample, ids, &m.manifest);
+        fused.decoder.open(1, prompt.positions() + 4).unwrap();
+        let logits = fused.decoder.prefill(&[0], &[&prompt]).unwrap();
         let diff = max_abs_diff(&logits, &expected);
         eprintln!("fused last_logits sample {sample}: max abs diff {diff:e}");
         assert!(diff <= TOL, "sample {sample}: {diff}");
     }
 }
 
-/// Three rows of different lengths through the engine seam exactly as `generate_batch`
-/// drives it (left-padded prompt, growing masks, a finished row dropped mid-way): the
-/// fused engine (right padding, in-place cache, compaction) gives the plain engine's
-/// logits at every call.
+/// Three prompts of different lengths through the decoder seam exactly as the generator
+/// drives a static batch (prefill, steps, a finished row dropped mid-way): the fused
+/// decoder (right padding, in-place cache, compaction) gives the plain decoder's logits
+/// (left padding, masks, growing cache) at every call.
 #[test]
 fn fused_batch_steps_and_row_drops_match_plain() {
-    let h = fp32_model().manifest.decoder.hidden_size;
+    let manifest = &fp32_model().manifest;
     let mut plain = engine(fp32_model());
     let mut fused = engine(fused_model());
-    let rows: Vec<Vec<f32>> = (0..3).map(|s| golden(s, "inputs_embeds").1).collect();
-    let lens: Vec<usize> = rows.iter().map(|r| r.len() / h).collect();
+    let ids = input_ids(3);
+    let prompts: Vec<Prompt> = (0..3)
+        .map(|k| golden_prompt(k, &ids[k], manifest))
+        .collect();
+    let lens: Vec<usize> = prompts.iter().map(Prompt::positions).collect();
     let longest = *lens.iter().max().unwrap();
     assert!(
         lens.iter().any(|&l| l != longest),
         "rows must differ in length"
     );
-    let mut embeds = Vec::new();
-    let mut masks: Vec<Vec<i64>> = Vec::new();
-    let mut positions = Vec::new();
-    for (row, &len) in rows.iter().zip(&lens) {
-        let pad = longest - len;
-        embeds.extend(vec![0.0; pad * h]);
-        embeds.extend(row);
-        let mut mask = vec![0i64; pad];
-        mask.extend(vec![1; len]);
-        masks.push(mask);
-        positions.extend(vec![1i64; pad]);
-        positions.extend(0..len as i64);
-    }
-    let flat = |masks: &[Vec<i64>]| masks.concat();
     let compare = |a: Vec<f32>, b: Vec<f32>, what: &str| {
         let diff = max_abs_diff(&a, &b);
         eprintln!("{what}: fused vs plain max abs diff {diff:e}");
         assert!(diff <= TOL, "{what}: {diff}");
     };
-    plain.reset(8);
-    fused.reset(8);
-    let a = plain
-        .decode(&embeds, &flat(&masks), &positions, 3, longest)
-        .unwrap();
-    let b = fused
-        .decode(&embeds, &flat(&masks), &positions, 3, longest)
-        .unwrap();
-    compare(a, b, "prompt");
+    let refs: Vec<&Prompt> = prompts.iter().collect();
+    let mut logits = Vec::new();
+    for engine in [&mut plain, &mut fused] {
+        engine.decoder.open(3, longest + 8).unwrap();
+        logits.push(engine.decoder.prefill(&[0, 1, 2], &refs).unwrap());
+    }
+    compare(logits.remove(0), logits.remove(0), "prompt");
     let mut live = vec![0usize, 1, 2];
-    let mut next: Vec<i64> = lens.iter().map(|&l| l as i64).collect();
-    for step in 0..5 {
+    for step in 0..5u32 {
         if step == 2 {
-            // The middle row finishes: both engines keep rows 0 and 2.
-            plain.keep_rows(&[0, 2]).unwrap();
-            fused.keep_rows(&[0, 2]).unwrap();
+            // The middle row finishes: both decoders keep slots 0 and 2.
             live = vec![0, 2];
+            plain.decoder.retain(&live).unwrap();
+            fused.decoder.retain(&live).unwrap();
         }
-        let ids: Vec<i64> = live.iter().map(|&r| 100 + 7 * r as i64 + step).collect();
-        let step_embeds = plain.embed(&ids, live.len()).unwrap();
-        let mut mask = Vec::new();
-        let mut pos = Vec::new();
-        for &r in &live {
-            masks[r].push(1);
-            mask.extend(&masks[r]);
-            pos.push(next[r]);
-            next[r] += 1;
-        }
-        let n = live.len();
-        let a = plain.decode(&step_embeds, &mask, &pos, n, 1).unwrap();
-        let b = fused.decode(&step_embeds, &mask, &pos, n, 1).unwrap();
+        let tokens: Vec<u32> = live.iter().map(|&r| 100 + 7 * r as u32 + step).collect();
+        let a = plain.decoder.step(&live, &tokens).unwrap();
+        let b = fused.decoder.step(&live, &tokens).unwrap();
         compare(a, b, &format!("step {step}"));
     }
 }
 
 #[test]
 fn fused_cache_overflow_is_an_error_not_a_wrong_answer() {
-    let mut fused = engine(fused_model());
-    let (shape, embeds) = golden(0, "inputs_embeds");
-    let len = shape[0];
-    let h = fused_model().manifest.decoder.hidden_size;
-    fused.reset(0); // room for the prompt only
-    let positions: Vec<i64> = (0..len as i64).collect();
-    fused
-        .decode(&embeds, &vec![1; len], &positions, 1, len)
-        .unwrap();
-    let err = fused
-        .decode(&embeds[..h], &vec![1; len + 1], &[len as i64], 1, 1)
-        .unwrap_err()
-        .to_string();
+    let m = fused_model();
+    let mut fused = engine(m);
+    let prompt = golden_prompt(0, &input_ids(1)[0], &m.manifest);
+    fused.decoder.open(1, prompt.positions()).unwrap(); // room for the prompt only
+    fused.decoder.prefill(&[0], &[&prompt]).unwrap();
+    let err = fused.decoder.step(&[0], &[5]).unwrap_err().to_string();
     assert!(err.contains("do not fit the cache"), "{err}");
 }

@@ -511,7 +511,7 @@ pub fn build_projector(
     let (hc, h) = (llava.mm_hidden_size, llava.llama.hidden_size);
     let dt = c.dt;
     let x = c.g.input(
-        names::PROJECTOR_IN,
+        names::IMAGE_FEATURES,
         dt,
         vec!["batch".into(), "tokens".into(), hc.into()],
     );

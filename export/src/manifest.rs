@@ -200,6 +200,60 @@ pub struct Graphs {
     pub decoder: GraphSpec,
 }
 
+impl Graphs {
+    pub fn get(&self, kind: GraphKind) -> &GraphSpec {
+        match kind {
+            GraphKind::Vision => &self.vision,
+            GraphKind::Projector => &self.projector,
+            GraphKind::Embed => &self.embed,
+            GraphKind::Decoder => &self.decoder,
+        }
+    }
+
+    /// The graph whose `file` has the file name of `path`.
+    pub fn kind_of_file(&self, path: &Path) -> Option<GraphKind> {
+        let file = path.file_name()?;
+        GraphKind::ALL
+            .into_iter()
+            .find(|&k| Path::new(&self.get(k).file).file_name() == Some(file))
+    }
+}
+
+/// The four graphs of a model directory: how every part of the runtime names a graph
+/// (in messages, the run manifest's provider map, TensorRT engine names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphKind {
+    Vision,
+    Projector,
+    Embed,
+    Decoder,
+}
+
+impl GraphKind {
+    pub const ALL: [GraphKind; 4] = [
+        GraphKind::Vision,
+        GraphKind::Projector,
+        GraphKind::Embed,
+        GraphKind::Decoder,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphKind::Vision => "vision",
+            GraphKind::Projector => "projector",
+            GraphKind::Embed => "embed",
+            GraphKind::Decoder => "decoder",
+        }
+    }
+}
+
+impl std::fmt::Display for GraphKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceSpec {
     /// The checkpoint folder as given on the command line.
@@ -212,8 +266,8 @@ pub struct SourceSpec {
 /// Decoder tensor names, shared by the exporter and the runtime.
 pub mod names {
     pub const PIXEL_VALUES: &str = "pixel_values";
+    /// The vision graph's output and the projector's input.
     pub const IMAGE_FEATURES: &str = "image_features";
-    pub const PROJECTOR_IN: &str = "image_features";
     pub const PROJECTOR_OUT: &str = "image_embeds";
     pub const INPUT_IDS: &str = "input_ids";
     pub const INPUTS_EMBEDS: &str = "inputs_embeds";

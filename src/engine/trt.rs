@@ -15,7 +15,7 @@
 //!   an engine is never reused where it was not built. Inside, each graph's engine files
 //!   start with [`engine_prefix`] (graph name + a hash of its profile), so runs with other
 //!   limits (batch size, answer length) keep their own engines instead of rebuilding one.
-//! - The probes ([`tensorrt_version`], [`gpu_identity`]) open `libnvinfer.so.10`,
+//! - The probes ([`tensorrt_version`], [`super::cuda::gpu_identity`]) open `libnvinfer.so.10`,
 //!   `libcudart.so.13` and `libnvidia-ml.so.1` with `libloading` and never panic: a missing
 //!   library, symbol or device is an `Err` naming it, and [`CachePlan::probe`] then runs
 //!   TensorRT without an engine cache (recording why) instead of failing; a CPU run never
@@ -25,12 +25,13 @@
 //! Not tested against TensorRT here (no GPU on the development machine): the profile
 //! strings, the folder naming and the probe plumbing (against a stub library) are.
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
-use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vlguard_export::manifest::{names, Flavour, GraphSpec, Manifest};
+use vlguard_export::manifest::{names, Flavour, GraphKind, Manifest};
+
+use super::cuda::{gpu_identity, GpuIdentity};
+use super::dylib::{Lib, ProbeError};
 
 /// Bound on one prompt's text tokens (template + question, image placeholder included):
 /// VLGuard's longest question is 162 characters and the `llava_v1` template with it comes
@@ -43,7 +44,6 @@ pub const MAX_TEXT_TOKENS: usize = 256;
 const TYPICAL_TEXT_TOKENS: usize = 64;
 
 pub const NVINFER_LIB: &str = "libnvinfer.so.10";
-pub const NVML_LIB: &str = "libnvidia-ml.so.1";
 
 /// What one run may feed the graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -64,55 +64,6 @@ impl Limits {
             max_text_tokens: MAX_TEXT_TOKENS,
             max_new_tokens,
         }
-    }
-}
-
-/// The four graphs of a model directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GraphKind {
-    Vision,
-    Projector,
-    Embed,
-    Decoder,
-}
-
-impl GraphKind {
-    pub const ALL: [GraphKind; 4] = [
-        GraphKind::Vision,
-        GraphKind::Projector,
-        GraphKind::Embed,
-        GraphKind::Decoder,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            GraphKind::Vision => "vision",
-            GraphKind::Projector => "projector",
-            GraphKind::Embed => "embed",
-            GraphKind::Decoder => "decoder",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<GraphKind> {
-        GraphKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-
-    pub fn spec(self, manifest: &Manifest) -> &GraphSpec {
-        let g = &manifest.graphs;
-        match self {
-            GraphKind::Vision => &g.vision,
-            GraphKind::Projector => &g.projector,
-            GraphKind::Embed => &g.embed,
-            GraphKind::Decoder => &g.decoder,
-        }
-    }
-
-    /// The graph whose manifest `file` is the file name of `path`.
-    pub fn for_file(manifest: &Manifest, path: &Path) -> Option<GraphKind> {
-        let file = path.file_name()?;
-        GraphKind::ALL
-            .into_iter()
-            .find(|k| Path::new(&k.spec(manifest).file).file_name() == Some(file))
     }
 }
 
@@ -175,7 +126,7 @@ pub fn profile(
         seq.map(|(n, s, p)| f(n, s, p))
     };
 
-    let spec = graph.spec(manifest);
+    let spec = manifest.graphs.get(graph);
     let mut points: Vec<(&str, Points)> = Vec::with_capacity(spec.inputs.len());
     for input in &spec.inputs {
         let name = input.as_str();
@@ -186,7 +137,7 @@ pub fn profile(
                 let s = v.image_size;
                 Some(batched(&|n| vec![n, ch, s, s]))
             }
-            GraphKind::Projector if name == names::PROJECTOR_IN => {
+            GraphKind::Projector if name == names::IMAGE_FEATURES => {
                 let (t, h) = (v.num_tokens, manifest.projector.input_size);
                 Some(batched(&|n| vec![n, t, h]))
             }
@@ -249,15 +200,6 @@ pub fn engine_prefix(graph: GraphKind, profile: &Profile) -> String {
     let text = format!("{}\n{}\n{}", profile.min, profile.opt, profile.max);
     let hash = crate::util::sha256_hex(text.as_bytes());
     format!("{}-{}", graph.name(), &hash[..8])
-}
-
-/// A GPU as the engine cache key sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct GpuIdentity {
-    /// Marketing name, e.g. `NVIDIA H100 80GB HBM3`.
-    pub name: String,
-    pub compute_major: i32,
-    pub compute_minor: i32,
 }
 
 /// Lowercase ASCII letters and digits, runs of anything else as one `-`, at most 40 bytes.
@@ -401,7 +343,7 @@ pub struct TrtBuild {
 
 impl TrtBuild {
     /// The stderr line a run prints for this graph.
-    pub fn describe(&self, graph: &str) -> String {
+    pub fn describe(&self, graph: GraphKind) -> String {
         match (&self.cache_dir, self.cache_hit) {
             (Some(dir), true) => format!(
                 "tensorrt: {graph}: engine reused from {} ({:.1} s)",
@@ -432,9 +374,10 @@ pub struct BuildTimer {
 }
 
 impl BuildTimer {
-    pub fn start(plan: &CachePlan, manifest: &Manifest, graph: &str, limits: &Limits) -> Self {
-        let prefix = GraphKind::from_name(graph)
-            .and_then(|kind| Some(engine_prefix(kind, &profile(manifest, kind, limits).ok()?)));
+    pub fn start(plan: &CachePlan, manifest: &Manifest, kind: GraphKind, limits: &Limits) -> Self {
+        let prefix = profile(manifest, kind, limits)
+            .ok()
+            .map(|p| engine_prefix(kind, &p));
         let cache_hit = match (&plan.dir, &prefix) {
             (Some(dir), Some(prefix)) => engine_present(dir, prefix),
             _ => false,
@@ -459,17 +402,16 @@ impl BuildTimer {
     }
 }
 
-/// The TensorRT provider for the graph stored at `path`: fp16 when the manifest says so,
+/// The TensorRT provider for graph `kind`, stored at `path`: fp16 when the manifest says so,
 /// this graph's profile, and the engine and timing caches in `cache_dir` when given.
 pub fn execution_provider(
     manifest: &Manifest,
+    kind: GraphKind,
     path: &Path,
     device_id: i32,
     limits: &Limits,
     cache_dir: Option<&Path>,
 ) -> Result<ort::ep::ExecutionProviderDispatch, String> {
-    let kind = GraphKind::for_file(manifest, path)
-        .ok_or_else(|| format!("{} is none of the graphs in manifest.json", path.display()))?;
     if kind == GraphKind::Decoder && manifest.decoder.flavour == Flavour::Fused {
         return Err(
             "the fused decoder uses ONNX Runtime contrib operators that TensorRT cannot run: \
@@ -514,103 +456,6 @@ fn warn_unparsable(path: &Path) {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProbeError {
-    #[error("cannot load {lib}: {reason}")]
-    Load { lib: String, reason: String },
-    #[error("{lib} has no `{symbol}`: {reason}")]
-    Symbol {
-        lib: String,
-        symbol: &'static str,
-        reason: String,
-    },
-    #[error("{function} failed with code {code}: {message}")]
-    Call {
-        function: &'static str,
-        code: i32,
-        message: String,
-    },
-    #[error("{function} returned {value}, not a TensorRT version")]
-    Version { function: &'static str, value: i32 },
-}
-
-/// A shared library opened for probing (or for the fused cache's device copies) and never
-/// closed (see the module contract).
-pub(super) struct Lib {
-    lib: ManuallyDrop<libloading::Library>,
-    name: String,
-}
-
-impl Lib {
-    /// `path` with a `/` is opened as is, a bare file name through the system loader.
-    pub(super) fn open(path: &Path) -> Result<Lib, ProbeError> {
-        let name = path.display().to_string();
-        // SAFETY: loading runs the library's initialisers; the CUDA, NVML and TensorRT
-        // libraries are made to be loaded this way (ONNX Runtime's providers dlopen them).
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| ProbeError::Load {
-            lib: name.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Lib {
-            lib: ManuallyDrop::new(lib),
-            name,
-        })
-    }
-
-    /// The function `symbol`; `T` must be its exact C signature.
-    pub(super) fn get<T: Copy>(&self, symbol: &'static str) -> Result<T, ProbeError> {
-        // SAFETY: each caller names T as the documented C prototype of `symbol`; the
-        // library is never unloaded, so the pointer stays valid.
-        unsafe { self.lib.get::<T>(symbol) }
-            .map(|s| *s)
-            .map_err(|e| ProbeError::Symbol {
-                lib: self.name.clone(),
-                symbol,
-                reason: e.to_string(),
-            })
-    }
-}
-
-fn c_text(buffer: &[u8]) -> String {
-    CStr::from_bytes_until_nul(buffer)
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| String::from_utf8_lossy(buffer).into_owned())
-}
-
-/// # Safety
-/// `text` is null or a NUL-terminated string that outlives the call.
-unsafe fn c_message(text: *const c_char) -> String {
-    if text.is_null() {
-        String::new()
-    } else {
-        // SAFETY: per this function's contract.
-        unsafe { CStr::from_ptr(text) }
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
-/// A library's `const char* xxxErrorString(int)`, which returns a static string.
-type ErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
-
-/// `Ok` for status 0, else the call's code with the library's own message for it.
-fn status(
-    function: &'static str,
-    code: c_int,
-    error_string: ErrorString,
-) -> Result<(), ProbeError> {
-    if code == 0 {
-        return Ok(());
-    }
-    // SAFETY: `error_string` is an `ErrorString`: it returns a static string (or null).
-    let message = unsafe { c_message(error_string(code)) };
-    Err(ProbeError::Call {
-        function,
-        code,
-        message,
-    })
-}
-
 /// `getInferLibVersion()`'s integer as `major.minor.patch`: TensorRT 10 encodes
 /// (MAJOR * 100 + MINOR) * 100 + PATCH, TensorRT 8 MAJOR * 1000 + MINOR * 100 + PATCH
 /// (NvInferRuntimeBase.h of each).
@@ -639,107 +484,13 @@ pub fn tensorrt_version_from(lib: &Path) -> Result<String, ProbeError> {
     })
 }
 
-/// cudaDeviceAttr values (driver_types.h): compute capability major / minor.
-const CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MAJOR: c_int = 75;
-const CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MINOR: c_int = 76;
-/// NVML_DEVICE_NAME_V2_BUFFER_SIZE (nvml.h).
-const NVML_NAME_BUFFER: usize = 96;
-
-/// Name and compute capability of CUDA device `device_id` (the ordinal ONNX Runtime's
-/// `device_id` means): compute capability from the CUDA runtime
-/// (`cudaDeviceGetAttribute`), the name from NVML by the device's PCI bus id (the CUDA
-/// runtime's own name lives in `cudaDeviceProp`, a struct whose layout changes between
-/// CUDA versions). The runtime is the one [`super::ort_lib::cuda_lib_dirs`] finds beside
-/// ONNX Runtime, else the system loader's.
-pub fn gpu_identity(ort_lib: &Path, device_id: i32) -> Result<GpuIdentity, ProbeError> {
-    let cudart = super::ort_lib::cudart_path(ort_lib);
-    gpu_identity_from(&cudart, Path::new(NVML_LIB), device_id)
-}
-
-pub fn gpu_identity_from(
-    cudart: &Path,
-    nvml: &Path,
-    device_id: i32,
-) -> Result<GpuIdentity, ProbeError> {
-    type GetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
-    type GetPciBusId = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
-    type NoArgs = unsafe extern "C" fn() -> c_int;
-    type HandleByBusId = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> c_int;
-    type GetName = unsafe extern "C" fn(*mut c_void, *mut c_char, c_uint) -> c_int;
-
-    let rt = Lib::open(cudart)?;
-    let get_attribute = rt.get::<GetAttribute>("cudaDeviceGetAttribute")?;
-    let get_bus_id = rt.get::<GetPciBusId>("cudaDeviceGetPCIBusId")?;
-    // `const char* cudaGetErrorString(cudaError_t)`: a static string.
-    let cuda_error = rt.get::<ErrorString>("cudaGetErrorString")?;
-    let cuda_call = |function, code| status(function, code, cuda_error);
-    let mut major: c_int = 0;
-    let mut minor: c_int = 0;
-    // SAFETY: `cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int
-    // device)` writes one int through a valid pointer.
-    cuda_call("cudaDeviceGetAttribute", unsafe {
-        get_attribute(
-            &mut major,
-            CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MAJOR,
-            device_id,
-        )
-    })?;
-    // SAFETY: as above.
-    cuda_call("cudaDeviceGetAttribute", unsafe {
-        get_attribute(
-            &mut minor,
-            CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MINOR,
-            device_id,
-        )
-    })?;
-    let mut bus_id = [0u8; 32];
-    // SAFETY: `cudaError_t cudaDeviceGetPCIBusId(char* pciBusId, int len, int device)`
-    // writes at most `len` bytes, NUL included.
-    cuda_call("cudaDeviceGetPCIBusId", unsafe {
-        get_bus_id(bus_id.as_mut_ptr().cast(), bus_id.len() as c_int, device_id)
-    })?;
-
-    let ml = Lib::open(nvml)?;
-    let init = ml.get::<NoArgs>("nvmlInit_v2")?;
-    let shutdown = ml.get::<NoArgs>("nvmlShutdown")?;
-    let by_bus_id = ml.get::<HandleByBusId>("nvmlDeviceGetHandleByPciBusId_v2")?;
-    let get_name = ml.get::<GetName>("nvmlDeviceGetName")?;
-    // `const char* nvmlErrorString(nvmlReturn_t)`: a static string.
-    let nvml_error = ml.get::<ErrorString>("nvmlErrorString")?;
-    let nvml_call = |function, code| status(function, code, nvml_error);
-    // SAFETY: `nvmlReturn_t nvmlInit_v2(void)`.
-    nvml_call("nvmlInit_v2", unsafe { init() })?;
-    let mut name = [0u8; NVML_NAME_BUFFER];
-    let named = (|| {
-        let mut device: *mut c_void = std::ptr::null_mut();
-        // SAFETY: `nvmlReturn_t nvmlDeviceGetHandleByPciBusId_v2(const char*, nvmlDevice_t*)`
-        // reads the NUL-terminated bus id and writes one handle.
-        nvml_call("nvmlDeviceGetHandleByPciBusId_v2", unsafe {
-            by_bus_id(bus_id.as_ptr().cast(), &mut device)
-        })?;
-        // SAFETY: `nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t, char* name, unsigned int
-        // length)` writes at most `length` bytes, NUL included.
-        nvml_call("nvmlDeviceGetName", unsafe {
-            get_name(device, name.as_mut_ptr().cast(), NVML_NAME_BUFFER as c_uint)
-        })
-    })();
-    // SAFETY: `nvmlReturn_t nvmlShutdown(void)`, balancing the successful init.
-    unsafe { shutdown() };
-    named?;
-    Ok(GpuIdentity {
-        name: c_text(&name),
-        compute_major: major,
-        compute_minor: minor,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use vlguard_export::manifest::{
-        DecoderSpec, Dtype, Graphs, PreprocessSpec, ProjectorSpec, SourceSpec, TokenizerSpec,
-        VisionSpec,
+        DecoderSpec, Dtype, GraphSpec, Graphs, PreprocessSpec, ProjectorSpec, SourceSpec,
+        TokenizerSpec, VisionSpec,
     };
 
     /// A manifest as the exporter writes it (graph files and tensor names from
@@ -790,7 +541,7 @@ mod tests {
                 ),
                 projector: spec(
                     vlguard_export::PROJECTOR_FILE,
-                    &[names::PROJECTOR_IN],
+                    &[names::IMAGE_FEATURES],
                     &[names::PROJECTOR_OUT],
                 ),
                 embed: spec(
@@ -870,7 +621,14 @@ mod tests {
         let mut m = demo();
         m.decoder.flavour = Flavour::Fused;
         let decoder = Path::new("model").join(&m.graphs.decoder.file);
-        let Err(err) = execution_provider(&m, &decoder, 0, &Limits::new(4, 256), None) else {
+        let Err(err) = execution_provider(
+            &m,
+            GraphKind::Decoder,
+            &decoder,
+            0,
+            &Limits::new(4, 256),
+            None,
+        ) else {
             panic!("TensorRT must refuse the fused decoder");
         };
         assert!(
@@ -879,7 +637,15 @@ mod tests {
         );
         // The other graphs of the same model still get a provider.
         let vision = Path::new("model").join(&m.graphs.vision.file);
-        assert!(execution_provider(&m, &vision, 0, &Limits::new(4, 256), None).is_ok());
+        assert!(execution_provider(
+            &m,
+            GraphKind::Vision,
+            &vision,
+            0,
+            &Limits::new(4, 256),
+            None
+        )
+        .is_ok());
     }
 
     #[test]
@@ -995,14 +761,15 @@ mod tests {
     fn graphs_are_found_by_file_and_prefixes_follow_the_profile() {
         let m = demo();
         assert_eq!(
-            GraphKind::for_file(&m, Path::new("/models/demo/decoder.onnx")),
+            m.graphs
+                .kind_of_file(Path::new("/models/demo/decoder.onnx")),
             Some(GraphKind::Decoder)
         );
         assert_eq!(
-            GraphKind::for_file(&m, Path::new("vision.onnx")),
+            m.graphs.kind_of_file(Path::new("vision.onnx")),
             Some(GraphKind::Vision)
         );
-        assert_eq!(GraphKind::for_file(&m, Path::new("other.onnx")), None);
+        assert_eq!(m.graphs.kind_of_file(Path::new("other.onnx")), None);
         let a = profile(&m, GraphKind::Decoder, &limits(8, 256, 256)).unwrap();
         let b = profile(&m, GraphKind::Decoder, &limits(8, 256, 128)).unwrap();
         let pa = engine_prefix(GraphKind::Decoder, &a);
@@ -1106,17 +873,17 @@ mod tests {
         let plan = CachePlan::new(Some(tmp.path()), SHA, Ok(h100()), Ok("10.9.0".into()));
         let m = demo();
         let l = limits(1, 256, 256);
-        let build = BuildTimer::start(&plan, &m, "decoder", &l).finish();
+        let build = BuildTimer::start(&plan, &m, GraphKind::Decoder, &l).finish();
         assert!(!build.cache_hit);
         let prefix = build.engine_prefix.clone().unwrap();
         let dir = plan.dir.clone().unwrap();
         assert!(build
-            .describe("decoder")
+            .describe(GraphKind::Decoder)
             .starts_with("tensorrt: decoder: engine built in "));
         std::fs::write(dir.join(format!("{prefix}_1_0_sm90.engine")), b"x").unwrap();
-        let build = BuildTimer::start(&plan, &m, "decoder", &l).finish();
+        let build = BuildTimer::start(&plan, &m, GraphKind::Decoder, &l).finish();
         assert!(build.cache_hit);
-        assert!(build.describe("decoder").starts_with(&format!(
+        assert!(build.describe(GraphKind::Decoder).starts_with(&format!(
             "tensorrt: decoder: engine reused from {}",
             dir.display()
         )));
@@ -1124,9 +891,9 @@ mod tests {
         assert_eq!(json["cache_hit"], true);
         assert!(json.get("cache_off").is_none());
         let off = CachePlan::new(None, SHA, Err(None), Err(None));
-        let build = BuildTimer::start(&off, &m, "vision", &l).finish();
+        let build = BuildTimer::start(&off, &m, GraphKind::Vision, &l).finish();
         assert!(build
-            .describe("vision")
+            .describe(GraphKind::Vision)
             .ends_with("not cached (no engine cache folder given)"));
     }
 
@@ -1145,82 +912,12 @@ mod tests {
         let err = tensorrt_version_from(Path::new("/nonexistent/libnvinfer.so.10")).unwrap_err();
         assert!(matches!(err, ProbeError::Load { .. }), "{err}");
         assert!(err.to_string().contains("/nonexistent/libnvinfer.so.10"));
-        // A library that loads but is not the CUDA runtime: the symbol is named.
-        let err = gpu_identity_from(Path::new("libc.so.6"), Path::new(NVML_LIB), 0).unwrap_err();
-        assert!(
-            matches!(&err, ProbeError::Symbol { symbol, .. } if *symbol == "cudaDeviceGetAttribute"),
-            "{err}"
-        );
-    }
-
-    /// Stand-ins for libnvinfer, libcudart and NVML with the C prototypes of their headers:
-    /// device 1 is an "NVIDIA H100 80GB HBM3" (sm 9.0) at PCI 0000:1C:00.0, any other
-    /// device is cudaErrorInvalidDevice (101), TensorRT reports 10.9.0.
-    const STUB_C: &str = r#"
-#include <stdio.h>
-#include <string.h>
-int getInferLibVersion(void) { return 100900; }
-int cudaDeviceGetAttribute(int *value, int attr, int device) {
-    if (device != 1) return 101;
-    if (attr == 75) { *value = 9; return 0; }
-    if (attr == 76) { *value = 0; return 0; }
-    return 1;
-}
-int cudaDeviceGetPCIBusId(char *bus, int len, int device) {
-    snprintf(bus, (size_t)len, "0000:%02X:00.0", 0x1B + device);
-    return 0;
-}
-const char *cudaGetErrorString(int code) { return code == 101 ? "invalid device ordinal" : "error"; }
-static int live = 0;
-int nvmlInit_v2(void) { live++; return 0; }
-int nvmlShutdown(void) { live--; return 0; }
-int nvmlDeviceGetHandleByPciBusId_v2(const char *bus, void **device) {
-    if (strcmp(bus, "0000:1C:00.0") != 0) return 6;
-    *device = (void *)&live;
-    return 0;
-}
-int nvmlDeviceGetName(void *device, char *name, unsigned int length) {
-    if (device != (void *)&live || live != 1) return 2;
-    snprintf(name, length, "NVIDIA H100 80GB HBM3");
-    return 0;
-}
-const char *nvmlErrorString(int code) { return code == 6 ? "Not Found" : "error"; }
-"#;
-
-    /// Compiles [`STUB_C`] with the system C compiler (the build already needs one for
-    /// mozjpeg-sys) into a shared library in `dir`.
-    fn stub_library(dir: &Path) -> PathBuf {
-        let source = dir.join("stub.c");
-        let lib = dir.join("libstub.so");
-        std::fs::write(&source, STUB_C).unwrap();
-        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let mut words = cc.split_whitespace();
-        let program = words.next().unwrap_or("cc");
-        let status = std::process::Command::new(program)
-            .args(words)
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(&lib)
-            .arg(&source)
-            .status()
-            .unwrap_or_else(|e| panic!("this test needs a C compiler (`{cc}`): {e}"));
-        assert!(status.success(), "{cc} failed on the stub library");
-        lib
     }
 
     #[test]
-    fn probes_read_version_name_and_compute_capability_through_the_c_api() {
+    fn tensorrt_version_is_read_through_the_c_api() {
         let tmp = tempfile::tempdir().unwrap();
-        let stub = stub_library(tmp.path());
+        let stub = super::super::dylib::stub::stub_library(tmp.path());
         assert_eq!(tensorrt_version_from(&stub).unwrap(), "10.9.0");
-        assert_eq!(gpu_identity_from(&stub, &stub, 1).unwrap(), h100());
-        let err = gpu_identity_from(&stub, &stub, 0).unwrap_err();
-        assert_eq!(
-            err,
-            ProbeError::Call {
-                function: "cudaDeviceGetAttribute",
-                code: 101,
-                message: "invalid device ordinal".into()
-            }
-        );
     }
 }

@@ -1,0 +1,330 @@
+//! The CUDA side of a GPU run, apart from ONNX Runtime: where the CUDA 13 / cuDNN 9
+//! runtime libraries are (and preloading them, so the CUDA provider needs no
+//! LD_LIBRARY_PATH), the GPU's identity for the TensorRT engine cache key, the memory
+//! descriptions IO binding uses, and device-to-device row copies for the fused decoder's
+//! slot cache (through the same `libcudart.so.13` the provider loads).
+//!
+//! Contract: nothing here panics on a machine without a GPU: a missing library, symbol or
+//! device is an `Err` naming it ([`super::dylib`]).
+
+use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use super::dylib::{c_text, status, ErrorString, Lib, ProbeError};
+use crate::generate::DecoderError;
+
+pub const NVML_LIB: &str = "libnvidia-ml.so.1";
+
+/// A GPU as the engine cache key sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GpuIdentity {
+    /// Marketing name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    pub compute_major: i32,
+    pub compute_minor: i32,
+}
+
+/// Where the CUDA 13 and cuDNN 9 runtime libraries are: `VLGUARD_CUDA_LIB_DIR` /
+/// `VLGUARD_CUDNN_LIB_DIR`, else `.ort/gpu-site/nvidia/{cu13,cudnn}/lib` (filled by
+/// `scripts/setup.sh --gpu`) beside the library in use. `None` leaves the search to the
+/// system loader (LD_LIBRARY_PATH, ldconfig).
+pub fn cuda_lib_dirs(ort_lib: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
+    let site = ort_lib
+        .parent()
+        .and_then(Path::parent)
+        .map(|ort_dir| ort_dir.join("gpu-site/nvidia"));
+    let pick = |var: &str, sub: &str| -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return Some(PathBuf::from(dir));
+        }
+        site.as_ref().map(|s| s.join(sub)).filter(|d| d.is_dir())
+    };
+    (
+        pick("VLGUARD_CUDA_LIB_DIR", "cu13/lib"),
+        pick("VLGUARD_CUDNN_LIB_DIR", "cudnn/lib"),
+    )
+}
+
+/// The CUDA runtime library ONNX Runtime's CUDA provider loads.
+pub const CUDART_LIB: &str = "libcudart.so.13";
+
+/// `libcudart.so.13` from [`cuda_lib_dirs`] when it is there, else the bare name for the
+/// system loader.
+pub fn cudart_path(ort_lib: &Path) -> PathBuf {
+    cuda_lib_dirs(ort_lib)
+        .0
+        .map(|dir| dir.join(CUDART_LIB))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(CUDART_LIB))
+}
+
+static CUDA_PRELOADED: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Preloads the CUDA and cuDNN libraries once, so the CUDA provider finds them without
+/// LD_LIBRARY_PATH. An error names the missing library and the setup command.
+pub fn preload(ort_lib: &Path) -> Result<(), String> {
+    CUDA_PRELOADED
+        .get_or_init(|| {
+            let (cuda, cudnn) = cuda_lib_dirs(ort_lib);
+            if cuda.is_none() && cudnn.is_none() {
+                return Ok(());
+            }
+            ort::ep::cuda::preload_dylibs(cuda.as_deref(), cudnn.as_deref()).map_err(|e| {
+                format!("{e} (run `scripts/setup.sh --gpu`, or set VLGUARD_CUDA_LIB_DIR / VLGUARD_CUDNN_LIB_DIR)")
+            })
+        })
+        .clone()
+}
+
+/// cudaDeviceAttr values (driver_types.h): compute capability major / minor.
+const CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MAJOR: c_int = 75;
+const CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MINOR: c_int = 76;
+/// NVML_DEVICE_NAME_V2_BUFFER_SIZE (nvml.h).
+const NVML_NAME_BUFFER: usize = 96;
+
+/// Name and compute capability of CUDA device `device_id` (the ordinal ONNX Runtime's
+/// `device_id` means): compute capability from the CUDA runtime
+/// (`cudaDeviceGetAttribute`), the name from NVML by the device's PCI bus id (the CUDA
+/// runtime's own name lives in `cudaDeviceProp`, a struct whose layout changes between
+/// CUDA versions). The runtime is the one [`cuda_lib_dirs`] finds beside
+/// ONNX Runtime, else the system loader's.
+pub fn gpu_identity(ort_lib: &Path, device_id: i32) -> Result<GpuIdentity, ProbeError> {
+    let cudart = cudart_path(ort_lib);
+    gpu_identity_from(&cudart, Path::new(NVML_LIB), device_id)
+}
+
+pub fn gpu_identity_from(
+    cudart: &Path,
+    nvml: &Path,
+    device_id: i32,
+) -> Result<GpuIdentity, ProbeError> {
+    type GetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
+    type GetPciBusId = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
+    type NoArgs = unsafe extern "C" fn() -> c_int;
+    type HandleByBusId = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> c_int;
+    type GetName = unsafe extern "C" fn(*mut c_void, *mut c_char, c_uint) -> c_int;
+
+    let rt = Lib::open(cudart)?;
+    let get_attribute = rt.get::<GetAttribute>("cudaDeviceGetAttribute")?;
+    let get_bus_id = rt.get::<GetPciBusId>("cudaDeviceGetPCIBusId")?;
+    // `const char* cudaGetErrorString(cudaError_t)`: a static string.
+    let cuda_error = rt.get::<ErrorString>("cudaGetErrorString")?;
+    let cuda_call = |function, code| status(function, code, cuda_error);
+    let mut major: c_int = 0;
+    let mut minor: c_int = 0;
+    // SAFETY: `cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int
+    // device)` writes one int through a valid pointer.
+    cuda_call("cudaDeviceGetAttribute", unsafe {
+        get_attribute(
+            &mut major,
+            CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MAJOR,
+            device_id,
+        )
+    })?;
+    // SAFETY: as above.
+    cuda_call("cudaDeviceGetAttribute", unsafe {
+        get_attribute(
+            &mut minor,
+            CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MINOR,
+            device_id,
+        )
+    })?;
+    let mut bus_id = [0u8; 32];
+    // SAFETY: `cudaError_t cudaDeviceGetPCIBusId(char* pciBusId, int len, int device)`
+    // writes at most `len` bytes, NUL included.
+    cuda_call("cudaDeviceGetPCIBusId", unsafe {
+        get_bus_id(bus_id.as_mut_ptr().cast(), bus_id.len() as c_int, device_id)
+    })?;
+
+    let ml = Lib::open(nvml)?;
+    let init = ml.get::<NoArgs>("nvmlInit_v2")?;
+    let shutdown = ml.get::<NoArgs>("nvmlShutdown")?;
+    let by_bus_id = ml.get::<HandleByBusId>("nvmlDeviceGetHandleByPciBusId_v2")?;
+    let get_name = ml.get::<GetName>("nvmlDeviceGetName")?;
+    // `const char* nvmlErrorString(nvmlReturn_t)`: a static string.
+    let nvml_error = ml.get::<ErrorString>("nvmlErrorString")?;
+    let nvml_call = |function, code| status(function, code, nvml_error);
+    // SAFETY: `nvmlReturn_t nvmlInit_v2(void)`.
+    nvml_call("nvmlInit_v2", unsafe { init() })?;
+    let mut name = [0u8; NVML_NAME_BUFFER];
+    let named = (|| {
+        let mut device: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `nvmlReturn_t nvmlDeviceGetHandleByPciBusId_v2(const char*, nvmlDevice_t*)`
+        // reads the NUL-terminated bus id and writes one handle.
+        nvml_call("nvmlDeviceGetHandleByPciBusId_v2", unsafe {
+            by_bus_id(bus_id.as_ptr().cast(), &mut device)
+        })?;
+        // SAFETY: `nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t, char* name, unsigned int
+        // length)` writes at most `length` bytes, NUL included.
+        nvml_call("nvmlDeviceGetName", unsafe {
+            get_name(device, name.as_mut_ptr().cast(), NVML_NAME_BUFFER as c_uint)
+        })
+    })();
+    // SAFETY: `nvmlReturn_t nvmlShutdown(void)`, balancing the successful init.
+    unsafe { shutdown() };
+    named?;
+    Ok(GpuIdentity {
+        name: c_text(&name),
+        compute_major: major,
+        compute_minor: minor,
+    })
+}
+
+/// Memory descriptions for IO binding: outputs kept in device memory, or sent to the host.
+pub struct DeviceMemory {
+    pub device: ort::memory::MemoryInfo<'static>,
+    pub host: ort::memory::MemoryInfo<'static>,
+}
+
+impl DeviceMemory {
+    pub fn host() -> Result<ort::memory::MemoryInfo<'static>, String> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    pub fn cuda(device_id: i32) -> Result<DeviceMemory, String> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let device = MemoryInfo::new(
+            AllocationDevice::CUDA,
+            device_id,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(DeviceMemory {
+            device,
+            host: DeviceMemory::host()?,
+        })
+    }
+}
+
+/// Device-to-device copies through the CUDA runtime ONNX Runtime's CUDA provider loads
+/// (`libcudart.so.13`): `cudaMemcpy` on the legacy stream, then `cudaDeviceSynchronize`,
+/// so a copy is complete before the next session run starts on ONNX Runtime's stream
+/// (a run has synchronised its own stream when it returns: its logits are on the host).
+pub struct DeviceCopy {
+    set_device: unsafe extern "C" fn(c_int) -> c_int,
+    memcpy: unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int,
+    synchronize: unsafe extern "C" fn() -> c_int,
+    device_id: c_int,
+    /// Holds the library (never unloaded: see [`Lib`]).
+    _lib: Lib,
+}
+
+/// cudaMemcpyKind::cudaMemcpyDeviceToDevice (driver_types.h).
+const CUDA_MEMCPY_DEVICE_TO_DEVICE: c_int = 3;
+
+impl DeviceCopy {
+    pub fn load(cudart: &std::path::Path, device_id: i32) -> Result<DeviceCopy, String> {
+        let lib = Lib::open(cudart).map_err(|e| e.to_string())?;
+        // The symbols with their C prototypes from cuda_runtime_api.h.
+        let symbols = || -> Result<_, ProbeError> {
+            Ok((
+                lib.get::<unsafe extern "C" fn(c_int) -> c_int>("cudaSetDevice")?,
+                lib.get::<unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int>(
+                    "cudaMemcpy",
+                )?,
+                lib.get::<unsafe extern "C" fn() -> c_int>("cudaDeviceSynchronize")?,
+            ))
+        };
+        let (set_device, memcpy, synchronize) = symbols().map_err(|e| e.to_string())?;
+        Ok(DeviceCopy {
+            set_device,
+            memcpy,
+            synchronize,
+            device_id,
+            _lib: lib,
+        })
+    }
+
+    fn check(what: &str, code: c_int) -> Result<(), DecoderError> {
+        match code {
+            0 => Ok(()),
+            code => Err(DecoderError(format!(
+                "{what} failed with CUDA error {code}"
+            ))),
+        }
+    }
+
+    /// Copies `bytes` bytes from `src` to `dst` on the device.
+    ///
+    /// # Safety
+    /// `dst` and `src` are device addresses of `bytes` valid bytes each, not overlapping.
+    pub unsafe fn copy(
+        &self,
+        dst: *mut c_void,
+        src: *const c_void,
+        bytes: usize,
+    ) -> Result<(), DecoderError> {
+        // SAFETY: per this function's contract.
+        unsafe {
+            Self::check("cudaSetDevice", (self.set_device)(self.device_id))?;
+            Self::check(
+                "cudaMemcpy",
+                (self.memcpy)(dst, src, bytes, CUDA_MEMCPY_DEVICE_TO_DEVICE),
+            )
+        }
+    }
+
+    pub fn finish(&self) -> Result<(), DecoderError> {
+        // SAFETY: no arguments; waits for the device's pending work.
+        Self::check("cudaDeviceSynchronize", unsafe { (self.synchronize)() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h100() -> GpuIdentity {
+        GpuIdentity {
+            name: "NVIDIA H100 80GB HBM3".into(),
+            compute_major: 9,
+            compute_minor: 0,
+        }
+    }
+
+    #[test]
+    fn probes_fail_soft_without_the_libraries() {
+        // A library that loads but is not the CUDA runtime: the symbol is named.
+        let err = gpu_identity_from(Path::new("libc.so.6"), Path::new(NVML_LIB), 0).unwrap_err();
+        assert!(
+            matches!(&err, ProbeError::Symbol { symbol, .. } if *symbol == "cudaDeviceGetAttribute"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gpu_identity_reads_name_and_compute_capability_through_the_c_api() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stub = super::super::dylib::stub::stub_library(tmp.path());
+        assert_eq!(gpu_identity_from(&stub, &stub, 1).unwrap(), h100());
+        let err = gpu_identity_from(&stub, &stub, 0).unwrap_err();
+        assert_eq!(
+            err,
+            ProbeError::Call {
+                function: "cudaDeviceGetAttribute",
+                code: 101,
+                message: "invalid device ordinal".into()
+            }
+        );
+    }
+
+    #[test]
+    fn device_copy_without_a_cuda_runtime_says_what_is_missing() {
+        let missing = DeviceCopy::load(Path::new("/nonexistent/libcudart.so.13"), 0);
+        let err = missing.err().expect("no such library");
+        assert!(err.contains("/nonexistent/libcudart.so.13"), "{err}");
+        // A library without the CUDA symbols.
+        let libc = DeviceCopy::load(Path::new("libc.so.6"), 0);
+        let err = libc.err().expect("libc has no cudaSetDevice");
+        assert!(err.contains("cudaSetDevice"), "{err}");
+    }
+}

@@ -1,0 +1,246 @@
+//! One ONNX Runtime session per graph: created on the requested execution provider (an
+//! explicitly requested provider that cannot register is an error, never a silent CPU
+//! fallback), checked against the manifest's tensor names, and the host tensor helpers
+//! every graph call uses (f32 in and out whatever the graph's float type: fp16 graphs are
+//! converted at the boundary).
+
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use ort::session::Session;
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use vlguard_export::manifest::{GraphKind, GraphSpec, Manifest};
+
+use super::{ort_lib, trt, EngineOptions, EpChoice, Error, Provider};
+use crate::generate::DecoderError;
+
+/// One loaded graph and the element type its float inputs expect.
+pub struct Graph {
+    pub kind: GraphKind,
+    pub session: Session,
+    pub float_type: TensorElementType,
+}
+
+impl Graph {
+    /// Creates the session for `kind` and checks its inputs and outputs against the
+    /// manifest.
+    pub fn load(loader: &Loader, kind: GraphKind) -> Result<(Graph, Provider), Error> {
+        let (session, provider) = loader.session(kind)?;
+        check_contract(kind, &session, loader.manifest.graphs.get(kind))?;
+        let float_type = session
+            .inputs()
+            .iter()
+            .find_map(|input| match input.dtype() {
+                ValueType::Tensor { ty, .. }
+                    if matches!(ty, TensorElementType::Float32 | TensorElementType::Float16) =>
+                {
+                    Some(*ty)
+                }
+                _ => None,
+            })
+            .unwrap_or(TensorElementType::Float32);
+        let graph = Graph {
+            kind,
+            session,
+            float_type,
+        };
+        Ok((graph, provider))
+    }
+
+    /// A float tensor of this graph's float type from host f32 values.
+    pub fn float_tensor(
+        &self,
+        values: &[f32],
+        shape: Vec<usize>,
+    ) -> Result<DynValue, DecoderError> {
+        float_tensor(values, shape, self.float_type)
+    }
+
+    /// Turns a session failure into an error naming the graph.
+    pub fn failed(&self) -> impl Fn(ort::Error) -> DecoderError {
+        let kind = self.kind;
+        move |error| DecoderError(format!("{kind} graph: {error}"))
+    }
+}
+
+/// What every session of a model is made with.
+pub struct Loader<'a> {
+    pub env: &'a ort::environment::Environment,
+    pub options: &'a EngineOptions,
+    pub manifest: &'a Manifest,
+    /// TensorRT's engine cache: the folder keyed by model, GPU and TensorRT version
+    /// ([`trt::CachePlan`]); `None` runs TensorRT uncached.
+    pub trt_dir: Option<PathBuf>,
+}
+
+impl Loader<'_> {
+    /// Creates a session for graph `kind` on the requested provider(s): the first that
+    /// registers with `auto`, exactly the one named otherwise.
+    pub fn session(&self, kind: GraphKind) -> Result<(Session, Provider), Error> {
+        let path = self
+            .options
+            .model_dir
+            .join(&self.manifest.graphs.get(kind).file);
+        let order: &[Provider] = match self.options.ep {
+            EpChoice::Auto => &[Provider::TensorRt, Provider::Cuda, Provider::Cpu],
+            EpChoice::Cpu => &[Provider::Cpu],
+            EpChoice::Cuda => &[Provider::Cuda],
+            EpChoice::Tensorrt => &[Provider::TensorRt],
+        };
+        let session_error = |message: String| Error::Session {
+            graph: kind,
+            path: path.clone(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(session_error("file not found (re-export the model)".into()));
+        }
+        let mut last_error = String::new();
+        for &provider in order {
+            match self.try_session(kind, &path, provider) {
+                Ok(session) => return Ok((session, provider)),
+                Err(message) if self.options.ep == EpChoice::Auto && provider != Provider::Cpu => {
+                    last_error = message;
+                }
+                Err(message) if provider == Provider::Cpu => return Err(session_error(message)),
+                Err(message) => {
+                    return Err(Error::Provider {
+                        provider,
+                        graph: kind,
+                        message,
+                    })
+                }
+            }
+        }
+        Err(session_error(last_error))
+    }
+
+    fn try_session(
+        &self,
+        kind: GraphKind,
+        path: &Path,
+        provider: Provider,
+    ) -> Result<Session, String> {
+        let options = self.options;
+        let mut builder = Session::builder(self.env).map_err(|e| e.to_string())?;
+        if let Some(threads) = options.threads {
+            builder = builder
+                .with_intra_threads(threads)
+                .map_err(|e| e.to_string())?;
+        }
+        if provider != Provider::Cpu {
+            let lib = ort_lib::locate(options.ort_lib.as_deref()).map_err(|e| e.to_string())?;
+            super::cuda::preload(&lib)?;
+        }
+        let dispatch = match provider {
+            Provider::Cuda => Some(
+                ort::ep::CUDA::default()
+                    .with_device_id(options.device_id)
+                    // fp32 graphs must stay fp32 (TF32 matmuls flip greedy near-ties).
+                    .with_tf32(false)
+                    .build()
+                    .error_on_failure(),
+            ),
+            // fp16 per the manifest, this graph's optimisation profile, engine and timing
+            // caches in the keyed folder.
+            Provider::TensorRt => Some(trt::execution_provider(
+                self.manifest,
+                kind,
+                path,
+                options.device_id,
+                &options.trt_limits,
+                self.trt_dir.as_deref(),
+            )?),
+            Provider::Cpu => None,
+        };
+        if let Some(dispatch) = dispatch {
+            builder = builder
+                .with_execution_providers([dispatch])
+                .map_err(|e| e.to_string())?;
+        }
+        builder.commit_from_file(path).map_err(|e| e.to_string())
+    }
+}
+
+/// Every manifest tensor must exist in the session and the other way round.
+pub fn check_contract(kind: GraphKind, session: &Session, spec: &GraphSpec) -> Result<(), Error> {
+    let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    for (what, want, have) in [
+        ("input", &spec.inputs, &inputs),
+        ("output", &spec.outputs, &outputs),
+    ] {
+        let contract = |message: String| Error::Contract {
+            graph: kind,
+            message,
+        };
+        if let Some(name) = want.iter().find(|name| !have.contains(&name.as_str())) {
+            return Err(contract(format!(
+                "{what} `{name}` is in the manifest but not in the graph (graph has {have:?})"
+            )));
+        }
+        if let Some(name) = have.iter().find(|name| !want.iter().any(|w| w == *name)) {
+            return Err(contract(format!(
+                "the graph has {what} `{name}` that the manifest does not list"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Output `name` of a finished run of graph `kind`.
+pub fn take(
+    out: &mut ort::session::SessionOutputs<'_>,
+    name: &str,
+    kind: GraphKind,
+) -> Result<DynValue, DecoderError> {
+    out.remove(name)
+        .ok_or_else(|| DecoderError(format!("{kind} graph returned no `{name}`")))
+}
+
+/// A float tensor of type `ty` from host f32 values.
+pub fn float_tensor(
+    values: &[f32],
+    shape: Vec<usize>,
+    ty: TensorElementType,
+) -> Result<DynValue, DecoderError> {
+    let result = match ty {
+        TensorElementType::Float16 => Tensor::from_array((shape, {
+            // half's slice conversion uses the CPU's F16C instructions when present.
+            let mut halves = vec![f16::ZERO; values.len()];
+            halves.convert_from_f32_slice(values);
+            halves
+        }))
+        .map(|t| t.into_dyn()),
+        _ => Tensor::from_array((shape, values.to_vec())).map(|t| t.into_dyn()),
+    };
+    result.map_err(|e| DecoderError(format!("cannot build a tensor: {e}")))
+}
+
+/// An integer tensor (ids, masks, positions, lengths).
+pub fn int_tensor<T>(
+    values: Vec<T>,
+    shape: Vec<usize>,
+    what: &str,
+) -> Result<DynValue, DecoderError>
+where
+    T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
+{
+    Tensor::from_array((shape, values))
+        .map(|t| t.into_dyn())
+        .map_err(|e| DecoderError(format!("{what}: {e}")))
+}
+
+/// Host f32 values of a float32 or float16 tensor.
+pub fn to_f32(value: &DynValue, what: &str) -> Result<Vec<f32>, DecoderError> {
+    if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
+        return Ok(data.to_vec());
+    }
+    if let Ok((_, data)) = value.try_extract_tensor::<f16>() {
+        return Ok(data.to_f32_vec());
+    }
+    Err(DecoderError(format!(
+        "{what} is neither float32 nor float16"
+    )))
+}

@@ -1,0 +1,184 @@
+//! `vlguard-ort merge`: joins the shard files that `run --shard K/N` wrote
+//! (`OUT/{subset}/{engine}.shard-K-of-N.json`) into the reference-format
+//! `OUT/{subset}/{engine}.json`.
+//!
+//! Contract: every sample of the subset (after `--limit`) must be answered by exactly one
+//! shard: a missing shard, an image answered twice, a sample with no answer or an answer
+//! for an image outside the subset is an error naming them, and nothing is written.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::dataset::{Dataset, Sample, Subset};
+use crate::results::Paths;
+use crate::run::SubsetArg;
+
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The engine name the shards were written under (`run --engine`, default the model
+    /// folder's name).
+    #[arg(long)]
+    pub engine: String,
+    /// Which subsets to join: unsafes, safe_unsafes, safe_safes or all.
+    #[arg(long, value_enum)]
+    pub subset: SubsetArg,
+    /// VLGuard test.json the shards answered.
+    #[arg(long, default_value = "data/VLGuard/test.json")]
+    pub meta: PathBuf,
+    /// Results folder holding OUT/{subset}/{engine}.shard-K-of-N.json.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// The --limit the shards ran with.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot merge {subset}: {message}")]
+    Merge { subset: Subset, message: String },
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::Error),
+    #[error(transparent)]
+    Results(#[from] crate::results::Error),
+}
+
+pub fn command(args: &MergeArgs) -> Result<ExitCode, Error> {
+    let dataset = Dataset::load(&args.meta)?;
+    for subset in args.subset.subsets() {
+        let mut samples = dataset.samples(subset)?;
+        if let Some(limit) = args.limit {
+            samples.truncate(limit);
+        }
+        let merged = merge_shards(&args.out, subset, &args.engine, &samples)?;
+        let path = Paths::new(&args.out, subset.name(), &args.engine).answers;
+        crate::results::write_answers_map(&path, merged)?;
+        eprintln!(
+            "{subset}: merged {} answers -> {}",
+            samples.len(),
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the shard files of one subset and returns `{image: answer}` in subset order.
+pub fn merge_shards(
+    out: &Path,
+    subset: Subset,
+    engine: &str,
+    samples: &[Sample],
+) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    let fail = |message: String| Error::Merge { subset, message };
+    let dir = out.join(subset.name());
+    let prefix = format!("{engine}.shard-");
+    let mut shards: Vec<(usize, usize, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))? {
+        let name = entry.map_err(|e| fail(e.to_string()))?.file_name();
+        let name = name.to_string_lossy();
+        let Some(rest) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let Some((k, n)) = rest.split_once("-of-") else {
+            continue;
+        };
+        if let (Ok(k), Ok(n)) = (k.parse::<usize>(), n.parse::<usize>()) {
+            shards.push((k, n, dir.join(name.as_ref())));
+        }
+    }
+    shards.sort();
+    let Some(&(_, n, _)) = shards.first() else {
+        return Err(fail(format!(
+            "no {prefix}K-of-N.json files in {}",
+            dir.display()
+        )));
+    };
+    if shards.iter().any(|s| s.1 != n) {
+        return Err(fail("shard files disagree on N".into()));
+    }
+    let found: Vec<usize> = shards.iter().map(|s| s.0).collect();
+    let missing: Vec<usize> = (1..=n).filter(|k| !found.contains(k)).collect();
+    if !missing.is_empty() {
+        return Err(fail(format!("shards {missing:?} of {n} are missing")));
+    }
+    let mut answers: HashMap<String, (usize, serde_json::Value)> = HashMap::new();
+    let mut overlaps = Vec::new();
+    for (k, _, path) in &shards {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        for (image, answer) in map {
+            if let Some((other, _)) = answers.get(&image) {
+                overlaps.push(format!("{image} (shards {other} and {k})"));
+            } else {
+                answers.insert(image, (*k, answer));
+            }
+        }
+    }
+    if !overlaps.is_empty() {
+        return Err(fail(format!("answered twice: {}", overlaps.join(", "))));
+    }
+    let mut merged = serde_json::Map::new();
+    let mut gaps = Vec::new();
+    for sample in samples {
+        match answers.remove(&sample.image) {
+            Some((_, answer)) => {
+                merged.insert(sample.image.clone(), answer);
+            }
+            None => gaps.push(sample.image.clone()),
+        }
+    }
+    if !gaps.is_empty() {
+        return Err(fail(format!(
+            "{} samples have no answer: {}",
+            gaps.len(),
+            gaps.join(", ")
+        )));
+    }
+    if !answers.is_empty() {
+        let mut extra: Vec<String> = answers.into_keys().collect();
+        extra.sort();
+        return Err(fail(format!(
+            "answers for images not in the subset: {}",
+            extra.join(", ")
+        )));
+    }
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_refuses_gaps_and_overlaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("unsafes");
+        std::fs::create_dir_all(&sub).unwrap();
+        let sample = |image: &str| Sample::new(image, "q");
+        let samples = vec![sample("a"), sample("b"), sample("c")];
+        std::fs::write(sub.join("e.shard-1-of-2.json"), r#"{"a": "1", "b": "2"}"#).unwrap();
+        let err = merge_shards(dir.path(), Subset::Unsafes, "e", &samples)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shards [2] of 2 are missing"), "{err}");
+        std::fs::write(sub.join("e.shard-2-of-2.json"), r#"{"b": "x"}"#).unwrap();
+        let err = merge_shards(dir.path(), Subset::Unsafes, "e", &samples)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("answered twice: b (shards 1 and 2)"), "{err}");
+        std::fs::write(sub.join("e.shard-2-of-2.json"), r#"{}"#).unwrap();
+        let err = merge_shards(dir.path(), Subset::Unsafes, "e", &samples)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 samples have no answer: c"), "{err}");
+        std::fs::write(sub.join("e.shard-2-of-2.json"), r#"{"c": "3"}"#).unwrap();
+        let merged = merge_shards(dir.path(), Subset::Unsafes, "e", &samples).unwrap();
+        assert_eq!(merged.keys().collect::<Vec<_>>(), vec!["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,243 @@
+//! `run`'s flags, and the validated configuration the stages read.
+
+use std::path::PathBuf;
+
+use crate::dataset::Subset;
+use crate::engine::{trt, EngineOptions, EpChoice};
+
+use super::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum SubsetArg {
+    Unsafes,
+    SafeUnsafes,
+    SafeSafes,
+    All,
+}
+
+impl SubsetArg {
+    /// The subsets this choice runs, in the reference's order.
+    pub fn subsets(self) -> Vec<Subset> {
+        match self {
+            SubsetArg::Unsafes => vec![Subset::Unsafes],
+            SubsetArg::SafeUnsafes => vec![Subset::SafeUnsafes],
+            SubsetArg::SafeSafes => vec![Subset::SafeSafes],
+            SubsetArg::All => Subset::ALL.to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Model directory written by `export`.
+    #[arg(long, env = "VLGUARD_MODEL")]
+    pub model: PathBuf,
+    /// Which questions to ask: unsafes (442), safe_unsafes (558), safe_safes (558) or all.
+    #[arg(long, value_enum)]
+    pub subset: SubsetArg,
+    /// VLGuard test.json (where `fetch dataset` puts it by default).
+    #[arg(long, default_value = "data/VLGuard/test.json")]
+    pub meta: PathBuf,
+    /// Image root the `image` paths of test.json are relative to.
+    #[arg(long, default_value = "data/VLGuard/test")]
+    pub images: PathBuf,
+    /// Results folder: answers go to OUT/{subset}/{engine}.json.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Engine name used for the results files (default: the model directory's name).
+    #[arg(long)]
+    pub engine: Option<String>,
+    /// Execution provider: auto tries TensorRT, then CUDA, then CPU.
+    #[arg(long, value_enum, default_value = "auto", env = "VLGUARD_EP")]
+    pub ep: EpChoice,
+    /// GPU to use with CUDA / TensorRT.
+    #[arg(long, default_value_t = 0)]
+    pub device_id: i32,
+    /// Prompts decoded together: the decoder's slots (see --batching).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// How prompts share the decoder's slots: `static` batches (prompts grouped by
+    /// length; a batch ends when its longest answer does), `continuous` (a finished row's
+    /// slot takes the next prompt at once; needs a model exported with `--decoder
+    /// fused`), or `auto` (continuous when the model allows it and --batch-size > 1).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub batching: Batching,
+    /// Run the vision tower on a thread of its own, a batch ahead of the decoder: `auto`
+    /// does when the vision tower or the decoder is on a GPU (on a CPU alone the two
+    /// would fight over the same cores).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub vision_thread: Toggle,
+    /// Finished rows stay in the batch (computed, ignored) even on the CPU, as on a GPU:
+    /// replays the device scheduling on a machine without one (tests, debugging).
+    #[arg(long)]
+    pub keep_finished_rows: bool,
+    /// Longest answer in tokens (VLGuard_eval.py: 256).
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Only the first N samples of each subset.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Start over: ignore (and move aside) an existing journal.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Run only part K of N of each subset (contiguous ranges), e.g. one process per GPU:
+    /// files are named {engine}.shard-K-of-N; join them with `vlguard-ort merge`.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+    /// TensorRT engine cache base folder (default: MODEL/trt-cache); engines go to a
+    /// sub-folder per model hash, GPU and TensorRT version. Delete it to rebuild.
+    #[arg(long, env = "VLGUARD_TRT_CACHE", value_name = "DIR")]
+    pub trt_cache: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the setup folder).
+    #[arg(long, env = "VLGUARD_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Batching {
+    Auto,
+    Static,
+    Continuous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    Auto,
+    On,
+    Off,
+}
+
+/// Part K of N (1-based) of each subset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub k: usize,
+    pub n: usize,
+}
+
+impl Shard {
+    /// The contiguous range of `len` samples this shard takes (sizes differ by <= 1).
+    pub fn range(self, len: usize) -> std::ops::Range<usize> {
+        (self.k - 1) * len / self.n..self.k * len / self.n
+    }
+
+    /// The engine name its files are written under.
+    pub fn engine_name(self, engine: &str) -> String {
+        format!("{engine}.shard-{}-of-{}", self.k, self.n)
+    }
+}
+
+/// Parses `K/N` with 1 <= K <= N.
+pub fn parse_shard(text: &str) -> Result<Shard, String> {
+    let bad = || format!("--shard must look like K/N with 1 <= K <= N, got `{text}`");
+    let (k, n) = text.split_once('/').ok_or_else(bad)?;
+    let k: usize = k.trim().parse().map_err(|_| bad())?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    if k == 0 || n == 0 || k > n {
+        return Err(bad());
+    }
+    Ok(Shard { k, n })
+}
+
+/// Validated run configuration.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub subsets: Vec<Subset>,
+    pub meta: PathBuf,
+    pub images: PathBuf,
+    pub out: PathBuf,
+    pub engine_name: String,
+    pub engine: EngineOptions,
+    pub batch_size: usize,
+    pub batching: Batching,
+    pub vision_thread: Toggle,
+    pub max_new_tokens: usize,
+    pub limit: Option<usize>,
+    pub fresh: bool,
+    pub shard: Option<Shard>,
+}
+
+impl RunConfig {
+    pub fn from_args(args: &RunArgs) -> Result<RunConfig, Error> {
+        if args.batch_size == 0 {
+            return Err(Error::BatchSize);
+        }
+        if args.max_new_tokens == 0 {
+            return Err(Error::MaxTokens);
+        }
+        let model = args.model.clone();
+        if !model
+            .join(vlguard_export::manifest::MANIFEST_FILE)
+            .is_file()
+        {
+            return Err(Error::Model(model));
+        }
+        if !args.images.is_dir() {
+            return Err(Error::Images(args.images.clone()));
+        }
+        let engine_name = args.engine.clone().unwrap_or_else(|| {
+            std::fs::canonicalize(&model)
+                .unwrap_or_else(|_| model.clone())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
+        });
+        Ok(RunConfig {
+            subsets: args.subset.subsets(),
+            meta: args.meta.clone(),
+            images: args.images.clone(),
+            out: args.out.clone(),
+            engine_name,
+            engine: EngineOptions {
+                trt_cache: Some(
+                    args.trt_cache
+                        .clone()
+                        .unwrap_or_else(|| model.join("trt-cache")),
+                ),
+                // The prompt bound is trt::MAX_TEXT_TOKENS: a constant, so that profiles,
+                // and with them cached engines, stay the same from one subset to the next.
+                trt_limits: trt::Limits::new(args.batch_size, args.max_new_tokens),
+                keep_finished_rows: args.keep_finished_rows,
+                model_dir: model,
+                ort_lib: args.ort_lib.clone(),
+                ep: args.ep,
+                device_id: args.device_id,
+                threads: args.threads,
+            },
+            batch_size: args.batch_size,
+            batching: args.batching,
+            vision_thread: args.vision_thread,
+            max_new_tokens: args.max_new_tokens,
+            limit: args.limit,
+            fresh: args.fresh,
+            shard: args.shard,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_sample_once() {
+        for len in [0, 1, 7, 442, 558] {
+            for n in 1..=8 {
+                let ranges: Vec<_> = (1..=n).map(|k| Shard { k, n }.range(len)).collect();
+                assert_eq!(ranges[0].start, 0);
+                assert_eq!(ranges[n - 1].end, len);
+                for w in ranges.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+            }
+        }
+        assert_eq!(parse_shard("2/4").unwrap(), Shard { k: 2, n: 4 });
+        assert!(
+            parse_shard("0/4").is_err() && parse_shard("5/4").is_err() && parse_shard("x").is_err()
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! The image side of a run, ahead of the decoder: preprocessing on rayon threads, then the
+//! vision tower + projector, one batch at a time through channels that hold one batch, so
+//! the three stages overlap a batch apart.
+//!
+//! Where images are encoded ([`Images::start`]): `ahead`, on a thread of their own, one
+//! batch ahead of the decoder, when the vision tower or the decoder runs on a GPU; or
+//! inline, on the decoder's thread when it asks, when both run on the CPU: two ONNX Runtime
+//! thread pools on the same cores slowed the 100M benchmark by ~25% (measured), more than
+//! the overlap gains.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Instant;
+
+use vlguard_export::manifest::PreprocessSpec;
+
+use crate::dataset::Sample;
+use crate::engine::ImageEncoder;
+
+/// A batch of samples with their preprocessed images (or the error each one hit).
+struct Prepared {
+    samples: Vec<Sample>,
+    pixels: Vec<Result<Vec<f32>, String>>,
+    seconds: f64,
+}
+
+/// A batch after the vision tower: each sample with its projected image embeddings
+/// (`[N, H]`) or the error its image hit (unreadable file, or the batch's vision error).
+pub struct Encoded {
+    pub samples: Vec<(Sample, Result<Vec<f32>, String>)>,
+    /// Preprocessing seconds on the rayon threads, vision tower + projector seconds.
+    pub preprocess_s: f64,
+    pub vision_s: f64,
+}
+
+/// The running image stages (scoped threads: they borrow the samples and the encoder).
+pub struct Images<'scope> {
+    producer: ScopedJoinHandle<'scope, ()>,
+    stage: Stage<'scope>,
+}
+
+enum Stage<'scope> {
+    Ahead {
+        rx: mpsc::Receiver<Encoded>,
+        thread: ScopedJoinHandle<'scope, ()>,
+    },
+    Inline {
+        rx: mpsc::Receiver<Prepared>,
+        encoder: &'scope mut ImageEncoder,
+    },
+}
+
+impl<'scope> Images<'scope> {
+    /// Starts preprocessing `pending` (in that order, `batch` images at a time) and, when
+    /// `ahead`, the vision thread.
+    pub fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        pending: &'env [Sample],
+        batch: usize,
+        root: &'env Path,
+        spec: &'env PreprocessSpec,
+        encoder: &'env mut ImageEncoder,
+        ahead: bool,
+    ) -> Images<'scope> {
+        let (tx, rx) = mpsc::sync_channel::<Prepared>(1);
+        let producer = scope.spawn(move || preprocess(pending, batch, root, spec, tx));
+        let stage = if ahead {
+            let (tx, out) = mpsc::sync_channel::<Encoded>(1);
+            let thread = scope.spawn(move || {
+                for prepared in rx {
+                    if tx.send(encode(prepared, encoder)).is_err() {
+                        break;
+                    }
+                }
+            });
+            Stage::Ahead { rx: out, thread }
+        } else {
+            Stage::Inline { rx, encoder }
+        };
+        Images { producer, stage }
+    }
+
+    /// The next encoded batch, `None` at the end of the stream.
+    pub fn next(&mut self) -> Option<Encoded> {
+        match &mut self.stage {
+            Stage::Ahead { rx, .. } => rx.recv().ok(),
+            Stage::Inline { rx, encoder } => rx.recv().ok().map(|p| encode(p, encoder)),
+        }
+    }
+
+    /// Stops the stages (a thread ends once its receiver is gone); `false` if one of
+    /// them panicked.
+    pub fn finish(self) -> bool {
+        let vision = match self.stage {
+            Stage::Inline { .. } => true,
+            Stage::Ahead { rx, thread } => {
+                drop(rx);
+                thread.join().is_ok()
+            }
+        };
+        self.producer.join().is_ok() && vision
+    }
+}
+
+/// Preprocessing on rayon threads, `batch` images at a time into `tx` (a channel that
+/// holds one batch).
+fn preprocess(
+    pending: &[Sample],
+    batch: usize,
+    root: &Path,
+    spec: &PreprocessSpec,
+    tx: mpsc::SyncSender<Prepared>,
+) {
+    for samples in pending.chunks(batch) {
+        let t = Instant::now();
+        let files: Vec<PathBuf> = samples.iter().map(|s| root.join(&s.image)).collect();
+        let pixels = crate::preprocess::pixel_values_batch(&files, spec)
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect();
+        let prepared = Prepared {
+            samples: samples.to_vec(),
+            pixels,
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        if tx.send(prepared).is_err() {
+            break;
+        }
+    }
+}
+
+/// Vision tower + projector over the images of a preprocessed batch that loaded.
+fn encode(prepared: Prepared, encoder: &mut ImageEncoder) -> Encoded {
+    let mut loaded = Vec::new();
+    let mut pixels = Vec::new();
+    let mut samples = Vec::with_capacity(prepared.samples.len());
+    for (sample, p) in prepared.samples.into_iter().zip(prepared.pixels) {
+        match p {
+            Ok(p) => {
+                pixels.extend_from_slice(&p);
+                loaded.push(sample);
+            }
+            Err(error) => samples.push((sample, Err(error))),
+        }
+    }
+    let t = Instant::now();
+    if !loaded.is_empty() {
+        match encoder.encode(&pixels, loaded.len()) {
+            Ok(embeds) => {
+                let per_image = embeds.len() / loaded.len();
+                for (sample, rows) in loaded.into_iter().zip(embeds.chunks(per_image)) {
+                    samples.push((sample, Ok(rows.to_vec())));
+                }
+            }
+            Err(error) => {
+                samples.extend(loaded.into_iter().map(|s| (s, Err(error.to_string()))));
+            }
+        }
+    }
+    Encoded {
+        samples,
+        preprocess_s: prepared.seconds,
+        vision_s: t.elapsed().as_secs_f64(),
+    }
+}
