@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn gpu_identity_reads_name_and_compute_capability_through_the_c_api() {
         let tmp = tempfile::tempdir().unwrap();
-        let stub = super::super::dylib::stub::stub_library(tmp.path());
+        let stub = crate::engine::dylib::stub::stub_library(tmp.path());
         assert_eq!(gpu_identity_from(&stub, &stub, 1).unwrap(), h100());
         let err = gpu_identity_from(&stub, &stub, 0).unwrap_err();
         assert_eq!(

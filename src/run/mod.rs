@@ -175,67 +175,33 @@ fn run_subset(
     let vision_ort_s = engine.images.ort_seconds() - vision_ort_before;
     recorder.progress.finish_and_clear();
 
-    let n_answered = crate::results::write_answers(&paths.answers, &samples, &recorder.entries)?;
-    let errors = all_errors(&samples, &recorder);
-    let answers: Vec<&str> = samples
-        .iter()
-        .filter_map(|s| recorder.entries.get(&s.image)?.answer.as_deref())
-        .collect();
-    let asr = manifest::asr(subset, &cx.config.engine_name, &answers);
-    for e in &errors {
-        eprintln!("{subset}: sample {} failed: {}", e.image, e.error);
-    }
-    eprintln!(
-        "{subset}: {n_answered}/{} answered ({} generated now, {n_resumed} resumed, {} errors) -> {}",
-        samples.len(),
-        recorder.n_generated,
-        errors.len(),
-        paths.answers.display()
-    );
-    let timings = StageTimings::new(
-        cx.session_load_s,
-        &generated,
-        &feed,
-        vision_ort_s,
-        started.elapsed().as_secs_f64(),
-    );
-    let config = cx.config;
-    let manifest = RunManifest {
-        tool: "vlguard-ort".into(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        engine: file_engine,
-        subset: subset.name().into(),
-        model_dir: config.engine.model_dir.display().to_string(),
-        model_manifest_sha256: engine.manifest_sha256.clone(),
-        dtype: engine.manifest.dtype.as_str().into(),
-        ort_library: engine.ort_lib.display().to_string(),
-        execution_providers: engine.provider_names(),
-        tensorrt: engine
-            .tensorrt
-            .iter()
-            .map(|(graph, build)| (graph.name().to_string(), build.clone()))
-            .collect(),
-        dataset: config.meta.display().to_string(),
-        dataset_sha256: cx.dataset.sha256.clone(),
-        images: config.images.display().to_string(),
-        batch_size: config.batch_size,
-        batching,
-        max_new_tokens: config.max_new_tokens,
-        limit: config.limit,
-        started_at,
-        finished_at: crate::util::utc_now_rfc3339(),
-        n_samples: samples.len(),
-        n_answered,
+    let done = Done {
+        subset,
+        file_engine,
+        samples,
         n_resumed,
-        n_generated: recorder.n_generated,
-        n_errors: errors.len(),
-        errors,
-        timings,
-        peak_rss_mb: manifest::peak_rss_mb(),
-        asr,
+        batching,
+        started_at,
+        timings: StageTimings::new(
+            cx.session_load_s,
+            &generated,
+            &feed,
+            vision_ort_s,
+            started.elapsed().as_secs_f64(),
+        ),
     };
-    crate::results::write_json(&paths.manifest, &manifest)?;
-    Ok((manifest.n_errors, paths.manifest))
+    cx.conclude(engine, done, &recorder, &paths)
+}
+
+/// A subset whose pending samples have all ended.
+struct Done {
+    subset: Subset,
+    file_engine: String,
+    samples: Vec<Sample>,
+    n_resumed: usize,
+    batching: Batching,
+    started_at: String,
+    timings: StageTimings,
 }
 
 impl Context<'_> {
@@ -272,6 +238,81 @@ impl Context<'_> {
             pending.sort_by_key(|s| questions.len(s));
         }
         (pending, questions)
+    }
+
+    /// Writes the answers file and the run manifest, prints the reference's ASR line and
+    /// the subset's summary. Returns the subset's error count and the manifest's path.
+    fn conclude(
+        &self,
+        engine: &Engine,
+        done: Done,
+        recorder: &Recorder,
+        paths: &Paths,
+    ) -> Result<(usize, PathBuf), Error> {
+        let Done {
+            subset,
+            file_engine,
+            samples,
+            n_resumed,
+            batching,
+            started_at,
+            timings,
+        } = done;
+        let samples = &samples;
+        let n_answered = crate::results::write_answers(&paths.answers, samples, &recorder.entries)?;
+        let errors = all_errors(samples, recorder);
+        let answers: Vec<&str> = samples
+            .iter()
+            .filter_map(|s| recorder.entries.get(&s.image)?.answer.as_deref())
+            .collect();
+        let asr = manifest::asr(subset, &self.config.engine_name, &answers);
+        for e in &errors {
+            eprintln!("{subset}: sample {} failed: {}", e.image, e.error);
+        }
+        eprintln!(
+            "{subset}: {n_answered}/{} answered ({} generated now, {n_resumed} resumed, {} errors) -> {}",
+            samples.len(),
+            recorder.n_generated,
+            errors.len(),
+            paths.answers.display()
+        );
+        let config = self.config;
+        let manifest = RunManifest {
+            tool: "vlguard-ort".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            engine: file_engine,
+            subset: subset.name().into(),
+            model_dir: config.engine.model_dir.display().to_string(),
+            model_manifest_sha256: engine.manifest_sha256.clone(),
+            dtype: engine.manifest.dtype.as_str().into(),
+            ort_library: engine.ort_lib.display().to_string(),
+            execution_providers: engine.provider_names(),
+            tensorrt: engine
+                .tensorrt
+                .iter()
+                .map(|(graph, build)| (graph.name().to_string(), build.clone()))
+                .collect(),
+            dataset: config.meta.display().to_string(),
+            dataset_sha256: self.dataset.sha256.clone(),
+            images: config.images.display().to_string(),
+            batch_size: config.batch_size,
+            batching,
+            max_new_tokens: config.max_new_tokens,
+            limit: config.limit,
+            started_at,
+            finished_at: crate::util::utc_now_rfc3339(),
+            n_samples: samples.len(),
+            n_answered,
+            n_resumed,
+            n_generated: recorder.n_generated,
+            n_errors: errors.len(),
+            errors,
+            timings,
+            peak_rss_mb: manifest::peak_rss_mb(),
+            asr,
+        };
+        crate::results::write_json(&paths.manifest, &manifest)?;
+        Ok((manifest.n_errors, paths.manifest.clone()))
     }
 
     /// Runs the image stages and the generator over `pending`, recording every outcome.
