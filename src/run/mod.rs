@@ -249,16 +249,7 @@ impl Context<'_> {
         recorder: &Recorder,
         paths: &Paths,
     ) -> Result<(usize, PathBuf), Error> {
-        let Done {
-            subset,
-            file_engine,
-            samples,
-            n_resumed,
-            batching,
-            started_at,
-            timings,
-        } = done;
-        let samples = &samples;
+        let (subset, samples, n_resumed) = (done.subset, &done.samples, done.n_resumed);
         let n_answered = crate::results::write_answers(&paths.answers, samples, &recorder.entries)?;
         let errors = all_errors(samples, recorder);
         let answers: Vec<&str> = samples
@@ -280,7 +271,7 @@ impl Context<'_> {
         let manifest = RunManifest {
             tool: "vlguard-ort".into(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
-            engine: file_engine,
+            engine: done.file_engine,
             subset: subset.name().into(),
             model_dir: config.engine.model_dir.display().to_string(),
             model_manifest_sha256: engine.manifest_sha256.clone(),
@@ -296,10 +287,10 @@ impl Context<'_> {
             dataset_sha256: self.dataset.sha256.clone(),
             images: config.images.display().to_string(),
             batch_size: config.batch_size,
-            batching,
+            batching: done.batching,
             max_new_tokens: config.max_new_tokens,
             limit: config.limit,
-            started_at,
+            started_at: done.started_at,
             finished_at: crate::util::utc_now_rfc3339(),
             n_samples: samples.len(),
             n_answered,
@@ -307,7 +298,7 @@ impl Context<'_> {
             n_generated: recorder.n_generated,
             n_errors: errors.len(),
             errors,
-            timings,
+            timings: done.timings,
             peak_rss_mb: manifest::peak_rss_mb(),
             asr,
         };

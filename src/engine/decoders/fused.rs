@@ -359,15 +359,8 @@ impl Decoder for FusedDecoder {
     /// cache; prompts for some slots run on a cache of their own whose rows are then
     /// copied into the slots.
     fn prefill(&mut self, slots: &[usize], prompts: &[&Prompt]) -> Result<Vec<f32>, DecoderError> {
-        let t = Instant::now();
-        let ort_before = self.embedder.ort_s;
-        let spliced = prompts
-            .iter()
-            .map(|p| self.embedder.splice(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let spliced = self.embedder.splice_all(prompts, &mut self.counters)?;
         let (embeds, lengths) = right_pad(&spliced, self.embedder.hidden());
-        self.counters.splice_s += t.elapsed().as_secs_f64();
-        self.counters.ort_s += self.embedder.ort_s - ort_before;
         let row_slots = self.row_slots();
         let targets = slots
             .iter()
@@ -413,9 +406,7 @@ impl Decoder for FusedDecoder {
                 }
             }
         }
-        let ort_before = self.embedder.ort_s;
-        let embeds = self.embedder.embed(&ids, ids.len())?;
-        self.counters.ort_s += self.embedder.ort_s - ort_before;
+        let embeds = self.embedder.embed(&ids, ids.len(), &mut self.counters)?;
         self.counters.step_rows += self.rows.len();
         let logits = self.run_on(None, &embeds, &lengths)?;
         logits_of(&logits, &self.row_slots(), slots)

@@ -19,7 +19,7 @@ use ort::session::SessionInputValue;
 use vlguard_export::manifest::{GraphKind, Manifest};
 
 use super::session::{int_tensor, take, to_f32, Graph};
-use crate::generate::{DecoderError, Prompt};
+use crate::generate::{Counters, DecoderError, Prompt};
 
 /// The `embed` graph and the splice of a prompt.
 pub struct Embedder {
@@ -28,8 +28,6 @@ pub struct Embedder {
     output: String,
     hidden: usize,
     image_token_id: i64,
-    /// Seconds inside its session runs.
-    pub ort_s: f64,
 }
 
 impl Embedder {
@@ -40,12 +38,16 @@ impl Embedder {
             output: manifest.graphs.embed.outputs[0].clone(),
             hidden: manifest.decoder.hidden_size,
             image_token_id: manifest.tokenizer.image_token_id,
-            ort_s: 0.0,
         }
     }
 
-    /// `input_ids [rows, T]` -> `[rows, T, H]`.
-    pub fn embed(&mut self, ids: &[i64], rows: usize) -> Result<Vec<f32>, DecoderError> {
+    /// `input_ids [rows, T]` -> `[rows, T, H]`; its session time is added to `counters`.
+    pub fn embed(
+        &mut self,
+        ids: &[i64],
+        rows: usize,
+        counters: &mut Counters,
+    ) -> Result<Vec<f32>, DecoderError> {
         let len = ids.len() / rows.max(1);
         let input = int_tensor(ids.to_vec(), vec![rows, len], "embed input")?;
         let failed = self.graph.failed();
@@ -56,13 +58,32 @@ impl Embedder {
             .run(vec![(self.input.as_str(), SessionInputValue::from(input))])
             .map_err(failed)?;
         let value = take(&mut out, &self.output, GraphKind::Embed)?;
-        self.ort_s += t.elapsed().as_secs_f64();
+        counters.ort_s += t.elapsed().as_secs_f64();
         to_f32(&value, "embed output")
+    }
+
+    /// Each prompt's input embeddings `[positions, H]`, timed into `counters.splice_s`.
+    pub fn splice_all(
+        &mut self,
+        prompts: &[&Prompt],
+        counters: &mut Counters,
+    ) -> Result<Vec<Vec<f32>>, DecoderError> {
+        let t = Instant::now();
+        let spliced = prompts
+            .iter()
+            .map(|p| self.splice(p, counters))
+            .collect::<Result<Vec<_>, _>>();
+        counters.splice_s += t.elapsed().as_secs_f64();
+        spliced
     }
 
     /// The prompt's input embeddings `[positions, H]`: text embeddings with the image's
     /// `image_tokens` rows where the image slot was.
-    pub fn splice(&mut self, prompt: &Prompt) -> Result<Vec<f32>, DecoderError> {
+    fn splice(
+        &mut self,
+        prompt: &Prompt,
+        counters: &mut Counters,
+    ) -> Result<Vec<f32>, DecoderError> {
         let hidden = self.hidden;
         if prompt.image_embeds.len() != prompt.image_tokens * hidden {
             return Err(DecoderError(format!(
@@ -82,7 +103,7 @@ impl Embedder {
             .copied()
             .filter(|&id| id != self.image_token_id)
             .collect();
-        let text_embeds = self.embed(&text, 1)?;
+        let text_embeds = self.embed(&text, 1, counters)?;
         let mut spliced = Vec::with_capacity(text_embeds.len() + prompt.image_embeds.len());
         spliced.extend_from_slice(&text_embeds[..slot * hidden]);
         spliced.extend_from_slice(&prompt.image_embeds);

@@ -205,15 +205,8 @@ impl Decoder for PlainDecoder {
                     .into(),
             ));
         }
-        let t = Instant::now();
-        let ort_before = self.embedder.ort_s;
-        let spliced = prompts
-            .iter()
-            .map(|p| self.embedder.splice(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let spliced = self.embedder.splice_all(prompts, &mut self.counters)?;
         let (embeds, masks, positions, len) = left_pad(&spliced, self.embedder.hidden());
-        self.counters.splice_s += t.elapsed().as_secs_f64();
-        self.counters.ort_s += self.embedder.ort_s - ort_before;
         self.rows = slots
             .iter()
             .zip(masks)
@@ -243,9 +236,7 @@ impl Decoder for PlainDecoder {
                     .map_or(0, |i| tokens[i] as i64)
             })
             .collect();
-        let ort_before = self.embedder.ort_s;
-        let embeds = self.embedder.embed(&ids, ids.len())?;
-        self.counters.ort_s += self.embedder.ort_s - ort_before;
+        let embeds = self.embedder.embed(&ids, ids.len(), &mut self.counters)?;
         let mut positions = Vec::with_capacity(self.rows.len());
         for row in &mut self.rows {
             row.mask.push(1);
