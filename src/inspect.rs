@@ -1,14 +1,17 @@
 //! `vlguard-ort inspect DIR`: the manifest, then every graph's inputs and outputs as ONNX
 //! Runtime reads them (names, element types, shapes with -1 for dynamic axes), each checked
-//! against the manifest, and what TensorRT's ONNX parser would not take.
+//! against the manifest, what TensorRT's ONNX parser would not take, and every shaping
+//! manifest field against its bounds and the graphs' dimensions (exit 1 when one cannot
+//! be right).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vlguard_export::manifest::{GraphKind, Manifest};
 
 use crate::engine::session::{check_contract, Loader};
-use crate::engine::{ort_lib, trt, EngineOptions, EpChoice, Error};
+use crate::engine::{ort_lib, trt, validate, EngineOptions, EpChoice, Error};
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -40,6 +43,7 @@ pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
         manifest: &manifest,
         trt_dir: None,
     };
+    let mut declared = BTreeMap::new();
     for kind in GraphKind::ALL {
         let spec = manifest.graphs.get(kind);
         let path = args.model.join(&spec.file);
@@ -53,6 +57,7 @@ pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
             println!("  out  {:<28} {}", output.name(), output.dtype());
         }
         check_contract(kind, &session, spec)?;
+        declared.insert(kind, validate::declared(&session));
         match vlguard_export::tensorrt::check_file(&path) {
             Ok(found) if found.is_empty() => println!("  TensorRT 10 ONNX parser: takes it whole"),
             Ok(found) => {
@@ -67,5 +72,18 @@ pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
             Err(e) => println!("  TensorRT 10 ONNX parser check: {e}"),
         }
     }
-    Ok(ExitCode::SUCCESS)
+    let mut problems = validate::bounds(&manifest);
+    problems.extend(validate::against_graphs(&manifest, &declared));
+    if problems.is_empty() {
+        println!("\nmanifest.json: every shaping field within bounds and equal to the graphs'");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "\nmanifest.json: {} field(s) cannot be right",
+        problems.len()
+    );
+    for problem in &problems {
+        println!("  {problem}");
+    }
+    Ok(ExitCode::from(1))
 }

@@ -10,6 +10,13 @@ use clap::Parser;
 use vlguard_ort::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so a print to a closed pipe (`score --json | head -c 10`)
+    // would panic; with the default action the process ends quietly, as Unix tools do.
+    // Sockets are unaffected: the standard library sends with MSG_NOSIGNAL.
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Export(args) => vlguard_ort::export_cmd::command(&args).map_err(Into::into),

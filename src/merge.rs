@@ -18,7 +18,7 @@ use crate::run::SubsetArg;
 pub struct MergeArgs {
     /// The engine name the shards were written under (`run --engine`, default the model
     /// folder's name).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::run::parse_engine_name)]
     pub engine: String,
     /// Which subsets to join: unsafes, safe_unsafes, safe_safes or all.
     #[arg(long, value_enum)]

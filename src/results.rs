@@ -42,6 +42,10 @@ pub struct JournalEntry {
     pub ended_with_eos: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_margin: Option<f32>,
+    /// sha256 of the image file the answer was made from: a resumed run answers again
+    /// when the file changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -288,6 +292,7 @@ mod tests {
             new_tokens: 3,
             ended_with_eos: true,
             min_margin: Some(0.5),
+            image_sha256: None,
         }
     }
 

@@ -17,7 +17,10 @@ mod dylib;
 pub mod images;
 pub mod ort_lib;
 pub mod session;
+#[cfg(test)]
+mod test_manifests;
 pub mod trt;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -95,6 +98,11 @@ pub enum Error {
         path: PathBuf,
         message: String,
     },
+    #[error("{path} cannot be right: {}", list(.problems))]
+    Fields {
+        path: PathBuf,
+        problems: Vec<validate::Problem>,
+    },
     #[error("graph {graph} does not match manifest.json: {message}")]
     Contract { graph: GraphKind, message: String },
     #[error(
@@ -105,6 +113,22 @@ pub enum Error {
         graph: GraphKind,
         message: String,
     },
+}
+
+fn list(problems: &[validate::Problem]) -> String {
+    let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    all.join("; ")
+}
+
+/// `Err` naming every problem, `Ok` when there is none.
+pub fn check_fields(dir: &std::path::Path, problems: Vec<validate::Problem>) -> Result<(), Error> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Fields {
+        path: dir.join(vlguard_export::manifest::MANIFEST_FILE),
+        problems,
+    })
 }
 
 /// A model directory's sessions, ready to run.
@@ -123,6 +147,7 @@ pub struct Engine {
 impl Engine {
     pub fn open(options: &EngineOptions) -> Result<Engine, Error> {
         let (manifest, bytes) = Manifest::load(&options.model_dir)?;
+        check_fields(&options.model_dir, validate::bounds(&manifest))?;
         let manifest_sha256 = crate::util::sha256_hex(&bytes);
         let (lib, env) = ort_lib::environment(options.ort_lib.as_deref())?;
         // TensorRT may run: sessions get the engine folder keyed by model, GPU and
@@ -144,6 +169,7 @@ impl Engine {
         let mut providers = BTreeMap::new();
         let mut tensorrt = BTreeMap::new();
         let mut graphs = Vec::with_capacity(GraphKind::ALL.len());
+        let mut declared = BTreeMap::new();
         for kind in GraphKind::ALL {
             let timer = trt_plan
                 .as_ref()
@@ -153,8 +179,11 @@ impl Engine {
                 tensorrt.insert(kind, timer.finish());
             }
             providers.insert(kind, provider);
+            declared.insert(kind, validate::declared(&graph.session));
             graphs.push(graph);
         }
+        let problems = validate::against_graphs(&manifest, &declared);
+        check_fields(&options.model_dir, problems)?;
         let [vision, projector, embed, decoder] =
             <[Graph; 4]>::try_from(graphs).unwrap_or_else(|_| unreachable!("four graphs"));
         let images = ImageEncoder::new(vision, projector, &manifest);

@@ -15,7 +15,10 @@
 //! 4. `(x * rescale_factor)` in f64 rounded to f32, then `(x - mean) / std` in f32.
 //!
 //! Errors: unreadable, truncated, corrupt or unsupported files give [`Error`]; no input
-//! makes this module panic or abort.
+//! makes this module panic or abort. A file is read only when it is a regular file (after
+//! following symlinks: a FIFO would hang, a device such as `/dev/zero` never ends), no
+//! larger than the size cap, and starts like a JPEG or a PNG (sniffed from its first bytes,
+//! before the rest is read).
 
 mod jpeg;
 mod png;
@@ -37,6 +40,16 @@ pub enum Error {
     Decode { path: PathBuf, reason: String },
     #[error("cannot identify image file {path} (only JPEG and PNG are supported)")]
     UnknownFormat { path: PathBuf },
+    #[error("image path `{image}` is refused: {reason}")]
+    Path { image: String, reason: String },
+    #[error("image {path} is not a regular file ({kind})")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error("image {path} has {size} bytes, over the limit of {limit} (raise it with --max-image-bytes)")]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("cannot preprocess image {path}: {reason}")]
     Preprocess { path: PathBuf, reason: String },
 }
@@ -78,12 +91,77 @@ fn gray_to_rgb(width: usize, height: usize, gray: &[u8]) -> RgbImage {
     }
 }
 
-/// Decodes an image file like Pillow's `Image.open(path).convert('RGB')`.
-pub fn decode_rgb(path: &Path) -> Result<RgbImage, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+/// The default cap on an image file's size: VLGuard's largest image is a few MB, a
+/// 50-megapixel JPEG stays under 30 MB.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 64 << 20;
+
+/// The bytes of an image file, refused before they are read when the file is not a
+/// regular file, is larger than `max_bytes`, or does not start like a JPEG or a PNG.
+pub fn read_image(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // `metadata` follows symlinks: what would be opened is what is checked.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(Error::NotAFile {
+            path: path.to_path_buf(),
+            kind: file_kind(&meta.file_type()),
+        });
+    }
+    if meta.len() > max_bytes {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            limit: max_bytes,
+        });
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    // A file that grows after the check is still read no further than the cap.
+    let mut reader = file.take(max_bytes + 1);
+    let mut head = [0u8; 8];
+    let mut got = 0;
+    while got < head.len() {
+        match reader.read(&mut head[got..]).map_err(io)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    if sniff(&head[..got]).is_none() {
+        return Err(Error::UnknownFormat {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    bytes.extend_from_slice(&head[..got]);
+    reader.read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            limit: max_bytes,
+        });
+    }
+    Ok(bytes)
+}
+
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    match kind {
+        k if k.is_dir() => "a directory",
+        k if k.is_fifo() => "a FIFO",
+        k if k.is_char_device() => "a character device",
+        k if k.is_block_device() => "a block device",
+        k if k.is_socket() => "a socket",
+        _ => "not a regular file",
+    }
+}
+
+/// Decodes an image file like Pillow's `Image.open(path).convert('RGB')`.
+pub fn decode_rgb(path: &Path) -> Result<RgbImage, Error> {
+    let bytes = read_image(path, DEFAULT_MAX_IMAGE_BYTES)?;
     decode_rgb_bytes(&bytes).map_err(|e| e.at(path))
 }
 
@@ -103,14 +181,29 @@ impl DecodeError {
     }
 }
 
-/// Sniffs the format from the first bytes (Pillow's `_accept` checks) and decodes.
-fn decode_rgb_bytes(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
-    if bytes.starts_with(b"\xFF\xD8\xFF") {
-        jpeg::decode(bytes).map_err(DecodeError::Bad)
-    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        png::decode(bytes).map_err(DecodeError::Bad)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Jpeg,
+    Png,
+}
+
+/// The format of a file from its first bytes (Pillow's `_accept` checks).
+fn sniff(head: &[u8]) -> Option<Format> {
+    if head.starts_with(b"\xFF\xD8\xFF") {
+        Some(Format::Jpeg)
+    } else if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(Format::Png)
     } else {
-        Err(DecodeError::Unknown)
+        None
+    }
+}
+
+/// Sniffs the format from the first bytes and decodes.
+fn decode_rgb_bytes(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+    match sniff(bytes) {
+        Some(Format::Jpeg) => jpeg::decode(bytes).map_err(DecodeError::Bad),
+        Some(Format::Png) => png::decode(bytes).map_err(DecodeError::Bad),
+        None => Err(DecodeError::Unknown),
     }
 }
 
@@ -227,6 +320,55 @@ pub fn normalize_chw(img: &RgbImage, spec: &PreprocessSpec) -> Vec<f32> {
         b[i] = lut[2][usize::from(px[2])];
     }
     out
+}
+
+/// A preprocessed image and the sha256 of its file's bytes (what a resumed run checks).
+#[derive(Debug, Clone)]
+pub struct Pixels {
+    pub values: Vec<f32>,
+    pub sha256: String,
+}
+
+/// Reads (at most `max_bytes`), decodes and preprocesses one image into `[3, crop, crop]`
+/// CHW float32.
+pub fn load(path: &Path, spec: &PreprocessSpec, max_bytes: u64) -> Result<Pixels, Error> {
+    let bytes = read_image(path, max_bytes)?;
+    let sha256 = crate::util::sha256_hex(&bytes);
+    let img = decode_rgb_bytes(&bytes).map_err(|e| e.at(path))?;
+    drop(bytes);
+    let cropped = resize_and_crop(&img, spec).map_err(|reason| Error::Preprocess {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    Ok(Pixels {
+        values: normalize_chw(&cropped, spec),
+        sha256,
+    })
+}
+
+/// `root/image` for an `image` path of test.json, which must stay under `root`: an
+/// absolute path or one with a `..` component is refused (test.json is data, not a
+/// licence to read any file).
+pub fn image_under(root: &Path, image: &str) -> Result<PathBuf, Error> {
+    use std::path::Component;
+    let rel = Path::new(image);
+    let refuse = |reason: &str| Error::Path {
+        image: image.to_string(),
+        reason: reason.to_string(),
+    };
+    if image.is_empty() {
+        return Err(refuse("the path is empty"));
+    }
+    for component in rel.components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(refuse("a `..` component leaves the image folder")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(refuse("an absolute path leaves the image folder"))
+            }
+        }
+    }
+    Ok(root.join(rel))
 }
 
 /// Decodes and preprocesses one image into `[3, crop, crop]` CHW float32.

@@ -45,8 +45,9 @@ pub struct RunArgs {
     /// Results folder: answers go to OUT/{subset}/{engine}.json.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
-    /// Engine name used for the results files (default: the model directory's name).
-    #[arg(long)]
+    /// Engine name used for the results files (default: the model directory's name): a
+    /// plain file name (no `/`, not `..`, no leading dot).
+    #[arg(long, value_parser = parse_engine_name)]
     pub engine: Option<String>,
     /// Execution provider: auto tries TensorRT, then CUDA, then CPU.
     #[arg(long, value_enum, default_value = "auto", env = "VLGUARD_EP")]
@@ -72,6 +73,10 @@ pub struct RunArgs {
     /// replays the device scheduling on a machine without one (tests, debugging).
     #[arg(long)]
     pub keep_finished_rows: bool,
+    /// Largest image file read, in bytes; a larger file (or anything that is not a
+    /// regular file) is a per-sample error, refused before it is read.
+    #[arg(long, default_value_t = crate::preprocess::DEFAULT_MAX_IMAGE_BYTES)]
+    pub max_image_bytes: u64,
     /// Longest answer in tokens (VLGuard_eval.py: 256).
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
@@ -143,6 +148,25 @@ pub fn parse_shard(text: &str) -> Result<Shard, String> {
     Ok(Shard { k, n })
 }
 
+/// An engine name becomes a file name under `OUT/{subset}/`: anything that could name
+/// another file (a path, `..`, a hidden or empty name) is refused.
+pub fn parse_engine_name(text: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("engine name `{text}` is refused: {why}");
+    if text.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if text.contains('/') || text.contains('\\') {
+        return Err(bad("it holds a path separator"));
+    }
+    if text.starts_with('.') {
+        return Err(bad("it starts with a dot"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(bad("it holds a control character"));
+    }
+    Ok(text.to_string())
+}
+
 /// Validated run configuration.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -156,6 +180,7 @@ pub struct RunConfig {
     pub batching: Batching,
     pub vision_thread: Toggle,
     pub max_new_tokens: usize,
+    pub max_image_bytes: u64,
     pub limit: Option<usize>,
     pub fresh: bool,
     pub shard: Option<Shard>,
@@ -179,13 +204,17 @@ impl RunConfig {
         if !args.images.is_dir() {
             return Err(Error::Images(args.images.clone()));
         }
-        let engine_name = args.engine.clone().unwrap_or_else(|| {
-            std::fs::canonicalize(&model)
-                .unwrap_or_else(|_| model.clone())
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".into())
-        });
+        let engine_name = match &args.engine {
+            Some(name) => name.clone(),
+            None => {
+                let dir = std::fs::canonicalize(&model).unwrap_or_else(|_| model.clone());
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into());
+                parse_engine_name(&name).map_err(Error::EngineName)?
+            }
+        };
         Ok(RunConfig {
             subsets: args.subset.subsets(),
             meta: args.meta.clone(),
@@ -212,6 +241,7 @@ impl RunConfig {
             batching: args.batching,
             vision_thread: args.vision_thread,
             max_new_tokens: args.max_new_tokens,
+            max_image_bytes: args.max_image_bytes,
             limit: args.limit,
             fresh: args.fresh,
             shard: args.shard,
@@ -239,5 +269,22 @@ mod tests {
         assert!(
             parse_shard("0/4").is_err() && parse_shard("5/4").is_err() && parse_shard("x").is_err()
         );
+    }
+
+    #[test]
+    fn engine_names_are_plain_file_names() {
+        assert_eq!(parse_engine_name("llava15-7b").unwrap(), "llava15-7b");
+        assert_eq!(parse_engine_name("a..b").unwrap(), "a..b");
+        for bad in [
+            "",
+            "../../data/test",
+            "/abs",
+            "a/b",
+            ".hidden",
+            "..",
+            "a\nb",
+        ] {
+            assert!(parse_engine_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

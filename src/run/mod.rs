@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-pub use args::{Batching, RunArgs, RunConfig, Shard, SubsetArg, Toggle};
+pub use args::{parse_engine_name, Batching, RunArgs, RunConfig, Shard, SubsetArg, Toggle};
 pub use manifest::{AsrSummary, RunManifest, SampleError, StageTimings};
 
 use crate::dataset::{Dataset, Sample, Subset};
@@ -33,7 +33,7 @@ use crate::engine::Engine;
 use crate::generate::{self, GenerateConfig, Schedule, Timings};
 use crate::prompt::PromptTokenizer;
 use crate::results::{Fingerprint, Journal, JournalEntry, Paths};
-use pipeline::Images;
+use pipeline::{ImageSource, Images};
 use schedule::{Answering, FeedTimings, Questions, Recorder};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub enum Error {
     Model(PathBuf),
     #[error("--batching continuous needs a model exported with --decoder fused ({0} has the plain decoder, or no CUDA runtime to refill slots on the GPU)")]
     Continuous(PathBuf),
+    #[error("{0} (pass --engine NAME)")]
+    EngineName(String),
     #[error("an image stage thread panicked")]
     ImageStage,
     #[error(transparent)]
@@ -153,7 +155,20 @@ fn run_subset(
             pending.len()
         );
     }
+    let mut recorder = Recorder {
+        journal,
+        entries,
+        errors: Vec::new(),
+        n_generated: 0,
+        progress: progress_bar(subset, pending.len()),
+    };
     let image_tokens = engine.manifest.vision.num_tokens;
+    let limits = schedule::PromptLimits {
+        image_tokens,
+        max_new_tokens: cx.config.max_new_tokens,
+        context: engine.manifest.decoder.max_position_embeddings,
+    };
+    let pending = questions.admit(pending, &limits, &mut recorder)?;
     let longest = pending.iter().map(|s| questions.len(s)).max().unwrap_or(1);
     let (batching, schedule) = schedule::choose(
         cx.config.batching,
@@ -163,13 +178,6 @@ fn run_subset(
         cx.config.max_new_tokens,
     )
     .ok_or_else(|| Error::Continuous(cx.config.engine.model_dir.clone()))?;
-    let mut recorder = Recorder {
-        journal,
-        entries,
-        errors: Vec::new(),
-        n_generated: 0,
-        progress: progress_bar(subset, pending.len()),
-    };
     let vision_ort_before = engine.images.ort_seconds();
     let (generated, feed) = cx.answer(engine, &pending, &questions, schedule, &mut recorder)?;
     let vision_ort_s = engine.images.ort_seconds() - vision_ort_before;
@@ -221,23 +229,48 @@ impl Context<'_> {
         })
     }
 
-    /// The samples still to answer (not answered in the journal), tokenized; sorted by
-    /// prompt length when batches are formed (the answers file keeps subset order).
+    /// The samples still to answer, tokenized; sorted by prompt length when batches are
+    /// formed (the answers file keeps subset order). A sample answered in the journal is
+    /// answered again when its image file changed since (its sha256 differs).
     fn pending(
         &self,
         samples: &[Sample],
         entries: &HashMap<String, JournalEntry>,
     ) -> (Vec<Sample>, Questions) {
+        let mut changed = 0;
         let mut pending: Vec<Sample> = samples
             .iter()
-            .filter(|s| entries.get(&s.image).is_none_or(|e| e.answer.is_none()))
+            .filter(|s| match entries.get(&s.image) {
+                Some(e) if e.answer.is_some() => {
+                    let again = !self.same_image(s, e);
+                    changed += usize::from(again);
+                    again
+                }
+                _ => true,
+            })
             .cloned()
             .collect();
+        if changed > 0 {
+            eprintln!(
+                "{changed} answered images changed since they were answered: answering them again"
+            );
+        }
         let questions = Questions::new(self.tokenizer, &pending);
         if self.config.batch_size > 1 {
             pending.sort_by_key(|s| questions.len(s));
         }
         (pending, questions)
+    }
+
+    /// Whether the image a journal entry was answered from is the file there now
+    /// (entries without a recorded hash, from older journals, are taken as they are).
+    fn same_image(&self, sample: &Sample, entry: &JournalEntry) -> bool {
+        let Some(recorded) = &entry.image_sha256 else {
+            return true;
+        };
+        let bytes = crate::preprocess::image_under(&self.config.images, &sample.image)
+            .and_then(|path| crate::preprocess::read_image(&path, self.config.max_image_bytes));
+        bytes.is_ok_and(|bytes| crate::util::sha256_hex(&bytes) == *recorded)
     }
 
     /// Writes the answers file and the run manifest, prints the reference's ASR line and
@@ -327,6 +360,11 @@ impl Context<'_> {
         };
         let image_tokens = engine.manifest.vision.num_tokens;
         let spec = engine.manifest.preprocess.clone();
+        let source = ImageSource {
+            root: &self.config.images,
+            spec: &spec,
+            max_bytes: self.config.max_image_bytes,
+        };
         let Engine {
             images, decoder, ..
         } = engine;
@@ -335,8 +373,7 @@ impl Context<'_> {
                 scope,
                 pending,
                 self.config.batch_size,
-                &self.config.images,
-                &spec,
+                &source,
                 images,
                 ahead,
             );

@@ -8,27 +8,45 @@
 //! thread pools on the same cores slowed the 100M benchmark by ~25% (measured), more than
 //! the overlap gains.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 
+use rayon::prelude::*;
 use vlguard_export::manifest::PreprocessSpec;
 
 use crate::dataset::Sample;
 use crate::engine::ImageEncoder;
+use crate::preprocess::{self, Pixels};
+
+/// Where a run's images come from and how they are read.
+pub struct ImageSource<'a> {
+    /// `--images`: test.json's `image` paths are relative to it and must stay under it.
+    pub root: &'a Path,
+    pub spec: &'a PreprocessSpec,
+    /// `--max-image-bytes`.
+    pub max_bytes: u64,
+}
 
 /// A batch of samples with their preprocessed images (or the error each one hit).
 struct Prepared {
     samples: Vec<Sample>,
-    pixels: Vec<Result<Vec<f32>, String>>,
+    pixels: Vec<Result<Pixels, String>>,
     seconds: f64,
 }
 
-/// A batch after the vision tower: each sample with its projected image embeddings
-/// (`[N, H]`) or the error its image hit (unreadable file, or the batch's vision error).
+/// One sample's image after the vision tower: its projected embeddings (`[N, H]`) and
+/// the sha256 of the file they came from.
+pub struct Image {
+    pub embeds: Vec<f32>,
+    pub sha256: String,
+}
+
+/// A batch after the vision tower: each sample with its image, or the error its image
+/// hit (a refused or unreadable file, or the batch's vision error).
 pub struct Encoded {
-    pub samples: Vec<(Sample, Result<Vec<f32>, String>)>,
+    pub samples: Vec<(Sample, Result<Image, String>)>,
     /// Preprocessing seconds on the rayon threads, vision tower + projector seconds.
     pub preprocess_s: f64,
     pub vision_s: f64,
@@ -58,13 +76,12 @@ impl<'scope> Images<'scope> {
         scope: &'scope Scope<'scope, 'env>,
         pending: &'env [Sample],
         batch: usize,
-        root: &'env Path,
-        spec: &'env PreprocessSpec,
+        source: &'env ImageSource<'env>,
         encoder: &'env mut ImageEncoder,
         ahead: bool,
     ) -> Images<'scope> {
         let (tx, rx) = mpsc::sync_channel::<Prepared>(1);
-        let producer = scope.spawn(move || preprocess(pending, batch, root, spec, tx));
+        let producer = scope.spawn(move || preprocess(pending, batch, source, tx));
         let stage = if ahead {
             let (tx, out) = mpsc::sync_channel::<Encoded>(1);
             let thread = scope.spawn(move || {
@@ -108,15 +125,17 @@ impl<'scope> Images<'scope> {
 fn preprocess(
     pending: &[Sample],
     batch: usize,
-    root: &Path,
-    spec: &PreprocessSpec,
+    source: &ImageSource,
     tx: mpsc::SyncSender<Prepared>,
 ) {
     for samples in pending.chunks(batch) {
         let t = Instant::now();
-        let files: Vec<PathBuf> = samples.iter().map(|s| root.join(&s.image)).collect();
-        let pixels = crate::preprocess::pixel_values_batch(&files, spec)
-            .into_iter()
+        let pixels = samples
+            .par_iter()
+            .map(|s| {
+                let path = preprocess::image_under(source.root, &s.image)?;
+                preprocess::load(&path, source.spec, source.max_bytes)
+            })
             .map(|r| r.map_err(|e| e.to_string()))
             .collect();
         let prepared = Prepared {
@@ -138,8 +157,8 @@ fn encode(prepared: Prepared, encoder: &mut ImageEncoder) -> Encoded {
     for (sample, p) in prepared.samples.into_iter().zip(prepared.pixels) {
         match p {
             Ok(p) => {
-                pixels.extend_from_slice(&p);
-                loaded.push(sample);
+                pixels.extend_from_slice(&p.values);
+                loaded.push((sample, p.sha256));
             }
             Err(error) => samples.push((sample, Err(error))),
         }
@@ -149,12 +168,16 @@ fn encode(prepared: Prepared, encoder: &mut ImageEncoder) -> Encoded {
         match encoder.encode(&pixels, loaded.len()) {
             Ok(embeds) => {
                 let per_image = embeds.len() / loaded.len();
-                for (sample, rows) in loaded.into_iter().zip(embeds.chunks(per_image)) {
-                    samples.push((sample, Ok(rows.to_vec())));
+                for ((sample, sha256), rows) in loaded.into_iter().zip(embeds.chunks(per_image)) {
+                    let image = Image {
+                        embeds: rows.to_vec(),
+                        sha256,
+                    };
+                    samples.push((sample, Ok(image)));
                 }
             }
             Err(error) => {
-                samples.extend(loaded.into_iter().map(|s| (s, Err(error.to_string()))));
+                samples.extend(loaded.into_iter().map(|(s, _)| (s, Err(error.to_string()))));
             }
         }
     }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::dataset::Sample;
-use crate::generate::{self, Decoder, Feed, Generation, Prompt, Queued, Refill, Schedule};
+use crate::generate::{self, Batch, Decoder, Feed, Generation, Prompt, Queued, Refill, Schedule};
 use crate::prompt::PromptTokenizer;
 use crate::results::{Journal, JournalEntry};
 
@@ -25,7 +25,9 @@ impl Questions {
         let ids = pending
             .iter()
             .map(|s| {
-                let ids = tokenizer.input_ids(&s.question).map_err(|e| e.to_string());
+                let ids = tokenizer
+                    .input_ids(&s.question)
+                    .map_err(|e| format!("tokenizing the question of {}: {e}", s.image));
                 (s.image.clone(), ids)
             })
             .collect();
@@ -40,11 +42,59 @@ impl Questions {
         }
     }
 
+    /// The samples whose prompt can run: a question that does not tokenize, or whose
+    /// positions (text + image) plus the answer budget exceed the model's context, is
+    /// recorded as the sample's error here, before any image is read or graph run.
+    pub fn admit(
+        &self,
+        pending: Vec<Sample>,
+        limits: &PromptLimits,
+        recorder: &mut Recorder,
+    ) -> Result<Vec<Sample>, Error> {
+        let mut admitted = Vec::with_capacity(pending.len());
+        for sample in pending {
+            match self.ids(&sample).and_then(|ids| limits.check(ids.len())) {
+                Ok(()) => admitted.push(sample),
+                Err(reason) => recorder.error(&sample.image, reason)?,
+            }
+        }
+        Ok(admitted)
+    }
+
     fn ids(&self, sample: &Sample) -> Result<Vec<i64>, String> {
         self.ids
             .get(&sample.image)
             .cloned()
             .unwrap_or_else(|| Err("the question was not tokenized".into()))
+    }
+}
+
+/// What bounds a prompt: the model's context (`max_position_embeddings`) must hold its
+/// text, its image and the whole answer budget.
+pub struct PromptLimits {
+    pub image_tokens: usize,
+    pub max_new_tokens: usize,
+    pub context: usize,
+}
+
+impl PromptLimits {
+    /// `Err` naming the numbers when a prompt of `ids` ids (one of them the image slot)
+    /// cannot run.
+    fn check(&self, ids: usize) -> Result<(), String> {
+        let text = ids.saturating_sub(1);
+        let positions = text + self.image_tokens;
+        if positions + self.max_new_tokens > self.context {
+            return Err(format!(
+                "the prompt takes {positions} positions ({text} text tokens + {} image \
+                 features); with --max-new-tokens {} that is {} positions, over the model's \
+                 context of {} (max_position_embeddings)",
+                self.image_tokens,
+                self.max_new_tokens,
+                positions + self.max_new_tokens,
+                self.context
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -104,6 +154,7 @@ impl Recorder {
             new_tokens: 0,
             ended_with_eos: false,
             min_margin: None,
+            image_sha256: None,
         };
         self.journal.append(&entry)?;
         self.entries.insert(image.to_string(), entry);
@@ -123,6 +174,12 @@ pub struct FeedTimings {
     pub detokenize_s: f64,
 }
 
+/// A sample on its way through the generator, with the sha256 of its image file.
+pub struct Asked {
+    pub sample: Sample,
+    pub image_sha256: String,
+}
+
 /// The run's [`Feed`]: encoded images + questions in, journal entries out.
 pub struct Answering<'a, 'scope> {
     pub images: &'a mut Images<'scope>,
@@ -130,7 +187,7 @@ pub struct Answering<'a, 'scope> {
     pub tokenizer: &'a PromptTokenizer,
     pub recorder: &'a mut Recorder,
     pub image_tokens: usize,
-    pub queue: VecDeque<Queued<Sample>>,
+    pub queue: VecDeque<Queued<Asked>>,
     pub timings: FeedTimings,
     pub tokens_done: usize,
     pub started: Instant,
@@ -146,21 +203,21 @@ impl Answering<'_, '_> {
         self.timings.image_wait_s += wait.elapsed().as_secs_f64();
         self.timings.preprocess_s += encoded.preprocess_s;
         self.timings.vision_s += encoded.vision_s;
-        for (sample, embeds) in encoded.samples {
-            let prompt = embeds.and_then(|image_embeds| {
-                let ids = self
-                    .questions
-                    .ids(&sample)
-                    .map_err(|e| format!("tokenizing the question of {}: {e}", sample.image))?;
-                Ok(Prompt {
-                    ids,
-                    image_embeds,
+        for (sample, image) in encoded.samples {
+            let prompt = image.and_then(|image| {
+                let prompt = Prompt {
+                    ids: self.questions.ids(&sample)?,
+                    image_embeds: image.embeds,
                     image_tokens: self.image_tokens,
-                })
+                };
+                Ok((prompt, image.sha256))
             });
             match prompt {
-                Ok(prompt) => self.queue.push_back(Queued {
-                    key: sample,
+                Ok((prompt, image_sha256)) => self.queue.push_back(Queued {
+                    key: Asked {
+                        sample,
+                        image_sha256,
+                    },
                     prompt,
                 }),
                 Err(error) => self.recorder.error(&sample.image, error)?,
@@ -171,10 +228,10 @@ impl Answering<'_, '_> {
 }
 
 impl Feed for Answering<'_, '_> {
-    type Key = Sample;
+    type Key = Asked;
     type Error = Error;
 
-    fn next(&mut self, n: usize) -> Result<Option<Vec<Queued<Sample>>>, Error> {
+    fn next(&mut self, n: usize) -> Result<Option<Batch<Asked>>, Error> {
         while self.queue.len() < n && self.pull()? {}
         if self.queue.is_empty() {
             return Ok(None);
@@ -183,15 +240,15 @@ impl Feed for Answering<'_, '_> {
         Ok(Some(self.queue.drain(..k).collect()))
     }
 
-    fn finish(&mut self, sample: Sample, outcome: Result<Generation, String>) -> Result<(), Error> {
+    fn finish(&mut self, asked: Asked, outcome: Result<Generation, String>) -> Result<(), Error> {
         match outcome {
             Ok(generation) => {
                 let t = Instant::now();
-                let entry = journal_entry(&sample, self.tokenizer, generation);
+                let entry = journal_entry(asked, self.tokenizer, generation);
                 self.timings.detokenize_s += t.elapsed().as_secs_f64();
                 self.recorder.answer(entry)
             }
-            Err(error) => self.recorder.error(&sample.image, error),
+            Err(error) => self.recorder.error(&asked.sample.image, error),
         }
     }
 
@@ -212,12 +269,13 @@ impl From<generate::Error> for Error {
 
 /// The journal line for a finished generation.
 fn journal_entry(
-    sample: &Sample,
+    asked: Asked,
     tokenizer: &PromptTokenizer,
     generation: Generation,
 ) -> JournalEntry {
     JournalEntry {
-        image: sample.image.clone(),
+        image: asked.sample.image,
+        image_sha256: Some(asked.image_sha256),
         answer: Some(tokenizer.decode(&generation.tokens)),
         error: None,
         new_tokens: generation.tokens.len(),
