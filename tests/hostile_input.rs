@@ -1,0 +1,304 @@
+//! Hostile input (issue 18): each case once failed (a crash, a hang, runaway memory, a
+//! file read outside the image folder, a corrupted journal) and now gets a clear error,
+//! per sample where it concerns one sample, with the rest of the run completing.
+//!
+//! The runs use the bundled demo model and mini test set (`data/mini`), rewritten into
+//! temp folders with the hostile part added.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// The mini test.json's unsafes entries (10), as JSON values to edit.
+fn unsafes() -> Vec<Value> {
+    let all: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(mini_meta()).unwrap()).unwrap();
+    all.into_iter().filter(|e| e["safe"] == false).collect()
+}
+
+/// A copy of the mini images and a test.json of `entries` in a temp folder.
+struct Set {
+    dir: tempfile::TempDir,
+}
+
+impl Set {
+    fn new(entries: &[Value]) -> Set {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&mini_images(), &dir.path().join("images"));
+        let set = Set { dir };
+        set.write_meta(entries);
+        set
+    }
+    fn write_meta(&self, entries: &[Value]) {
+        std::fs::write(self.meta(), serde_json::to_string(entries).unwrap()).unwrap();
+    }
+    fn meta(&self) -> PathBuf {
+        self.dir.path().join("test.json")
+    }
+    fn images(&self) -> PathBuf {
+        self.dir.path().join("images")
+    }
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("results")
+    }
+    /// `run --subset unsafes` on the demo model, short answers.
+    fn run(&self) -> Command {
+        self.run_with(demo_model(), "demo")
+    }
+    fn run_with(&self, model: &Path, engine: &str) -> Command {
+        let mut cmd = bin();
+        cmd.arg("run")
+            .arg("--model")
+            .arg(model)
+            .args(["--subset", "unsafes", "--ep", "cpu", "--engine", engine])
+            .args(["--max-new-tokens", "4"])
+            .arg("--meta")
+            .arg(self.meta())
+            .arg("--images")
+            .arg(self.images())
+            .arg("--out")
+            .arg(self.out());
+        cmd
+    }
+    fn manifest(&self) -> Value {
+        let path = self.out().join("unsafes/demo.run.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+    fn answers(&self) -> serde_json::Map<String, Value> {
+        let path = self.out().join("unsafes/demo.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Runs `cmd` with a deadline: a hang is a failure, not a stuck test.
+fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("{cmd:?} did not finish within {limit:?} (a hang)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The error the run manifest records for `image`.
+fn error_of(manifest: &Value, image: &str) -> String {
+    manifest["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["image"] == image)
+        .map(|e| e["error"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no error recorded for {image}: {manifest}"))
+}
+
+#[test]
+fn prompts_longer_than_the_context_fail_alone_before_any_graph_runs() {
+    let mut entries = unsafes();
+    // Some 5,000 and 20,000 text tokens, plus the 576 image features (context 4,096).
+    let long = "Describe every detail of this picture. ".repeat(800);
+    let huge = "word ".repeat(20_000);
+    entries[0]["instr-resp"][0]["instruction"] = Value::from(long);
+    entries[1]["instr-resp"][0]["instruction"] = Value::from(huge);
+    let set = Set::new(&entries);
+    let output = output_within(&mut set.run(), Duration::from_secs(300));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let manifest = set.manifest();
+    assert_eq!(manifest["n_errors"], 2);
+    for entry in &entries[..2] {
+        let error = error_of(&manifest, entry["image"].as_str().unwrap());
+        assert!(
+            error.contains("over the model's context of 4096") && error.contains("576 image"),
+            "{error}"
+        );
+    }
+    assert_eq!(set.answers().len(), 8, "the other samples are answered");
+    // The normal per-sample memory of the demo run (~100 MB), not gigabytes.
+    let rss = manifest["peak_rss_mb"].as_f64().unwrap();
+    assert!(rss < 1000.0, "peak RSS {rss} MB");
+}
+
+#[test]
+fn fifos_devices_and_oversized_files_are_refused_unread() {
+    let entries = unsafes();
+    let set = Set::new(&entries);
+    let image = |k: usize| set.images().join(entries[k]["image"].as_str().unwrap());
+    // A FIFO named like an image (reading it would hang), a symlink to /dev/zero (reading
+    // it never ends), a 2 GB sparse file (read whole before, then "cannot identify").
+    std::fs::remove_file(image(0)).unwrap();
+    let status = Command::new("mkfifo").arg(image(0)).status().unwrap();
+    assert!(status.success(), "mkfifo");
+    std::fs::remove_file(image(1)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", image(1)).unwrap();
+    let sparse = std::fs::File::create(image(2)).unwrap();
+    sparse.set_len(2 << 30).unwrap();
+    let output = output_within(&mut set.run(), Duration::from_secs(300));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let manifest = set.manifest();
+    let name = |k: usize| entries[k]["image"].as_str().unwrap().to_string();
+    assert!(error_of(&manifest, &name(0)).contains("a FIFO"));
+    assert!(error_of(&manifest, &name(1)).contains("a character device"));
+    let too_large = error_of(&manifest, &name(2));
+    assert!(
+        too_large.contains("2147483648 bytes") && too_large.contains("--max-image-bytes"),
+        "{too_large}"
+    );
+    assert_eq!(set.answers().len(), 7);
+}
+
+#[test]
+fn image_paths_must_stay_under_the_image_folder() {
+    let mut entries = unsafes();
+    let set = Set::new(&entries);
+    // A real image outside --images, reachable by `..`.
+    let secret = set.dir.path().join("secret.png");
+    std::fs::copy(
+        set.images().join(entries[3]["image"].as_str().unwrap()),
+        &secret,
+    )
+    .unwrap();
+    entries[0]["image"] = Value::from("../secret.png");
+    entries[1]["image"] = Value::from("/etc/passwd");
+    entries[2]["image"] = Value::from("HOD/../../secret.png");
+    set.write_meta(&entries);
+    let output = output_within(&mut set.run(), Duration::from_secs(300));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let manifest = set.manifest();
+    for (k, why) in [(0, "`..`"), (1, "absolute"), (2, "`..`")] {
+        let error = error_of(&manifest, entries[k]["image"].as_str().unwrap());
+        assert!(
+            error.contains("is refused") && error.contains(why),
+            "{error}"
+        );
+    }
+    assert_eq!(set.answers().len(), 7);
+}
+
+#[test]
+fn an_engine_name_must_be_a_plain_file_name() {
+    let set = Set::new(&unsafes());
+    for name in ["../../data/test", "/tmp/x", "", ".hidden"] {
+        let output = set.run_with(demo_model(), name).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is refused"), "{name:?}: {stderr}");
+    }
+    assert!(!set.out().exists(), "nothing is written");
+}
+
+/// A copy of the demo model with `tamper` applied to its manifest.json.
+fn tampered_model(tamper: impl Fn(&mut Value)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(demo_model(), dir.path());
+    let path = dir.path().join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tamper(&mut manifest);
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    dir
+}
+
+#[test]
+fn a_tampered_manifest_is_one_error_naming_the_field_before_any_sample() {
+    type Tamper = fn(&mut Value);
+    let cases: [(&str, Tamper); 4] = [
+        ("decoder.head_dim", |m| {
+            m["decoder"]["hidden_size"] = Value::from(128)
+        }),
+        ("preprocess.crop_size", |m| {
+            m["preprocess"]["crop_size"] = Value::from(100_000)
+        }),
+        ("preprocess.image_std", |m| {
+            m["preprocess"]["image_std"] = serde_json::json!([0.0, 0.0, 0.0])
+        }),
+        // Consistent with itself (224 / 14 = 16, 16 x 16 = 256 tokens), not with the graph.
+        ("vision.image_size", |m| {
+            m["vision"]["image_size"] = Value::from(224);
+            m["vision"]["num_tokens"] = Value::from(256);
+            m["preprocess"]["crop_size"] = Value::from(224);
+        }),
+    ];
+    let set = Set::new(&unsafes());
+    for (field, tamper) in cases {
+        let model = tampered_model(tamper);
+        let output = set.run_with(model.path(), "demo").output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{field}: {stderr}");
+        assert!(stderr.contains(&format!("`{field}`")), "{field}: {stderr}");
+        assert!(
+            !set.out().join("unsafes").exists(),
+            "{field}: no sample ran"
+        );
+        let inspect = bin().arg("inspect").arg(model.path()).output().unwrap();
+        assert_ne!(inspect.status.code(), Some(0), "{field}: inspect must fail");
+        let stdout = String::from_utf8_lossy(&inspect.stdout);
+        assert!(stdout.contains(&format!("`{field}`")), "{field}: {stdout}");
+    }
+}
+
+/// Runs `cmd` with its stdout on a pipe whose reader is already gone (`cmd | head -c 0`):
+/// the first print fails, and the process must end quietly (killed by SIGPIPE like
+/// `cat`), never panic with exit code 101.
+fn closed_stdout(cmd: &mut Command) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = cmd.stdout(writer).stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(13),
+        "{:?}: {stderr}",
+        output.status
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let mut inspect = bin();
+    inspect.arg("inspect").arg(demo_model());
+    closed_stdout(&mut inspect);
+    let predictions = tempfile::tempdir().unwrap();
+    let path = predictions.path().join("demo.json");
+    std::fs::write(
+        &path,
+        std::fs::read(repo().join("tests/fixtures/golden-dev/unsafes.json")).unwrap(),
+    )
+    .unwrap();
+    let mut score = bin();
+    score
+        .arg("score")
+        .arg(&path)
+        .args(["--subset", "unsafes", "--json"])
+        .arg("--meta")
+        .arg(mini_meta());
+    closed_stdout(&mut score);
+}
