@@ -268,9 +268,18 @@ fn a_tampered_manifest_is_one_error_naming_the_field_before_any_sample() {
 /// the first print fails, and the process must end quietly (killed by SIGPIPE like
 /// `cat`), never panic with exit code 101.
 fn closed_stdout(cmd: &mut Command) {
-    let (reader, writer) = std::io::pipe().unwrap();
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `pipe` writes two new descriptors into the array on success.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(reader);
-    let output = cmd.stdout(writer).stderr(Stdio::piped()).output().unwrap();
+    let output = cmd
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(
