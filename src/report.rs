@@ -3,8 +3,10 @@
 //! Input: a results folder laid out as `run` and the Python reference write it:
 //! `{subset}/{engine}.json` (`{image: answer}`), optionally `{subset}/{engine}.run.json`
 //! (the run manifest: model hash, execution providers, dtype, finish time, error count) and
-//! `judge/{engine}.summary.json` (helpfulness win rate). Every manifest field is optional:
-//! folders written by the Python reference have none.
+//! `judge/{engine}.summary.json` (helpfulness win rate), each read as its `formats` type.
+//! Folders written by the Python reference have neither; a field a manifest or summary
+//! lacks reads as its default, empty text (shown as not available) or zero; a summary
+//! without `win_rate` is a problem.
 //!
 //! Output: one row per engine with unsafes ASR, safe_unsafes ASR (both exactly as the
 //! reference computes them over the answers in the file, see `score`), safe_safes
@@ -23,6 +25,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use crate::formats::{JudgeSummary, Predictions, ReadError, RunManifest};
 use crate::score::{asr_percent, round2, KeywordList, Subset, Tally};
 use crate::util::python_float_repr;
 
@@ -97,25 +100,17 @@ pub struct RunInfo {
     pub n_errors: Option<u64>,
 }
 
-impl RunInfo {
-    fn from_json(value: &serde_json::Value) -> Self {
-        let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-        let providers = value
-            .get("execution_providers")
-            .and_then(|v| v.as_object())
-            .map(|map| {
-                map.iter()
-                    .filter_map(|(g, p)| Some((g.clone(), p.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default();
+impl From<&RunManifest> for RunInfo {
+    /// Empty text is a field the manifest did not record.
+    fn from(m: &RunManifest) -> Self {
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         RunInfo {
-            model_manifest_sha256: text("model_manifest_sha256"),
-            dtype: text("dtype"),
-            execution_providers: providers,
-            finished_at: text("finished_at"),
-            n_samples: value.get("n_samples").and_then(|v| v.as_u64()),
-            n_errors: value.get("n_errors").and_then(|v| v.as_u64()),
+            model_manifest_sha256: text(&m.model_manifest_sha256),
+            dtype: text(&m.dtype),
+            execution_providers: m.execution_providers.clone(),
+            finished_at: text(&m.finished_at),
+            n_samples: Some(m.n_samples as u64),
+            n_errors: Some(m.n_errors as u64),
         }
     }
 }
@@ -203,7 +198,7 @@ pub fn collect(results: &Path, with_paper: bool) -> Result<Leaderboard, Error> {
     // The results folder itself must be readable; a missing subset folder is fine.
     read_dir(results)?;
     for subset in Subset::ALL {
-        let dir = results.join(subset.as_str());
+        let dir = results.join(subset.name());
         if !dir.is_dir() {
             continue;
         }
@@ -219,7 +214,7 @@ pub fn collect(results: &Path, with_paper: bool) -> Result<Leaderboard, Error> {
                 Ok(result) => {
                     per_engine.entry(engine).or_default().insert(subset, result);
                 }
-                Err(why) => problems.push(format!("{}: {why}", path.display())),
+                Err(why) => problems.push(why.to_string()),
             }
         }
     }
@@ -271,33 +266,23 @@ fn predictions_engine(path: &Path) -> Option<String> {
     Some(engine.to_owned())
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))
-}
-
+/// One predictions file scored, with its run manifest when there is one (a manifest that
+/// cannot be read is a problem of its own; the answers still count).
 fn read_subset(
     path: &Path,
     keywords: &KeywordList,
     problems: &mut Vec<String>,
-) -> Result<SubsetResult, String> {
-    let value = read_json(path)?;
-    let map = value
-        .as_object()
-        .ok_or("not a JSON object {image: answer}")?;
-    let answers: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
-    let bad_answers = (map.len() - answers.len()) as u64;
-    let tally = Tally::of_answers(answers, &keywords.keywords);
+) -> Result<SubsetResult, ReadError> {
+    let answers = Predictions::read(path)?;
+    let texts: Vec<&str> = answers.iter().filter_map(|(_, a)| a.text()).collect();
+    let bad_answers = (answers.len() - texts.len()) as u64;
+    let tally = Tally::of_answers(texts, &keywords.keywords);
     let manifest = path.with_extension("run.json");
     let run = if manifest.is_file() {
-        match read_json(&manifest) {
-            Ok(v) if v.is_object() => Some(RunInfo::from_json(&v)),
-            Ok(_) => {
-                problems.push(format!("{}: not a JSON object", manifest.display()));
-                None
-            }
+        match crate::formats::read::<RunManifest>(&manifest, "a run manifest") {
+            Ok(m) => Some(RunInfo::from(&m)),
             Err(why) => {
-                problems.push(format!("{}: {why}", manifest.display()));
+                problems.push(why.to_string());
                 None
             }
         }
@@ -319,36 +304,29 @@ fn read_judge(results: &Path, engine: &str, problems: &mut Vec<String>) -> Optio
     if !path.is_file() {
         return None;
     }
-    let value = match read_json(&path) {
-        Ok(v) => v,
+    let summary = match crate::formats::read::<JudgeSummary>(&path, JudgeSummary::WHAT) {
+        Ok(summary) => summary,
         Err(why) => {
-            problems.push(format!("{}: {why}", path.display()));
+            problems.push(why.to_string());
             return None;
         }
     };
-    let Some(win_rate) = value
-        .get("win_rate")
-        .and_then(|v| v.as_f64())
-        .filter(|w| (0.0..=1.0).contains(w))
-    else {
+    let win_rate = summary.original.win_rate;
+    if !(0.0..=1.0).contains(&win_rate) {
         problems.push(format!(
             "{}: win_rate must be a fraction from 0 to 1",
             path.display()
         ));
         return None;
-    };
+    }
     Some(Helpfulness {
-        judge_model: value
-            .get("judge_model")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned),
+        judge_model: (!summary.judge_model.is_empty()).then_some(summary.judge_model),
         win_rate: round2(win_rate * 100.0),
-        wins: value.get("wins").and_then(|v| v.as_u64()),
-        n: value.get("n").and_then(|v| v.as_u64()),
-        debiased_win_rate: value
-            .pointer("/swap/debiased_win_rate")
-            .and_then(|v| v.as_f64())
-            .map(|w| round2(w * 100.0)),
+        wins: Some(summary.original.wins as u64),
+        n: Some(summary.original.n as u64),
+        debiased_win_rate: summary
+            .swap
+            .map(|swap| round2(swap.debiased_win_rate * 100.0)),
     })
 }
 

@@ -11,16 +11,15 @@
 //! code 1; the rest of the run completes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::dataset::{Dataset, Sample, Subset};
 use crate::engine::{EngineOptions, EpChoice, ImageEncoder, OrtEngine};
+pub use crate::formats::{AsrSummary, Batching, RunManifest, SampleError, StageTimings};
 use crate::generate::{
     generate_batch, generate_continuous, Backend, BackendError, GenerateConfig, Generation, Prompt,
     Queued, SlotPlan, Timings,
@@ -120,14 +119,6 @@ pub struct RunArgs {
     /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the setup folder).
     #[arg(long, env = "VLGUARD_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Batching {
-    Auto,
-    Static,
-    Continuous,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -269,86 +260,6 @@ impl RunConfig {
             shard,
         })
     }
-}
-
-/// The run manifest written beside the answers.
-#[derive(Debug, Serialize)]
-pub struct RunManifest {
-    pub tool: String,
-    pub tool_version: String,
-    pub engine: String,
-    pub subset: String,
-    pub model_dir: String,
-    pub model_manifest_sha256: String,
-    pub dtype: String,
-    pub ort_library: String,
-    pub execution_providers: BTreeMap<String, String>,
-    /// Graphs on TensorRT: engine cache folder, whether the engine was reused, seconds.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub tensorrt: BTreeMap<String, crate::engine::trt::TrtBuild>,
-    pub dataset: String,
-    pub dataset_sha256: String,
-    pub images: String,
-    pub batch_size: usize,
-    /// `static` or `continuous`, as run.
-    pub batching: Batching,
-    pub max_new_tokens: usize,
-    pub limit: Option<usize>,
-    pub started_at: String,
-    pub finished_at: String,
-    pub n_samples: usize,
-    pub n_answered: usize,
-    pub n_resumed: usize,
-    pub n_generated: usize,
-    pub n_errors: usize,
-    pub errors: Vec<SampleError>,
-    pub timings: StageTimings,
-    pub peak_rss_mb: Option<f64>,
-    pub asr: Option<AsrSummary>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SampleError {
-    pub image: String,
-    pub error: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AsrSummary {
-    pub successes: usize,
-    pub n: usize,
-    pub asr: f64,
-}
-
-/// Seconds per stage of this invocation (resumed samples cost nothing).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StageTimings {
-    pub session_load_s: f64,
-    /// Wall time the decoder waited for images: preprocessing (rayon threads) and the
-    /// vision tower (its own thread) both run a batch ahead of it.
-    pub preprocess_wait_s: f64,
-    /// Total preprocessing work on the rayon threads.
-    pub preprocess_s: f64,
-    /// Vision tower + projector time on the vision thread (beside the decoder).
-    pub vision_s: f64,
-    pub embed_s: f64,
-    pub prefill_s: f64,
-    pub decode_s: f64,
-    pub detokenize_s: f64,
-    pub total_s: f64,
-    pub new_tokens: usize,
-    pub prompt_tokens: usize,
-    /// New tokens per second of prefill + decode.
-    pub tokens_per_s: f64,
-    /// Seconds inside ONNX Runtime session runs.
-    pub ort_s: f64,
-    /// Generation wall time outside ONNX Runtime session runs (splicing, argmax, masks,
-    /// tensor building, cache row selection), as a percentage of generation wall time.
-    pub loop_overhead_pct: f64,
-    /// Decoder step calls, and the share of the rows they computed that were still
-    /// generating (finished rows riding along and free slots are the rest).
-    pub decode_steps: usize,
-    pub step_occupancy_pct: f64,
 }
 
 pub fn command(args: &RunArgs) -> Result<ExitCode, Error> {
