@@ -25,6 +25,8 @@ pub mod unzip;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
 pub use download::{git_blob_sha1, Done, Expected, FileMeta, State, Verified, STATE_FILE};
 pub use glob::Pattern;
 pub use http::{Policy, Token};
@@ -405,17 +407,18 @@ impl<'a> Session<'a> {
     }
 }
 
+/// What Python's `urllib.parse.quote(text, safe="")` leaves as it is: letters, digits and
+/// `-._~`; everything else is `%XX`.
+const URLLIB_QUOTED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes like Python's `urllib.parse.quote` (`safe="/"` when `keep_slash`).
 fn quote(text: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    const PATH: &AsciiSet = &URLLIB_QUOTED.remove(b'/');
+    utf8_percent_encode(text, if keep_slash { PATH } else { URLLIB_QUOTED }).to_string()
 }
 
 /// What a fetch did, for the summary and for tests.
