@@ -568,11 +568,7 @@ pub fn command(args: &ScoreArgs) -> Result<ExitCode, Error> {
     } else {
         print!("{}", render_text(&report));
     }
-    Ok(if report.n_errors == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(crate::util::exit_code(report.n_errors == 0))
 }
 
 #[cfg(test)]

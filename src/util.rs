@@ -199,6 +199,16 @@ pub fn backoff_delay(base: Duration, max: Duration, retry: u32) -> Duration {
     base.saturating_mul(1u32 << retry.min(31)).min(max)
 }
 
+/// The exit code of a command that ran to its end (main.rs's contract): 0 when nothing
+/// failed along the way, 1 when something did and was recorded.
+pub fn exit_code(all_ok: bool) -> std::process::ExitCode {
+    if all_ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    }
+}
+
 /// UTC timestamp `YYYY-MM-DDTHH:MM:SSZ` without a date-time dependency.
 pub fn utc_now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()

@@ -79,11 +79,7 @@ impl JudgeReport {
 
     /// 0 when every item has a verdict, 1 when some are errors (recorded, rerun to retry).
     pub fn exit_code(&self) -> ExitCode {
-        if self.complete() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }
+        crate::util::exit_code(self.complete())
     }
 }
 

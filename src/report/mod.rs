@@ -660,11 +660,7 @@ pub fn command(args: &LeaderboardArgs) -> Result<ExitCode, Error> {
     for problem in &board.problems {
         eprintln!("warning: not included: {problem}");
     }
-    Ok(if board.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(crate::util::exit_code(board.problems.is_empty()))
 }
 
 #[cfg(test)]
