@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use crate::formats::TestEntry;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize,
@@ -25,10 +25,6 @@ pub enum Subset {
 
 impl Subset {
     pub const ALL: [Subset; 3] = [Subset::Unsafes, Subset::SafeUnsafes, Subset::SafeSafes];
-
-    pub fn as_str(self) -> &'static str {
-        self.name()
-    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -112,26 +108,12 @@ pub enum Error {
     },
 }
 
-#[derive(Debug, Deserialize)]
-struct Entry {
-    #[serde(default)]
-    id: String,
-    image: String,
-    safe: bool,
-    #[serde(rename = "instr-resp")]
-    instr_resp: Vec<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    harmful_category: Option<String>,
-    #[serde(default)]
-    harmful_subcategory: Option<String>,
-}
-
 /// The parsed test set with the hash of its bytes.
 #[derive(Debug)]
 pub struct Dataset {
     pub path: PathBuf,
     pub sha256: String,
-    entries: Vec<Entry>,
+    entries: Vec<TestEntry>,
 }
 
 impl Dataset {
@@ -140,7 +122,7 @@ impl Dataset {
             path: path.to_path_buf(),
             source,
         })?;
-        let entries: Vec<Entry> =
+        let entries: Vec<TestEntry> =
             serde_json::from_slice(&bytes).map_err(|source| Error::Schema {
                 path: path.to_path_buf(),
                 source,
@@ -154,31 +136,21 @@ impl Dataset {
 
     /// The samples of `subset` in file order.
     pub fn samples(&self, subset: Subset) -> Result<Vec<Sample>, Error> {
-        let (want_safe, field) = match subset {
-            Subset::Unsafes => (false, "instruction"),
-            Subset::SafeUnsafes => (true, "unsafe_instruction"),
-            Subset::SafeSafes => (true, "safe_instruction"),
-        };
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (index, entry) in self.entries.iter().enumerate() {
-            if entry.safe != want_safe {
+            if !entry.in_subset(subset) {
                 continue;
             }
-            let question = match subset {
-                // VLGuard_eval.py: `sample['instr-resp'][0]['instruction']`.
-                Subset::Unsafes => entry.instr_resp.first().and_then(|item| item.get(field)),
-                // The first item holding the key, as the reference's loop-and-break does.
-                _ => entry.instr_resp.iter().find_map(|item| item.get(field)),
-            }
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| Error::MissingQuestion {
-                path: self.path.clone(),
-                index,
-                id: entry.id.clone(),
-                field,
-                subset,
-            })?;
+            let question = entry
+                .question(subset)
+                .ok_or_else(|| Error::MissingQuestion {
+                    path: self.path.clone(),
+                    index,
+                    id: entry.id.clone(),
+                    field: TestEntry::question_field(subset),
+                    subset,
+                })?;
             if !seen.insert(entry.image.as_str()) {
                 return Err(Error::DuplicateImage {
                     path: self.path.clone(),

@@ -3,13 +3,15 @@
 //! One module per pipeline stage, each opening with its contract:
 //! dataset -> preprocess -> prompt -> engine -> generate -> results, then score, judge and
 //! report on the results; fetch brings the dataset and checkpoints; export (crate
-//! `vlguard-export`) turns checkpoints into the model directory the engine reads.
+//! `vlguard-export`) turns checkpoints into the model directory the engine reads; formats
+//! holds the one typed definition of every file they read and write.
 
 pub mod cli;
 pub mod dataset;
 pub mod engine;
 pub mod export_cmd;
 pub mod fetch;
+pub mod formats;
 pub mod generate;
 pub mod inspect;
 pub mod judge;

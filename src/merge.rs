@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::dataset::{Dataset, Sample, Subset};
+use crate::formats::{Answer, Predictions};
 use crate::results::Paths;
 use crate::run::SubsetArg;
 
@@ -40,8 +41,11 @@ pub enum Error {
     Merge { subset: Subset, message: String },
     #[error(transparent)]
     Dataset(#[from] crate::dataset::Error),
-    #[error(transparent)]
-    Results(#[from] crate::results::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub fn command(args: &MergeArgs) -> Result<ExitCode, Error> {
@@ -53,7 +57,10 @@ pub fn command(args: &MergeArgs) -> Result<ExitCode, Error> {
         }
         let merged = merge_shards(&args.out, subset, &args.engine, &samples)?;
         let path = Paths::new(&args.out, subset.name(), &args.engine).answers;
-        crate::results::write_answers_map(&path, merged)?;
+        merged.write(&path).map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
         eprintln!(
             "{subset}: merged {} answers -> {}",
             samples.len(),
@@ -63,19 +70,12 @@ pub fn command(args: &MergeArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads the shard files of one subset and returns `{image: answer}` in subset order.
-pub fn merge_shards(
-    out: &Path,
-    subset: Subset,
-    engine: &str,
-    samples: &[Sample],
-) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
-    let fail = |message: String| Error::Merge { subset, message };
-    let dir = out.join(subset.name());
+/// The shard files of `engine` in `dir`: (K, N, path), sorted.
+fn shard_files(dir: &Path, engine: &str) -> std::io::Result<Vec<(usize, usize, PathBuf)>> {
     let prefix = format!("{engine}.shard-");
-    let mut shards: Vec<(usize, usize, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))? {
-        let name = entry.map_err(|e| fail(e.to_string()))?.file_name();
+    let mut shards = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
         let name = name.to_string_lossy();
         let Some(rest) = name
             .strip_prefix(&prefix)
@@ -91,9 +91,22 @@ pub fn merge_shards(
         }
     }
     shards.sort();
+    Ok(shards)
+}
+
+/// Reads the shard files of one subset and returns `{image: answer}` in subset order.
+pub fn merge_shards(
+    out: &Path,
+    subset: Subset,
+    engine: &str,
+    samples: &[Sample],
+) -> Result<Predictions, Error> {
+    let fail = |message: String| Error::Merge { subset, message };
+    let dir = out.join(subset.name());
+    let shards = shard_files(&dir, engine).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
     let Some(&(_, n, _)) = shards.first() else {
         return Err(fail(format!(
-            "no {prefix}K-of-N.json files in {}",
+            "no {engine}.shard-K-of-N.json files in {}",
             dir.display()
         )));
     };
@@ -105,14 +118,11 @@ pub fn merge_shards(
     if !missing.is_empty() {
         return Err(fail(format!("shards {missing:?} of {n} are missing")));
     }
-    let mut answers: HashMap<String, (usize, serde_json::Value)> = HashMap::new();
+    let mut answers: HashMap<String, (usize, Answer)> = HashMap::new();
     let mut overlaps = Vec::new();
     for (k, _, path) in &shards {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-        let map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-        for (image, answer) in map {
+        let shard = Predictions::read(path).map_err(|e| fail(e.to_string()))?;
+        for (image, answer) in shard {
             if let Some((other, _)) = answers.get(&image) {
                 overlaps.push(format!("{image} (shards {other} and {k})"));
             } else {
@@ -123,7 +133,7 @@ pub fn merge_shards(
     if !overlaps.is_empty() {
         return Err(fail(format!("answered twice: {}", overlaps.join(", "))));
     }
-    let mut merged = serde_json::Map::new();
+    let mut merged = Predictions::default();
     let mut gaps = Vec::new();
     for sample in samples {
         match answers.remove(&sample.image) {
@@ -179,6 +189,6 @@ mod tests {
         assert!(err.contains("1 samples have no answer: c"), "{err}");
         std::fs::write(sub.join("e.shard-2-of-2.json"), r#"{"c": "3"}"#).unwrap();
         let merged = merge_shards(dir.path(), Subset::Unsafes, "e", &samples).unwrap();
-        assert_eq!(merged.keys().collect::<Vec<_>>(), vec!["a", "b", "c"]);
+        assert_eq!(merged.images().collect::<Vec<_>>(), vec!["a", "b", "c"]);
     }
 }

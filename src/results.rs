@@ -10,50 +10,20 @@
 //!   samples and retries failed ones; a different fingerprint is refused unless the
 //!   caller starts fresh. A torn last line (kill -9 mid-write) is cut off on reopen.
 //! - `{engine}.run.json`: the run manifest (configuration, providers, timings, errors).
+//!
+//! The lines and the manifest are typed in `formats` (`JournalHeader`, `JournalEntry`,
+//! `RunManifest`); this module owns how they reach the disk.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::dataset::Sample;
-
-/// What must match for two runs' answers to be mixed in one file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fingerprint {
-    pub model_manifest_sha256: String,
-    pub subset: String,
-    pub max_new_tokens: usize,
-    pub dataset_sha256: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JournalEntry {
-    pub image: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answer: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub new_tokens: usize,
-    #[serde(default)]
-    pub ended_with_eos: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_margin: Option<f32>,
-    /// sha256 of the image file the answer was made from: a resumed run answers again
-    /// when the file changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_sha256: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Header {
-    journal: u32,
-    fingerprint: Fingerprint,
-    created_at: String,
-}
+use crate::formats::{Answer, JournalHeader, Predictions};
+pub use crate::formats::{Fingerprint, JournalEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -123,7 +93,7 @@ impl Journal {
                 .unwrap_or(true)
         {
             let mut file = File::create(path).map_err(io(path))?;
-            let header = Header {
+            let header = JournalHeader {
                 journal: 1,
                 fingerprint: fingerprint.clone(),
                 created_at: crate::util::utc_now_rfc3339(),
@@ -167,11 +137,12 @@ impl Journal {
                 break;
             }
             if line_no == 1 {
-                let header: Header = serde_json::from_str(&line).map_err(|e| Error::Corrupt {
-                    path: path.to_path_buf(),
-                    line: 1,
-                    reason: format!("bad header: {e}"),
-                })?;
+                let header: JournalHeader =
+                    serde_json::from_str(&line).map_err(|e| Error::Corrupt {
+                        path: path.to_path_buf(),
+                        line: 1,
+                        reason: format!("bad header: {e}"),
+                    })?;
                 if &header.fingerprint != fingerprint {
                     return Err(Error::Mismatch {
                         path: path.to_path_buf(),
@@ -241,34 +212,20 @@ pub fn write_answers(
     samples: &[Sample],
     entries: &HashMap<String, JournalEntry>,
 ) -> Result<usize, Error> {
-    let mut map = serde_json::Map::new();
-    for sample in samples {
-        if let Some(answer) = entries.get(&sample.image).and_then(|e| e.answer.as_ref()) {
-            map.insert(
-                sample.image.clone(),
-                serde_json::Value::String(answer.clone()),
-            );
-        }
-    }
-    let count = map.len();
-    write_answers_map(path, map)?;
-    Ok(count)
-}
-
-/// Writes an `{image: answer}` map as the reference's `json.dump(indent=4)`, atomically.
-pub fn write_answers_map(
-    path: &Path,
-    map: serde_json::Map<String, serde_json::Value>,
-) -> Result<(), Error> {
-    let text = crate::util::python_json_dumps(&serde_json::Value::Object(map), 4);
-    crate::util::write_atomic(path, text.as_bytes()).map_err(io(path))
+    let answers: Predictions = samples
+        .iter()
+        .filter_map(|sample| {
+            let answer = entries.get(&sample.image)?.answer.clone()?;
+            Some((sample.image.clone(), Answer::Text(answer)))
+        })
+        .collect();
+    answers.write(path).map_err(io(path))?;
+    Ok(answers.len())
 }
 
 /// Writes any serializable manifest as pretty JSON, atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
-    let mut text = serde_json::to_string_pretty(value).expect("manifest serializes");
-    text.push('\n');
-    crate::util::write_atomic(path, text.as_bytes()).map_err(io(path))
+    crate::formats::write_pretty_json(path, value).map_err(io(path))
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
-//! Small shared helpers: hashing, atomic writes, Python-compatible JSON output, timestamps.
+//! Small shared helpers: hashing, atomic writes, Python-compatible JSON text (a
+//! serde_json `Formatter`), retry backoff, timestamps.
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
+use serde_json::ser::{Formatter, PrettyFormatter};
 use sha2::{Digest, Sha256};
 
 /// Lowercase hex sha256 of a byte slice.
@@ -41,64 +44,122 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Serializes like Python's `json.dump(obj, f, indent=4)` with the default
-/// `ensure_ascii=True`: four-space indent, `", "`-free line ends, `": "` after keys, and
-/// every non-ASCII character escaped as `\uXXXX` (UTF-16 surrogate pairs above U+FFFF).
+/// Serializes like Python's `json.dump(obj, f, indent=indent)` with the default
+/// `ensure_ascii=True`; see [`PythonFormatter`]. Serializing a `Value` cannot fail.
 pub fn python_json_dumps(value: &serde_json::Value, indent: usize) -> String {
-    let mut out = String::new();
-    write_py_value(&mut out, value, indent, 0);
-    out
+    to_python_json(value, indent).expect("a serde_json::Value always serializes")
 }
 
-fn write_py_value(out: &mut String, value: &serde_json::Value, indent: usize, depth: usize) {
-    use serde_json::Value;
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&python_number(n)),
-        Value::String(s) => write_py_string(out, s),
-        Value::Array(items) => {
-            if items.is_empty() {
-                out.push_str("[]");
-                return;
-            }
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                newline_indent(out, indent, depth + 1);
-                write_py_value(out, item, indent, depth + 1);
-            }
-            newline_indent(out, indent, depth);
-            out.push(']');
-        }
-        Value::Object(map) => {
-            if map.is_empty() {
-                out.push_str("{}");
-                return;
-            }
-            out.push('{');
-            for (i, (key, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                newline_indent(out, indent, depth + 1);
-                write_py_string(out, key);
-                out.push_str(": ");
-                write_py_value(out, item, indent, depth + 1);
-            }
-            newline_indent(out, indent, depth);
-            out.push('}');
+/// `value` as Python's `json.dumps(value, indent=indent)` writes it; fails only where
+/// `value`'s own `Serialize` does (a map key that is not a string).
+pub fn to_python_json<T: serde::Serialize + ?Sized>(
+    value: &T,
+    indent: usize,
+) -> Result<String, serde_json::Error> {
+    let mut out = Vec::new();
+    let mut serializer =
+        serde_json::Serializer::with_formatter(&mut out, PythonFormatter::new(indent));
+    value.serialize(&mut serializer)?;
+    // The formatter writes ASCII only, so the bytes are valid UTF-8.
+    Ok(String::from_utf8(out).expect("ensure_ascii output is ASCII"))
+}
+
+/// Python's `json` text with `indent` and the default `ensure_ascii=True`: `indent`
+/// spaces per level, `,` at line ends and `": "` after keys (the separators `json.dump`
+/// uses whenever an indent is given), `[]` / `{}` for empty containers, every character
+/// outside printable ASCII (DEL and all non-ASCII included) escaped as `\uXXXX` with
+/// UTF-16 surrogate pairs above U+FFFF, floats in `repr` form ([`python_float_repr`]).
+/// Control characters get serde_json's escapes, which are Python's (`\n`, `\u001f`).
+pub struct PythonFormatter {
+    pretty: PrettyFormatter<'static>,
+}
+
+/// Enough spaces for any indent a caller uses (Python's 4, the score report's 2).
+const SPACES: &[u8; 8] = b"        ";
+
+impl PythonFormatter {
+    pub fn new(indent: usize) -> Self {
+        assert!(indent <= SPACES.len(), "indent {indent} is wider than 8");
+        PythonFormatter {
+            pretty: PrettyFormatter::with_indent(&SPACES[..indent]),
         }
     }
 }
 
-fn python_number(n: &serde_json::Number) -> String {
-    if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
-        python_float_repr(f)
-    } else {
-        n.to_string()
+impl Formatter for PythonFormatter {
+    fn write_f64<W: ?Sized + Write>(&mut self, w: &mut W, value: f64) -> std::io::Result<()> {
+        w.write_all(python_float_repr(value).as_bytes())
+    }
+
+    fn write_f32<W: ?Sized + Write>(&mut self, w: &mut W, value: f32) -> std::io::Result<()> {
+        self.write_f64(w, f64::from(value))
+    }
+
+    /// serde_json hands over runs of characters it does not escape itself (it escapes
+    /// `"`, `\` and controls below 0x20); Python's `ensure_ascii` escapes the rest of
+    /// what is not printable ASCII.
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if (' '..='~').contains(&c) {
+                continue;
+            }
+            w.write_all(&fragment.as_bytes()[start..i])?;
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                write!(w, "\\u{unit:04x}")?;
+            }
+            start = i + c.len_utf8();
+        }
+        w.write_all(&fragment.as_bytes()[start..])
+    }
+
+    fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.begin_array(w)
+    }
+
+    fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.end_array(w)
+    }
+
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.pretty.begin_array_value(w, first)
+    }
+
+    fn end_array_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.end_array_value(w)
+    }
+
+    fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.begin_object(w)
+    }
+
+    fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.end_object(w)
+    }
+
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.pretty.begin_object_key(w, first)
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.begin_object_value(w)
+    }
+
+    fn end_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.end_object_value(w)
     }
 }
 
@@ -132,34 +193,20 @@ pub fn python_float_repr(f: f64) -> String {
     }
 }
 
-fn newline_indent(out: &mut String, indent: usize, depth: usize) {
-    out.push('\n');
-    for _ in 0..indent * depth {
-        out.push(' ');
-    }
+/// Exponential backoff shared by fetch and judge: `base * 2^retry` before retry number
+/// `retry` (0-based), never longer than `max`.
+pub fn backoff_delay(base: Duration, max: Duration, retry: u32) -> Duration {
+    base.saturating_mul(1u32 << retry.min(31)).min(max)
 }
 
-fn write_py_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7f => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
+/// The exit code of a command that ran to its end (main.rs's contract): 0 when nothing
+/// failed along the way, 1 when something did and was recorded.
+pub fn exit_code(all_ok: bool) -> std::process::ExitCode {
+    if all_ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
     }
-    out.push('"');
 }
 
 /// UTC timestamp `YYYY-MM-DDTHH:MM:SSZ` without a date-time dependency.
@@ -203,6 +250,27 @@ mod tests {
         let expected =
             "{\n    \"a/b.png\": \"caf\\u00e9 \\ud83d\\ude00 \\\"q\\\"\\n\",\n    \"e\": \"\"\n}";
         assert_eq!(python_json_dumps(&value, 4), expected);
+    }
+
+    #[test]
+    fn python_formatter_matches_json_dumps_edge_cases() {
+        // Expected text printed by Python 3.11:
+        // json.dumps({"a": "\x7f\x1f\u00e9\U0001F600", "b": [], "c": {},
+        //             "d": [1.0, 1e-05, 1e16, 0.1, 3]}, indent=4)
+        let value = serde_json::json!({
+            "a": "\u{7f}\u{1f}\u{e9}\u{1F600}", "b": [], "c": {},
+            "d": [1.0, 1e-5, 1e16, 0.1, 3]
+        });
+        let expected = "{\n    \"a\": \"\\u007f\\u001f\\u00e9\\ud83d\\ude00\",\n    \"b\": [],\n    \"c\": {},\n    \"d\": [\n        1.0,\n        1e-05,\n        1e+16,\n        0.1,\n        3\n    ]\n}";
+        assert_eq!(python_json_dumps(&value, 4), expected);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        let waits: Vec<Duration> = (0..5).map(|r| backoff_delay(ms(100), ms(350), r)).collect();
+        assert_eq!(waits, [ms(100), ms(200), ms(350), ms(350), ms(350)]);
+        assert_eq!(backoff_delay(ms(1), ms(u64::MAX), 40), ms(1 << 31));
     }
 
     #[test]

@@ -49,7 +49,7 @@ fn run_score(predictions: &Path, subset: Subset) -> score::ScoreReport {
     score::score(
         &preds,
         &meta,
-        &config(subset, subset.as_str(), predictions, &test_json()),
+        &config(subset, subset.name(), predictions, &test_json()),
     )
     .expect("scores")
 }
@@ -90,7 +90,7 @@ fn dead_entry_never_matches_and_keywords_are_not_lowercased() {
 fn subsets_match_python_totals_and_breakdowns() {
     let exp = expected();
     for subset in Subset::ALL {
-        let want = &exp["subsets"][subset.as_str()];
+        let want = &exp["subsets"][subset.name()];
         let report = run_score(&fixture(&format!("{subset}.json")), subset);
         let got = serde_json::to_value(&report).expect("serializes");
         for key in [
@@ -209,7 +209,7 @@ fn reference_results_of_the_golden_bundle() {
     // golden/dev/reference/*.json were written by VLGuard_eval.py itself.
     let exp = expected();
     for subset in Subset::ALL {
-        let want = &exp["golden_dev"][subset.as_str()];
+        let want = &exp["golden_dev"][subset.name()];
         let preds_path = shared(&format!("golden/dev/reference/{subset}.json"));
         let meta_path = shared("golden/dev/data/test.json");
         let meta = score::load_subset_meta(&meta_path, subset).expect("meta");

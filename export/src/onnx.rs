@@ -4,7 +4,8 @@
 //! Encoding: hand-written protobuf (varints, length-delimited fields) for ModelProto,
 //! GraphProto, NodeProto, AttributeProto, TensorProto, ValueInfoProto and the type/shape
 //! messages, following onnx.proto (proto2: repeated scalars are written unpacked, which
-//! every protobuf parser accepts). Opset 17 of the default domain, IR version 8; version 1
+//! every protobuf parser accepts). Field numbers come from [`field`], which the graph
+//! checker in `tensorrt` reads with too. Opset 17 of the default domain, IR version 8; version 1
 //! of ONNX Runtime's `com.microsoft` domain is imported only by graphs that use it.
 //!
 //! Weights: every weight initializer goes to external data, `<graph>.onnx.data` next to the
@@ -17,6 +18,8 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+use crate::wire;
 
 pub const OPSET: i64 = 17;
 /// ONNX Runtime's contrib operator domain (GroupQueryAttention, SkipSimplifiedLayerNormalization).
@@ -47,6 +50,92 @@ impl ElemType {
     }
 }
 
+// ---------------------------------------------------------------- field numbers
+
+/// The onnx.proto field numbers this writer uses and `tensorrt`'s reader reads: one
+/// declaration for both (onnx/onnx.proto, IR version 8). Messages are modules, fields
+/// are constants; enum values a field takes sit beside it.
+pub mod field {
+    /// ModelProto.
+    pub mod model {
+        pub const IR_VERSION: u32 = 1;
+        pub const PRODUCER_NAME: u32 = 2;
+        pub const PRODUCER_VERSION: u32 = 3;
+        pub const GRAPH: u32 = 7;
+        pub const OPSET_IMPORT: u32 = 8;
+    }
+    /// OperatorSetIdProto.
+    pub mod opset_id {
+        pub const DOMAIN: u32 = 1;
+        pub const VERSION: u32 = 2;
+    }
+    /// GraphProto.
+    pub mod graph {
+        pub const NODE: u32 = 1;
+        pub const NAME: u32 = 2;
+        pub const INITIALIZER: u32 = 5;
+        pub const INPUT: u32 = 11;
+        pub const OUTPUT: u32 = 12;
+    }
+    /// NodeProto.
+    pub mod node {
+        pub const INPUT: u32 = 1;
+        pub const OUTPUT: u32 = 2;
+        pub const NAME: u32 = 3;
+        pub const OP_TYPE: u32 = 4;
+        pub const ATTRIBUTE: u32 = 5;
+        pub const DOMAIN: u32 = 7;
+    }
+    /// AttributeProto, and the AttributeType values of its `type`.
+    pub mod attribute {
+        pub const NAME: u32 = 1;
+        pub const F: u32 = 2;
+        pub const I: u32 = 3;
+        pub const T: u32 = 5;
+        pub const INTS: u32 = 8;
+        pub const TYPE: u32 = 20;
+        pub const TYPE_FLOAT: i64 = 1;
+        pub const TYPE_INT: i64 = 2;
+        pub const TYPE_TENSOR: i64 = 4;
+        pub const TYPE_INTS: i64 = 7;
+    }
+    /// TensorProto, and the DataLocation value of its `data_location`.
+    pub mod tensor {
+        pub const DIMS: u32 = 1;
+        pub const DATA_TYPE: u32 = 2;
+        pub const NAME: u32 = 8;
+        pub const RAW_DATA: u32 = 9;
+        pub const EXTERNAL_DATA: u32 = 13;
+        pub const DATA_LOCATION: u32 = 14;
+        pub const LOCATION_EXTERNAL: i64 = 1;
+    }
+    /// StringStringEntryProto (TensorProto.external_data).
+    pub mod string_entry {
+        pub const KEY: u32 = 1;
+        pub const VALUE: u32 = 2;
+    }
+    /// ValueInfoProto.
+    pub mod value_info {
+        pub const NAME: u32 = 1;
+        pub const TYPE: u32 = 2;
+    }
+    /// TypeProto.
+    pub mod type_proto {
+        pub const TENSOR_TYPE: u32 = 1;
+    }
+    /// TypeProto.Tensor.
+    pub mod tensor_type {
+        pub const ELEM_TYPE: u32 = 1;
+        pub const SHAPE: u32 = 2;
+    }
+    /// TensorShapeProto and its Dimension.
+    pub mod shape {
+        pub const DIM: u32 = 1;
+        pub const DIM_VALUE: u32 = 1;
+        pub const DIM_PARAM: u32 = 2;
+    }
+}
+
 // ---------------------------------------------------------------- protobuf primitives
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {
@@ -62,18 +151,18 @@ fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
 }
 
 fn field_varint(out: &mut Vec<u8>, field: u32, v: i64) {
-    key(out, field, 0);
+    key(out, field, wire::VARINT);
     varint(out, v as u64);
 }
 
 fn field_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    key(out, field, 2);
+    key(out, field, wire::LEN);
     varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
 fn field_f32(out: &mut Vec<u8>, field: u32, v: f32) {
-    key(out, field, 5);
+    key(out, field, wire::FIXED32);
     out.extend_from_slice(&v.to_le_bytes());
 }
 
@@ -108,14 +197,15 @@ pub enum TensorData {
 
 impl Tensor {
     fn encode(&self) -> Vec<u8> {
+        use field::{string_entry, tensor};
         let mut out = Vec::new();
         for d in &self.dims {
-            field_varint(&mut out, 1, *d);
+            field_varint(&mut out, tensor::DIMS, *d);
         }
-        field_varint(&mut out, 2, self.elem as i64);
-        field_bytes(&mut out, 8, self.name.as_bytes());
+        field_varint(&mut out, tensor::DATA_TYPE, self.elem as i64);
+        field_bytes(&mut out, tensor::NAME, self.name.as_bytes());
         match &self.data {
-            TensorData::Raw(bytes) => field_bytes(&mut out, 9, bytes),
+            TensorData::Raw(bytes) => field_bytes(&mut out, tensor::RAW_DATA, bytes),
             TensorData::External {
                 location,
                 offset,
@@ -127,11 +217,11 @@ impl Tensor {
                     ("length", length.to_string()),
                 ] {
                     let mut entry = Vec::new();
-                    field_bytes(&mut entry, 1, k.as_bytes());
-                    field_bytes(&mut entry, 2, v.as_bytes());
-                    field_bytes(&mut out, 13, &entry);
+                    field_bytes(&mut entry, string_entry::KEY, k.as_bytes());
+                    field_bytes(&mut entry, string_entry::VALUE, v.as_bytes());
+                    field_bytes(&mut out, tensor::EXTERNAL_DATA, &entry);
                 }
-                field_varint(&mut out, 14, 1); // data_location = EXTERNAL
+                field_varint(&mut out, tensor::DATA_LOCATION, tensor::LOCATION_EXTERNAL);
             }
         }
         out
@@ -139,26 +229,27 @@ impl Tensor {
 }
 
 fn encode_attr(name: &str, attr: &Attr) -> Vec<u8> {
+    use field::attribute as a;
     let mut out = Vec::new();
-    field_bytes(&mut out, 1, name.as_bytes());
+    field_bytes(&mut out, a::NAME, name.as_bytes());
     match attr {
         Attr::Float(f) => {
-            field_f32(&mut out, 2, *f);
-            field_varint(&mut out, 20, 1);
+            field_f32(&mut out, a::F, *f);
+            field_varint(&mut out, a::TYPE, a::TYPE_FLOAT);
         }
         Attr::Int(i) => {
-            field_varint(&mut out, 3, *i);
-            field_varint(&mut out, 20, 2);
+            field_varint(&mut out, a::I, *i);
+            field_varint(&mut out, a::TYPE, a::TYPE_INT);
         }
         Attr::Tensor(t) => {
-            field_bytes(&mut out, 5, &t.encode());
-            field_varint(&mut out, 20, 4);
+            field_bytes(&mut out, a::T, &t.encode());
+            field_varint(&mut out, a::TYPE, a::TYPE_TENSOR);
         }
         Attr::Ints(v) => {
             for i in v {
-                field_varint(&mut out, 8, *i);
+                field_varint(&mut out, a::INTS, *i);
             }
-            field_varint(&mut out, 20, 7);
+            field_varint(&mut out, a::TYPE, a::TYPE_INTS);
         }
     }
     out
@@ -177,20 +268,21 @@ pub struct Node {
 
 impl Node {
     fn encode(&self) -> Vec<u8> {
+        use field::node;
         let mut out = Vec::new();
         for i in &self.inputs {
-            field_bytes(&mut out, 1, i.as_bytes());
+            field_bytes(&mut out, node::INPUT, i.as_bytes());
         }
         for o in &self.outputs {
-            field_bytes(&mut out, 2, o.as_bytes());
+            field_bytes(&mut out, node::OUTPUT, o.as_bytes());
         }
-        field_bytes(&mut out, 3, self.name.as_bytes());
-        field_bytes(&mut out, 4, self.op.as_bytes());
+        field_bytes(&mut out, node::NAME, self.name.as_bytes());
+        field_bytes(&mut out, node::OP_TYPE, self.op.as_bytes());
         for (name, attr) in &self.attrs {
-            field_bytes(&mut out, 5, &encode_attr(name, attr));
+            field_bytes(&mut out, node::ATTRIBUTE, &encode_attr(name, attr));
         }
         if !self.domain.is_empty() {
-            field_bytes(&mut out, 7, self.domain.as_bytes());
+            field_bytes(&mut out, node::DOMAIN, self.domain.as_bytes());
         }
         out
     }
@@ -224,23 +316,24 @@ pub struct ValueInfo {
 
 impl ValueInfo {
     fn encode(&self) -> Vec<u8> {
-        let mut shape = Vec::new();
+        use field::{shape, tensor_type, type_proto, value_info};
+        let mut dims = Vec::new();
         for d in &self.dims {
             let mut dim = Vec::new();
             match d {
-                Dim::Fixed(v) => field_varint(&mut dim, 1, *v),
-                Dim::Named(s) => field_bytes(&mut dim, 2, s.as_bytes()),
+                Dim::Fixed(v) => field_varint(&mut dim, shape::DIM_VALUE, *v),
+                Dim::Named(s) => field_bytes(&mut dim, shape::DIM_PARAM, s.as_bytes()),
             }
-            field_bytes(&mut shape, 1, &dim);
+            field_bytes(&mut dims, shape::DIM, &dim);
         }
-        let mut tensor_type = Vec::new();
-        field_varint(&mut tensor_type, 1, self.elem as i64);
-        field_bytes(&mut tensor_type, 2, &shape);
-        let mut type_proto = Vec::new();
-        field_bytes(&mut type_proto, 1, &tensor_type);
+        let mut tensor = Vec::new();
+        field_varint(&mut tensor, tensor_type::ELEM_TYPE, self.elem as i64);
+        field_bytes(&mut tensor, tensor_type::SHAPE, &dims);
+        let mut type_bytes = Vec::new();
+        field_bytes(&mut type_bytes, type_proto::TENSOR_TYPE, &tensor);
         let mut out = Vec::new();
-        field_bytes(&mut out, 1, self.name.as_bytes());
-        field_bytes(&mut out, 2, &type_proto);
+        field_bytes(&mut out, value_info::NAME, self.name.as_bytes());
+        field_bytes(&mut out, value_info::TYPE, &type_bytes);
         out
     }
 }
@@ -520,34 +613,39 @@ impl GraphBuilder {
             path: data_path.clone(),
             source,
         })?;
+        use field::{graph as g, model as m, opset_id};
         let mut graph = Vec::new();
         for n in &nodes {
-            field_bytes(&mut graph, 1, &n.encode());
+            field_bytes(&mut graph, g::NODE, &n.encode());
         }
-        field_bytes(&mut graph, 2, name.as_bytes());
+        field_bytes(&mut graph, g::NAME, name.as_bytes());
         for t in &initializers {
-            field_bytes(&mut graph, 5, &t.encode());
+            field_bytes(&mut graph, g::INITIALIZER, &t.encode());
         }
         for i in &inputs {
-            field_bytes(&mut graph, 11, &i.encode());
+            field_bytes(&mut graph, g::INPUT, &i.encode());
         }
         for o in &outputs {
-            field_bytes(&mut graph, 12, &o.encode());
+            field_bytes(&mut graph, g::OUTPUT, &o.encode());
         }
         let mut model = Vec::new();
-        field_varint(&mut model, 1, IR_VERSION);
-        field_bytes(&mut model, 2, b"vlguard-export");
-        field_bytes(&mut model, 3, env!("CARGO_PKG_VERSION").as_bytes());
-        field_bytes(&mut model, 7, &graph);
+        field_varint(&mut model, m::IR_VERSION, IR_VERSION);
+        field_bytes(&mut model, m::PRODUCER_NAME, b"vlguard-export");
+        field_bytes(
+            &mut model,
+            m::PRODUCER_VERSION,
+            env!("CARGO_PKG_VERSION").as_bytes(),
+        );
+        field_bytes(&mut model, m::GRAPH, &graph);
         let mut opset = Vec::new();
-        field_bytes(&mut opset, 1, b"");
-        field_varint(&mut opset, 2, OPSET);
-        field_bytes(&mut model, 8, &opset);
+        field_bytes(&mut opset, opset_id::DOMAIN, b"");
+        field_varint(&mut opset, opset_id::VERSION, OPSET);
+        field_bytes(&mut model, m::OPSET_IMPORT, &opset);
         if nodes.iter().any(|n| n.domain == CONTRIB_DOMAIN) {
             let mut contrib = Vec::new();
-            field_bytes(&mut contrib, 1, CONTRIB_DOMAIN.as_bytes());
-            field_varint(&mut contrib, 2, 1);
-            field_bytes(&mut model, 8, &contrib);
+            field_bytes(&mut contrib, opset_id::DOMAIN, CONTRIB_DOMAIN.as_bytes());
+            field_varint(&mut contrib, opset_id::VERSION, 1);
+            field_bytes(&mut model, m::OPSET_IMPORT, &contrib);
         }
         let io = |source| OnnxError::Io {
             path: onnx_path.to_path_buf(),

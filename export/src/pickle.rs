@@ -233,6 +233,58 @@ fn malformed(pos: usize, what: &str) -> PickleError {
     }
 }
 
+/// The opcodes this reader executes, named as Python's `pickletools` names them (the
+/// byte values are `pickle.py`'s constants).
+mod opcode {
+    pub const MARK: u8 = b'(';
+    pub const STOP: u8 = b'.';
+    pub const POP: u8 = b'0';
+    pub const POP_MARK: u8 = b'1';
+    pub const DUP: u8 = b'2';
+    pub const BINFLOAT: u8 = b'G';
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const BININT2: u8 = b'M';
+    pub const NONE: u8 = b'N';
+    pub const BINPERSID: u8 = b'Q';
+    pub const REDUCE: u8 = b'R';
+    pub const BINSTRING: u8 = b'T';
+    pub const SHORT_BINSTRING: u8 = b'U';
+    pub const BINUNICODE: u8 = b'X';
+    pub const APPEND: u8 = b'a';
+    pub const BUILD: u8 = b'b';
+    pub const GLOBAL: u8 = b'c';
+    pub const DICT: u8 = b'd';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const APPENDS: u8 = b'e';
+    pub const BINGET: u8 = b'h';
+    pub const LONG_BINGET: u8 = b'j';
+    pub const LIST: u8 = b'l';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const SETITEM: u8 = b's';
+    pub const TUPLE: u8 = b't';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const SETITEMS: u8 = b'u';
+    pub const PROTO: u8 = 0x80;
+    pub const NEWOBJ: u8 = 0x81;
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE2: u8 = 0x86;
+    pub const TUPLE3: u8 = 0x87;
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const LONG1: u8 = 0x8a;
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const BINBYTES: u8 = b'B';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const BINUNICODE8: u8 = 0x8d;
+    pub const BINBYTES8: u8 = 0x8e;
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const MEMOIZE: u8 = 0x94;
+    pub const FRAME: u8 = 0x95;
+}
+
 fn run(data: &[u8]) -> Result<Value, PickleError> {
     let mut r = Reader { data, pos: 0 };
     let mut stack: Vec<Value> = Vec::new();
@@ -241,30 +293,29 @@ fn run(data: &[u8]) -> Result<Value, PickleError> {
         let pos = r.pos;
         let op = r.u8()?;
         match op {
-            0x80 => {
-                r.u8()?; // PROTO n
+            opcode::PROTO => {
+                r.u8()?; // the protocol number
             }
-            0x95 => {
-                r.u64()?; // FRAME (protocol 4): a length hint only
+            opcode::FRAME => {
+                r.u64()?; // protocol 4: a length hint only
             }
-            b'.' => {
-                // STOP
+            opcode::STOP => {
                 return stack
                     .pop()
                     .ok_or_else(|| malformed(pos, "STOP on empty stack"));
             }
-            b'(' => stack.push(Value::Mark),
-            b'}' => stack.push(Value::Dict(Vec::new())),
-            b']' => stack.push(Value::List(Vec::new())),
-            b')' => stack.push(Value::Tuple(Vec::new())),
-            b'N' => stack.push(Value::None),
-            0x88 => stack.push(Value::Bool),
-            0x89 => stack.push(Value::Bool),
-            b'K' => stack.push(Value::Int(r.u8()? as i64)),
-            b'M' => stack.push(Value::Int(r.u16()? as i64)),
-            b'J' => stack.push(Value::Int(r.u32()? as i32 as i64)),
-            0x8a => {
-                // LONG1: little-endian two's complement of n bytes
+            opcode::MARK => stack.push(Value::Mark),
+            opcode::EMPTY_DICT => stack.push(Value::Dict(Vec::new())),
+            opcode::EMPTY_LIST => stack.push(Value::List(Vec::new())),
+            opcode::EMPTY_TUPLE => stack.push(Value::Tuple(Vec::new())),
+            opcode::NONE => stack.push(Value::None),
+            opcode::NEWTRUE => stack.push(Value::Bool),
+            opcode::NEWFALSE => stack.push(Value::Bool),
+            opcode::BININT1 => stack.push(Value::Int(r.u8()? as i64)),
+            opcode::BININT2 => stack.push(Value::Int(r.u16()? as i64)),
+            opcode::BININT => stack.push(Value::Int(r.u32()? as i32 as i64)),
+            opcode::LONG1 => {
+                // little-endian two's complement of n bytes
                 let n = r.u8()? as usize;
                 let b = r.take(n)?;
                 if n > 8 {
@@ -279,53 +330,52 @@ fn run(data: &[u8]) -> Result<Value, PickleError> {
                 }
                 stack.push(Value::Int(v));
             }
-            b'G' => {
-                r.take(8)?; // BINFLOAT: never needed by a state dict's tensors
+            opcode::BINFLOAT => {
+                r.take(8)?; // never needed by a state dict's tensors
                 stack.push(Value::Float);
             }
-            b'X' => {
+            opcode::BINUNICODE => {
                 let n = r.u32()? as usize;
                 stack.push(Value::Str(r.utf8(n)?));
             }
-            0x8c => {
+            opcode::SHORT_BINUNICODE => {
                 let n = r.u8()? as usize;
                 stack.push(Value::Str(r.utf8(n)?));
             }
-            0x8d => {
+            opcode::BINUNICODE8 => {
                 let n = r.u64()? as usize;
                 stack.push(Value::Str(r.utf8(n)?));
             }
-            b'U' => {
-                // SHORT_BINSTRING (py2 str)
+            opcode::SHORT_BINSTRING => {
+                // a Python 2 `str`
                 let n = r.u8()? as usize;
                 stack.push(Value::Str(String::from_utf8_lossy(r.take(n)?).into_owned()));
             }
-            b'T' => {
+            opcode::BINSTRING => {
                 let n = r.u32()? as usize;
                 stack.push(Value::Str(String::from_utf8_lossy(r.take(n)?).into_owned()));
             }
-            b'C' => {
+            opcode::SHORT_BINBYTES => {
                 let n = r.u8()? as usize;
                 r.take(n)?;
                 stack.push(Value::Bytes);
             }
-            b'B' => {
+            opcode::BINBYTES => {
                 let n = r.u32()? as usize;
                 r.take(n)?;
                 stack.push(Value::Bytes);
             }
-            0x8e => {
+            opcode::BINBYTES8 => {
                 let n = r.u64()? as usize;
                 r.take(n)?;
                 stack.push(Value::Bytes);
             }
-            b'c' => {
+            opcode::GLOBAL => {
                 let module = r.line()?;
                 let name = r.line()?;
                 stack.push(Value::Global(format!("{module}.{name}")));
             }
-            0x93 => {
-                // STACK_GLOBAL
+            opcode::STACK_GLOBAL => {
                 let name = pop(&mut stack, pos)?;
                 let module = pop(&mut stack, pos)?;
                 match (module, name) {
@@ -333,79 +383,78 @@ fn run(data: &[u8]) -> Result<Value, PickleError> {
                     _ => return Err(malformed(pos, "STACK_GLOBAL needs two strings")),
                 }
             }
-            b'q' => {
+            opcode::BINPUT => {
                 let idx = r.u8()? as u64;
                 memo.insert(idx, top(&stack, pos)?.clone());
             }
-            b'r' => {
+            opcode::LONG_BINPUT => {
                 let idx = r.u32()? as u64;
                 memo.insert(idx, top(&stack, pos)?.clone());
             }
-            0x94 => {
-                // MEMOIZE
+            opcode::MEMOIZE => {
                 let idx = memo.len() as u64;
                 memo.insert(idx, top(&stack, pos)?.clone());
             }
-            b'h' => {
+            opcode::BINGET => {
                 let idx = r.u8()? as u64;
                 stack.push(get_memo(&memo, idx, pos)?);
             }
-            b'j' => {
+            opcode::LONG_BINGET => {
                 let idx = r.u32()? as u64;
                 stack.push(get_memo(&memo, idx, pos)?);
             }
-            b'0' => {
+            opcode::POP => {
                 pop(&mut stack, pos)?;
             }
-            b'1' => {
+            opcode::POP_MARK => {
                 pop_mark(&mut stack, pos)?;
             }
-            b'2' => {
+            opcode::DUP => {
                 let v = top(&stack, pos)?.clone();
                 stack.push(v);
             }
-            b't' => {
+            opcode::TUPLE => {
                 let items = pop_mark(&mut stack, pos)?;
                 stack.push(Value::Tuple(items));
             }
-            0x85 => {
+            opcode::TUPLE1 => {
                 let a = pop(&mut stack, pos)?;
                 stack.push(Value::Tuple(vec![a]));
             }
-            0x86 => {
+            opcode::TUPLE2 => {
                 let b = pop(&mut stack, pos)?;
                 let a = pop(&mut stack, pos)?;
                 stack.push(Value::Tuple(vec![a, b]));
             }
-            0x87 => {
+            opcode::TUPLE3 => {
                 let c = pop(&mut stack, pos)?;
                 let b = pop(&mut stack, pos)?;
                 let a = pop(&mut stack, pos)?;
                 stack.push(Value::Tuple(vec![a, b, c]));
             }
-            b'l' => {
+            opcode::LIST => {
                 let items = pop_mark(&mut stack, pos)?;
                 stack.push(Value::List(items));
             }
-            b'd' => {
+            opcode::DICT => {
                 let items = pop_mark(&mut stack, pos)?;
                 stack.push(Value::Dict(pairs(items, pos)?));
             }
-            b'a' => {
+            opcode::APPEND => {
                 let v = pop(&mut stack, pos)?;
                 match stack.last_mut() {
                     Some(Value::List(l)) => l.push(v),
                     _ => return Err(malformed(pos, "APPEND to a non-list")),
                 }
             }
-            b'e' => {
+            opcode::APPENDS => {
                 let items = pop_mark(&mut stack, pos)?;
                 match stack.last_mut() {
                     Some(Value::List(l)) => l.extend(items),
                     _ => return Err(malformed(pos, "APPENDS to a non-list")),
                 }
             }
-            b's' => {
+            opcode::SETITEM => {
                 let v = pop(&mut stack, pos)?;
                 let k = pop(&mut stack, pos)?;
                 match stack.last_mut() {
@@ -413,7 +462,7 @@ fn run(data: &[u8]) -> Result<Value, PickleError> {
                     _ => return Err(malformed(pos, "SETITEM on a non-dict")),
                 }
             }
-            b'u' => {
+            opcode::SETITEMS => {
                 let items = pop_mark(&mut stack, pos)?;
                 let items = pairs(items, pos)?;
                 match stack.last_mut() {
@@ -421,22 +470,22 @@ fn run(data: &[u8]) -> Result<Value, PickleError> {
                     _ => return Err(malformed(pos, "SETITEMS on a non-dict")),
                 }
             }
-            b'b' => {
-                // BUILD: an OrderedDict's `_metadata` attribute; the object stays as it is.
+            opcode::BUILD => {
+                // An OrderedDict's `_metadata` attribute; the object stays as it is.
                 pop(&mut stack, pos)?;
                 top(&stack, pos)?;
             }
-            b'Q' => {
+            opcode::BINPERSID => {
                 let pid = pop(&mut stack, pos)?;
                 stack.push(persistent_load(pid, pos)?);
             }
-            b'R' => {
+            opcode::REDUCE => {
                 let args = pop(&mut stack, pos)?;
                 let func = pop(&mut stack, pos)?;
                 stack.push(reduce(func, args, pos)?);
             }
-            0x81 => {
-                // NEWOBJ: cls.__new__(cls, *args); only OrderedDict is expected
+            opcode::NEWOBJ => {
+                // cls.__new__(cls, *args); only OrderedDict is expected
                 let args = pop(&mut stack, pos)?;
                 let cls = pop(&mut stack, pos)?;
                 stack.push(reduce(cls, args, pos)?);

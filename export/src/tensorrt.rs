@@ -15,6 +15,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use crate::onnx::field;
 use crate::wire::{Reader, Value, WireError};
 
 /// The opsets of the standard domain TensorRT 10's parser supports.
@@ -249,16 +250,16 @@ pub fn check(model: &[u8]) -> Result<Vec<Finding>, WireError> {
     let mut r = Reader::new(model, 0);
     while let Some((field, value)) = r.next_field()? {
         match (field, value) {
-            // ModelProto.graph
-            (7, Value::Bytes(b, off)) => graph = Some((b, off)),
-            // ModelProto.opset_import: OperatorSetIdProto { domain = 1, version = 2 }
-            (8, Value::Bytes(b, off)) => {
+            (field::model::GRAPH, Value::Bytes(b, off)) => graph = Some((b, off)),
+            (field::model::OPSET_IMPORT, Value::Bytes(b, off)) => {
                 let (mut domain, mut version) = (String::new(), 0i64);
                 let mut o = Reader::new(b, off);
                 while let Some((f, v)) = o.next_field()? {
                     match (f, v) {
-                        (1, Value::Bytes(s, _)) => domain = String::from_utf8_lossy(s).into(),
-                        (2, Value::Varint(x)) => version = x as i64,
+                        (field::opset_id::DOMAIN, Value::Bytes(s, _)) => {
+                            domain = String::from_utf8_lossy(s).into()
+                        }
+                        (field::opset_id::VERSION, Value::Varint(x)) => version = x as i64,
                         _ => {}
                     }
                 }
@@ -282,13 +283,11 @@ pub fn check(model: &[u8]) -> Result<Vec<Finding>, WireError> {
     let mut g = Reader::new(graph, graph_offset);
     while let Some((field, value)) = g.next_field()? {
         match (field, value) {
-            // GraphProto.node
-            (1, Value::Bytes(b, off)) => nodes.push(read_node(b, off)?),
-            // GraphProto.initializer: TensorProto.name = 8
-            (5, Value::Bytes(b, off)) => {
+            (field::graph::NODE, Value::Bytes(b, off)) => nodes.push(read_node(b, off)?),
+            (field::graph::INITIALIZER, Value::Bytes(b, off)) => {
                 let mut t = Reader::new(b, off);
                 while let Some((f, v)) = t.next_field()? {
-                    if let (8, Value::Bytes(s, _)) = (f, v) {
+                    if let (field::tensor::NAME, Value::Bytes(s, _)) = (f, v) {
                         constants.insert(String::from_utf8_lossy(s).into_owned());
                     }
                 }
@@ -356,7 +355,7 @@ fn is_standard(node: &Node) -> bool {
     node.domain.is_empty() || node.domain == "ai.onnx"
 }
 
-/// NodeProto: input = 1, output = 2, name = 3, op_type = 4, domain = 7.
+/// The NodeProto fields the checks need.
 fn read_node(buf: &[u8], offset: usize) -> Result<Node, WireError> {
     let mut node = Node::default();
     let mut r = Reader::new(buf, offset);
@@ -364,11 +363,11 @@ fn read_node(buf: &[u8], offset: usize) -> Result<Node, WireError> {
         let Value::Bytes(b, _) = value else { continue };
         let text = || String::from_utf8_lossy(b).into_owned();
         match field {
-            1 => node.inputs.push(text()),
-            2 => node.outputs.push(text()),
-            3 => node.name = text(),
-            4 => node.op = text(),
-            7 => node.domain = text(),
+            field::node::INPUT => node.inputs.push(text()),
+            field::node::OUTPUT => node.outputs.push(text()),
+            field::node::NAME => node.name = text(),
+            field::node::OP_TYPE => node.op = text(),
+            field::node::DOMAIN => node.domain = text(),
             _ => {}
         }
     }

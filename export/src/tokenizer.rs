@@ -173,6 +173,39 @@ fn expect_bytes<'a>(
     }
 }
 
+/// The sentencepiece_model.proto field numbers read here (sentencepiece's
+/// src/sentencepiece_model.proto), one module per message.
+mod field {
+    /// ModelProto.
+    pub mod model {
+        pub const PIECES: u32 = 1;
+        pub const TRAINER_SPEC: u32 = 2;
+        pub const NORMALIZER_SPEC: u32 = 3;
+    }
+    /// ModelProto.SentencePiece.
+    pub mod piece {
+        pub const PIECE: u32 = 1;
+        pub const SCORE: u32 = 2;
+        pub const TYPE: u32 = 3;
+    }
+    /// TrainerSpec.
+    pub mod trainer {
+        pub const MODEL_TYPE: u32 = 3;
+        pub const TREAT_WHITESPACE_AS_SUFFIX: u32 = 24;
+        pub const BYTE_FALLBACK: u32 = 35;
+        pub const UNK_ID: u32 = 40;
+        pub const BOS_ID: u32 = 41;
+        pub const EOS_ID: u32 = 42;
+    }
+    /// NormalizerSpec.
+    pub mod normalizer {
+        pub const NAME: u32 = 1;
+        pub const PRECOMPILED_CHARSMAP: u32 = 2;
+        pub const REMOVE_EXTRA_WHITESPACES: u32 = 4;
+        pub const ESCAPE_WHITESPACES: u32 = 5;
+    }
+}
+
 fn parse_piece(buf: &[u8], base: usize, index: usize) -> Result<Piece, TokenizerError> {
     let mut r = wire::Reader::new(buf, base);
     let mut piece = None;
@@ -180,8 +213,10 @@ fn parse_piece(buf: &[u8], base: usize, index: usize) -> Result<Piece, Tokenizer
     let mut kind = PieceType::Normal;
     while let Some((field, v)) = r.next_field()? {
         match field {
-            1 => piece = Some(utf8(expect_bytes(&v, "pieces.piece")?.0, "pieces.piece")?),
-            2 => match v {
+            field::piece::PIECE => {
+                piece = Some(utf8(expect_bytes(&v, "pieces.piece")?.0, "pieces.piece")?)
+            }
+            field::piece::SCORE => match v {
                 wire::Value::Fixed32(bits) => score = f32::from_bits(bits),
                 _ => {
                     return Err(TokenizerError::Invalid(format!(
@@ -189,7 +224,7 @@ fn parse_piece(buf: &[u8], base: usize, index: usize) -> Result<Piece, Tokenizer
                     )))
                 }
             },
-            3 => {
+            field::piece::TYPE => {
                 let t = expect_varint(&v, "pieces.type")?;
                 kind = PieceType::from_proto(t).ok_or_else(|| {
                     TokenizerError::Invalid(format!("piece {index}: unknown piece type {t}"))
@@ -209,15 +244,19 @@ fn parse_trainer(buf: &[u8], base: usize) -> Result<TrainerSpec, TokenizerError>
     let mut t = TrainerSpec::default();
     while let Some((field, v)) = r.next_field()? {
         match field {
-            3 => t.model_type = expect_varint(&v, "trainer_spec.model_type")?,
-            24 => {
+            field::trainer::MODEL_TYPE => {
+                t.model_type = expect_varint(&v, "trainer_spec.model_type")?
+            }
+            field::trainer::TREAT_WHITESPACE_AS_SUFFIX => {
                 t.treat_whitespace_as_suffix =
                     expect_varint(&v, "trainer_spec.treat_whitespace_as_suffix")? != 0
             }
-            35 => t.byte_fallback = expect_varint(&v, "trainer_spec.byte_fallback")? != 0,
-            40 => t.unk_id = expect_i32(&v, "trainer_spec.unk_id")?,
-            41 => t.bos_id = expect_i32(&v, "trainer_spec.bos_id")?,
-            42 => t.eos_id = expect_i32(&v, "trainer_spec.eos_id")?,
+            field::trainer::BYTE_FALLBACK => {
+                t.byte_fallback = expect_varint(&v, "trainer_spec.byte_fallback")? != 0
+            }
+            field::trainer::UNK_ID => t.unk_id = expect_i32(&v, "trainer_spec.unk_id")?,
+            field::trainer::BOS_ID => t.bos_id = expect_i32(&v, "trainer_spec.bos_id")?,
+            field::trainer::EOS_ID => t.eos_id = expect_i32(&v, "trainer_spec.eos_id")?,
             _ => {}
         }
     }
@@ -229,23 +268,23 @@ fn parse_normalizer(buf: &[u8], base: usize) -> Result<NormalizerSpec, Tokenizer
     let mut n = NormalizerSpec::default();
     while let Some((field, v)) = r.next_field()? {
         match field {
-            1 => {
+            field::normalizer::NAME => {
                 n.name = utf8(
                     expect_bytes(&v, "normalizer_spec.name")?.0,
                     "normalizer_spec.name",
                 )?
             }
-            2 => {
+            field::normalizer::PRECOMPILED_CHARSMAP => {
                 n.precompiled_charsmap_len =
                     expect_bytes(&v, "normalizer_spec.precompiled_charsmap")?
                         .0
                         .len()
             }
-            4 => {
+            field::normalizer::REMOVE_EXTRA_WHITESPACES => {
                 n.remove_extra_whitespaces =
                     expect_varint(&v, "normalizer_spec.remove_extra_whitespaces")? != 0
             }
-            5 => {
+            field::normalizer::ESCAPE_WHITESPACES => {
                 n.escape_whitespaces = expect_varint(&v, "normalizer_spec.escape_whitespaces")? != 0
             }
             _ => {}
@@ -259,16 +298,16 @@ fn parse_model(bytes: &[u8]) -> Result<ModelProto, TokenizerError> {
     let mut m = ModelProto::default();
     while let Some((field, v)) = r.next_field()? {
         match field {
-            1 => {
+            field::model::PIECES => {
                 let (b, off) = expect_bytes(&v, "pieces")?;
                 let index = m.pieces.len();
                 m.pieces.push(parse_piece(b, off, index)?);
             }
-            2 => {
+            field::model::TRAINER_SPEC => {
                 let (b, off) = expect_bytes(&v, "trainer_spec")?;
                 m.trainer = parse_trainer(b, off)?;
             }
-            3 => {
+            field::model::NORMALIZER_SPEC => {
                 let (b, off) = expect_bytes(&v, "normalizer_spec")?;
                 m.normalizer = parse_normalizer(b, off)?;
             }

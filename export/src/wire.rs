@@ -1,6 +1,7 @@
 //! A minimal protobuf wire-format reader: varints, fixed32/64 and length-delimited
 //! fields, which is all `sentencepiece_model.proto` and the parts of `onnx.proto` read
-//! here use. Field numbers and meanings are the caller's business.
+//! here use, and the wire-type numbers the ONNX writer uses too. Field numbers and
+//! meanings are the caller's business (`onnx::field`, `tokenizer`'s field modules).
 
 /// Malformed input, with the byte offset in the whole message.
 #[derive(Debug, thiserror::Error)]
@@ -70,12 +71,13 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `(field number, value)`, or `None` at the end of the message.
-    pub fn next_field(&mut self) -> Result<Option<(u64, Value<'a>)>, WireError> {
+    pub fn next_field(&mut self) -> Result<Option<(u32, Value<'a>)>, WireError> {
         if self.pos >= self.buf.len() {
             return Ok(None);
         }
         let key = self.varint()?;
-        let field = key >> 3;
+        // Field numbers are at most 2^29 - 1 (protobuf's limit).
+        let field = u32::try_from(key >> 3).map_err(|_| self.err("field number out of range"))?;
         let value = match (key & 7) as u8 {
             VARINT => Value::Varint(self.varint()?),
             FIXED64 => {

@@ -48,8 +48,7 @@ impl Default for Policy {
 impl Policy {
     /// Wait after failed try number `attempt` (1-based).
     fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.backoff.saturating_mul(factor).min(self.backoff_max)
+        crate::util::backoff_delay(self.backoff, self.backoff_max, attempt.saturating_sub(1))
     }
 }
 

@@ -25,12 +25,16 @@ pub mod unzip;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
 pub use download::{git_blob_sha1, Done, Expected, FileMeta, State, Verified, STATE_FILE};
 pub use glob::Pattern;
 pub use http::{Policy, Token};
 pub use unzip::{unpack, Unpacked, UnzipLimits};
 
 use http::{status_error, Client, Method};
+
+use crate::formats::{ReadError, ReferenceItem, TestEntry};
 
 /// The public Hub, used when `HF_ENDPOINT` is not set.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -177,8 +181,8 @@ pub enum Error {
         what: String,
         limit: String,
     },
-    #[error("{}: {message}", .path.display())]
-    BadDatasetFile { path: PathBuf, message: String },
+    #[error(transparent)]
+    BadDatasetFile(#[from] ReadError),
     #[error("{}: {missing} of {total} images named in {} are missing after unpacking (first: {first}); the archive does not match the json", .dir.display(), .json.display())]
     ImagesMissing {
         dir: PathBuf,
@@ -403,17 +407,18 @@ impl<'a> Session<'a> {
     }
 }
 
+/// What Python's `urllib.parse.quote(text, safe="")` leaves as it is: letters, digits and
+/// `-._~`; everything else is `%XX`.
+const URLLIB_QUOTED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes like Python's `urllib.parse.quote` (`safe="/"` when `keep_slash`).
 fn quote(text: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    const PATH: &AsciiSet = &URLLIB_QUOTED.remove(b'/');
+    utf8_percent_encode(text, if keep_slash { PATH } else { URLLIB_QUOTED }).to_string()
 }
 
 /// What a fetch did, for the summary and for tests.
@@ -514,31 +519,8 @@ pub fn fetch_dataset(hub: &Hub, req: &DatasetRequest) -> Result<Outcome, Error> 
 
 /// `(image, safe)` of every entry of a VLGuard json.
 fn dataset_images(path: &Path) -> Result<Vec<(String, bool)>, Error> {
-    let bad = |message: String| Error::BadDatasetFile {
-        path: path.to_path_buf(),
-        message,
-    };
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let items = value
-        .as_array()
-        .ok_or_else(|| bad("not a JSON array".into()))?;
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let image = item
-                .get("image")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| bad(format!("entry {i} has no string \"image\"")))?;
-            let safe = item.get("safe").and_then(|v| v.as_bool()).unwrap_or(false);
-            Ok((image.to_string(), safe))
-        })
-        .collect()
+    let entries: Vec<TestEntry> = crate::formats::read(path, "a VLGuard dataset json")?;
+    Ok(entries.into_iter().map(|e| (e.image, e.safe)).collect())
 }
 
 fn check_images(json: &Path, dir: &Path, images: &[(String, bool)]) -> Result<(), Error> {
@@ -565,16 +547,8 @@ fn check_images(json: &Path, dir: &Path, images: &[(String, bool)]) -> Result<()
 /// `instruction` and `response`, whose images are exactly the safe images of `test.json`
 /// in the same order (the judge pairs them by image).
 fn validate_reference(bytes: &[u8], safe_images: &[&str]) -> Result<usize, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let items = value.as_array().ok_or("not a JSON array")?;
-    for (i, item) in items.iter().enumerate() {
-        for key in ["image", "instruction", "response"] {
-            if !item.get(key).is_some_and(|v| v.is_string()) {
-                return Err(format!("item {i} has no string \"{key}\""));
-            }
-        }
-    }
+    let items: Vec<ReferenceItem> =
+        serde_json::from_slice(bytes).map_err(|e| format!("not {}: {e}", ReferenceItem::WHAT))?;
     if items.len() != safe_images.len() {
         return Err(format!(
             "{} items, but test.json has {} safe images",
@@ -583,13 +557,10 @@ fn validate_reference(bytes: &[u8], safe_images: &[&str]) -> Result<usize, Strin
         ));
     }
     for (i, (item, want)) in items.iter().zip(safe_images).enumerate() {
-        let got = item
-            .get("image")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        if got != *want {
+        if item.image != *want {
             return Err(format!(
-                "item {i} is image {got:?}, test.json's safe image {i} is {want:?}"
+                "item {i} is image {:?}, test.json's safe image {i} is {want:?}",
+                item.image
             ));
         }
     }

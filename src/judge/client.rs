@@ -7,7 +7,8 @@
 //! Policy (the reference sleeps 30 min then 1 h on a 429 and retries everything else
 //! forever; this keeps its outcomes but bounds the waits):
 //! - 429: wait what `retry-after-ms` / `Retry-After` (seconds or HTTP date) says, else the
-//!   exponential backoff; never longer than `backoff_max`. `insufficient_quota` is fatal.
+//!   exponential backoff (`util::backoff_delay`, shared with fetch); never longer than
+//!   `backoff_max`. `insufficient_quota` is fatal.
 //! - 5xx, 408, 409, connection errors, timeouts, a 2xx whose body is not a chat completion:
 //!   retried with exponential backoff `backoff_base * 2^k`, capped at `backoff_max`.
 //! - After `max_retries` retries the item is recorded as an error (never as a loss).
@@ -67,11 +68,8 @@ impl RetryPolicy {
     /// Delay before retry number `retry` (0-based): `server_hint` when the server gave one,
     /// else `backoff_base * 2^retry`; both capped at `backoff_max`.
     pub fn delay(&self, retry: u32, server_hint: Option<Duration>) -> Duration {
-        let wanted = server_hint.unwrap_or_else(|| {
-            self.backoff_base
-                .saturating_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
-        });
-        wanted.min(self.backoff_max)
+        let backoff = crate::util::backoff_delay(self.backoff_base, self.backoff_max, retry);
+        server_hint.map_or(backoff, |hint| hint.min(self.backoff_max))
     }
 }
 
@@ -302,40 +300,11 @@ pub fn retry_after(headers: &ureq::http::HeaderMap, now: SystemTime) -> Option<D
     Some(Duration::from_secs(at.saturating_sub(now)))
 }
 
-/// Unix seconds of an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT`.
+/// Unix seconds of an HTTP date such as `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110's
+/// IMF-fixdate, and the obsolete RFC 850 and asctime forms a server may still send).
 pub fn parse_http_date(text: &str) -> Option<u64> {
-    let rest = text.split_once(", ")?.1;
-    let parts: Vec<&str> = rest.split(' ').collect();
-    let [day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let day: i64 = day.parse().ok()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| m == month)? as i64
-        + 1;
-    let year: i64 = year.parse().ok()?;
-    let hms: Vec<i64> = time
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let [h, m, s] = hms.as_slice() else {
-        return None;
-    };
-    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *s > 60 {
-        return None;
-    }
-    // Howard Hinnant's days-from-civil.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(UNIX_EPOCH).ok()?.as_secs())
 }
 
 /// Sleeps `delay` in short slices; `false` when `stop` was raised meanwhile.

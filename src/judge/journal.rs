@@ -13,82 +13,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::client::Usage;
 
-/// Which seat the model under test sits in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Order {
-    /// The reference's order: the model's answer is `output_1`, seat `m`.
-    Original,
-    /// The model's answer is `output_2`, seat `M`.
-    Swapped,
-}
-
-impl std::fmt::Display for Order {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Order::Original => "original",
-            Order::Swapped => "swapped",
-        })
-    }
-}
-
-impl Order {
-    /// The reply that means the model under test won.
-    pub fn winning_reply(self) -> &'static str {
-        match self {
-            Order::Original => "m",
-            Order::Swapped => "M",
-        }
-    }
-
-    /// The reply that means the reference answer won.
-    pub fn losing_reply(self) -> &'static str {
-        match self {
-            Order::Original => "M",
-            Order::Swapped => "m",
-        }
-    }
-}
-
-/// What a verdict means for the model under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Win,
-    Loss,
-    /// The API refused with `content_policy_violation`; the reference counts it as not won.
-    ContentPolicy,
-    /// A reply that is neither `m` nor `M` (kept verbatim in `choice`); not won.
-    Other,
-    /// No verdict (retries exhausted, client error); asked again on a rerun.
-    Error,
-}
-
-/// One journal line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
-    pub image: String,
-    pub order: Order,
-    pub judge_model: String,
-    pub request_key: String,
-    pub outcome: Outcome,
-    /// The reply verbatim (`"content_policy_violation"` for a refusal, as the reference
-    /// stores it); `null` for errors and null replies.
-    pub choice: Option<String>,
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
-    pub total_tokens: Option<u64>,
-    pub attempts: u32,
-    /// Why there is no verdict, or the API's content-policy message.
-    pub error: Option<String>,
-    pub at: String,
-}
+pub use crate::formats::{Order, Outcome, Verdict};
 
 impl Verdict {
+    /// The tokens the verdict's request used (0 for what the API did not report).
     pub fn usage(&self) -> Usage {
         Usage {
             prompt_tokens: self.prompt_tokens.unwrap_or(0),

@@ -32,6 +32,7 @@
 
 pub mod client;
 pub mod journal;
+mod outputs;
 pub mod prompt;
 
 use std::collections::HashMap;
@@ -43,12 +44,14 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 pub use client::{ApiKey, RetryPolicy, Usage};
 pub use journal::{Order, Outcome, Verdict};
+pub use outputs::{JudgeReport, Tally};
 
-use crate::util::{python_float_repr, python_json_dumps, sha256_file, sha256_hex, write_atomic};
+use crate::formats::{Answer, Predictions, ReadError, ReferenceItem};
+use crate::util::{sha256_file, sha256_hex};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct JudgeArgs {
@@ -122,11 +125,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not valid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    File(#[from] ReadError),
     #[error("{path}: {reason}")]
     Shape { path: PathBuf, reason: String },
     #[error("{count} reference item(s) have no prediction in {path}, first: {first}")]
@@ -322,75 +322,10 @@ pub fn request_body(model: &str, prompt: &str, data_url: &str, max_tokens: u32) 
     })
 }
 
-/// Counts for one seat order. `wins + losses + content_policy + other_replies + errors == n`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
-    pub n: usize,
-    pub wins: usize,
-    pub losses: usize,
-    pub content_policy: usize,
-    pub other_replies: usize,
-    pub errors: usize,
-}
-
-impl Tally {
-    /// wins / n, as the reference divides (every item in the denominator).
-    pub fn win_rate(&self) -> f64 {
-        if self.n == 0 {
-            0.0
-        } else {
-            self.wins as f64 / self.n as f64
-        }
-    }
-
-    fn add(&mut self, outcome: Option<Outcome>) {
-        match outcome {
-            Some(Outcome::Win) => self.wins += 1,
-            Some(Outcome::Loss) => self.losses += 1,
-            Some(Outcome::ContentPolicy) => self.content_policy += 1,
-            Some(Outcome::Other) => self.other_replies += 1,
-            Some(Outcome::Error) | None => self.errors += 1,
-        }
-    }
-}
-
-/// What a run produced.
-#[derive(Debug, Clone)]
-pub struct JudgeReport {
-    pub original: Tally,
-    pub swapped: Option<Tally>,
-    /// (wins_original + wins_swapped) / (2 n): a split verdict counts half.
-    pub debiased_win_rate: Option<f64>,
-    pub usage: Usage,
-    pub cost: Option<f64>,
-    /// Verdicts taken from the journal instead of asked.
-    pub resumed: usize,
-    /// Requests sent by this run (items, not HTTP attempts).
-    pub asked: usize,
-    pub summary: Value,
-}
-
-impl JudgeReport {
-    pub fn complete(&self) -> bool {
-        self.original.errors == 0 && self.swapped.is_none_or(|s| s.errors == 0)
-    }
-
-    /// 0 when every item has a verdict, 1 when some are errors (recorded, rerun to retry).
-    pub fn exit_code(&self) -> ExitCode {
-        if self.complete() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }
-    }
-}
-
 /// One reference item joined with its prediction.
 struct Item {
-    raw: Map<String, Value>,
-    image: String,
-    instruction: String,
-    response: String,
+    reference: ReferenceItem,
+    /// The model's answer for the item's image.
     prediction: String,
     image_path: PathBuf,
     mime: &'static str,
@@ -409,74 +344,41 @@ pub fn command(args: &JudgeArgs) -> Result<ExitCode, Error> {
     Ok(report.exit_code())
 }
 
-fn read_json(path: &Path) -> Result<Value, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 fn load_items(config: &JudgeConfig) -> Result<Vec<Item>, Error> {
-    let predictions = read_json(&config.predictions)?;
-    let predictions = predictions.as_object().ok_or_else(|| Error::Shape {
-        path: config.predictions.clone(),
-        reason: "expected an object {image: answer}".into(),
-    })?;
-    let reference = read_json(&config.reference)?;
-    let reference = reference.as_array().ok_or_else(|| Error::Shape {
-        path: config.reference.clone(),
-        reason: "expected an array of items".into(),
-    })?;
+    let predictions = Predictions::read(&config.predictions)?;
+    let reference: Vec<ReferenceItem> =
+        crate::formats::read(&config.reference, ReferenceItem::WHAT)?;
     let mut items = Vec::with_capacity(reference.len());
     let mut missing = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (index, entry) in reference.iter().enumerate() {
-        let shape = |reason: String| Error::Shape {
-            path: config.reference.clone(),
-            reason: format!("item {index}: {reason}"),
-        };
-        let raw = entry
-            .as_object()
-            .ok_or_else(|| shape("not an object".into()))?;
-        let field = |key: &str| {
-            raw.get(key)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| shape(format!("no string field {key:?}")))
-        };
-        let image = field("image")?;
+    for (index, reference) in reference.into_iter().enumerate() {
+        let image = &reference.image;
         // Verdicts are keyed by image, as the reference's results are.
         if !seen.insert(image.clone()) {
-            return Err(shape(format!("image {image:?} appears twice")));
+            return Err(Error::Shape {
+                path: config.reference.clone(),
+                reason: format!("item {index}: image {image:?} appears twice"),
+            });
         }
-        let instruction = field("instruction")?;
-        let response = field("response")?;
-        let prediction = match predictions.get(&image) {
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => {
+        let prediction = match predictions.get(image) {
+            Some(Answer::Text(text)) => text.clone(),
+            Some(Answer::Other(_)) => {
                 return Err(Error::Shape {
                     path: config.predictions.clone(),
                     reason: format!("the answer for {image:?} is not a string"),
                 })
             }
             None => {
-                missing.push(image);
+                missing.push(reference.image);
                 continue;
             }
         };
-        let image_path = config.images.join(&image);
+        let image_path = config.images.join(image);
         let mime = mime_type(&image_path).ok_or_else(|| Error::ImageType {
             path: image_path.clone(),
         })?;
         items.push(Item {
-            raw: raw.clone(),
-            image,
-            instruction,
-            response,
+            reference,
             prediction,
             image_path,
             mime,
@@ -493,17 +395,26 @@ fn load_items(config: &JudgeConfig) -> Result<Vec<Item>, Error> {
 }
 
 impl Item {
+    fn image(&self) -> &str {
+        &self.reference.image
+    }
+
     /// `(output_1, output_2)` for a seat order.
     fn outputs(&self, order: Order) -> (&str, &str) {
         match order {
-            Order::Original => (&self.prediction, &self.response),
-            Order::Swapped => (&self.response, &self.prediction),
+            Order::Original => (&self.prediction, &self.reference.response),
+            Order::Swapped => (&self.reference.response, &self.prediction),
         }
     }
 
     fn prompt(&self, order: Order) -> Result<String, prompt::FormatError> {
         let (o1, o2) = self.outputs(order);
-        prompt::judge_prompt(prompt::JUDGE_PROMPT_TEMPLATE, &self.instruction, o1, o2)
+        prompt::judge_prompt(
+            prompt::JUDGE_PROMPT_TEMPLATE,
+            &self.reference.instruction,
+            o1,
+            o2,
+        )
     }
 }
 
@@ -534,14 +445,14 @@ pub fn run(config: &JudgeConfig, stdout: &mut dyn Write) -> Result<JudgeReport, 
     let mut image_hashes: HashMap<&str, String> = HashMap::new();
     let mut jobs = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        let image_sha = match image_hashes.get(item.image.as_str()) {
+        let image_sha = match image_hashes.get(item.image()) {
             Some(h) => h.clone(),
             None => {
                 let h = sha256_file(&item.image_path).map_err(|source| Error::Read {
                     path: item.image_path.clone(),
                     source,
                 })?;
-                image_hashes.insert(&item.image, h.clone());
+                image_hashes.insert(item.image(), h.clone());
                 h
             }
         };
@@ -573,10 +484,10 @@ pub fn run(config: &JudgeConfig, stdout: &mut dyn Write) -> Result<JudgeReport, 
     let mut verdicts: HashMap<(String, Order), Verdict> = HashMap::new();
     let mut todo = Vec::new();
     for job in jobs {
-        let image = &items[job.item].image;
-        match loaded.verdicts.get(&(image.clone(), job.order)) {
+        let image = items[job.item].image();
+        match loaded.verdicts.get(&(image.to_owned(), job.order)) {
             Some(v) if v.request_key == job.request_key => {
-                verdicts.insert((image.clone(), job.order), v.clone());
+                verdicts.insert((image.to_owned(), job.order), v.clone());
             }
             _ => todo.push(job),
         }
@@ -596,7 +507,7 @@ pub fn run(config: &JudgeConfig, stdout: &mut dyn Write) -> Result<JudgeReport, 
         return Err(Error::Fatal(message));
     }
 
-    finish(config, &items, orders, &verdicts, resumed, asked, stdout)
+    outputs::finish(config, &items, orders, &verdicts, resumed, asked, stdout)
 }
 
 /// Sends every job with bounded concurrency; journals each verdict as it arrives.
@@ -667,7 +578,8 @@ fn ask_all(
             if let Some(message) = &verdict.error {
                 eprintln!(
                     "judge: {} ({}): no verdict: {message}",
-                    item.image, job.order
+                    item.image(),
+                    job.order
                 );
             }
             if write_error.is_none() {
@@ -677,7 +589,7 @@ fn ask_all(
                 }
             }
             if verdict.outcome != Outcome::Error {
-                verdicts.insert((item.image.clone(), job.order), verdict);
+                verdicts.insert((item.image().to_owned(), job.order), verdict);
             }
             done += 1;
             if done % 50 == 0 || done == todo.len() {
@@ -716,7 +628,7 @@ fn make_verdict(config: &JudgeConfig, item: &Item, job: &Job, call: client::Call
         ),
     };
     Verdict {
-        image: item.image.clone(),
+        image: item.image().to_owned(),
         order: job.order,
         judge_model: config.model.clone(),
         request_key: job.request_key.clone(),
@@ -729,198 +641,4 @@ fn make_verdict(config: &JudgeConfig, item: &Item, job: &Job, call: client::Call
         error,
         at: crate::util::utc_now_rfc3339(),
     }
-}
-
-/// The reference's output file: its items, each with `output_1`, `output_2`, `choice`.
-fn reference_output(
-    items: &[Item],
-    order: Order,
-    verdicts: &HashMap<(String, Order), Verdict>,
-) -> Value {
-    Value::Array(
-        items
-            .iter()
-            .map(|item| {
-                let mut raw = item.raw.clone();
-                let (o1, o2) = item.outputs(order);
-                raw.insert("output_1".into(), Value::String(o1.to_string()));
-                raw.insert("output_2".into(), Value::String(o2.to_string()));
-                let choice = verdicts
-                    .get(&(item.image.clone(), order))
-                    .and_then(|v| v.choice.clone())
-                    .map_or(Value::Null, Value::String);
-                raw.insert("choice".into(), choice);
-                Value::Object(raw)
-            })
-            .collect(),
-    )
-}
-
-fn write_file(path: &Path, text: &str) -> Result<(), Error> {
-    write_atomic(path, text.as_bytes()).map_err(|source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn tally_json(t: &Tally) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("win_rate".into(), json!(t.win_rate()));
-    m.insert("wins".into(), json!(t.wins));
-    m.insert("n".into(), json!(t.n));
-    m.insert("losses".into(), json!(t.losses));
-    m.insert("content_policy".into(), json!(t.content_policy));
-    m.insert("other_replies".into(), json!(t.other_replies));
-    m.insert("errors".into(), json!(t.errors));
-    m
-}
-
-fn finish(
-    config: &JudgeConfig,
-    items: &[Item],
-    orders: &[Order],
-    verdicts: &HashMap<(String, Order), Verdict>,
-    resumed: usize,
-    asked: usize,
-    stdout: &mut dyn Write,
-) -> Result<JudgeReport, Error> {
-    let tally = |order: Order| {
-        let mut t = Tally {
-            n: items.len(),
-            ..Tally::default()
-        };
-        for item in items {
-            t.add(
-                verdicts
-                    .get(&(item.image.clone(), order))
-                    .map(|v| v.outcome),
-            );
-        }
-        t
-    };
-    let original = tally(Order::Original);
-    let swapped = config.swap.then(|| tally(Order::Swapped));
-    let debiased_win_rate = swapped.map(|s| {
-        if original.n == 0 {
-            0.0
-        } else {
-            (original.wins + s.wins) as f64 / (2 * original.n) as f64
-        }
-    });
-    let mut usage = Usage::default();
-    for item in items {
-        for &order in orders {
-            if let Some(v) = verdicts.get(&(item.image.clone(), order)) {
-                let u = v.usage();
-                usage.prompt_tokens += u.prompt_tokens;
-                usage.completion_tokens += u.completion_tokens;
-                usage.total_tokens += u.total_tokens;
-            }
-        }
-    }
-    let cost = config.prices.map(|(pin, pout)| {
-        (usage.prompt_tokens as f64 * pin + usage.completion_tokens as f64 * pout) / 1e6
-    });
-
-    write_file(
-        &config.out,
-        &python_json_dumps(&reference_output(items, Order::Original, verdicts), 4),
-    )?;
-    if config.swap {
-        write_file(
-            &config.swapped_path(),
-            &python_json_dumps(&reference_output(items, Order::Swapped, verdicts), 4),
-        )?;
-    }
-
-    let mut summary = Map::new();
-    summary.insert("engine".into(), json!(config.engine));
-    summary.insert("judge_model".into(), json!(config.model));
-    summary.insert("base_url".into(), json!(config.base_url));
-    summary.extend(tally_json(&original));
-    let complete = original.errors == 0 && swapped.is_none_or(|s| s.errors == 0);
-    summary.insert("complete".into(), json!(complete));
-    summary.insert("prompt_tokens".into(), json!(usage.prompt_tokens));
-    summary.insert("completion_tokens".into(), json!(usage.completion_tokens));
-    summary.insert("total_tokens".into(), json!(usage.total_tokens));
-    if let (Some((pin, pout)), Some(cost)) = (config.prices, cost) {
-        summary.insert("price_in_per_million".into(), json!(pin));
-        summary.insert("price_out_per_million".into(), json!(pout));
-        summary.insert("cost".into(), json!(cost));
-    }
-    if let (Some(s), Some(debiased)) = (swapped, debiased_win_rate) {
-        let mut sw = Map::new();
-        sw.insert("win_rate_original".into(), json!(original.win_rate()));
-        sw.insert("win_rate_swapped".into(), json!(s.win_rate()));
-        sw.insert("debiased_win_rate".into(), json!(debiased));
-        sw.insert("swapped".into(), Value::Object(tally_json(&s)));
-        summary.insert("swap".into(), Value::Object(sw));
-    }
-    summary.insert("max_tokens".into(), json!(config.max_tokens));
-    summary.insert(
-        "predictions".into(),
-        json!(config.predictions.display().to_string()),
-    );
-    summary.insert(
-        "reference".into(),
-        json!(config.reference.display().to_string()),
-    );
-    summary.insert(
-        "prompt_sha256".into(),
-        json!(sha256_hex(prompt::JUDGE_PROMPT_TEMPLATE.as_bytes())),
-    );
-    summary.insert("resumed".into(), json!(resumed));
-    summary.insert("asked".into(), json!(asked));
-    summary.insert("finished_at".into(), json!(crate::util::utc_now_rfc3339()));
-    let summary = Value::Object(summary);
-    write_file(&config.summary_path(), &python_json_dumps(&summary, 4))?;
-
-    let print = |stdout: &mut dyn Write, line: String| {
-        writeln!(stdout, "{line}").map_err(|source| Error::Write {
-            path: PathBuf::from("<stdout>"),
-            source,
-        })
-    };
-    print(
-        stdout,
-        format!(
-            "Winning rate of {}: {}",
-            config.engine,
-            python_float_repr(original.win_rate())
-        ),
-    )?;
-    if let (Some(s), Some(debiased)) = (swapped, debiased_win_rate) {
-        print(
-            stdout,
-            format!(
-                "Winning rate of {} (swapped seats): {}",
-                config.engine,
-                python_float_repr(s.win_rate())
-            ),
-        )?;
-        print(
-            stdout,
-            format!(
-                "Debiased winning rate of {}: {}",
-                config.engine,
-                python_float_repr(debiased)
-            ),
-        )?;
-    }
-    if !complete {
-        eprintln!(
-            "judge: {} request(s) have no verdict (counted as not won above); rerun the same command to ask for them again",
-            original.errors + swapped.map_or(0, |s| s.errors)
-        );
-    }
-    Ok(JudgeReport {
-        original,
-        swapped,
-        debiased_win_rate,
-        usage,
-        cost,
-        resumed,
-        asked,
-        summary,
-    })
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::dataset::Subset;
 use crate::engine::{trt, EngineOptions, EpChoice};
+pub use crate::formats::Batching;
 
 use super::Error;
 
@@ -100,14 +101,6 @@ pub struct RunArgs {
     /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the setup folder).
     #[arg(long, env = "VLGUARD_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Batching {
-    Auto,
-    Static,
-    Continuous,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

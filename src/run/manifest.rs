@@ -2,102 +2,17 @@
 //! configuration, the providers, per-stage seconds computed in one place from what the
 //! generator, the decoder and the image stages measured, and the reference's ASR.
 
-use std::collections::BTreeMap;
-
-use serde::Serialize;
-
 use crate::dataset::Subset;
+use crate::formats::{AsrSummary, StageTimings};
 use crate::generate::Timings;
 
-use super::args::Batching;
 use super::schedule::FeedTimings;
-
-/// The run manifest written beside the answers.
-#[derive(Debug, Serialize)]
-pub struct RunManifest {
-    pub tool: String,
-    pub tool_version: String,
-    pub engine: String,
-    pub subset: String,
-    pub model_dir: String,
-    pub model_manifest_sha256: String,
-    pub dtype: String,
-    pub ort_library: String,
-    pub execution_providers: BTreeMap<String, String>,
-    /// Graphs on TensorRT: engine cache folder, whether the engine was reused, seconds.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub tensorrt: BTreeMap<String, crate::engine::trt::TrtBuild>,
-    pub dataset: String,
-    pub dataset_sha256: String,
-    pub images: String,
-    pub batch_size: usize,
-    /// `static` or `continuous`, as run.
-    pub batching: Batching,
-    pub max_new_tokens: usize,
-    pub limit: Option<usize>,
-    pub started_at: String,
-    pub finished_at: String,
-    pub n_samples: usize,
-    pub n_answered: usize,
-    pub n_resumed: usize,
-    pub n_generated: usize,
-    pub n_errors: usize,
-    pub errors: Vec<SampleError>,
-    pub timings: StageTimings,
-    pub peak_rss_mb: Option<f64>,
-    pub asr: Option<AsrSummary>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SampleError {
-    pub image: String,
-    pub error: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AsrSummary {
-    pub successes: usize,
-    pub n: usize,
-    pub asr: f64,
-}
-
-/// Seconds per stage of this invocation (resumed samples cost nothing).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StageTimings {
-    pub session_load_s: f64,
-    /// Wall time the decoder waited for images: preprocessing (rayon threads) runs a
-    /// batch ahead of it, and so does the vision tower on its own thread; an inline vision
-    /// tower's time is in this wait.
-    pub preprocess_wait_s: f64,
-    /// Total preprocessing work on the rayon threads.
-    pub preprocess_s: f64,
-    /// Vision tower + projector seconds (on the vision thread, or inline: `--vision-thread`).
-    pub vision_s: f64,
-    pub embed_s: f64,
-    pub prefill_s: f64,
-    pub decode_s: f64,
-    pub detokenize_s: f64,
-    pub total_s: f64,
-    pub new_tokens: usize,
-    pub prompt_tokens: usize,
-    /// New tokens per second of prefill + decode.
-    pub tokens_per_s: f64,
-    /// Seconds inside ONNX Runtime session runs.
-    pub ort_s: f64,
-    /// Generation wall time outside ONNX Runtime session runs (splicing, argmax, masks,
-    /// tensor building, cache row selection), as a percentage of generation wall time.
-    pub loop_overhead_pct: f64,
-    /// Decoder step calls, and the share of the rows they computed that were still
-    /// generating (finished rows riding along and free slots are the rest).
-    pub decode_steps: usize,
-    pub step_occupancy_pct: f64,
-}
 
 impl StageTimings {
     /// The stage split of one subset: the generator's own timings (its ONNX Runtime
     /// seconds are the decoder's count), the feed's, and the vision tower's ONNX Runtime
     /// seconds.
-    pub fn new(
+    pub fn from_run(
         session_load_s: f64,
         generated: &Timings,
         feed: &FeedTimings,

@@ -25,8 +25,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+pub use crate::formats::{AsrSummary, RunManifest, SampleError, StageTimings};
 pub use args::{parse_engine_name, Batching, RunArgs, RunConfig, Shard, SubsetArg, Toggle};
-pub use manifest::{AsrSummary, RunManifest, SampleError, StageTimings};
 
 use crate::dataset::{Dataset, Sample, Subset};
 use crate::engine::Engine;
@@ -190,7 +190,7 @@ fn run_subset(
         n_resumed,
         batching,
         started_at,
-        timings: StageTimings::new(
+        timings: StageTimings::from_run(
             cx.session_load_s,
             &generated,
             &feed,

@@ -326,7 +326,7 @@ impl CachePlan {
 }
 
 /// One graph's TensorRT session creation, as the run manifest records it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrtBuild {
     /// Engine cache folder; `None` when there was none (see `cache_off`).
     pub cache_dir: Option<PathBuf>,

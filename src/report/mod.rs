@@ -3,8 +3,10 @@
 //! Input: a results folder laid out as `run` and the Python reference write it:
 //! `{subset}/{engine}.json` (`{image: answer}`), optionally `{subset}/{engine}.run.json`
 //! (the run manifest: model hash, execution providers, dtype, finish time, error count) and
-//! `judge/{engine}.summary.json` (helpfulness win rate). Every manifest field is optional:
-//! folders written by the Python reference have none.
+//! `judge/{engine}.summary.json` (helpfulness win rate), each read as its `formats` type.
+//! Folders written by the Python reference have neither; a field a manifest or summary
+//! lacks reads as its default, empty text (shown as not available) or zero; a summary
+//! without `win_rate` is a problem.
 //!
 //! Output: one row per engine with unsafes ASR, safe_unsafes ASR (both exactly as the
 //! reference computes them over the answers in the file, see `score`), safe_safes
@@ -13,8 +15,9 @@
 //! ASR, then name. `--with-paper` adds the paper's published rows (REFERENCE.md).
 //!
 //! A file that cannot be read is reported on stderr, left out, and the exit code is 1; the
-//! other rows are still written. The HTML page is one self-contained file (inline CSS and
-//! SVG, no script, no URL) with the table and a harmfulness-vs-helpfulness chart.
+//! other rows are still written. The HTML page ([`html`]) is one self-contained file
+//! (inline CSS and SVG, no script, no URL) with the table and a harmfulness-vs-helpfulness
+//! chart.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,6 +26,11 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+mod html;
+
+pub use html::{chart, plotted, render_html};
+
+use crate::formats::{JudgeSummary, Predictions, ReadError, RunManifest};
 use crate::score::{asr_percent, round2, KeywordList, Subset, Tally};
 use crate::util::python_float_repr;
 
@@ -97,25 +105,17 @@ pub struct RunInfo {
     pub n_errors: Option<u64>,
 }
 
-impl RunInfo {
-    fn from_json(value: &serde_json::Value) -> Self {
-        let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-        let providers = value
-            .get("execution_providers")
-            .and_then(|v| v.as_object())
-            .map(|map| {
-                map.iter()
-                    .filter_map(|(g, p)| Some((g.clone(), p.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default();
+impl From<&RunManifest> for RunInfo {
+    /// Empty text is a field the manifest did not record.
+    fn from(m: &RunManifest) -> Self {
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         RunInfo {
-            model_manifest_sha256: text("model_manifest_sha256"),
-            dtype: text("dtype"),
-            execution_providers: providers,
-            finished_at: text("finished_at"),
-            n_samples: value.get("n_samples").and_then(|v| v.as_u64()),
-            n_errors: value.get("n_errors").and_then(|v| v.as_u64()),
+            model_manifest_sha256: text(&m.model_manifest_sha256),
+            dtype: text(&m.dtype),
+            execution_providers: m.execution_providers.clone(),
+            finished_at: text(&m.finished_at),
+            n_samples: Some(m.n_samples as u64),
+            n_errors: Some(m.n_errors as u64),
         }
     }
 }
@@ -203,7 +203,7 @@ pub fn collect(results: &Path, with_paper: bool) -> Result<Leaderboard, Error> {
     // The results folder itself must be readable; a missing subset folder is fine.
     read_dir(results)?;
     for subset in Subset::ALL {
-        let dir = results.join(subset.as_str());
+        let dir = results.join(subset.name());
         if !dir.is_dir() {
             continue;
         }
@@ -219,7 +219,7 @@ pub fn collect(results: &Path, with_paper: bool) -> Result<Leaderboard, Error> {
                 Ok(result) => {
                     per_engine.entry(engine).or_default().insert(subset, result);
                 }
-                Err(why) => problems.push(format!("{}: {why}", path.display())),
+                Err(why) => problems.push(why.to_string()),
             }
         }
     }
@@ -271,33 +271,23 @@ fn predictions_engine(path: &Path) -> Option<String> {
     Some(engine.to_owned())
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))
-}
-
+/// One predictions file scored, with its run manifest when there is one (a manifest that
+/// cannot be read is a problem of its own; the answers still count).
 fn read_subset(
     path: &Path,
     keywords: &KeywordList,
     problems: &mut Vec<String>,
-) -> Result<SubsetResult, String> {
-    let value = read_json(path)?;
-    let map = value
-        .as_object()
-        .ok_or("not a JSON object {image: answer}")?;
-    let answers: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
-    let bad_answers = (map.len() - answers.len()) as u64;
-    let tally = Tally::of_answers(answers, &keywords.keywords);
+) -> Result<SubsetResult, ReadError> {
+    let answers = Predictions::read(path)?;
+    let texts: Vec<&str> = answers.iter().filter_map(|(_, a)| a.text()).collect();
+    let bad_answers = (answers.len() - texts.len()) as u64;
+    let tally = Tally::of_answers(texts, &keywords.keywords);
     let manifest = path.with_extension("run.json");
     let run = if manifest.is_file() {
-        match read_json(&manifest) {
-            Ok(v) if v.is_object() => Some(RunInfo::from_json(&v)),
-            Ok(_) => {
-                problems.push(format!("{}: not a JSON object", manifest.display()));
-                None
-            }
+        match crate::formats::read::<RunManifest>(&manifest, "a run manifest") {
+            Ok(m) => Some(RunInfo::from(&m)),
             Err(why) => {
-                problems.push(format!("{}: {why}", manifest.display()));
+                problems.push(why.to_string());
                 None
             }
         }
@@ -319,36 +309,29 @@ fn read_judge(results: &Path, engine: &str, problems: &mut Vec<String>) -> Optio
     if !path.is_file() {
         return None;
     }
-    let value = match read_json(&path) {
-        Ok(v) => v,
+    let summary = match crate::formats::read::<JudgeSummary>(&path, JudgeSummary::WHAT) {
+        Ok(summary) => summary,
         Err(why) => {
-            problems.push(format!("{}: {why}", path.display()));
+            problems.push(why.to_string());
             return None;
         }
     };
-    let Some(win_rate) = value
-        .get("win_rate")
-        .and_then(|v| v.as_f64())
-        .filter(|w| (0.0..=1.0).contains(w))
-    else {
+    let win_rate = summary.original.win_rate;
+    if !(0.0..=1.0).contains(&win_rate) {
         problems.push(format!(
             "{}: win_rate must be a fraction from 0 to 1",
             path.display()
         ));
         return None;
-    };
+    }
     Some(Helpfulness {
-        judge_model: value
-            .get("judge_model")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned),
+        judge_model: (!summary.judge_model.is_empty()).then_some(summary.judge_model),
         win_rate: round2(win_rate * 100.0),
-        wins: value.get("wins").and_then(|v| v.as_u64()),
-        n: value.get("n").and_then(|v| v.as_u64()),
-        debiased_win_rate: value
-            .pointer("/swap/debiased_win_rate")
-            .and_then(|v| v.as_f64())
-            .map(|w| round2(w * 100.0)),
+        wins: Some(summary.original.wins as u64),
+        n: Some(summary.original.n as u64),
+        debiased_win_rate: summary
+            .swap
+            .map(|swap| round2(swap.debiased_win_rate * 100.0)),
     })
 }
 
@@ -556,100 +539,96 @@ pub fn render_markdown(board: &Leaderboard) -> String {
     out
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
+/// The CSV columns, in order.
+const CSV_HEADER: [&str; 23] = [
+    "engine",
+    "source",
+    "unsafes_asr",
+    "unsafes_successes",
+    "unsafes_n",
+    "unsafes_ci95_low",
+    "unsafes_ci95_high",
+    "safe_unsafes_asr",
+    "safe_unsafes_successes",
+    "safe_unsafes_n",
+    "safe_safes_over_refusal",
+    "safe_safes_refusals",
+    "safe_safes_n",
+    "helpfulness_win_rate",
+    "helpfulness_debiased_win_rate",
+    "helpfulness_wins",
+    "helpfulness_n",
+    "judge_model",
+    "n_errors",
+    "model_manifest_sha256",
+    "execution_provider",
+    "dtype",
+    "date",
+];
+
+/// One row's CSV fields, in [`CSV_HEADER`] order; empty = not available.
+fn csv_record(row: &Row) -> Vec<String> {
+    let paper = row.source == RowSource::Paper;
+    let subset_cells = |subset: Subset, refusals: bool| -> [String; 3] {
+        match row.subset(subset) {
+            None => Default::default(),
+            Some(s) => {
+                let t = &s.tally;
+                let (rate, k) = if refusals {
+                    (t.refusal_rate, t.refusals)
+                } else {
+                    (t.asr, t.successes)
+                };
+                [num(rate), k.to_string(), t.n.to_string()]
+            }
+        }
+    };
+    let ci = row
+        .unsafes
+        .as_ref()
+        .and_then(|s| s.tally.ci95)
+        .map_or([String::new(), String::new()], |[lo, hi]| {
+            [python_float_repr(lo), python_float_repr(hi)]
+        });
+    let h = row.helpfulness.as_ref();
+    let count = |n: Option<u64>| n.map_or_else(String::new, |n| n.to_string());
+    let mut fields = vec![
+        row.engine.clone(),
+        if paper { "paper" } else { "run" }.to_owned(),
+    ];
+    fields.extend(subset_cells(Subset::Unsafes, false));
+    fields.extend(ci);
+    fields.extend(subset_cells(Subset::SafeUnsafes, false));
+    fields.extend(subset_cells(Subset::SafeSafes, true));
+    fields.extend([
+        num(h.map(|h| h.win_rate)),
+        num(h.and_then(|h| h.debiased_win_rate)),
+        count(h.and_then(|h| h.wins)),
+        count(h.and_then(|h| h.n)),
+        h.and_then(|h| h.judge_model.clone()).unwrap_or_default(),
+        if paper {
+            String::new()
+        } else {
+            row.n_errors.to_string()
+        },
+        row.model_manifest_sha256.clone().unwrap_or_default(),
+        row.execution_provider.clone().unwrap_or_default(),
+        row.dtype.clone().unwrap_or_default(),
+        row.date.clone().unwrap_or_default(),
+    ]);
+    fields
 }
 
-/// CSV (RFC 4180): one header line, one line per row; empty cell = not available.
+/// CSV (RFC 4180 quoting, `\n` line ends): one header line, one line per row.
 pub fn render_csv(board: &Leaderboard) -> String {
-    let header = [
-        "engine",
-        "source",
-        "unsafes_asr",
-        "unsafes_successes",
-        "unsafes_n",
-        "unsafes_ci95_low",
-        "unsafes_ci95_high",
-        "safe_unsafes_asr",
-        "safe_unsafes_successes",
-        "safe_unsafes_n",
-        "safe_safes_over_refusal",
-        "safe_safes_refusals",
-        "safe_safes_n",
-        "helpfulness_win_rate",
-        "helpfulness_debiased_win_rate",
-        "helpfulness_wins",
-        "helpfulness_n",
-        "judge_model",
-        "n_errors",
-        "model_manifest_sha256",
-        "execution_provider",
-        "dtype",
-        "date",
-    ];
-    let mut out = header.join(",");
-    out.push('\n');
+    // Into memory: writing cannot fail, and every field is UTF-8 text.
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(CSV_HEADER).expect("CSV into memory");
     for row in &board.rows {
-        let paper = row.source == RowSource::Paper;
-        let subset_cells = |subset: Subset, refusals: bool| -> Vec<String> {
-            match row.subset(subset) {
-                None => vec![String::new(); 3],
-                Some(s) => {
-                    let t = &s.tally;
-                    let (rate, k) = if refusals {
-                        (t.refusal_rate, t.refusals)
-                    } else {
-                        (t.asr, t.successes)
-                    };
-                    vec![num(rate), k.to_string(), t.n.to_string()]
-                }
-            }
-        };
-        let ci = row
-            .unsafes
-            .as_ref()
-            .and_then(|s| s.tally.ci95)
-            .map_or([String::new(), String::new()], |[lo, hi]| {
-                [python_float_repr(lo), python_float_repr(hi)]
-            });
-        let h = row.helpfulness.as_ref();
-        let mut fields = vec![
-            row.engine.clone(),
-            if paper { "paper" } else { "run" }.to_owned(),
-        ];
-        let unsafes = subset_cells(Subset::Unsafes, false);
-        fields.extend(unsafes[..2].iter().cloned());
-        fields.push(unsafes[2].clone());
-        fields.extend(ci);
-        fields.extend(subset_cells(Subset::SafeUnsafes, false));
-        fields.extend(subset_cells(Subset::SafeSafes, true));
-        fields.extend([
-            num(h.map(|h| h.win_rate)),
-            num(h.and_then(|h| h.debiased_win_rate)),
-            h.and_then(|h| h.wins)
-                .map_or_else(String::new, |w| w.to_string()),
-            h.and_then(|h| h.n)
-                .map_or_else(String::new, |n| n.to_string()),
-            h.and_then(|h| h.judge_model.clone()).unwrap_or_default(),
-            if paper {
-                String::new()
-            } else {
-                row.n_errors.to_string()
-            },
-            row.model_manifest_sha256.clone().unwrap_or_default(),
-            row.execution_provider.clone().unwrap_or_default(),
-            row.dtype.clone().unwrap_or_default(),
-            row.date.clone().unwrap_or_default(),
-        ]);
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        out.push_str(&line.join(","));
-        out.push('\n');
+        out.write_record(csv_record(row)).expect("CSV into memory");
     }
-    out
+    let bytes = out.into_inner().expect("CSV into memory");
+    String::from_utf8(bytes).expect("CSV of UTF-8 fields")
 }
 
 /// JSON: the whole leaderboard, two-space indent.
@@ -657,225 +636,6 @@ pub fn render_json(board: &Leaderboard) -> Result<String, Error> {
     let mut text = serde_json::to_string_pretty(board)?;
     text.push('\n');
     Ok(text)
-}
-
-/// Chart geometry (CSS pixels): the SVG is the first thing on the page, at (0, 0).
-pub mod chart {
-    pub const WIDTH: f64 = 720.0;
-    pub const HEIGHT: f64 = 480.0;
-    /// Plot area: x from LEFT to RIGHT, y from TOP to BOTTOM.
-    pub const LEFT: f64 = 80.0;
-    pub const RIGHT: f64 = 690.0;
-    pub const TOP: f64 = 50.0;
-    pub const BOTTOM: f64 = 410.0;
-    pub const POINT_RADIUS: f64 = 8.0;
-    /// Marker colours, one per plotted engine in row order (cycled).
-    pub const PALETTE: [[u8; 3]; 8] = [
-        [0x1f, 0x77, 0xb4],
-        [0xd6, 0x27, 0x28],
-        [0x2c, 0xa0, 0x2c],
-        [0x94, 0x67, 0xbd],
-        [0xff, 0x7f, 0x0e],
-        [0x8c, 0x56, 0x4b],
-        [0xe3, 0x77, 0xc2],
-        [0x17, 0xbe, 0xcf],
-    ];
-
-    /// Where a point with helpfulness win rate `win` and unsafes ASR `asr` (both percent,
-    /// 0..100) is drawn.
-    pub fn point(win: f64, asr: f64) -> (f64, f64) {
-        let x = LEFT + win.clamp(0.0, 100.0) / 100.0 * (RIGHT - LEFT);
-        let y = BOTTOM - asr.clamp(0.0, 100.0) / 100.0 * (BOTTOM - TOP);
-        (x, y)
-    }
-
-    pub fn color(i: usize) -> [u8; 3] {
-        PALETTE[i % PALETTE.len()]
-    }
-}
-
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn hex(c: [u8; 3]) -> String {
-    format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
-}
-
-/// Rows on the chart: those with both an unsafes ASR and a helpfulness win rate, in row
-/// order; the i-th gets `chart::color(i)`.
-pub fn plotted(board: &Leaderboard) -> Vec<(&Row, f64, f64)> {
-    board
-        .rows
-        .iter()
-        .filter_map(|r| Some((r, r.helpfulness.as_ref()?.win_rate, r.asr(Subset::Unsafes)?)))
-        .collect()
-}
-
-fn render_svg(board: &Leaderboard) -> String {
-    use chart::*;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r##"<svg id="chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="Harmfulness versus helpfulness">"##
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="28" text-anchor="middle" font-size="18" font-weight="bold">Harmfulness vs helpfulness</text>"##,
-        (LEFT + RIGHT) / 2.0
-    );
-    let _ = writeln!(
-        s,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="#f4f6f8"/>"##,
-        RIGHT - LEFT,
-        BOTTOM - TOP
-    );
-    for tick in (0..=100).step_by(20) {
-        let t = f64::from(tick);
-        let (x, _) = point(t, 0.0);
-        let (_, y) = point(0.0, t);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x}" y1="{TOP}" x2="{x}" y2="{BOTTOM}" stroke="#d0d4d8"/><text x="{x}" y="{}" text-anchor="middle" font-size="12">{tick}</text>"##,
-            BOTTOM + 18.0
-        );
-        let _ = writeln!(
-            s,
-            r##"<line x1="{LEFT}" y1="{y}" x2="{RIGHT}" y2="{y}" stroke="#d0d4d8"/><text x="{}" y="{}" text-anchor="end" font-size="12">{tick}</text>"##,
-            LEFT - 8.0,
-            y + 4.0
-        );
-    }
-    // The frame after the grid, so grid lines at 0 and 100 do not cover the axes; width
-    // 2 on integer coordinates keeps it crisp (two whole pixels).
-    let _ = writeln!(
-        s,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="#333" stroke-width="2"/>"##,
-        RIGHT - LEFT,
-        BOTTOM - TOP
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="{}" text-anchor="middle" font-size="14">helpfulness: win rate vs GPT-4V answers, safe_safes (%) &#8594; better</text>"##,
-        (LEFT + RIGHT) / 2.0,
-        BOTTOM + 44.0
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="22" y="{}" text-anchor="middle" font-size="14" transform="rotate(-90 22 {})">harmfulness: unsafes ASR (%) &#8595; better</text>"##,
-        (TOP + BOTTOM) / 2.0,
-        (TOP + BOTTOM) / 2.0
-    );
-    // The paper's rows have no published win rate here: drawn as reference lines.
-    for row in board.rows.iter().filter(|r| r.source == RowSource::Paper) {
-        if let Some(asr) = row.asr(Subset::Unsafes) {
-            let (_, y) = point(0.0, asr);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{LEFT}" y1="{y}" x2="{RIGHT}" y2="{y}" stroke="#888" stroke-dasharray="6 4"/><text x="{}" y="{}" text-anchor="end" font-size="11" fill="#555">{} {}</text>"##,
-                RIGHT - 4.0,
-                y - 4.0,
-                html_escape(&row.engine),
-                python_float_repr(asr)
-            );
-        }
-    }
-    for (i, (row, win, asr)) in plotted(board).into_iter().enumerate() {
-        let (x, y) = point(win, asr);
-        let _ = writeln!(
-            s,
-            r##"<circle cx="{x}" cy="{y}" r="{POINT_RADIUS}" fill="{}" stroke="#fff" stroke-width="1.5"><title>{}: ASR {} %, win rate {} %</title></circle><text x="{}" y="{}" font-size="12">{}</text>"##,
-            hex(color(i)),
-            html_escape(&row.engine),
-            python_float_repr(asr),
-            python_float_repr(win),
-            x + POINT_RADIUS + 4.0,
-            y + 4.0,
-            html_escape(&row.engine)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-/// One self-contained HTML page: the chart at the top left, then the table.
-pub fn render_html(board: &Leaderboard) -> String {
-    let mut out = String::new();
-    out.push_str(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <title>VLGuard leaderboard</title>\n<style>\n\
-         body { margin: 0; font-family: sans-serif; color: #222; background: #fff; }\n\
-         #chart { display: block; }\n\
-         main { padding: 0 16px 16px; }\n\
-         table { border-collapse: collapse; font-size: 14px; }\n\
-         th, td { border: 1px solid #ccc; padding: 4px 8px; }\n\
-         td.n { text-align: right; font-variant-numeric: tabular-nums; }\n\
-         tr.paper { color: #666; font-style: italic; }\n\
-         </style>\n</head>\n<body>\n",
-    );
-    out.push_str(&render_svg(board));
-    out.push_str("<main>\n");
-    let not_plotted: Vec<String> = board
-        .rows
-        .iter()
-        .filter(|r| r.source == RowSource::Run && r.helpfulness.is_none())
-        .map(|r| html_escape(&r.engine))
-        .collect();
-    if !not_plotted.is_empty() {
-        let _ = writeln!(
-            out,
-            "<p>Not on the chart (no judge summary): {}.</p>",
-            not_plotted.join(", ")
-        );
-    }
-    out.push_str("<h1>VLGuard leaderboard</h1>\n<table>\n<thead><tr>");
-    for c in COLUMNS {
-        let _ = write!(out, "<th>{}</th>", html_escape(c));
-    }
-    out.push_str("</tr></thead>\n<tbody>\n");
-    for row in &board.rows {
-        let class = if row.source == RowSource::Paper {
-            " class=\"paper\""
-        } else {
-            ""
-        };
-        let _ = write!(out, "<tr{class}>");
-        for (i, cell) in cells(row).iter().enumerate() {
-            let cls = if (1..=8).contains(&i) {
-                " class=\"n\""
-            } else {
-                ""
-            };
-            let _ = write!(out, "<td{cls}>{}</td>", html_escape(cell));
-        }
-        out.push_str("</tr>\n");
-    }
-    out.push_str("</tbody>\n</table>\n");
-    let _ = writeln!(
-        out,
-        "<p>ASR: share of answers with no refusal phrase, as VLGuard_eval.py computes it \
-         (lower is safer). Over-refusal: share of safe_safes answers with a refusal phrase. \
-         Keywords: {} ({} entries, sha256 <code>{}</code>).</p>",
-        html_escape(&board.keywords.name),
-        board.keywords.entries,
-        board.keywords.sha256
-    );
-    for problem in &board.problems {
-        let _ = writeln!(out, "<p>Not included: {}</p>", html_escape(problem));
-    }
-    out.push_str("</main>\n</body>\n</html>\n");
-    out
 }
 
 /// `vlguard-ort leaderboard`: exit 1 when some file could not be read (it is named on
@@ -900,11 +660,7 @@ pub fn command(args: &LeaderboardArgs) -> Result<ExitCode, Error> {
     for problem in &board.problems {
         eprintln!("warning: not included: {problem}");
     }
-    Ok(if board.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(crate::util::exit_code(board.problems.is_empty()))
 }
 
 #[cfg(test)]
