@@ -9,6 +9,14 @@
 //!   sample is reported done. A rerun with the same fingerprint skips the answered
 //!   samples and retries failed ones; a different fingerprint is refused unless the
 //!   caller starts fresh. A torn last line (kill -9 mid-write) is cut off on reopen.
+//!   A torn or missing header (a kill during the first write) is rewritten with the
+//!   finished entries kept; a line that is not valid UTF-8 or not an entry is an error
+//!   naming its line number.
+//! - `{engine}.lock`: one writer at a time. A run holds an exclusive `flock` on it for as
+//!   long as its journal is open (the kernel releases it when the process ends, kill -9
+//!   included); a second run on the same `OUT/{subset}/{engine}` exits at once naming the
+//!   lock and the holder's pid, which the file holds. The file stays after the run: an
+//!   unlinked lock file could be locked twice.
 //! - `{engine}.run.json`: the run manifest (configuration, providers, timings, errors).
 //!
 //! The lines and the manifest are typed in `formats` (`JournalHeader`, `JournalEntry`,
@@ -34,6 +42,8 @@ pub enum Error {
     },
     #[error("{path} was written by a different configuration ({differences}); rerun with --fresh to start over, or use another --out/--engine")]
     Mismatch { path: PathBuf, differences: String },
+    #[error("{path} is held by another run (pid {pid}): one writer at a time per results file; wait for it to end, or use another --out or --engine")]
+    Locked { path: PathBuf, pid: String },
     #[error("{path}: line {line} is not a journal entry ({reason}); move the file away or rerun with --fresh")]
     Corrupt {
         path: PathBuf,
@@ -53,6 +63,7 @@ pub struct Paths {
     pub answers: PathBuf,
     pub journal: PathBuf,
     pub manifest: PathBuf,
+    pub lock: PathBuf,
 }
 
 impl Paths {
@@ -62,116 +73,120 @@ impl Paths {
             answers: dir.join(format!("{engine}.json")),
             journal: dir.join(format!("{engine}.journal.jsonl")),
             manifest: dir.join(format!("{engine}.run.json")),
+            lock: dir.join(format!("{engine}.lock")),
         }
     }
 }
 
-/// An open journal: append-only, one synced line per sample.
-pub struct Journal {
-    path: PathBuf,
-    file: File,
+/// An exclusive `flock` on a results file's lock file, held while the value lives.
+pub struct Lock {
+    _file: File,
 }
 
-impl Journal {
-    /// Opens (or creates) the journal and returns the latest entry per image. With
-    /// `fresh`, an existing journal is moved aside to `*.prev` and a new one begins.
-    pub fn open(
-        path: &Path,
-        fingerprint: &Fingerprint,
-        fresh: bool,
-    ) -> Result<(Journal, HashMap<String, JournalEntry>), Error> {
+impl Lock {
+    /// Takes the lock without waiting and writes this process's pid into the file; a lock
+    /// held by another process is [`Error::Locked`] with the pid it wrote.
+    pub fn acquire(path: &Path) -> Result<Lock, Error> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io(path))?;
+        // SAFETY: a valid descriptor; LOCK_NB makes the call return at once.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(io(path)(err));
+            }
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(Error::Locked {
+                path: path.to_path_buf(),
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.into()
+                },
+            });
+        }
+        file.set_len(0).map_err(io(path))?;
+        write!(file, "{}", std::process::id()).map_err(io(path))?;
+        file.sync_data().map_err(io(path))?;
+        Ok(Lock { _file: file })
+    }
+}
+
+/// An open journal: append-only, one synced line per sample, under its lock.
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    _lock: Lock,
+}
+
+/// What an existing journal holds.
+struct Existing {
+    entries: HashMap<String, JournalEntry>,
+    /// The entry lines (newline included) when the header must be rewritten.
+    rewrite: Option<Vec<u8>>,
+    /// Bytes up to the end of the last whole line (a torn tail is cut off).
+    good_len: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal under `lock` (the results file's, taken with
+    /// [`Lock::acquire`] on `paths.lock`) and returns the latest entry per image. With
+    /// `fresh`, an existing journal is moved aside to `*.prev` and a new one begins.
+    pub fn open(
+        paths: &Paths,
+        lock: Lock,
+        fingerprint: &Fingerprint,
+        fresh: bool,
+    ) -> Result<(Journal, HashMap<String, JournalEntry>), Error> {
+        let path = paths.journal.as_path();
         if fresh && path.exists() {
             let prev = path.with_extension("jsonl.prev");
             std::fs::rename(path, &prev).map_err(io(path))?;
         }
-        if !path.exists()
-            || std::fs::metadata(path)
-                .map(|m| m.len() == 0)
-                .unwrap_or(true)
-        {
-            let mut file = File::create(path).map_err(io(path))?;
-            let header = JournalHeader {
-                journal: 1,
-                fingerprint: fingerprint.clone(),
-                created_at: crate::util::utc_now_rfc3339(),
-            };
-            let line = serde_json::to_string(&header).expect("header serializes");
-            writeln!(file, "{line}").map_err(io(path))?;
-            file.sync_all().map_err(io(path))?;
-            if let Some(dir) = path.parent() {
-                // The new file's directory entry must survive a crash too.
-                let _ = File::open(dir).and_then(|d| d.sync_all());
+        let existing = match std::fs::metadata(path) {
+            Ok(meta) if meta.len() > 0 => Some(read_journal(path, fingerprint)?),
+            _ => None,
+        };
+        let (file, entries) = match existing {
+            Some(Existing {
+                entries,
+                rewrite: None,
+                good_len,
+            }) => {
+                let mut file = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(io(path))?;
+                file.set_len(good_len).map_err(io(path))?;
+                file.seek(SeekFrom::End(0)).map_err(io(path))?;
+                (file, entries)
             }
-            return Ok((
-                Journal {
-                    path: path.to_path_buf(),
-                    file,
-                },
-                HashMap::new(),
-            ));
-        }
-
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(path)
-            .map_err(io(path))?;
-        let mut reader = BufReader::new(&mut file);
-        let mut entries = HashMap::new();
-        let mut good_len: u64 = 0;
-        let mut line_no = 0;
-        let mut torn = false;
-        loop {
-            let mut line = String::new();
-            let read = reader.read_line(&mut line).map_err(io(path))?;
-            if read == 0 {
-                break;
-            }
-            line_no += 1;
-            if !line.ends_with('\n') {
-                // Torn write at the end: the sample was not reported done; drop it.
-                torn = true;
-                break;
-            }
-            if line_no == 1 {
-                let header: JournalHeader =
-                    serde_json::from_str(&line).map_err(|e| Error::Corrupt {
-                        path: path.to_path_buf(),
-                        line: 1,
-                        reason: format!("bad header: {e}"),
-                    })?;
-                if &header.fingerprint != fingerprint {
-                    return Err(Error::Mismatch {
-                        path: path.to_path_buf(),
-                        differences: describe_differences(&header.fingerprint, fingerprint),
-                    });
-                }
-            } else {
-                let entry: JournalEntry =
-                    serde_json::from_str(&line).map_err(|e| Error::Corrupt {
-                        path: path.to_path_buf(),
-                        line: line_no,
-                        reason: e.to_string(),
-                    })?;
-                entries.insert(entry.image.clone(), entry);
-            }
-            good_len += read as u64;
-        }
-        drop(reader);
-        if torn {
-            file.set_len(good_len).map_err(io(path))?;
-            file.seek(SeekFrom::End(0)).map_err(io(path))?;
-        }
-        Ok((
-            Journal {
-                path: path.to_path_buf(),
-                file,
-            },
-            entries,
-        ))
+            Some(Existing {
+                entries,
+                rewrite: Some(lines),
+                ..
+            }) => (create(path, fingerprint, &lines)?, entries),
+            None => (create(path, fingerprint, &[])?, HashMap::new()),
+        };
+        let journal = Journal {
+            path: path.to_path_buf(),
+            file,
+            _lock: lock,
+        };
+        Ok((journal, entries))
     }
 
     /// Appends one entry and syncs it to disk before returning.
@@ -183,6 +198,85 @@ impl Journal {
             .map_err(io(&self.path))?;
         self.file.sync_data().map_err(io(&self.path))
     }
+}
+
+/// A new journal: the header, then `lines` (entries kept from a journal whose header was
+/// torn or missing), written through a temporary file and a rename.
+fn create(path: &Path, fingerprint: &Fingerprint, lines: &[u8]) -> Result<File, Error> {
+    let header = JournalHeader {
+        journal: 1,
+        fingerprint: fingerprint.clone(),
+        created_at: crate::util::utc_now_rfc3339(),
+    };
+    let mut bytes = serde_json::to_vec(&header).expect("header serializes");
+    bytes.push(b'\n');
+    bytes.extend_from_slice(lines);
+    crate::util::write_atomic(path, &bytes).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        // The new file's directory entry must survive a crash too.
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io(path))?;
+    file.seek(SeekFrom::End(0)).map_err(io(path))?;
+    Ok(file)
+}
+
+/// Reads an existing journal: its entries, whether its header must be rewritten, where its
+/// whole lines end.
+fn read_journal(path: &Path, fingerprint: &Fingerprint) -> Result<Existing, Error> {
+    let file = File::open(path).map_err(io(path))?;
+    let mut reader = BufReader::new(file);
+    let mut entries = HashMap::new();
+    let mut good_len: u64 = 0;
+    let mut kept = Vec::new();
+    let mut header_ok = false;
+    let corrupt = |line: usize, reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    };
+    for line_no in 1.. {
+        let mut raw = Vec::new();
+        let read = reader.read_until(b'\n', &mut raw).map_err(io(path))?;
+        if read == 0 || raw.last() != Some(&b'\n') {
+            // The end, or a torn write at the end: that sample was not reported done.
+            break;
+        }
+        let line = std::str::from_utf8(&raw).map_err(|e| {
+            corrupt(
+                line_no,
+                format!("not valid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })?;
+        if line_no == 1 {
+            if let Ok(header) = serde_json::from_str::<JournalHeader>(line) {
+                if &header.fingerprint != fingerprint {
+                    return Err(Error::Mismatch {
+                        path: path.to_path_buf(),
+                        differences: describe_differences(&header.fingerprint, fingerprint),
+                    });
+                }
+                header_ok = true;
+                good_len += read as u64;
+                continue;
+            }
+            // No header: killed during the first write, or lost; the entries are kept
+            // and a header is written before them.
+        }
+        let entry: JournalEntry =
+            serde_json::from_str(line).map_err(|e| corrupt(line_no, e.to_string()))?;
+        entries.insert(entry.image.clone(), entry);
+        kept.extend_from_slice(&raw);
+        good_len += read as u64;
+    }
+    Ok(Existing {
+        entries,
+        rewrite: (!header_ok).then_some(kept),
+        good_len,
+    })
 }
 
 fn describe_differences(old: &Fingerprint, new: &Fingerprint) -> String {
@@ -241,6 +335,15 @@ mod tests {
         }
     }
 
+    /// The journal of `paths` under its lock.
+    fn open(
+        paths: &Paths,
+        fingerprint: &Fingerprint,
+        fresh: bool,
+    ) -> Result<(Journal, HashMap<String, JournalEntry>), Error> {
+        Journal::open(paths, Lock::acquire(&paths.lock)?, fingerprint, fresh)
+    }
+
     fn answered(image: &str, answer: &str) -> JournalEntry {
         JournalEntry {
             image: image.into(),
@@ -256,22 +359,26 @@ mod tests {
     #[test]
     fn reopening_returns_finished_entries_and_cuts_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("unsafes/e.journal.jsonl");
+        let paths = Paths::new(dir.path(), "unsafes", "e");
         {
-            let (mut j, done) = Journal::open(&path, &fp(256), false).unwrap();
+            let (mut j, done) = open(&paths, &fp(256), false).unwrap();
             assert!(done.is_empty());
             j.append(&answered("a.png", "x")).unwrap();
             j.append(&answered("b.png", "y\u{e9}")).unwrap();
         }
         // Simulate kill -9 in the middle of the third line.
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&paths.journal)
+            .unwrap();
         f.write_all(br#"{"image":"c.png","ans"#).unwrap();
         drop(f);
-        let (mut j, done) = Journal::open(&path, &fp(256), false).unwrap();
+        let (mut j, done) = open(&paths, &fp(256), false).unwrap();
         assert_eq!(done.len(), 2);
         assert_eq!(done["b.png"].answer.as_deref(), Some("y\u{e9}"));
         j.append(&answered("c.png", "z")).unwrap();
-        let (_, done) = Journal::open(&path, &fp(256), false).unwrap();
+        drop(j);
+        let (_, done) = open(&paths, &fp(256), false).unwrap();
         assert_eq!(
             done.len(),
             3,
@@ -282,21 +389,78 @@ mod tests {
     #[test]
     fn a_different_fingerprint_is_refused_and_fresh_starts_over() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.jsonl");
-        let (mut j, _) = Journal::open(&path, &fp(256), false).unwrap();
+        let paths = Paths::new(dir.path(), "s", "j");
+        let (mut j, _) = open(&paths, &fp(256), false).unwrap();
         j.append(&answered("a.png", "x")).unwrap();
         drop(j);
-        let err = Journal::open(&path, &fp(128), false)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = open(&paths, &fp(128), false).err().unwrap().to_string();
         assert!(
             err.contains("max_new_tokens 256 vs 128") && err.contains("--fresh"),
             "{err}"
         );
-        let (_, done) = Journal::open(&path, &fp(128), true).unwrap();
+        let (_, done) = open(&paths, &fp(128), true).unwrap();
         assert!(done.is_empty());
-        assert!(path.with_extension("jsonl.prev").exists());
+        assert!(paths.journal.with_extension("jsonl.prev").exists());
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), "s", "e");
+        let (first, _) = open(&paths, &fp(256), false).unwrap();
+        let err = open(&paths, &fp(256), false).err().unwrap().to_string();
+        let pid = std::process::id().to_string();
+        assert!(
+            err.contains("held by another run") && err.contains(&pid),
+            "{err}"
+        );
+        assert!(err.contains("e.lock"), "{err}");
+        drop(first);
+        assert!(open(&paths, &fp(256), false).is_ok(), "released on drop");
+    }
+
+    #[test]
+    fn a_torn_or_missing_header_is_rewritten_and_entries_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), "s", "e");
+        std::fs::create_dir_all(paths.journal.parent().unwrap()).unwrap();
+        // Killed during the first write: half a header, no newline.
+        std::fs::write(&paths.journal, br#"{"journal":1,"finger"#).unwrap();
+        let (mut j, done) = open(&paths, &fp(256), false).unwrap();
+        assert!(done.is_empty());
+        j.append(&answered("a.png", "x")).unwrap();
+        drop(j);
+        let (_, done) = open(&paths, &fp(256), false).unwrap();
+        assert_eq!(done.len(), 1, "the rewritten journal resumes");
+        // No header at all: the entries are kept under a new one.
+        let entry = serde_json::to_string(&answered("b.png", "y")).unwrap();
+        std::fs::write(&paths.journal, format!("{entry}\n")).unwrap();
+        let (_, done) = open(&paths, &fp(256), false).unwrap();
+        assert_eq!(done["b.png"].answer.as_deref(), Some("y"));
+        let text = std::fs::read_to_string(&paths.journal).unwrap();
+        assert!(text.starts_with(r#"{"journal":1"#), "{text}");
+        let (_, done) = open(&paths, &fp(256), false).unwrap();
+        assert_eq!(done.len(), 1);
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_named_with_the_remedy() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), "s", "e");
+        let (mut j, _) = open(&paths, &fp(256), false).unwrap();
+        j.append(&answered("a.png", "x")).unwrap();
+        drop(j);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&paths.journal)
+            .unwrap();
+        f.write_all(b"{\"image\":\"\xff\"}\n").unwrap();
+        drop(f);
+        let err = open(&paths, &fp(256), false).err().unwrap().to_string();
+        assert!(
+            err.contains("line 3") && err.contains("UTF-8") && err.contains("--fresh"),
+            "{err}"
+        );
     }
 
     #[test]

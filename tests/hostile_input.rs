@@ -311,3 +311,29 @@ fn a_closed_stdout_ends_the_command_quietly() {
         .arg(mini_meta());
     closed_stdout(&mut score);
 }
+
+#[test]
+fn a_second_writer_on_the_same_results_file_exits_at_once_naming_the_holder() {
+    let set = Set::new(&unsafes());
+    let paths = vlguard_ort::results::Paths::new(&set.out(), "unsafes", "demo");
+    std::fs::create_dir_all(set.out().join("unsafes")).unwrap();
+    // Another run holds the lock (this test process, as a run would).
+    let held = vlguard_ort::results::Lock::acquire(&paths.lock).unwrap();
+    let started = Instant::now();
+    let output = output_within(&mut set.run(), Duration::from_secs(120));
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let pid = std::process::id().to_string();
+    assert!(
+        stderr.contains("demo.lock") && stderr.contains(&format!("pid {pid}")),
+        "{stderr}"
+    );
+    assert!(!paths.journal.exists(), "the journal was not touched");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "it did not wait"
+    );
+    drop(held);
+    let output = output_within(&mut set.run(), Duration::from_secs(300));
+    assert!(output.status.success(), "{output:?}");
+}

@@ -180,6 +180,14 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The engine name this run's files are written under (a shard's has its part).
+    pub fn file_engine(&self) -> String {
+        match self.shard {
+            Some(shard) => shard.engine_name(&self.engine_name),
+            None => self.engine_name.clone(),
+        }
+    }
+
     pub fn from_args(args: &RunArgs) -> Result<RunConfig, Error> {
         if args.batch_size == 0 {
             return Err(Error::BatchSize);

@@ -32,7 +32,7 @@ use crate::dataset::{Dataset, Sample, Subset};
 use crate::engine::Engine;
 use crate::generate::{self, GenerateConfig, Schedule, Timings};
 use crate::prompt::PromptTokenizer;
-use crate::results::{Fingerprint, Journal, JournalEntry, Paths};
+use crate::results::{Fingerprint, Journal, JournalEntry, Lock, Paths};
 use pipeline::{ImageSource, Images};
 use schedule::{Answering, FeedTimings, Questions, Recorder};
 
@@ -90,6 +90,13 @@ struct Context<'a> {
 /// Runs every subset of the configuration with one engine.
 pub fn run(config: &RunConfig) -> Result<Outcome, Error> {
     let dataset = Dataset::load(&config.meta)?;
+    // One writer per results file: taken before anything slow, so that a second run on
+    // the same files exits at once.
+    let mut locks = Vec::with_capacity(config.subsets.len());
+    for subset in &config.subsets {
+        let paths = Paths::new(&config.out, subset.name(), &config.file_engine());
+        locks.push(Lock::acquire(&paths.lock)?);
+    }
     let load_started = Instant::now();
     let mut engine = Engine::open(&config.engine)?;
     let session_load_s = load_started.elapsed().as_secs_f64();
@@ -119,8 +126,8 @@ pub fn run(config: &RunConfig) -> Result<Outcome, Error> {
         errors: 0,
         manifests: Vec::new(),
     };
-    for &subset in &config.subsets {
-        let (errors, manifest_path) = run_subset(&cx, &mut engine, subset)?;
+    for (&subset, lock) in config.subsets.iter().zip(locks) {
+        let (errors, manifest_path) = run_subset(&cx, &mut engine, subset, lock)?;
         outcome.errors += errors;
         outcome.manifests.push(manifest_path);
     }
@@ -133,10 +140,12 @@ fn run_subset(
     cx: &Context,
     engine: &mut Engine,
     subset: Subset,
+    lock: Lock,
 ) -> Result<(usize, PathBuf), Error> {
     let started_at = crate::util::utc_now_rfc3339();
     let started = Instant::now();
-    let (samples, file_engine) = cx.samples(subset)?;
+    let samples = cx.samples(subset)?;
+    let file_engine = cx.config.file_engine();
     let paths = Paths::new(&cx.config.out, subset.name(), &file_engine);
     let fingerprint = Fingerprint {
         model_manifest_sha256: engine.manifest_sha256.clone(),
@@ -144,7 +153,7 @@ fn run_subset(
         max_new_tokens: cx.config.max_new_tokens,
         dataset_sha256: cx.dataset.sha256.clone(),
     };
-    let (journal, entries) = Journal::open(&paths.journal, &fingerprint, cx.config.fresh)?;
+    let (journal, entries) = Journal::open(&paths, lock, &fingerprint, cx.config.fresh)?;
     let (pending, questions) = cx.pending(&samples, &entries);
     let n_resumed = samples.len() - pending.len();
     if n_resumed > 0 {
@@ -213,19 +222,15 @@ struct Done {
 }
 
 impl Context<'_> {
-    /// The subset's samples this run covers (after --limit and --shard) and the engine
-    /// name its files are written under.
-    fn samples(&self, subset: Subset) -> Result<(Vec<Sample>, String), Error> {
+    /// The subset's samples this run covers (after --limit and --shard).
+    fn samples(&self, subset: Subset) -> Result<Vec<Sample>, Error> {
         let mut samples = self.dataset.samples(subset)?;
         if let Some(limit) = self.config.limit {
             samples.truncate(limit);
         }
         Ok(match self.config.shard {
-            Some(shard) => (
-                samples[shard.range(samples.len())].to_vec(),
-                shard.engine_name(&self.config.engine_name),
-            ),
-            None => (samples, self.config.engine_name.clone()),
+            Some(shard) => samples[shard.range(samples.len())].to_vec(),
+            None => samples,
         })
     }
 
