@@ -88,9 +88,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub fresh: bool,
     /// Run only part K of N of each subset (contiguous ranges), e.g. one process per GPU:
-    /// files are named {engine}.shard-K-of-N; join them with `vlguard-ort merge`.
-    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
-    pub shard: Option<Shard>,
+    /// files are named {engine}.shard-K-of-N; join them with `vlguard-ort merge`. `auto`
+    /// takes K and N from the cluster scheduler: a Slurm job array
+    /// (SLURM_ARRAY_TASK_ID / _MIN / _STEP / _COUNT) or a Kubernetes Indexed Job
+    /// (JOB_COMPLETION_INDEX, with the count in VLGUARD_SHARD_COUNT).
+    #[arg(long, value_name = "K/N|auto", value_parser = parse_shard_arg)]
+    pub shard: Option<ShardArg>,
     /// TensorRT engine cache base folder (default: MODEL/trt-cache); engines go to a
     /// sub-folder per model hash, GPU and TensorRT version. Delete it to rebuild.
     #[arg(long, env = "VLGUARD_TRT_CACHE", value_name = "DIR")]
@@ -127,6 +130,59 @@ impl Shard {
     pub fn engine_name(self, engine: &str) -> String {
         format!("{engine}.shard-{}-of-{}", self.k, self.n)
     }
+}
+
+/// `--shard`: a given part, or the scheduler's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardArg {
+    Given(Shard),
+    Auto,
+}
+
+pub fn parse_shard_arg(text: &str) -> Result<ShardArg, String> {
+    match text {
+        "auto" => Ok(ShardArg::Auto),
+        _ => parse_shard(text).map(ShardArg::Given),
+    }
+}
+
+/// The shard a cluster scheduler gives this process, from its environment (`var` looks a
+/// variable up): a Slurm job array task (K from the task id's place in the array, which
+/// may start anywhere and step, N the array's task count) or a Kubernetes Indexed Job
+/// pod (K from the 0-based `JOB_COMPLETION_INDEX`, N from `VLGUARD_SHARD_COUNT`, which
+/// the Job sets to its `completions`).
+pub fn shard_from_env(var: impl Fn(&str) -> Option<String>) -> Result<Shard, String> {
+    let number = |name: &str| -> Result<Option<usize>, String> {
+        match var(name) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{name}={v} is not a whole number")),
+        }
+    };
+    let need = |name: &str| number(name)?.ok_or_else(|| format!("--shard auto: {name} is not set"));
+    if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
+        let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+        let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+        let count = need("SLURM_ARRAY_TASK_COUNT")?;
+        if id < min || (id - min) % step != 0 {
+            return Err(format!(
+                "--shard auto: SLURM_ARRAY_TASK_ID {id} is not in the array {min}, {min}+{step}, ..."
+            ));
+        }
+        return parse_shard(&format!("{}/{count}", (id - min) / step + 1));
+    }
+    if let Some(index) = number("JOB_COMPLETION_INDEX")? {
+        let count = need("VLGUARD_SHARD_COUNT")?;
+        return parse_shard(&format!("{}/{count}", index + 1));
+    }
+    Err(
+        "--shard auto needs a Slurm job array (SLURM_ARRAY_TASK_ID) or a Kubernetes \
+         Indexed Job (JOB_COMPLETION_INDEX); neither is set"
+            .into(),
+    )
 }
 
 /// Parses `K/N` with 1 <= K <= N.
@@ -245,7 +301,13 @@ impl RunConfig {
             max_image_bytes: args.max_image_bytes,
             limit: args.limit,
             fresh: args.fresh,
-            shard: args.shard,
+            shard: match args.shard {
+                None => None,
+                Some(ShardArg::Given(shard)) => Some(shard),
+                Some(ShardArg::Auto) => {
+                    Some(shard_from_env(|name| std::env::var(name).ok()).map_err(Error::Shard)?)
+                }
+            },
         })
     }
 }
@@ -270,6 +332,55 @@ mod tests {
         assert!(
             parse_shard("0/4").is_err() && parse_shard("5/4").is_err() && parse_shard("x").is_err()
         );
+    }
+
+    #[test]
+    fn auto_shards_come_from_slurm_arrays_and_indexed_jobs() {
+        fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+            move |name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        }
+        // sbatch --array=0-3: task 2 of tasks 0..3 is shard 3/4.
+        let slurm = [
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ];
+        assert_eq!(shard_from_env(env(&slurm)), Ok(Shard { k: 3, n: 4 }));
+        // sbatch --array=1-9:4 runs tasks 1, 5, 9: task 9 is shard 3/3.
+        let stepped = [
+            ("SLURM_ARRAY_TASK_ID", "9"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_STEP", "4"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ];
+        assert_eq!(shard_from_env(env(&stepped)), Ok(Shard { k: 3, n: 3 }));
+        // Kubernetes Indexed Job, completions 2: index 0 is shard 1/2.
+        let k8s = [("JOB_COMPLETION_INDEX", "0"), ("VLGUARD_SHARD_COUNT", "2")];
+        assert_eq!(shard_from_env(env(&k8s)), Ok(Shard { k: 1, n: 2 }));
+        let no_count = [("JOB_COMPLETION_INDEX", "0")];
+        assert!(shard_from_env(env(&no_count))
+            .unwrap_err()
+            .contains("VLGUARD_SHARD_COUNT"));
+        let outside = [
+            ("SLURM_ARRAY_TASK_ID", "7"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ];
+        assert!(shard_from_env(env(&outside))
+            .unwrap_err()
+            .contains("--shard"));
+        let bad = [("SLURM_ARRAY_TASK_ID", "x")];
+        assert!(shard_from_env(env(&bad))
+            .unwrap_err()
+            .contains("SLURM_ARRAY_TASK_ID=x"));
+        assert!(shard_from_env(env(&[]))
+            .unwrap_err()
+            .contains("neither is set"));
+        assert_eq!(parse_shard_arg("auto"), Ok(ShardArg::Auto));
     }
 
     #[test]

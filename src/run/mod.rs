@@ -48,6 +48,8 @@ pub enum Error {
     Model(PathBuf),
     #[error("--batching continuous needs a model exported with --decoder fused ({0} has the plain decoder, or no CUDA runtime to refill slots on the GPU)")]
     Continuous(PathBuf),
+    #[error("{0}")]
+    Shard(String),
     #[error("{0} (pass --engine NAME)")]
     EngineName(String),
     #[error("an image stage thread panicked")]
