@@ -46,12 +46,14 @@ const Z95: f64 = 1.959_963_984_540_054;
 pub struct ScoreArgs {
     /// Predictions file in the reference format ({image: answer}).
     pub predictions: PathBuf,
-    /// Which subset the predictions answer.
+    /// Which subset the predictions answer (default: the subset the run manifest beside
+    /// the predictions, `{engine}.run.json`, records).
     #[arg(long, value_enum)]
-    pub subset: Subset,
-    /// VLGuard test.json.
-    #[arg(long, default_value = "data/VLGuard/test.json")]
-    pub meta: PathBuf,
+    pub subset: Option<Subset>,
+    /// VLGuard test.json (default: the dataset that run manifest records, else
+    /// data/VLGuard/test.json).
+    #[arg(long)]
+    pub meta: Option<PathBuf>,
     /// Refusal keyword list (JSON array of strings); the reference's list by default.
     #[arg(long)]
     pub keywords: Option<PathBuf>,
@@ -66,6 +68,12 @@ pub enum Error {
     Read(#[from] ReadError),
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
+    #[error(
+        "which subset does {predictions} answer? pass --subset (no run manifest beside it says)"
+    )]
+    NoSubset { predictions: PathBuf },
+    #[error("the run manifest {manifest} names the dataset {dataset}, which is not there from this folder: pass --meta")]
+    ManifestDataset { manifest: PathBuf, dataset: PathBuf },
     #[error("cannot serialize the report")]
     Serialize(#[from] serde_json::Error),
     #[error(
@@ -324,17 +332,58 @@ pub struct ScoreConfig {
     pub meta_path: PathBuf,
 }
 
+/// Where `run` put its manifest for a predictions file: `DIR/{engine}.run.json` beside
+/// `DIR/{engine}.json`.
+fn run_manifest_beside(predictions: &Path) -> Option<(PathBuf, crate::formats::RunManifest)> {
+    let stem = predictions.file_stem()?.to_string_lossy().into_owned();
+    let path = predictions.with_file_name(format!("{stem}.run.json"));
+    let manifest = crate::formats::RunManifest::read(&path).ok()?;
+    Some((path, manifest))
+}
+
 impl ScoreConfig {
     pub fn from_args(args: &ScoreArgs) -> Result<Self, Error> {
+        let beside = match (&args.subset, &args.meta) {
+            (Some(_), Some(_)) => None,
+            _ => run_manifest_beside(&args.predictions),
+        };
+        let subset = match (args.subset, &beside) {
+            (Some(subset), _) => subset,
+            (None, Some((path, manifest))) => {
+                manifest.subset.parse().map_err(|reason| Error::Format {
+                    path: path.clone(),
+                    reason,
+                })?
+            }
+            (None, None) => {
+                return Err(Error::NoSubset {
+                    predictions: args.predictions.clone(),
+                })
+            }
+        };
+        let meta_path = match (&args.meta, &beside) {
+            (Some(meta), _) => meta.clone(),
+            (None, Some((path, manifest))) if !manifest.dataset.is_empty() => {
+                let dataset = PathBuf::from(&manifest.dataset);
+                if !dataset.is_file() {
+                    return Err(Error::ManifestDataset {
+                        manifest: path.clone(),
+                        dataset,
+                    });
+                }
+                dataset
+            }
+            _ => PathBuf::from("data/VLGuard/test.json"),
+        };
         Ok(ScoreConfig {
-            subset: args.subset,
+            subset,
             keywords: match &args.keywords {
                 Some(path) => KeywordList::from_file(path)?,
                 None => KeywordList::reference(),
             },
             engine: engine_name(&args.predictions),
             predictions_path: args.predictions.clone(),
-            meta_path: args.meta.clone(),
+            meta_path,
         })
     }
 }

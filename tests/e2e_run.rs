@@ -352,3 +352,22 @@ fn a_provider_asked_for_by_name_never_falls_back_silently() {
         );
     }
 }
+
+/// `score` on a run's answers needs neither --meta nor --subset: the run manifest beside
+/// the answers says which dataset and subset they are (the demo's test set is not the
+/// default data/VLGuard/test.json).
+#[test]
+fn score_takes_the_dataset_and_subset_from_the_run_manifest() {
+    let out = tempfile::tempdir().unwrap();
+    let run = run_ok(run_cmd(out.path(), "unsafes").args(["--max-new-tokens", "8"]));
+    let asr_line = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .find(|l| l.starts_with("unsafes ASR of demo:"))
+        .expect("the run prints the ASR line")
+        .to_string();
+    let score = run_ok(bin().arg("score").arg(out.path().join("unsafes/demo.json")));
+    let text = String::from_utf8_lossy(&score.stdout);
+    // Scored against the mini test set's unsafes (the default test.json would refuse
+    // these keys): the same line as the run's.
+    assert!(text.contains(&asr_line), "{text}");
+}

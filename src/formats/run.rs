@@ -56,6 +56,15 @@ pub struct RunManifest {
     pub asr: Option<AsrSummary>,
 }
 
+impl RunManifest {
+    /// The format's name in read errors.
+    pub const WHAT: &'static str = "a run manifest";
+
+    pub fn read(path: &std::path::Path) -> Result<RunManifest, super::ReadError> {
+        super::read(path, Self::WHAT)
+    }
+}
+
 /// A sample with no answer and why (run manifest, score report).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SampleError {

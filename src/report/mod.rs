@@ -284,7 +284,7 @@ fn read_subset(
     let tally = Tally::of_answers(texts, &keywords.keywords);
     let manifest = path.with_extension("run.json");
     let run = if manifest.is_file() {
-        match crate::formats::read::<RunManifest>(&manifest, "a run manifest") {
+        match RunManifest::read(&manifest) {
             Ok(m) => Some(RunInfo::from(&m)),
             Err(why) => {
                 problems.push(why.to_string());
