@@ -35,6 +35,7 @@ pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
         threads: Some(1),
         trt_cache: None,
         trt_limits: trt::Limits::new(1, 1),
+        trt_lib_dir: None,
         keep_finished_rows: false,
     };
     let loader = Loader {
@@ -42,6 +43,7 @@ pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
         options: &options,
         manifest: &manifest,
         trt_dir: None,
+        trt_lib_dir: None,
     };
     let mut declared = BTreeMap::new();
     for kind in GraphKind::ALL {

@@ -801,6 +801,7 @@ fn engine(model: &Exported) -> Engine {
         threads: Some(1),
         trt_cache: None,
         trt_limits: vlguard_ort::engine::trt::Limits::new(1, 8),
+        trt_lib_dir: None,
         keep_finished_rows: false,
     })
     .unwrap_or_else(|e| panic!("{}: {e}", model.dir.display()))

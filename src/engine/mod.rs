@@ -81,6 +81,9 @@ pub struct EngineOptions {
     pub trt_cache: Option<PathBuf>,
     /// Shapes the run feeds the graphs: TensorRT's optimisation profiles.
     pub trt_limits: trt::Limits,
+    /// The folder holding TensorRT 10's libraries (`--trt-lib-dir`); `None`: the setup
+    /// folder, then the system loader ([`trt::libs::lib_dir`]).
+    pub trt_lib_dir: Option<PathBuf>,
     /// Keep finished rows in the batch even on the CPU, as a GPU does (replays the device
     /// scheduling on a machine without one).
     pub keep_finished_rows: bool,
@@ -152,11 +155,13 @@ impl Engine {
         let (lib, env) = ort_lib::environment(options.ort_lib.as_deref())?;
         // TensorRT may run: sessions get the engine folder keyed by model, GPU and
         // TensorRT version instead of the base folder (none when probing fails).
+        let trt_lib_dir = trt::libs::lib_dir(options.trt_lib_dir.as_deref(), lib);
         let trt_plan = matches!(options.ep, EpChoice::Auto | EpChoice::Tensorrt).then(|| {
             trt::CachePlan::probe(
                 options.trt_cache.as_deref(),
                 &manifest_sha256,
                 lib,
+                trt_lib_dir.as_deref(),
                 options.device_id,
             )
         });
@@ -165,6 +170,7 @@ impl Engine {
             options,
             manifest: &manifest,
             trt_dir: trt_plan.as_ref().and_then(|plan| plan.dir.clone()),
+            trt_lib_dir,
         };
         let mut providers = BTreeMap::new();
         let mut tensorrt = BTreeMap::new();

@@ -72,6 +72,8 @@ pub struct Loader<'a> {
     /// TensorRT's engine cache: the folder keyed by model, GPU and TensorRT version
     /// ([`trt::CachePlan`]); `None` runs TensorRT uncached.
     pub trt_dir: Option<PathBuf>,
+    /// Where TensorRT's libraries are loaded from (`None`: the system loader).
+    pub trt_lib_dir: Option<PathBuf>,
 }
 
 impl Loader<'_> {
@@ -144,14 +146,17 @@ impl Loader<'_> {
             ),
             // fp16 per the manifest, this graph's optimisation profile, engine and timing
             // caches in the keyed folder.
-            Provider::TensorRt => Some(trt::execution_provider(
-                self.manifest,
-                kind,
-                path,
-                options.device_id,
-                &options.trt_limits,
-                self.trt_dir.as_deref(),
-            )?),
+            Provider::TensorRt => Some({
+                trt::libs::preload(self.trt_lib_dir.as_deref())?;
+                trt::execution_provider(
+                    self.manifest,
+                    kind,
+                    path,
+                    options.device_id,
+                    &options.trt_limits,
+                    self.trt_dir.as_deref(),
+                )?
+            }),
             Provider::Cpu => None,
         };
         if let Some(dispatch) = dispatch {

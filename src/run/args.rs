@@ -98,6 +98,10 @@ pub struct RunArgs {
     /// sub-folder per model hash, GPU and TensorRT version. Delete it to rebuild.
     #[arg(long, env = "VLGUARD_TRT_CACHE", value_name = "DIR")]
     pub trt_cache: Option<PathBuf>,
+    /// Folder holding TensorRT 10's libraries (libnvinfer.so.10); default: the one
+    /// `scripts/setup.sh --gpu --tensorrt` fills, then the system library path.
+    #[arg(long, env = "VLGUARD_TRT_LIB_DIR", value_name = "DIR")]
+    pub trt_lib_dir: Option<PathBuf>,
     /// ONNX Runtime intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -287,6 +291,7 @@ impl RunConfig {
                 // The prompt bound is trt::MAX_TEXT_TOKENS: a constant, so that profiles,
                 // and with them cached engines, stay the same from one subset to the next.
                 trt_limits: trt::Limits::new(args.batch_size, args.max_new_tokens),
+                trt_lib_dir: args.trt_lib_dir.clone(),
                 keep_finished_rows: args.keep_finished_rows,
                 model_dir: model,
                 ort_lib: args.ort_lib.clone(),

@@ -15,7 +15,8 @@
 //!   an engine is never reused where it was not built. Inside, each graph's engine files
 //!   start with [`engine_prefix`] (graph name + a hash of its profile), so runs with other
 //!   limits (batch size, answer length) keep their own engines instead of rebuilding one.
-//! - The probes ([`tensorrt_version`], [`super::cuda::gpu_identity`]) open `libnvinfer.so.10`,
+//! - The probes ([`tensorrt_version`], [`super::cuda::gpu_identity`]) open `libnvinfer.so.10`
+//!   (from the folder [`libs::lib_dir`] finds),
 //!   `libcudart.so.13` and `libnvidia-ml.so.1` with `libloading` and never panic: a missing
 //!   library, symbol or device is an `Err` naming it, and [`CachePlan::probe`] then runs
 //!   TensorRT without an engine cache (recording why) instead of failing; a CPU run never
@@ -42,8 +43,6 @@ pub const MAX_TEXT_TOKENS: usize = 256;
 
 /// Text tokens of a typical prompt, for the decoder's `opt` point (~40 template + question).
 const TYPICAL_TEXT_TOKENS: usize = 64;
-
-pub const NVINFER_LIB: &str = "libnvinfer.so.10";
 
 /// What one run may feed the graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -271,12 +270,13 @@ impl CachePlan {
         base: Option<&Path>,
         model_sha256: &str,
         ort_lib: &Path,
+        lib_dir: Option<&Path>,
         device_id: i32,
     ) -> CachePlan {
         if base.is_none() {
             return CachePlan::new(None, model_sha256, Err(None), Err(None));
         }
-        let trt = tensorrt_version().map_err(Some);
+        let trt = tensorrt_version(lib_dir).map_err(Some);
         // Without TensorRT the provider cannot start: no need to wake the GPU.
         let gpu = match trt {
             Ok(_) => gpu_identity(ort_lib, device_id).map_err(Some),
@@ -467,10 +467,10 @@ pub fn decode_trt_version(value: i32) -> Option<String> {
     }
 }
 
-/// The TensorRT version of `libnvinfer.so.10` as the system loader finds it (the library
-/// the provider will load too).
-pub fn tensorrt_version() -> Result<String, ProbeError> {
-    tensorrt_version_from(Path::new(NVINFER_LIB))
+/// The TensorRT version of `libnvinfer.so.10` in `lib_dir`, or as the system loader finds
+/// it (the library the provider will load too).
+pub fn tensorrt_version(lib_dir: Option<&Path>) -> Result<String, ProbeError> {
+    tensorrt_version_from(&libs::nvinfer_path(lib_dir))
 }
 
 pub fn tensorrt_version_from(lib: &Path) -> Result<String, ProbeError> {
@@ -483,6 +483,8 @@ pub fn tensorrt_version_from(lib: &Path) -> Result<String, ProbeError> {
         value,
     })
 }
+
+pub mod libs;
 
 #[cfg(test)]
 mod tests;

@@ -252,7 +252,7 @@ fn cache_plan_creates_the_folder_or_says_why_not() {
     assert!(!engine_present(&dir, "vision-abcdef01"));
 
     let missing = ProbeError::Load {
-        lib: NVINFER_LIB.into(),
+        lib: libs::NVINFER_LIB.into(),
         reason: "not found".into(),
     };
     let plan = CachePlan::new(Some(tmp.path()), SHA, Ok(h100()), Err(Some(missing)));
