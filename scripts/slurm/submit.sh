@@ -6,6 +6,8 @@
 #
 # The engine name is the model folder's name unless the run flags give --engine; the
 # merge uses the same --meta / --out / --limit as the shards when they are given.
+# VLGUARD_SBATCH_FLAGS adds sbatch options to every job (e.g. a partition, or
+# "--gres=none --cpus-per-task=1" on a cluster without GPUs for a dry run).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 n="${1:?usage: submit.sh N MODEL_DIR [run flags ...]}"
@@ -21,9 +23,10 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 bin="${VLGUARD_BIN:-target/release/vlguard-ort}"
-array=$(sbatch --parsable --array="0-$((n - 1))" "$here/vlguard-array.sbatch" "$model" "$@")
+read -r -a extra <<<"${VLGUARD_SBATCH_FLAGS:-}"
+array=$(sbatch --parsable "${extra[@]}" --array="0-$((n - 1))" "$here/vlguard-array.sbatch" "$model" "$@")
 echo "shards: job array $array ($n tasks)"
-merge=$(sbatch --parsable --dependency="afterok:${array%%;*}" --job-name=vlguard-merge \
+merge=$(sbatch --parsable "${extra[@]}" --dependency="afterok:${array%%;*}" --job-name=vlguard-merge \
   --output=vlguard-merge-%j.out \
   --wrap "$bin merge --engine $engine --subset ${VLGUARD_SUBSET:-all} ${merge_flags[*]}")
 echo "merge: job $merge (after every shard succeeded)"
