@@ -619,6 +619,98 @@ mod tests {
         assert!(err.contains("model_type") && err.contains("llama"), "{err}");
     }
 
+    /// The shape of llava-hf/llava-1.5-7b-hf's config.json: `text_config` names only what
+    /// differs from `LlamaConfig`'s defaults, which fill in the 7B decoder.
+    #[test]
+    fn llava_hf_sparse_config_takes_transformers_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"architectures": ["LlavaForConditionalGeneration"], "image_token_index": 32000,
+            "model_type": "llava", "pad_token_id": 32001, "projector_hidden_act": "gelu",
+            "text_config": {"_name_or_path": "lmsys/vicuna-7b-v1.5", "max_position_embeddings": 4096,
+                "model_type": "llama", "rms_norm_eps": 1e-05, "torch_dtype": "float16", "vocab_size": 32064},
+            "tie_word_embeddings": false,
+            "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                "model_type": "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24,
+                "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
+            "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064}"#;
+        let p = write(dir.path(), "config.json", text);
+        let (llava, clip) = parse_llava_hf(&p).unwrap();
+        let l = &llava.llama;
+        assert_eq!(
+            (
+                l.hidden_size,
+                l.num_layers,
+                l.num_heads,
+                l.num_kv_heads,
+                l.intermediate_size
+            ),
+            (4096, 32, 32, 32, 11008)
+        );
+        assert_eq!((l.vocab_size, l.max_position_embeddings), (32064, 4096));
+        assert_eq!((l.rms_norm_eps, l.rope_theta), (1e-5, 10000.0));
+        assert_eq!(
+            (clip.hidden_size, clip.num_layers, clip.num_heads),
+            (1024, 24, 16)
+        );
+        assert_eq!(
+            (clip.hidden_act.as_str(), clip.layer_norm_eps),
+            ("quick_gelu", 1e-5)
+        );
+        assert_eq!(llava.projector, ProjectorKind::Mlp2xGelu);
+        assert_eq!((llava.mm_hidden_size, llava.select_layer), (1024, -2));
+        assert!(!llava.select_feature_keeps_cls);
+        // No vision_config at all: LlavaConfig's own CLIP-L/14-336 tower.
+        let p = write(
+            dir.path(),
+            "bare.json",
+            r#"{"model_type": "llava", "text_config": {}}"#,
+        );
+        let (llava, clip) = parse_llava_hf(&p).unwrap();
+        assert_eq!(
+            (clip.hidden_size, clip.image_size, clip.patch_size),
+            (1024, 336, 14)
+        );
+        assert_eq!(
+            (llava.llama.rms_norm_eps, llava.llama.vocab_size),
+            (1e-6, 32000)
+        );
+    }
+
+    #[test]
+    fn llava_hf_features_the_graphs_lack_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        for (body, key) in [
+            (
+                r#""vision_feature_layer": [-2, -5]"#,
+                "vision_feature_layer",
+            ),
+            (r#""projector_hidden_act": "silu""#, "projector_hidden_act"),
+            (
+                r#""text_config": {"model_type": "mistral"}"#,
+                "text_config.model_type",
+            ),
+            (
+                r#""text_config": {"rope_parameters": {"rope_type": "linear", "factor": 2.0}}"#,
+                "text_config.rope_parameters.rope_type",
+            ),
+        ] {
+            let p = write(
+                dir.path(),
+                "c.json",
+                &format!(r#"{{"model_type": "llava", {body}}}"#),
+            );
+            let err = parse_llava_hf(&p).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        // transformers 5 writes rope_theta inside rope_parameters.
+        let p = write(
+            dir.path(),
+            "c.json",
+            r#"{"model_type": "llava", "text_config": {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}}"#,
+        );
+        assert_eq!(parse_llava_hf(&p).unwrap().0.llama.rope_theta, 500000.0);
+    }
+
     #[test]
     fn missing_preprocessor_is_default() {
         let dir = tempfile::tempdir().unwrap();
