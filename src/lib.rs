@@ -12,6 +12,7 @@ pub mod export_cmd;
 pub mod fetch;
 pub mod generate;
 pub mod judge;
+pub mod prepare;
 pub mod preprocess;
 pub mod prompt;
 pub mod report;
