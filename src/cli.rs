@@ -33,4 +33,6 @@ pub enum Command {
     Judge(crate::judge::JudgeArgs),
     /// Download the dataset or a checkpoint from the Hugging Face Hub.
     Fetch(crate::fetch::FetchArgs),
+    /// From a model name (or Hub repo id) to a model directory: fetch, then export.
+    Prepare(crate::prepare::PrepareArgs),
 }

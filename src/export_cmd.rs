@@ -12,12 +12,20 @@ use vlguard_export::{Dtype, ExportError, ExportOptions, ExportReport};
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
-    /// LLaVA checkpoint folder (config.json, weights, tokenizer.model).
+    /// Checkpoint folder: original LLaVA layout (config.json, weights, tokenizer.model),
+    /// llava-hf layout (LlavaForConditionalGeneration, tower inside), or a LoRA adapter
+    /// (adapter_config.json; give its base with --base).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// CLIP vision tower checkpoint folder (config.json, weights, preprocessor_config.json).
+    /// CLIP vision tower checkpoint folder (config.json, weights, preprocessor_config.json);
+    /// needed by the original LLaVA layout only.
     #[arg(long)]
-    pub vision_tower: PathBuf,
+    pub vision_tower: Option<PathBuf>,
+    /// The base checkpoint folder a LoRA adapter --checkpoint was trained on (Vicuna for
+    /// LLaVA's own LoRA output, a llava-hf model for PEFT adapters on one); the adapter is
+    /// merged into it while exporting.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
     /// Model directory to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -55,6 +63,7 @@ impl ExportArgs {
         Ok(ExportOptions {
             checkpoint: self.checkpoint.clone(),
             vision_tower: self.vision_tower.clone(),
+            base: self.base.clone(),
             out: self.out.clone(),
             dtype,
             force: self.force,

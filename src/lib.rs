@@ -16,6 +16,7 @@ pub mod generate;
 pub mod inspect;
 pub mod judge;
 pub mod merge;
+pub mod prepare;
 pub mod preprocess;
 pub mod prompt;
 pub mod report;

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Leaderboard(args) => vlguard_ort::report::command(&args).map_err(Into::into),
         Command::Judge(args) => vlguard_ort::judge::command(&args).map_err(Into::into),
         Command::Fetch(args) => vlguard_ort::fetch::command(&args).map_err(Into::into),
+        Command::Prepare(args) => vlguard_ort::prepare::command(&args).map_err(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -62,7 +62,8 @@ impl Case {
     fn options(&self, dtype: Dtype, random_weights: bool, flavour: Flavour) -> ExportOptions {
         ExportOptions {
             checkpoint: self.llava(),
-            vision_tower: self.clip(),
+            vision_tower: Some(self.clip()),
+            base: None,
             out: self.out(),
             dtype,
             force: false,
@@ -206,7 +207,8 @@ fn failure_with_force_keeps_the_old_output() {
 fn export_args(dtype: &str, decoder: &str) -> ExportArgs {
     ExportArgs {
         checkpoint: "a".into(),
-        vision_tower: "b".into(),
+        vision_tower: Some("b".into()),
+        base: None,
         out: "c".into(),
         dtype: dtype.into(),
         force: false,

@@ -96,7 +96,8 @@ fn demo_options(out: &Path, dtype: Dtype, flavour: Flavour) -> ExportOptions {
     let src = repo().join("models/demo-src");
     ExportOptions {
         checkpoint: src.join("llava-v1.5-tiny"),
-        vision_tower: src.join("clip-vit-tiny-patch14-336"),
+        vision_tower: Some(src.join("clip-vit-tiny-patch14-336")),
+        base: None,
         out: out.to_path_buf(),
         dtype,
         force: false,
@@ -747,7 +748,8 @@ fn grouped_query_attention_equals_repeated_kv_heads() {
         let out = tmp.path().join(format!("out-kv{kv_heads}"));
         let opts = ExportOptions {
             checkpoint: ck,
-            vision_tower: demo.join("clip-vit-tiny-patch14-336"),
+            vision_tower: Some(demo.join("clip-vit-tiny-patch14-336")),
+            base: None,
             out: out.clone(),
             dtype: Dtype::Fp32,
             force: false,

@@ -8,15 +8,22 @@
 //! PyTorch zips store tensor entries uncompressed; a compressed entry is an error.
 //!
 //! Which files: `model.safetensors.index.json`, `model.safetensors`,
-//! `pytorch_model.bin.index.json`, `pytorch_model.bin`, in that order of preference.
+//! `pytorch_model.bin.index.json`, `pytorch_model.bin`, in that order of preference; or
+//! one named file ([`Checkpoint::open_file`]: a LoRA adapter, `non_lora_trainables.bin`).
 //! Keys the graphs do not need (`*.rotary_emb.inv_freq`, `model.vision_tower.*`, CLIP's
 //! text tower) are never read.
+//!
+//! Layouts other than the one the graph builders name (llava-hf, adapters) become it
+//! through [`Checkpoint::rename`] and [`Checkpoint::overlay`]; a tensor may carry a LoRA
+//! update (`TensorInfo::lora`) that [`Checkpoint::read`] merges as it reads (see `lora`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::lora::LoraDelta;
 use crate::onnx::ElemType;
 use crate::pickle::{self, StorageDtype};
 
@@ -44,6 +51,13 @@ pub enum CheckpointError {
     },
     #[error("{file}: {reason}")]
     Format { file: PathBuf, reason: String },
+    #[error("{first} and {second} both name tensor `{name}` ({dir}): the checkpoint mixes two key styles")]
+    Ambiguous {
+        dir: PathBuf,
+        name: String,
+        first: String,
+        second: String,
+    },
     #[error("{file}: {source}")]
     Pickle {
         file: PathBuf,
@@ -58,7 +72,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
-fn format_err(file: &Path, reason: impl Into<String>) -> CheckpointError {
+pub(crate) fn format_err(file: &Path, reason: impl Into<String>) -> CheckpointError {
     CheckpointError::Format {
         file: file.to_path_buf(),
         reason: reason.into(),
@@ -76,6 +90,8 @@ pub struct TensorInfo {
     /// Why this tensor cannot be read as a weight (e.g. a strided view), reported only
     /// when the graphs ask for it: a checkpoint's unused tensors never fail an export.
     pub problem: Option<String>,
+    /// A LoRA update merged into this tensor when it is read.
+    pub lora: Option<Arc<LoraDelta>>,
 }
 
 impl TensorInfo {
@@ -88,7 +104,7 @@ impl TensorInfo {
 }
 
 /// The tensors of one checkpoint folder.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Checkpoint {
     dir: PathBuf,
     /// The index or single weights file, for error messages.
@@ -126,12 +142,7 @@ impl Checkpoint {
                         shard,
                     });
                 }
-                let found = if is_safetensors {
-                    read_safetensors_header(&shard_path)?
-                } else {
-                    read_torch_zip(&shard_path)?
-                };
-                tensors.extend(found);
+                tensors.extend(read_headers(&shard_path, is_safetensors)?);
                 files.push(shard_path);
             }
             return Ok(Checkpoint {
@@ -146,8 +157,74 @@ impl Checkpoint {
         })
     }
 
+    /// One weights file (`*.safetensors`, else a PyTorch zip), e.g. an adapter's.
+    pub fn open_file(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        Ok(Checkpoint {
+            dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            described_by: path.to_path_buf(),
+            tensors: read_headers(path, is_safetensors)?,
+            files: vec![path.to_path_buf()],
+        })
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The same tensors under the names `map` gives (dropped where it gives none). Two keys
+    /// mapped to one name are an error naming both: it would be a guess which one is meant.
+    pub fn rename(
+        self,
+        map: impl Fn(&str) -> Option<String>,
+    ) -> Result<Checkpoint, CheckpointError> {
+        let mut tensors: BTreeMap<String, TensorInfo> = BTreeMap::new();
+        let mut origin: BTreeMap<String, String> = BTreeMap::new();
+        for (key, info) in self.tensors {
+            let Some(name) = map(&key) else { continue };
+            if let Some(first) = origin.get(&name) {
+                return Err(CheckpointError::Ambiguous {
+                    dir: self.dir,
+                    name,
+                    first: first.clone(),
+                    second: key,
+                });
+            }
+            origin.insert(name.clone(), key);
+            tensors.insert(name, info);
+        }
+        Ok(Checkpoint { tensors, ..self })
+    }
+
+    /// Adds `other`'s tensors, replacing those of the same name (an adapter's trained
+    /// projector over the base's).
+    pub fn overlay(&mut self, other: Checkpoint) {
+        self.tensors.extend(other.tensors);
+        self.files.extend(other.files);
+    }
+
+    /// Adds (or replaces) one tensor under `name`.
+    pub fn insert(&mut self, name: String, info: TensorInfo) {
+        self.tensors.insert(name, info);
+    }
+
+    /// The tensor `key` as stored, unchecked (`None` when absent).
+    pub fn get(&self, key: &str) -> Option<&TensorInfo> {
+        self.tensors.get(key)
+    }
+
+    /// Attaches a LoRA update to tensor `key` (which must exist).
+    pub fn set_lora(&mut self, key: &str, delta: LoraDelta) -> Result<(), CheckpointError> {
+        let described_by = self.described_by.display().to_string();
+        let info = self
+            .tensors
+            .get_mut(key)
+            .ok_or_else(|| CheckpointError::MissingKey {
+                key: key.to_string(),
+                source_desc: described_by,
+            })?;
+        info.lora = Some(Arc::new(delta));
+        Ok(())
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -187,16 +264,37 @@ impl Checkpoint {
         Ok(info)
     }
 
-    /// Reads one tensor's raw little-endian bytes.
+    /// Reads one tensor's raw little-endian bytes, its LoRA update merged in when it has one
+    /// (the result keeps the stored dtype: see `lora`).
     pub fn read(&self, info: &TensorInfo) -> Result<Vec<u8>, CheckpointError> {
-        let mut f = File::open(&info.file).map_err(io_err(&info.file))?;
-        f.seek(SeekFrom::Start(info.offset))
-            .map_err(io_err(&info.file))?;
-        let len = usize::try_from(info.byte_len())
-            .map_err(|_| format_err(&info.file, "tensor larger than memory"))?;
-        let mut buf = vec![0u8; len];
-        f.read_exact(&mut buf).map_err(io_err(&info.file))?;
-        Ok(buf)
+        let mut raw = read_raw(info)?;
+        if let Some(delta) = &info.lora {
+            crate::lora::merge_into(&mut raw, info, delta)?;
+        }
+        Ok(raw)
+    }
+}
+
+/// The stored bytes of one tensor, nothing merged.
+pub fn read_raw(info: &TensorInfo) -> Result<Vec<u8>, CheckpointError> {
+    let mut f = File::open(&info.file).map_err(io_err(&info.file))?;
+    f.seek(SeekFrom::Start(info.offset))
+        .map_err(io_err(&info.file))?;
+    let len = usize::try_from(info.byte_len())
+        .map_err(|_| format_err(&info.file, "tensor larger than memory"))?;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).map_err(io_err(&info.file))?;
+    Ok(buf)
+}
+
+fn read_headers(
+    path: &Path,
+    is_safetensors: bool,
+) -> Result<BTreeMap<String, TensorInfo>, CheckpointError> {
+    if is_safetensors {
+        read_safetensors_header(path)
+    } else {
+        read_torch_zip(path)
     }
 }
 
@@ -287,6 +385,7 @@ fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, 
             dtype,
             shape,
             problem: None,
+            lora: None,
         };
         if end < begin || end - begin != info.byte_len() || data_start + end > file_len {
             return Err(bad("data_offsets disagree with shape or file length"));
@@ -356,6 +455,7 @@ fn read_torch_zip(path: &Path) -> Result<BTreeMap<String, TensorInfo>, Checkpoin
             dtype: t.dtype,
             shape: t.shape.clone(),
             problem,
+            lora: None,
         };
         if t.storage_offset * t.dtype.size() as u64 + info.byte_len() > size {
             return Err(format_err(
@@ -370,7 +470,7 @@ fn read_torch_zip(path: &Path) -> Result<BTreeMap<String, TensorInfo>, Checkpoin
 
 // ---------------------------------------------------------------- conversion
 
-fn elem_to_f32(dtype: StorageDtype, b: &[u8]) -> f32 {
+pub(crate) fn elem_to_f32(dtype: StorageDtype, b: &[u8]) -> f32 {
     let b8 = |b: &[u8]| {
         let mut a = [0u8; 8];
         a.copy_from_slice(&b[..8]);

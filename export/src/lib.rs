@@ -1,11 +1,14 @@
 //! vlguard-export: LLaVA-1.5 checkpoints to a vlguard-ort model directory, with no Python.
 //!
 //! Reads the original LLaVA layout (config.json + sharded PyTorch `.bin` or safetensors,
-//! SentencePiece `tokenizer.model`) and a CLIP vision checkpoint, and writes ONNX graphs
-//! (vision, projector, embed, decoder), `tokenizer.json` and `manifest.json`.
+//! SentencePiece `tokenizer.model`) with a CLIP vision checkpoint, the llava-hf layout (tower
+//! inside), and LoRA adapters on either (merged while streaming), see [`layout`] and
+//! [`lora`]; writes ONNX graphs (vision, projector, embed, decoder), `tokenizer.json` and
+//! `manifest.json`.
 //!
 //! Contract of [`export`]:
-//! - Input: `--checkpoint` (LLaVA folder), `--vision-tower` (CLIP folder), `--out`, dtype.
+//! - Input: `--checkpoint` (LLaVA or adapter folder), `--vision-tower` (CLIP folder, original
+//!   layout only), `--base` (an adapter's base), `--out`, dtype.
 //! - Output: `out/` holding `manifest.json`, `{vision,projector,embed,decoder}.onnx` with
 //!   their `*.onnx.data` weights, and `tokenizer.json`.
 //! - Everything is written into a temporary sibling of `out` that is renamed into place at
@@ -16,6 +19,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod graphs;
+pub mod layout;
+pub mod lora;
 pub mod manifest;
 pub mod onnx;
 pub mod pickle;
@@ -30,9 +35,11 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::checkpoint::CheckpointError;
 use crate::config::{ClipVisionConfig, ConfigError, LlavaConfig};
 use crate::graphs::Weights;
+use crate::layout::{LayoutError, Source};
+use crate::lora::LoraError;
 use crate::manifest::{
     DecoderSpec, GraphSpec, Graphs, Manifest, ProjectorSpec, SourceSpec, TokenizerSpec, VisionSpec,
     FORMAT_VERSION, MANIFEST_FILE,
@@ -53,10 +60,14 @@ pub const TEMPLATE: &str = "llava_v1";
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// LLaVA checkpoint folder: config.json, weights, tokenizer.model.
+    /// LLaVA checkpoint folder (original or llava-hf layout: config.json, weights,
+    /// tokenizer.model) or a LoRA adapter folder (see `layout`).
     pub checkpoint: PathBuf,
-    /// CLIP checkpoint folder: config.json, weights, preprocessor_config.json (optional).
-    pub vision_tower: PathBuf,
+    /// CLIP checkpoint folder (config.json, weights, preprocessor_config.json optional) for
+    /// the original layout; `None` for llava-hf, whose tower is inside.
+    pub vision_tower: Option<PathBuf>,
+    /// The base checkpoint of a LoRA adapter `checkpoint`.
+    pub base: Option<PathBuf>,
     /// Model directory to write.
     pub out: PathBuf,
     pub dtype: Dtype,
@@ -87,6 +98,10 @@ pub enum ExportError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
     #[error(transparent)]
     Onnx(#[from] OnnxError),
     #[error("{path}: {source}")]
@@ -142,125 +157,61 @@ pub fn export_with(
     check_out(&opts.out, opts.force)?;
 
     // Configs first: a bad config fails before anything is written.
-    let llava_path = opts.checkpoint.join("config.json");
-    let clip_path = opts.vision_tower.join("config.json");
-    let llava = config::parse_llava(&llava_path)?;
-    let clip = config::parse_clip(&clip_path)?;
-    let pre_path = opts.vision_tower.join("preprocessor_config.json");
-    let preprocess = config::parse_preprocessor(&pre_path)?;
-    if llava.mm_hidden_size != clip.hidden_size {
-        return Err(ExportError::HiddenMismatch {
-            llava: llava_path,
-            clip: clip_path,
-            mm_hidden: llava.mm_hidden_size,
-            clip_hidden: clip.hidden_size,
-        });
-    }
-    let emitted = graphs::layers_emitted(llava.select_layer, clip.num_layers).ok_or(
-        ExportError::SelectLayer {
-            path: llava_path.clone(),
-            select: llava.select_layer,
-            layers: clip.num_layers,
-        },
+    let src = Source::resolve(
+        &opts.checkpoint,
+        opts.base.as_deref(),
+        opts.vision_tower.as_deref(),
     )?;
-
-    if opts.flavour == Flavour::Fused && llava.llama.head_dim % 16 != 0 {
-        return Err(ExportError::FusedHeadDim {
-            path: llava_path,
-            head_dim: llava.llama.head_dim,
-        });
-    }
-
-    let mut hashed: Vec<(String, PathBuf)> = vec![
-        ("checkpoint/config.json".into(), llava_path.clone()),
-        ("vision_tower/config.json".into(), clip_path.clone()),
-    ];
-    if pre_path.exists() {
-        hashed.push((
-            "vision_tower/preprocessor_config.json".into(),
-            pre_path.clone(),
-        ));
+    let preprocess = config::parse_preprocessor(&src.preprocessor)?;
+    let emitted = check_dims(&src, opts.flavour)?;
+    let mut hashed = vec![src.llava_config.clone(), src.clip_config.clone()];
+    if src.preprocessor.exists() {
+        hashed.push(src.preprocessor.clone());
     }
 
     // Checkpoint headers (no tensor data yet).
-    let (llava_ckpt, clip_ckpt) = if opts.random_weights {
-        (None, None)
+    let weights = if opts.random_weights {
+        None
     } else {
-        let a = Checkpoint::open(&opts.checkpoint)?;
-        let b = Checkpoint::open(&opts.vision_tower)?;
-        for (prefix, ck) in [("checkpoint", &a), ("vision_tower", &b)] {
-            for f in &ck.files {
-                let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-                hashed.push((format!("{prefix}/{}", name.unwrap_or_default()), f.clone()));
-            }
-        }
-        (Some(a), Some(b))
+        let (llava, clip) = src.open_weights()?;
+        hashed.extend(llava.files.iter().chain(&clip.files).cloned());
+        Some((llava, clip))
     };
 
     // Tokenizer before the graphs: cheap, and its failure should not waste an export.
-    let sp_path = opts.checkpoint.join("tokenizer.model");
-    let sp_bytes = std::fs::read(&sp_path).map_err(io_err(&sp_path))?;
+    let sp_bytes = std::fs::read(&src.tokenizer).map_err(io_err(&src.tokenizer))?;
     let (tokenizer_json, special) =
         tokenize(&sp_bytes).map_err(|source| ExportError::Tokenizer {
-            path: sp_path.clone(),
+            path: src.tokenizer.clone(),
             source,
         })?;
-    hashed.push(("checkpoint/tokenizer.model".into(), sp_path));
+    hashed.push(src.tokenizer.clone());
 
     let staging = Staging::create(&opts.out)?;
-    let dir = staging.path.clone();
-    let w_llava = match &llava_ckpt {
-        Some(c) => Weights::Checkpoint(c),
-        None => Weights::Random,
+    let (w_llava, w_clip) = match &weights {
+        Some((llava, clip)) => (Weights::Checkpoint(llava), Weights::Checkpoint(clip)),
+        None => (Weights::Random, Weights::Random),
     };
-    let w_clip = match &clip_ckpt {
-        Some(c) => Weights::Checkpoint(c),
-        None => Weights::Random,
-    };
-    let mut weight_bytes = BTreeMap::new();
-    let vision = graphs::build_vision(
-        &dir,
-        VISION_FILE,
-        &clip,
-        &llava,
-        emitted,
-        opts.dtype,
-        &w_clip,
-    )?;
-    weight_bytes.insert(VISION_FILE.to_string(), vision.weight_bytes);
-    let projector = graphs::build_projector(&dir, PROJECTOR_FILE, &llava, opts.dtype, &w_llava)?;
-    weight_bytes.insert(PROJECTOR_FILE.to_string(), projector.weight_bytes);
-    let embed = graphs::build_embed(&dir, EMBED_FILE, &llava, opts.dtype, &w_llava)?;
-    weight_bytes.insert(EMBED_FILE.to_string(), embed.weight_bytes);
-    let decoder = match opts.flavour {
-        Flavour::Plain => graphs::build_decoder(&dir, DECODER_FILE, &llava, opts.dtype, &w_llava)?,
-        Flavour::Fused => {
-            graphs::build_fused_decoder(&dir, DECODER_FILE, &llava, opts.dtype, &w_llava)?
-        }
-    };
-    weight_bytes.insert(DECODER_FILE.to_string(), decoder.weight_bytes);
-
-    let tok_path = dir.join(TOKENIZER_FILE);
+    let (graphs, weight_bytes) =
+        build_graphs(&staging.path, &src, emitted, opts, &w_llava, &w_clip)?;
+    let tok_path = staging.path.join(TOKENIZER_FILE);
     std::fs::write(&tok_path, tokenizer_json).map_err(io_err(&tok_path))?;
 
     let mut files = BTreeMap::new();
-    for (key, path) in &hashed {
-        files.insert(key.clone(), sha256_file(path)?);
+    for path in &hashed {
+        files.insert(src.hash_key(path), sha256_file(path)?);
     }
-    let decoder_spec = decoder_spec(&llava, opts.flavour);
-    let (dec_in, dec_out) = Manifest::decoder_io(&decoder_spec);
-    debug_assert_eq!((&dec_in, &dec_out), (&decoder.inputs, &decoder.outputs));
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         exporter_version: format!("vlguard-export {}", env!("CARGO_PKG_VERSION")),
         dtype: opts.dtype,
-        vision: vision_spec(&clip, &llava, emitted),
+        vision: vision_spec(&src.clip, &src.llava, emitted),
         projector: ProjectorSpec {
-            kind: llava.projector.as_str().to_string(),
-            input_size: llava.mm_hidden_size,
-            output_size: llava.llama.hidden_size,
+            kind: src.llava.projector.as_str().to_string(),
+            input_size: src.llava.mm_hidden_size,
+            output_size: src.llava.llama.hidden_size,
         },
-        decoder: decoder_spec,
+        decoder: decoder_spec(&src.llava, opts.flavour),
         preprocess,
         tokenizer: TokenizerSpec {
             file: TOKENIZER_FILE.to_string(),
@@ -270,23 +221,14 @@ pub fn export_with(
             image_token_id: IMAGE_TOKEN_ID,
             template: TEMPLATE.to_string(),
         },
-        graphs: Graphs {
-            vision: spec(VISION_FILE, vision),
-            projector: spec(PROJECTOR_FILE, projector),
-            embed: spec(EMBED_FILE, embed),
-            decoder: GraphSpec {
-                file: DECODER_FILE.to_string(),
-                inputs: dec_in,
-                outputs: dec_out,
-            },
-        },
+        graphs,
         source: SourceSpec {
             checkpoint: opts.checkpoint.display().to_string(),
-            vision_tower: opts.vision_tower.display().to_string(),
+            vision_tower: src.vision_dir.display().to_string(),
             files,
         },
     };
-    let manifest_path = dir.join(MANIFEST_FILE);
+    let manifest_path = staging.path.join(MANIFEST_FILE);
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| ExportError::Io {
         path: manifest_path.clone(),
         source: std::io::Error::other(e),
@@ -299,6 +241,75 @@ pub fn export_with(
         weight_bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The checks between configs: tower width = projector input, a selectable layer, a head
+/// size the fused decoder takes. Returns the number of vision layers to emit.
+fn check_dims(src: &Source, flavour: Flavour) -> Result<usize, ExportError> {
+    let (llava, clip) = (&src.llava, &src.clip);
+    if llava.mm_hidden_size != clip.hidden_size {
+        return Err(ExportError::HiddenMismatch {
+            llava: src.llava_config.clone(),
+            clip: src.clip_config.clone(),
+            mm_hidden: llava.mm_hidden_size,
+            clip_hidden: clip.hidden_size,
+        });
+    }
+    let emitted = graphs::layers_emitted(llava.select_layer, clip.num_layers).ok_or(
+        ExportError::SelectLayer {
+            path: src.llava_config.clone(),
+            select: llava.select_layer,
+            layers: clip.num_layers,
+        },
+    )?;
+    if flavour == Flavour::Fused && llava.llama.head_dim % 16 != 0 {
+        return Err(ExportError::FusedHeadDim {
+            path: src.llava_config.clone(),
+            head_dim: llava.llama.head_dim,
+        });
+    }
+    Ok(emitted)
+}
+
+/// Writes the four graphs into `dir`; their specs and weight bytes per file.
+fn build_graphs(
+    dir: &Path,
+    src: &Source,
+    emitted: usize,
+    opts: &ExportOptions,
+    w_llava: &Weights,
+    w_clip: &Weights,
+) -> Result<(Graphs, BTreeMap<String, u64>), ExportError> {
+    let (llava, dtype) = (&src.llava, opts.dtype);
+    let vision = graphs::build_vision(dir, VISION_FILE, &src.clip, llava, emitted, dtype, w_clip)?;
+    let projector = graphs::build_projector(dir, PROJECTOR_FILE, llava, dtype, w_llava)?;
+    let embed = graphs::build_embed(dir, EMBED_FILE, llava, dtype, w_llava)?;
+    let decoder = match opts.flavour {
+        Flavour::Plain => graphs::build_decoder(dir, DECODER_FILE, llava, dtype, w_llava)?,
+        Flavour::Fused => graphs::build_fused_decoder(dir, DECODER_FILE, llava, dtype, w_llava)?,
+    };
+    let weight_bytes = [
+        (VISION_FILE, vision.weight_bytes),
+        (PROJECTOR_FILE, projector.weight_bytes),
+        (EMBED_FILE, embed.weight_bytes),
+        (DECODER_FILE, decoder.weight_bytes),
+    ]
+    .into_iter()
+    .map(|(f, b)| (f.to_string(), b))
+    .collect();
+    let (dec_in, dec_out) = Manifest::decoder_io(&decoder_spec(llava, opts.flavour));
+    debug_assert_eq!((&dec_in, &dec_out), (&decoder.inputs, &decoder.outputs));
+    let graphs = Graphs {
+        vision: spec(VISION_FILE, vision),
+        projector: spec(PROJECTOR_FILE, projector),
+        embed: spec(EMBED_FILE, embed),
+        decoder: GraphSpec {
+            file: DECODER_FILE.to_string(),
+            inputs: dec_in,
+            outputs: dec_out,
+        },
+    };
+    Ok((graphs, weight_bytes))
 }
 
 fn spec(file: &str, g: graphs::BuiltGraph) -> GraphSpec {
