@@ -337,3 +337,114 @@ fn a_second_writer_on_the_same_results_file_exits_at_once_naming_the_holder() {
     let output = output_within(&mut set.run(), Duration::from_secs(300));
     assert!(output.status.success(), "{output:?}");
 }
+
+#[test]
+fn weights_overwritten_in_place_are_caught_at_load() {
+    let set = Set::new(&unsafes());
+    let model = tampered_model(|_| {});
+    let first = set.run_with(model.path(), "demo").output().unwrap();
+    assert!(first.status.success(), "{first:?}");
+    // Other weights of the same size: one byte of the decoder's weights changed (its
+    // last bytes are initializer data).
+    let decoder = model.path().join("decoder.onnx");
+    let mut bytes = std::fs::read(&decoder).unwrap();
+    let at = bytes.len() - 8;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&decoder, &bytes).unwrap();
+    let output = set.run_with(model.path(), "demo").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("decoder.onnx is not the file the export wrote"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_image_changed_since_it_was_answered_is_answered_again() {
+    let entries = unsafes();
+    let set = Set::new(&entries);
+    let output = set.run().output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    // Another folder's file under the same name: the second image's bytes in the first's
+    // place.
+    let first = set.images().join(entries[0]["image"].as_str().unwrap());
+    let second = set.images().join(entries[1]["image"].as_str().unwrap());
+    std::fs::copy(&second, &first).unwrap();
+    let output = set.run().output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("1 answered images changed"), "{stderr}");
+    let manifest = set.manifest();
+    assert_eq!(manifest["n_generated"], 1, "{manifest}");
+    assert_eq!(manifest["n_resumed"], 9);
+}
+
+/// `export --random-weights` from a copy of models/bench-100m's configs with `tamper`
+/// applied to the LLaVA config, into `dir/out`.
+fn export_random(dir: &Path, tamper: impl Fn(&mut Value)) -> Output {
+    let llava = dir.join("llava");
+    let clip = dir.join("clip");
+    std::fs::create_dir_all(&llava).unwrap();
+    std::fs::create_dir_all(&clip).unwrap();
+    let bench = repo().join("models/bench-100m");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(bench.join("config.json")).unwrap()).unwrap();
+    tamper(&mut config);
+    std::fs::write(llava.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(bench.join("clip/config.json"), clip.join("config.json")).unwrap();
+    std::fs::copy(
+        repo().join("models/demo-src/llava-v1.5-tiny/tokenizer.model"),
+        llava.join("tokenizer.model"),
+    )
+    .unwrap();
+    bin()
+        .args(["export", "--random-weights", "--dtype", "fp16"])
+        .arg("--checkpoint")
+        .arg(&llava)
+        .arg("--vision-tower")
+        .arg(&clip)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn absurd_export_dimensions_are_refused_and_leave_nothing_behind() {
+    type Tamper = fn(&mut Value);
+    let cases: [(&str, Tamper); 3] = [
+        ("`vocab_size` is 2000000000", |c| {
+            c["vocab_size"] = Value::from(2_000_000_000u64)
+        }),
+        ("`num_hidden_layers` is 1000000000", |c| {
+            c["num_hidden_layers"] = Value::from(1_000_000_000u64)
+        }),
+        // Within every bound, but some 4 TB of weights: more than the disk holds.
+        ("bytes free; this export writes about", |c| {
+            c["hidden_size"] = Value::from(16384);
+            c["num_attention_heads"] = Value::from(128);
+            c["num_key_value_heads"] = Value::from(128);
+            c["intermediate_size"] = Value::from(65536);
+            c["num_hidden_layers"] = Value::from(1000);
+        }),
+    ];
+    for (expected, tamper) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let output = export_random(dir.path(), tamper);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{expected}: refused at once"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "llava" && n != "clip")
+            .collect();
+        assert!(left.is_empty(), "{expected}: left behind {left:?}");
+    }
+}

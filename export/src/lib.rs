@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod graphs;
 pub mod layout;
+pub mod limits;
 pub mod lora;
 pub mod manifest;
 pub mod onnx;
@@ -94,6 +95,18 @@ pub enum ExportError {
     OutNotEmpty { out: PathBuf },
     #[error("{out} exists and is not a directory")]
     OutNotDir { out: PathBuf },
+    #[error("{path}: `{field}` {message}")]
+    Bound {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+    #[error("{dir} has {free} bytes free; this export writes about {needed} bytes (the weights at this dtype): free some space or export elsewhere")]
+    NoSpace {
+        dir: PathBuf,
+        needed: u64,
+        free: u64,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -188,6 +201,7 @@ pub fn export_with(
     hashed.push(src.tokenizer.clone());
 
     let staging = Staging::create(&opts.out)?;
+    check_space(&staging.path, estimated_bytes(&src, emitted, opts.dtype))?;
     let (w_llava, w_clip) = match &weights {
         Some((llava, clip)) => (Weights::Checkpoint(llava), Weights::Checkpoint(clip)),
         None => (Weights::Random, Weights::Random),
@@ -196,6 +210,7 @@ pub fn export_with(
         build_graphs(&staging.path, &src, emitted, opts, &w_llava, &w_clip)?;
     let tok_path = staging.path.join(TOKENIZER_FILE);
     std::fs::write(&tok_path, tokenizer_json).map_err(io_err(&tok_path))?;
+    let model_files = hash_outputs(&staging.path)?;
 
     let mut files = BTreeMap::new();
     for path in &hashed {
@@ -222,6 +237,7 @@ pub fn export_with(
             template: TEMPLATE.to_string(),
         },
         graphs,
+        files: model_files,
         source: SourceSpec {
             checkpoint: opts.checkpoint.display().to_string(),
             vision_tower: src.vision_dir.display().to_string(),
@@ -247,6 +263,7 @@ pub fn export_with(
 /// size the fused decoder takes. Returns the number of vision layers to emit.
 fn check_dims(src: &Source, flavour: Flavour) -> Result<usize, ExportError> {
     let (llava, clip) = (&src.llava, &src.clip);
+    check_bounds(src)?;
     if llava.mm_hidden_size != clip.hidden_size {
         return Err(ExportError::HiddenMismatch {
             llava: src.llava_config.clone(),
@@ -269,6 +286,110 @@ fn check_dims(src: &Source, flavour: Flavour) -> Result<usize, ExportError> {
         });
     }
     Ok(emitted)
+}
+
+/// Every dimension of both configs within [`limits`], before anything is allocated or
+/// written.
+fn check_bounds(src: &Source) -> Result<(), ExportError> {
+    use limits::*;
+    let (l, c) = (&src.llava.llama, &src.clip);
+    let llava = [
+        ("hidden_size", l.hidden_size, MAX_HIDDEN),
+        ("num_hidden_layers", l.num_layers, MAX_LAYERS),
+        ("num_attention_heads", l.num_heads, MAX_HEADS),
+        ("num_key_value_heads", l.num_kv_heads, MAX_HEADS),
+        ("head_dim", l.head_dim, MAX_HIDDEN),
+        ("intermediate_size", l.intermediate_size, MAX_INTERMEDIATE),
+        ("vocab_size", l.vocab_size, MAX_VOCAB),
+        (
+            "max_position_embeddings",
+            l.max_position_embeddings,
+            MAX_CONTEXT,
+        ),
+        ("mm_hidden_size", src.llava.mm_hidden_size, MAX_HIDDEN),
+    ];
+    let clip = [
+        ("hidden_size", c.hidden_size, MAX_HIDDEN),
+        ("intermediate_size", c.intermediate_size, MAX_INTERMEDIATE),
+        ("num_hidden_layers", c.num_layers, MAX_LAYERS),
+        ("num_attention_heads", c.num_heads, MAX_HEADS),
+        ("image_size", c.image_size, MAX_IMAGE_SIDE),
+        ("patch_size", c.patch_size, MAX_IMAGE_SIDE),
+    ];
+    for (path, fields) in [
+        (&src.llava_config, &llava[..]),
+        (&src.clip_config, &clip[..]),
+    ] {
+        for &(field, value, max) in fields {
+            limits::check(field, value, max).map_err(|(field, message)| ExportError::Bound {
+                path: path.clone(),
+                field,
+                message,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The weight bytes the four graphs will hold at `dtype`: the free space an export needs
+/// (graph structure and the tokenizer are small beside them).
+fn estimated_bytes(src: &Source, emitted: usize, dtype: Dtype) -> u64 {
+    let (l, c) = (&src.llava.llama, &src.clip);
+    let (h, hc) = (l.hidden_size as u64, c.hidden_size as u64);
+    let kv = (l.num_kv_heads * l.head_dim) as u64;
+    let patch = (c.num_channels * c.patch_size * c.patch_size) as u64;
+    let vision = hc * patch
+        + hc * (c.num_positions() as u64 + 1)
+        + emitted as u64 * (4 * (hc * hc + hc) + 2 * hc * c.intermediate_size as u64 + 6 * hc);
+    let projector = hc * h + h * h + 2 * h;
+    let layer = 2 * h * h + 2 * h * kv + 3 * h * l.intermediate_size as u64 + 2 * h;
+    let decoder = l.num_layers as u64 * layer + h + l.vocab_size as u64 * h;
+    let embed = l.vocab_size as u64 * h;
+    let per_value = match dtype {
+        Dtype::Fp32 => 4,
+        Dtype::Fp16 => 2,
+    };
+    (vision + projector + decoder + embed) * per_value
+}
+
+/// `Err` when the filesystem holding `dir` has less free space than `needed` bytes.
+fn check_space(dir: &Path, needed: u64) -> Result<(), ExportError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path =
+        std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| ExportError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+    // SAFETY: a NUL-terminated path and a zeroed statvfs for the call to fill.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        // Not knowing is no reason to refuse: the write itself still fails cleanly.
+        return Ok(());
+    }
+    let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+    if free < needed {
+        return Err(ExportError::NoSpace {
+            dir: dir.to_path_buf(),
+            needed,
+            free,
+        });
+    }
+    Ok(())
+}
+
+/// sha256 of every file in the model folder (graphs, their external data, the
+/// tokenizer), keyed by file name: a run checks them at load, so weights overwritten in
+/// place are caught instead of mixed into a resumed run.
+fn hash_outputs(dir: &Path) -> Result<BTreeMap<String, String>, ExportError> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != MANIFEST_FILE && entry.path().is_file() {
+            files.insert(name, sha256_file(&entry.path())?);
+        }
+    }
+    Ok(files)
 }
 
 /// Writes the four graphs into `dir`; their specs and weight bytes per file.

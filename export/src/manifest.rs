@@ -93,6 +93,11 @@ pub struct Manifest {
     pub preprocess: PreprocessSpec,
     pub tokenizer: TokenizerSpec,
     pub graphs: Graphs,
+    /// sha256 of every file the export wrote beside the manifest (graphs, external data,
+    /// tokenizer), by file name; a run checks them at load. Empty in manifests written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
     pub source: SourceSpec,
 }
 

@@ -21,6 +21,7 @@ pub mod session;
 mod test_manifests;
 pub mod trt;
 pub mod validate;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -95,6 +96,8 @@ pub enum Error {
     Library(#[from] ort_lib::LibraryError),
     #[error(transparent)]
     Manifest(#[from] vlguard_export::manifest::ManifestError),
+    #[error(transparent)]
+    Verify(#[from] verify::VerifyError),
     #[error("graph {graph} ({path}): {message}")]
     Session {
         graph: GraphKind,
@@ -151,6 +154,7 @@ impl Engine {
     pub fn open(options: &EngineOptions) -> Result<Engine, Error> {
         let (manifest, bytes) = Manifest::load(&options.model_dir)?;
         check_fields(&options.model_dir, validate::bounds(&manifest))?;
+        verify::verify(&options.model_dir, &manifest.files)?;
         let manifest_sha256 = crate::util::sha256_hex(&bytes);
         let (lib, env) = ort_lib::environment(options.ort_lib.as_deref())?;
         // TensorRT may run: sessions get the engine folder keyed by model, GPU and

@@ -70,6 +70,7 @@ pub fn manifest(vision_hidden: usize, decoder: DecoderSpec) -> Manifest {
             },
         },
         decoder,
+        files: BTreeMap::new(),
         source: SourceSpec {
             checkpoint: "c".into(),
             vision_tower: "v".into(),

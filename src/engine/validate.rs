@@ -25,20 +25,14 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// Largest values accepted: far above any LLaVA-1.5 (7B: hidden 4096, 13B: 5120; vocab
-/// 32,000 or 32,064; context 4,096; image 336), far below what would exhaust memory.
-const MAX_HIDDEN: usize = 1 << 16;
-const MAX_LAYERS: usize = 1 << 10;
-const MAX_VOCAB: usize = 1 << 22;
-const MAX_CONTEXT: usize = 1 << 20;
-const MAX_IMAGE_SIDE: usize = 4096;
+use vlguard_export::limits::{
+    MAX_CONTEXT, MAX_HEADS, MAX_HIDDEN, MAX_IMAGE_SIDE, MAX_LAYERS, MAX_VOCAB,
+};
 
+/// The exporter's bounds ([`vlguard_export::limits`]), for a manifest field.
 fn in_range(problems: &mut Vec<Problem>, field: &'static str, value: usize, max: usize) {
-    if value == 0 || value > max {
-        problems.push(Problem {
-            field,
-            message: format!("is {value}; it must be between 1 and {max}"),
-        });
+    if let Err((field, message)) = vlguard_export::limits::check(field, value, max) {
+        problems.push(Problem { field, message });
     }
 }
 
@@ -73,8 +67,8 @@ pub fn bounds(m: &Manifest) -> Vec<Problem> {
     }
     in_range(&mut p, "decoder.hidden_size", d.hidden_size, MAX_HIDDEN);
     in_range(&mut p, "decoder.num_layers", d.num_layers, MAX_LAYERS);
-    in_range(&mut p, "decoder.num_heads", d.num_heads, MAX_HIDDEN);
-    in_range(&mut p, "decoder.num_kv_heads", d.num_kv_heads, MAX_HIDDEN);
+    in_range(&mut p, "decoder.num_heads", d.num_heads, MAX_HEADS);
+    in_range(&mut p, "decoder.num_kv_heads", d.num_kv_heads, MAX_HEADS);
     in_range(&mut p, "decoder.vocab_size", d.vocab_size, MAX_VOCAB);
     in_range(
         &mut p,
