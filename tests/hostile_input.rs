@@ -253,10 +253,8 @@ fn a_tampered_manifest_is_one_error_naming_the_field_before_any_sample() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{field}: {stderr}");
         assert!(stderr.contains(&format!("`{field}`")), "{field}: {stderr}");
-        assert!(
-            !set.out().join("unsafes").exists(),
-            "{field}: no sample ran"
-        );
+        let journal = set.out().join("unsafes/demo.journal.jsonl");
+        assert!(!journal.exists(), "{field}: no sample ran");
         let inspect = bin().arg("inspect").arg(model.path()).output().unwrap();
         assert_ne!(inspect.status.code(), Some(0), "{field}: inspect must fail");
         let stdout = String::from_utf8_lossy(&inspect.stdout);
