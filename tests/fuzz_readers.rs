@@ -4,7 +4,8 @@
 //! Readers (one test each): the pickle VM, the PyTorch zip (`.bin`) reader, its shard
 //! index, the safetensors header, config.json (LLaVA, CLIP, preprocessor), the model
 //! manifest (and the run's bounds check on it), the ONNX graph checker, the SentencePiece
-//! `tokenizer.model` converter, the JPEG and PNG decoders (with the resize and crop after
+//! `tokenizer.model` converter, `tokenizer.json` as the run loads it (the tokenizers
+//! library, then the decode table), the JPEG and PNG decoders (with the resize and crop after
 //! them), test.json, the run journal, predictions files, the leaderboard's run manifests
 //! and judge summaries, the judge's journal and reference answers, and the dataset
 //! archive unpacker. Seeds are the repository's own files (models/demo-src, data/mini,
@@ -434,6 +435,32 @@ fn sentencepiece_model() {
     });
 }
 
+#[test]
+fn tokenizer_json() {
+    use vlguard_ort::prompt::PromptTokenizer;
+    let bytes = std::fs::read(demo_export().join("tokenizer.json")).expect("tokenizer.json");
+    let (manifest, _) = Manifest::load(demo_export()).expect("manifest");
+    let (bos, eos) = (manifest.tokenizer.bos_id, manifest.tokenizer.eos_id);
+    fuzz(Target {
+        name: "tokenizer-json",
+        seeds: vec![Seed::whole(bytes)],
+        tokens: JSON_TOKENS,
+        fixup: no_fixup,
+        iterations: 600,
+        run: Box::new(move |input, scratch| {
+            let path = scratch.put("tokenizer.json", input);
+            let Ok(tokenizer) = PromptTokenizer::from_file(&path, bos, eos) else {
+                return false;
+            };
+            // A prompt through it and back, as a run does.
+            let ids = tokenizer.input_ids("What is in <image> this picture?");
+            let ids: Vec<u32> = ids.unwrap_or_default().iter().map(|&i| i as u32).collect();
+            tokenizer.decode(&ids);
+            true
+        }),
+    });
+}
+
 /// Decodes like the run does, then resizes, crops and normalises. The output is CLIP's
 /// but 14 pixels square instead of 336: the same arithmetic on every input size, at a
 /// cost a debug build can afford thousands of times.
@@ -805,4 +832,42 @@ fn regression_manifest_sizes_near_u64_max_are_problems_not_overflows() {
     for field in ["vision.image_size", "vision.num_tokens", "decoder.head_dim"] {
         assert!(fields.contains(&field), "{field} missing from {fields:?}");
     }
+}
+
+#[test]
+fn regression_tokenizer_json_with_a_token_id_near_2_pow_32_is_refused_not_allocated() {
+    // The decode table had one slot per id up to the largest: an id of 2^32 - 1 in a
+    // tampered tokenizer.json asked for 103 GB and aborted the run.
+    let path = demo_export().join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["model"]["vocab"]["<forged>"] = serde_json::Value::from(u32::MAX);
+    let scratch = Scratch::new();
+    let forged = scratch.put("tokenizer.json", &serde_json::to_vec(&json).unwrap());
+    let mut result = None;
+    let peak = peak_heap_of(|| {
+        result = Some(vlguard_ort::prompt::PromptTokenizer::from_file(
+            &forged, 1, 2,
+        ));
+    });
+    let err = result.unwrap().err().expect("refused").to_string();
+    assert!(err.contains("token id 4294967295 is over 4194304"), "{err}");
+    assert!(peak < 256 << 20, "peak heap {peak} bytes");
+}
+
+#[test]
+fn regression_tokenizer_json_with_a_malformed_decoder_is_an_error_not_a_panic() {
+    // tokenizers 0.23's decoder deserializer `.expect`s its helper: a decoder object with
+    // a non-string key panicked out of the tokenizer load.
+    let path = demo_export().join("tokenizer.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text.find("\"decoder\":").expect("a decoder") + "\"decoder\":".len();
+    let forged = format!("{}{{1: 2}}, \"unused\":{}", &text[..at], &text[at..]);
+    let scratch = Scratch::new();
+    let forged = scratch.put("tokenizer.json", forged.as_bytes());
+    let err = vlguard_ort::prompt::PromptTokenizer::from_file(&forged, 1, 2)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("tokenizer.json"), "{err}");
 }

@@ -421,6 +421,8 @@ pub fn run_cases(target: &Target, seed: u64, cases: Range<u64>, done: &AtomicU64
         let input = case_input(target, seed, case);
         LIVE.with(|l| l.set(0));
         PEAK.with(|p| p.set(0));
+        // A panic a reader caught itself must not be blamed on a later case.
+        LAST_PANIC.with(|p| p.borrow_mut().take());
         CASE.with(|c| c.set(Some((target.name, case))));
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             (target.run)(&input, &scratch)
