@@ -871,3 +871,46 @@ fn regression_tokenizer_json_with_a_malformed_decoder_is_an_error_not_a_panic() 
         .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
 }
+
+/// The CLIP fixture's safetensors with `edit` applied to its first tensor's header entry.
+fn forged_safetensors(edit: impl Fn(&mut serde_json::Value)) -> Scratch {
+    let bytes = read(&format!("{CLIP}/model.safetensors"));
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let first = header
+        .as_object_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| v)
+        .unwrap();
+    edit(first);
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut forged = (header.len() as u64).to_le_bytes().to_vec();
+    forged.extend(&header);
+    forged.extend(&bytes[8 + header_len..]);
+    let scratch = Scratch::new();
+    scratch.put("model.safetensors", &forged);
+    scratch
+}
+
+#[test]
+fn regression_safetensors_offsets_near_2_pow_64_are_an_error_not_an_overflow() {
+    // `data_start + begin` overflowed (a panic in debug builds, a wrapped offset that
+    // could pass the file-length check in release ones).
+    let scratch = forged_safetensors(|t| {
+        t["data_offsets"] = serde_json::json!([u64::MAX - 8, u64::MAX]);
+    });
+    let err = Checkpoint::open(scratch.dir.path()).expect_err("refused");
+    assert!(err.to_string().contains("data_offsets disagree"), "{err}");
+}
+
+#[test]
+fn regression_safetensors_shape_whose_size_passes_2_pow_64_is_an_error_not_an_overflow() {
+    // The element count multiplied out past u64.
+    let scratch = forged_safetensors(|t| {
+        t["shape"] = serde_json::json!([1u64 << 32, 1u64 << 32, 1u64 << 32]);
+    });
+    let err = Checkpoint::open(scratch.dir.path()).expect_err("refused");
+    assert!(err.to_string().contains("data_offsets disagree"), "{err}");
+}
