@@ -914,3 +914,23 @@ fn regression_safetensors_shape_whose_size_passes_2_pow_64_is_an_error_not_an_ov
     let err = Checkpoint::open(scratch.dir.path()).expect_err("refused");
     assert!(err.to_string().contains("data_offsets disagree"), "{err}");
 }
+
+#[test]
+fn regression_tokenizer_json_whose_template_names_an_undefined_special_token_is_refused() {
+    // tokenizers 0.23 checks a TemplateProcessing's special tokens when one is built, not
+    // when one is read: a template naming a token its map lacks panicked at every encode.
+    let path = demo_export().join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["post_processor"]["single"][0]["SpecialToken"]["id"] = serde_json::Value::from(">");
+    let scratch = Scratch::new();
+    let forged = scratch.put("tokenizer.json", &serde_json::to_vec(&json).unwrap());
+    let err = vlguard_ort::prompt::PromptTokenizer::from_file(&forged, 1, 2)
+        .err()
+        .expect("refused at load")
+        .to_string();
+    assert!(
+        err.ends_with("the tokenizers library panicked encoding with it"),
+        "{err}"
+    );
+}
