@@ -87,6 +87,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: {problem}", .path.display())]
+    Encoding { path: PathBuf, problem: String },
     #[error("{path} is not a VLGuard test.json: {source}")]
     Schema {
         path: PathBuf,
@@ -122,11 +124,13 @@ impl Dataset {
             path: path.to_path_buf(),
             source,
         })?;
-        let entries: Vec<TestEntry> =
-            serde_json::from_slice(&bytes).map_err(|source| Error::Schema {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let entries: Vec<TestEntry> = serde_json::from_slice(&bytes).map_err(|source| {
+            let path = path.to_path_buf();
+            match crate::formats::encoding_problem(&path, &bytes) {
+                Some(problem) => Error::Encoding { path, problem },
+                None => Error::Schema { path, source },
+            }
+        })?;
         Ok(Dataset {
             path: path.to_path_buf(),
             sha256: crate::util::sha256_hex(&bytes),
@@ -184,6 +188,21 @@ mod tests {
             path.display()
         );
         path
+    }
+
+    #[test]
+    fn a_test_json_with_a_bom_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.json");
+        std::fs::write(&path, b"\xEF\xBB\xBF[]").unwrap();
+        let err = Dataset::load(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{}: starts with a UTF-8 byte-order mark",
+                path.display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]

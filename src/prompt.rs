@@ -23,6 +23,7 @@
 //! Guarantees: no panics on any input; load and encode failures are [`PromptError`]s naming
 //! the file or the chunk.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use tokenizers::Tokenizer;
@@ -109,6 +110,9 @@ fn push_lenient_utf8(out: &mut String, bytes: &[u8]) {
     }
 }
 
+/// Largest vocabulary a tokenizer may have (as `engine::validate` bounds the manifest's).
+const MAX_VOCAB: usize = 1 << 22;
+
 impl PromptTokenizer {
     /// The tokenizer of a model directory, with the special ids and image slot id its
     /// manifest records.
@@ -120,12 +124,33 @@ impl PromptTokenizer {
 
     /// Loads `tokenizer.json` with these BOS/EOS ids (the image slot id is LLaVA's).
     pub fn from_file(path: &Path, bos: u32, eos: u32) -> Result<Self, PromptError> {
-        let tokenizer = Tokenizer::from_file(path).map_err(|e| PromptError::Load {
+        let load_error = |message: String| PromptError::Load {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        // tokenizers 0.23 panics on some malformed files (`.expect("Helper")` in its
+        // decoder deserializer): a bad tokenizer.json is an error like any other.
+        let loaded = std::panic::catch_unwind(|| Tokenizer::from_file(path))
+            .map_err(|_| load_error("the tokenizers library panicked reading it".into()))?;
+        let tokenizer = loaded.map_err(|e| load_error(e.to_string()))?;
+        // Its post-processor can panic at the first encode too (a template naming a special
+        // token the file does not define): tried once here, so that it is one load error.
+        let encodes = std::panic::catch_unwind(AssertUnwindSafe(|| tokenizer.encode("a", true)));
+        if encodes.is_err() {
+            return Err(load_error(
+                "the tokenizers library panicked encoding with it".into(),
+            ));
+        }
         let vocab = tokenizer.get_vocab(true);
         let size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
+        // The decode table has one slot per id up to the largest: a forged id of 2^32 - 1
+        // would ask for 100 GB. The bound is the manifest check's largest vocabulary.
+        if size > MAX_VOCAB {
+            return Err(load_error(format!(
+                "token id {} is over {MAX_VOCAB}, the largest vocabulary accepted",
+                size - 1
+            )));
+        }
         for (what, id) in [("BOS", bos), ("EOS", eos)] {
             if id as usize >= size {
                 return Err(PromptError::SpecialNotInVocab {
@@ -182,14 +207,16 @@ impl PromptTokenizer {
         let prompt = Self::prompt_text(question);
         let mut chunks = Vec::new();
         for (i, chunk) in prompt.split(IMAGE_PLACEHOLDER).enumerate() {
-            let enc = self
-                .tokenizer
-                .encode(chunk, true)
-                .map_err(|e| PromptError::Encode {
-                    chunk: i,
-                    question: question.to_string(),
-                    message: e.to_string(),
-                })?;
+            let error = |message: String| PromptError::Encode {
+                chunk: i,
+                question: question.to_string(),
+                message,
+            };
+            // A panic of the tokenizers library on this text is this sample's error.
+            let enc =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.tokenizer.encode(chunk, true)))
+                    .map_err(|_| error("the tokenizers library panicked".into()))?
+                    .map_err(|e| error(e.to_string()))?;
             chunks.push(enc.get_ids().to_vec());
         }
         // As LLaVA does it: when the first chunk starts with BOS, keep that BOS once and drop

@@ -1,6 +1,7 @@
 //! The built binary's `fetch model`: HF_ENDPOINT and HF_TOKEN read from the environment,
 //! exit code 2 and a message naming HF_TOKEN on a 401 (the token itself never printed),
-//! exit code 0 and a one-line summary on success. Runs against tests/hub_server.
+//! exit code 0 and a one-line summary on success, the retry lines of an unreachable Hub.
+//! Runs against tests/hub_server.
 
 mod hub_server;
 
@@ -90,4 +91,43 @@ fn token_from_environment_fetches_and_summarises() {
         vec![7u8; 10_000]
     );
     assert!(!stdout.contains("hf_cli_secret"));
+}
+
+#[test]
+fn unreachable_hub_retry_lines_count_tries_from_one() {
+    // A port that was free a moment ago: connection refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_vlguard-ort"))
+        .args([
+            "fetch",
+            "model",
+            "tester/gated",
+            "--quiet",
+            "--attempts",
+            "2",
+        ])
+        .arg("--to")
+        .arg(tmp.path())
+        .env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env_remove("HF_TOKEN")
+        .output()
+        .expect("run vlguard-ort");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    // The default policy waits 1 s before the second try.
+    let refused = format!("cannot reach 127.0.0.1:{port} (io: Connection refused (os error 111))");
+    assert_eq!(
+        lines[0],
+        format!("fetch: try 1 of 2 failed: {refused}; try 2 of 2 in 1s")
+    );
+    assert_eq!(
+        lines[1],
+        format!("error: {refused} after 2 tries: check the network connection, or point HF_ENDPOINT (--endpoint) at a reachable mirror")
+    );
 }

@@ -393,6 +393,34 @@ fn reference_answers_that_do_not_match_test_json_are_refused() {
 }
 
 #[test]
+fn unreachable_reference_answers_point_at_reference_url() {
+    let small = SmallDataset::start(zip_of(&[
+        ("test/bad_ads/a.png", b"A"),
+        ("test/privacy/b.jpg", b"B"),
+        ("test/bad_ads/c.png", b"C"),
+    ]));
+    // A port that was free a moment ago: connection refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut req = request(&small.server, &small.to);
+    req.reference_url = format!("http://127.0.0.1:{port}/gpt4_safe_safes.json");
+    let err = fetch::fetch_dataset(&small.hub, &req).expect_err("unreachable");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("cannot reach 127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("after 2 tries: check the network connection, or point --reference-url at a reachable mirror"),
+        "{text}"
+    );
+    // The Hub was reachable: its setting is not the remedy.
+    assert!(!text.contains("HF_ENDPOINT"), "{text}");
+}
+
+#[test]
 fn missing_train_files_name_what_the_repo_has() {
     let (test_json, reference) = small_json();
     let server = HubServer::start(

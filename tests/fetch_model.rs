@@ -347,7 +347,10 @@ fn unreachable_host_is_named_after_bounded_retries() {
         text.contains(&format!("cannot reach 127.0.0.1:{port}")),
         "{text}"
     );
-    assert!(text.contains("HF_ENDPOINT"), "{text}");
+    assert!(text.contains("after 3 tries"), "{text}");
+    assert!(text.contains("point HF_ENDPOINT (--endpoint) at"), "{text}");
+    // A flag of `fetch dataset` only: no use to someone fetching a model.
+    assert!(!text.contains("--reference-url"), "{text}");
 }
 
 #[test]

@@ -229,3 +229,41 @@ fn killed_run_loses_nothing_and_rerun_asks_only_for_the_rest() {
         "Winning rate of llava15-7b: 0.5833333333333334\n"
     );
 }
+
+#[test]
+fn a_model_name_the_server_refuses_stops_with_one_error() {
+    // What a LiteLLM proxy answers for a model it does not serve (checked against one).
+    let (dir, _) = workdir(Some(40));
+    let refusing = ChatServer::start(|_, _| {
+        chat_server::error(
+            400,
+            "400",
+            "litellm.BadRequestError: Invalid model name passed in model=judge-cli",
+            &[],
+        )
+    });
+    let output = judge(dir.path(), &refusing, &["--concurrency", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    // No rate for a run without a verdict, and one message instead of one per item.
+    assert_eq!(stdout, "");
+    assert_eq!(stderr.lines().count(), 1, "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: judge stopped: 3 requests in a row were refused with HTTP 400: litellm.BadRequestError: Invalid model name"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("results/judge/llava15-7b.journal.jsonl"),
+        "{stderr}"
+    );
+    assert_eq!(refusing.requests().len(), 3);
+    let journal = dir.path().join("results/judge/llava15-7b.journal.jsonl");
+    assert_eq!(std::fs::read_to_string(journal).unwrap().lines().count(), 3);
+    assert!(!dir
+        .path()
+        .join("results/judge/llava15-7b.summary.json")
+        .exists());
+}

@@ -559,3 +559,185 @@ fn output_over_an_input_file_is_refused() {
     assert!(err.to_string().contains("--out"), "{err}");
     assert!(server.requests().is_empty());
 }
+
+/// The lines of the journal, parsed.
+fn journal_lines(config: &JudgeConfig) -> Vec<Value> {
+    read(&config.journal_path())
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("journal line"))
+        .collect()
+}
+
+#[test]
+fn invalid_model_name_stops_the_run_and_keeps_the_verdicts() {
+    // LiteLLM's answer for a model it does not serve; items 0 and 1 were judged before
+    // the proxy's configuration changed.
+    let server = ChatServer::start(|req, _| match item_of(req) {
+        0 | 1 => completion("m"),
+        _ => error(
+            400,
+            "400",
+            "Invalid model name passed in model=judge-x",
+            &[],
+        ),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let paths = synthetic(dir.path(), 9, |i| format!("P{i}"));
+    let out = dir.path().join("out/model-x.json");
+    let mut args = synthetic_args(&paths, &out);
+    args.extend(["--concurrency", "1"]);
+    let config = config(&server, &args);
+    let mut stdout = Vec::new();
+    let err = judge::run(&config, &mut stdout).expect_err("the run stops");
+
+    let text = err.to_string();
+    assert!(
+        text.starts_with("judge stopped: 3 requests in a row were refused with HTTP 400: Invalid model name passed in model=judge-x"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&config.journal_path().display().to_string()),
+        "{text}"
+    );
+    // Items 2, 3, 4 were refused; 5..8 were never asked.
+    let mut asked: Vec<usize> = server.requests().iter().map(item_of).collect();
+    asked.sort();
+    assert_eq!(asked, [0, 1, 2, 3, 4]);
+    assert!(stdout.is_empty(), "no rate printed");
+    assert!(!out.exists() && !config.summary_path().exists());
+    let outcomes: Vec<String> = journal_lines(&config)
+        .iter()
+        .map(|l| l["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(outcomes, ["win", "win", "error", "error", "error"]);
+
+    // Fixed: the rerun keeps the two verdicts and asks for the other seven.
+    let fixed = ChatServer::start(|_, _| completion("M"));
+    let (report, stdout) = run(&self::config(&fixed, &args));
+    assert_eq!((report.resumed, report.asked), (2, 7));
+    // Python: 2 / 9 == 0.2222222222222222
+    assert_eq!(stdout, "Winning rate of model-x: 0.2222222222222222\n");
+}
+
+#[test]
+fn a_closed_port_stops_after_the_first_request() {
+    // A port that was free a moment ago: every connection is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = synthetic(dir.path(), 6, |i| format!("P{i}"));
+    let out = dir.path().join("out/model-x.json");
+    let mut argv = vec![
+        "vlguard-ort".to_string(),
+        "judge".into(),
+        "--base-url".into(),
+        format!("http://127.0.0.1:{port}/v1"),
+    ];
+    argv.extend(synthetic_args(&paths, &out).iter().map(|s| s.to_string()));
+    argv.extend(
+        [
+            "--concurrency",
+            "1",
+            "--retries",
+            "2",
+            "--backoff-base",
+            "0.01",
+        ]
+        .map(String::from),
+    );
+    let Command::Judge(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not the judge command")
+    };
+    let config = JudgeConfig::from_args(&args, |_| Some(KEY.to_string())).unwrap();
+    let err = judge::run(&config, &mut Vec::new()).expect_err("the run stops");
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot connect to http://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("on every try of img/i0.png (original)"),
+        "{text}"
+    );
+    // One request, three tries, journaled; the other five items were never tried.
+    let lines = journal_lines(&config);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["attempts"], 3);
+    assert_eq!(lines[0]["outcome"], "error");
+}
+
+#[test]
+fn client_errors_that_are_not_in_a_row_do_not_stop_the_run() {
+    // Items 1, 2 and 4, 5 are refused the same way, but a verdict comes between; item 7
+    // is refused differently; 8 fails with 500 once, then answers.
+    let server = ChatServer::start(|req, attempt| match (item_of(req), attempt) {
+        (1 | 2 | 4 | 5, _) => error(400, "invalid_image", "Image too large", &[]),
+        (7, _) => error(422, "unprocessable", "Bad image", &[]),
+        (8, 0) => error(500, "server_error", "oops", &[]),
+        _ => completion("m"),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let paths = synthetic(dir.path(), 9, |i| format!("P{i}"));
+    let out = dir.path().join("out/model-x.json");
+    let mut args = synthetic_args(&paths, &out);
+    args.extend(["--concurrency", "1", "--backoff-base", "0.01"]);
+    let config = config(&server, &args);
+    let (report, stdout) = run(&config);
+    assert_eq!((report.original.wins, report.original.errors), (4, 5));
+    // Python: 4 / 9 == 0.4444444444444444
+    assert_eq!(stdout, "Winning rate of model-x: 0.4444444444444444\n");
+    assert_eq!(report.exit_code(), std::process::ExitCode::from(1));
+    assert_eq!(server.requests().len(), 10);
+}
+
+#[test]
+fn no_verdict_at_all_prints_no_rate() {
+    // Every request fails in a way a retry might fix, until the retries run out.
+    let server = ChatServer::start(|_, _| error(503, "server_error", "overloaded", &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let paths = synthetic(dir.path(), 3, |i| format!("P{i}"));
+    let out = dir.path().join("out/model-x.json");
+    let mut args = synthetic_args(&paths, &out);
+    args.extend(["--retries", "1", "--backoff-base", "0.01"]);
+    let config = config(&server, &args);
+    let mut stdout = Vec::new();
+    let err = judge::run(&config, &mut stdout).expect_err("no verdict");
+    assert!(
+        err.to_string()
+            .starts_with("no verdict at all: 3 request(s) asked, every one failed"),
+        "{err}"
+    );
+    assert!(stdout.is_empty(), "{}", String::from_utf8_lossy(&stdout));
+    // Nothing for the leaderboard to show as a 0.0 win rate.
+    assert!(!config.summary_path().exists() && !out.exists());
+    assert_eq!(journal_lines(&config).len(), 3);
+    assert_eq!(server.requests().len(), 6);
+}
+
+#[test]
+fn litellm_provider_retry_after_is_honoured() {
+    // A LiteLLM proxy passes the upstream provider's Retry-After on under this name.
+    let server = ChatServer::start(|_, attempt| match attempt {
+        0 => error(
+            429,
+            "429",
+            "Rate limit reached",
+            &[("llm_provider-retry-after", "1")],
+        ),
+        _ => completion("m"),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let paths = synthetic(dir.path(), 1, |i| format!("P{i}"));
+    let out = dir.path().join("out/model-x.json");
+    let mut args = synthetic_args(&paths, &out);
+    args.extend(["--backoff-base", "0.01"]);
+    let (report, _) = run(&config(&server, &args));
+    assert_eq!(report.original.wins, 1);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    // The backoff alone would have waited 10 ms.
+    let gap = requests[1].at - requests[0].at;
+    assert!(gap >= Duration::from_millis(950), "gap {gap:?}");
+}

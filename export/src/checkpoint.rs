@@ -95,11 +95,12 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// Saturating: a forged shape gives `u64::MAX`, which no file holds, never an overflow.
     pub fn numel(&self) -> u64 {
-        self.shape.iter().product()
+        self.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d))
     }
     pub fn byte_len(&self) -> u64 {
-        self.numel() * self.dtype.size() as u64
+        self.numel().saturating_mul(self.dtype.size() as u64)
     }
 }
 
@@ -381,13 +382,17 @@ fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorInfo>, 
         let end = offsets[1].as_u64().ok_or_else(|| bad("bad data_offsets"))?;
         let info = TensorInfo {
             file: path.to_path_buf(),
-            offset: data_start + begin,
+            offset: data_start.saturating_add(begin),
             dtype,
             shape,
             problem: None,
             lora: None,
         };
-        if end < begin || end - begin != info.byte_len() || data_start + end > file_len {
+        // Saturating: offsets near 2^64 fail the file-length check instead of wrapping.
+        if end < begin
+            || end - begin != info.byte_len()
+            || data_start.saturating_add(end) > file_len
+        {
             return Err(bad("data_offsets disagree with shape or file length"));
         }
         out.insert(name.clone(), info);
@@ -449,15 +454,17 @@ fn read_torch_zip(path: &Path) -> Result<BTreeMap<String, TensorInfo>, Checkpoin
                 s
             }
         };
+        // Saturating: a forged offset or shape fails the storage-size check, never wraps.
+        let begin = t.storage_offset.saturating_mul(t.dtype.size() as u64);
         let info = TensorInfo {
             file: path.to_path_buf(),
-            offset: start + t.storage_offset * t.dtype.size() as u64,
+            offset: start.saturating_add(begin),
             dtype: t.dtype,
             shape: t.shape.clone(),
             problem,
             lora: None,
         };
-        if t.storage_offset * t.dtype.size() as u64 + info.byte_len() > size {
+        if begin.saturating_add(info.byte_len()) > size {
             return Err(format_err(
                 path,
                 format!("tensor `{name}` runs past the end of its storage"),

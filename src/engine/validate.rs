@@ -52,8 +52,9 @@ pub fn bounds(m: &Manifest) -> Vec<Problem> {
     in_range(&mut p, "vision.image_size", v.image_size, MAX_IMAGE_SIDE);
     in_range(&mut p, "vision.patch_size", v.patch_size, MAX_IMAGE_SIDE);
     in_range(&mut p, "vision.hidden_size", v.hidden_size, MAX_HIDDEN);
-    let side = v.image_size / v.patch_size.max(1);
-    if v.num_tokens != side * side {
+    // In u128: a tampered image_size of 2^64 - 1 must be a problem, not an overflow.
+    let side = (v.image_size / v.patch_size.max(1)) as u128;
+    if v.num_tokens as u128 != side * side {
         p.push(Problem {
             field: "vision.num_tokens",
             message: format!(
@@ -76,7 +77,7 @@ pub fn bounds(m: &Manifest) -> Vec<Problem> {
         d.max_position_embeddings,
         MAX_CONTEXT,
     );
-    if d.num_heads * d.head_dim != d.hidden_size {
+    if d.num_heads as u128 * d.head_dim as u128 != d.hidden_size as u128 {
         p.push(Problem {
             field: "decoder.head_dim",
             message: format!(

@@ -149,6 +149,7 @@ impl Client {
             host: host_of(url).to_string(),
             detail: e.to_string(),
             attempts: 1,
+            via: super::VIA_ENDPOINT,
         })
     }
 
@@ -185,11 +186,9 @@ impl Client {
             match op(attempt) {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_transient() && attempt < attempts => {
-                    eprintln!(
-                        "fetch: try {attempt}/{attempts} failed ({e}); retrying in {:?}",
-                        self.policy.delay(attempt)
-                    );
-                    std::thread::sleep(self.policy.delay(attempt));
+                    let delay = self.policy.delay(attempt);
+                    eprintln!("{}", retry_line(attempt, attempts, &e, delay));
+                    std::thread::sleep(delay);
                     attempt += 1;
                 }
                 Err(e) => return Err(e.with_attempts(attempt)),
@@ -305,9 +304,47 @@ pub(crate) fn status_error(client: &Client, url: &str, resp: &mut Response<ureq:
     }
 }
 
+/// The line printed when try `attempt` of `attempts` failed with `err` and the next one
+/// follows after `delay`.
+fn retry_line(attempt: u32, attempts: u32, err: &Error, delay: Duration) -> String {
+    format!(
+        "fetch: try {attempt} of {attempts} failed: {}; try {} of {attempts} in {delay:?}",
+        err.brief(),
+        attempt + 1
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_lines_count_tries_from_one() {
+        let err = Error::Unreachable {
+            host: "127.0.0.1:9".into(),
+            detail: "io: Connection refused (os error 111)".into(),
+            attempts: 1,
+            via: super::super::VIA_ENDPOINT,
+        };
+        assert_eq!(
+            retry_line(1, 5, &err, Duration::from_secs(2)),
+            "fetch: try 1 of 5 failed: cannot reach 127.0.0.1:9 (io: Connection refused (os error 111)); try 2 of 5 in 2s"
+        );
+        let err = Error::Transfer {
+            url: "http://h/x".into(),
+            detail: "timeout".into(),
+            attempts: 1,
+        };
+        assert_eq!(
+            retry_line(4, 5, &err, Duration::from_millis(1500)),
+            "fetch: try 4 of 5 failed: http://h/x: transfer failed (timeout); try 5 of 5 in 1.5s"
+        );
+        // The final error counts every try, "1 try" in the singular.
+        assert!(err
+            .with_attempts(1)
+            .to_string()
+            .contains("transfer failed after 1 try (timeout)"));
+    }
 
     #[test]
     fn resolves_locations_like_a_browser() {

@@ -114,13 +114,16 @@ pub enum Error {
         status: u16,
         server: String,
     },
-    #[error("cannot reach {host} ({detail}) after {attempts} tries: check the network connection, or point HF_ENDPOINT (or --reference-url) at a reachable mirror")]
+    #[error("cannot reach {host} ({detail}) after {}: check the network connection, or point {via} at a reachable mirror", tries(*.attempts))]
     Unreachable {
         host: String,
         detail: String,
         attempts: u32,
+        /// The setting that names the unreachable host: `HF_ENDPOINT (--endpoint)` for the
+        /// Hub and its file CDN, `--reference-url` for the reference answers.
+        via: &'static str,
     },
-    #[error("{url}: transfer failed after {attempts} tries ({detail}); rerun to resume from the partial file")]
+    #[error("{url}: transfer failed after {} ({detail}); rerun to resume from the partial file", tries(*.attempts))]
     Transfer {
         url: String,
         detail: String,
@@ -197,6 +200,18 @@ pub enum Error {
     BadEndpoint(String),
 }
 
+/// What points at the Hub (and at the CDN its file links redirect to).
+const VIA_ENDPOINT: &str = "HF_ENDPOINT (--endpoint)";
+
+/// `1 try`, `3 tries`.
+fn tries(n: u32) -> String {
+    if n == 1 {
+        "1 try".into()
+    } else {
+        format!("{n} tries")
+    }
+}
+
 fn denied_hint(token_set: bool) -> &'static str {
     if token_set {
         "HF_TOKEN is set but has no access: accept the repo's terms on its Hub page with the same account, or use a token with read access"
@@ -220,6 +235,16 @@ impl Error {
             *attempts = n;
         }
         self
+    }
+
+    /// What one failed try met, for a retry line: the error without the count of tries
+    /// and the advice its final form gives.
+    fn brief(&self) -> String {
+        match self {
+            Error::Unreachable { host, detail, .. } => format!("cannot reach {host} ({detail})"),
+            Error::Transfer { url, detail, .. } => format!("{url}: transfer failed ({detail})"),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -582,21 +607,30 @@ fn fetch_reference(hub: &Hub, req: &DatasetRequest) -> Result<bool, Error> {
             return Ok(false);
         }
     }
-    let bytes = hub.client.with_retries(|_| {
-        let (url, mut resp) = hub.client.send_following(Method::Get, &req.reference_url)?;
-        if !resp.status().is_success() {
-            return Err(status_error(&hub.client, &url, &mut resp));
-        }
-        resp.body_mut()
-            .with_config()
-            .limit(256 << 20)
-            .read_to_vec()
-            .map_err(|e| Error::Transfer {
-                url,
-                detail: e.to_string(),
-                attempts: 1,
-            })
-    })?;
+    let bytes = hub
+        .client
+        .with_retries(|_| {
+            let (url, mut resp) = hub.client.send_following(Method::Get, &req.reference_url)?;
+            if !resp.status().is_success() {
+                return Err(status_error(&hub.client, &url, &mut resp));
+            }
+            resp.body_mut()
+                .with_config()
+                .limit(256 << 20)
+                .read_to_vec()
+                .map_err(|e| Error::Transfer {
+                    url,
+                    detail: e.to_string(),
+                    attempts: 1,
+                })
+        })
+        .map_err(|mut e| {
+            // Not the Hub: the reference answers come from wherever --reference-url says.
+            if let Error::Unreachable { via, .. } = &mut e {
+                *via = "--reference-url";
+            }
+            e
+        })?;
     let count = validate_reference(&bytes, &safe).map_err(|message| Error::BadReference {
         url: req.reference_url.clone(),
         message,

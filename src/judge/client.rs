@@ -6,15 +6,19 @@
 //!
 //! Policy (the reference sleeps 30 min then 1 h on a 429 and retries everything else
 //! forever; this keeps its outcomes but bounds the waits):
-//! - 429: wait what `retry-after-ms` / `Retry-After` (seconds or HTTP date) says, else the
-//!   exponential backoff (`util::backoff_delay`, shared with fetch); never longer than
-//!   `backoff_max`. `insufficient_quota` is fatal.
+//! - 429: wait what `retry-after-ms` / `Retry-After` (seconds or HTTP date) says, or the
+//!   same two headers with LiteLLM's `llm_provider-` prefix (the upstream provider's hint a
+//!   LiteLLM proxy passes on), else the exponential backoff (`util::backoff_delay`, shared
+//!   with fetch); never longer than `backoff_max`. `insufficient_quota` is fatal.
 //! - 5xx, 408, 409, connection errors, timeouts, a 2xx whose body is not a chat completion:
 //!   retried with exponential backoff `backoff_base * 2^k`, capped at `backoff_max`.
 //! - After `max_retries` retries the item is recorded as an error (never as a loss).
 //! - A body whose `error.code` is `content_policy_violation` (any status but 429, as the
 //!   reference checks it) is a content-policy verdict.
 //! - 401, 403, 404 are fatal; any other 4xx is an error for that item, not retried.
+//! - A request that ends in a failure no retry fixes carries a [`DeadEnd`]: a 4xx
+//!   (above), or no connection on every try (refused, unknown host). The caller decides
+//!   when a run of them stops the whole run.
 //!
 //! The API key is sent only in the `Authorization` header; every message this module
 //! produces passes through [`ApiKey::redact`].
@@ -100,11 +104,24 @@ pub enum Answer {
 #[error("{0}")]
 pub struct Fatal(pub String);
 
+/// A failure that no retry fixes, met by a request that ended in [`Answer::Error`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadEnd {
+    /// What failed, worded the same for every request that meets it
+    /// (`HTTP 400: Invalid model name`, `cannot connect to URL: io: Connection refused`).
+    pub failure: String,
+    /// No try reached the server (refused, unknown host): nothing about the request can
+    /// have caused it, so every other request will meet it too.
+    pub before_the_server: bool,
+}
+
 /// The outcome of one call plus how many HTTP attempts it took.
 #[derive(Debug, Clone)]
 pub struct CallResult {
     pub answer: Answer,
     pub attempts: u32,
+    /// Set when the answer is an error that no retry fixes.
+    pub dead_end: Option<DeadEnd>,
 }
 
 /// A blocking chat-completions client shared by the worker threads.
@@ -117,9 +134,13 @@ pub struct Client {
 
 enum Step {
     Done(Answer),
+    /// A client error (4xx): an error for this request, not retried.
+    Refused(String),
     Retry {
         reason: String,
         hint: Option<Duration>,
+        /// No connection was made (refused, unknown host).
+        no_connection: bool,
     },
     Fatal(String),
 }
@@ -146,34 +167,68 @@ impl Client {
     /// the answer is an error saying so).
     pub fn call(&self, body: &str, stop: &AtomicBool) -> Result<CallResult, Fatal> {
         let mut retries = 0u32;
+        // The failure every try so far has met when none reached the server.
+        let mut unreached: Option<String> = None;
         loop {
             let attempts = retries + 1;
-            match self.attempt(body) {
-                Step::Done(answer) => return Ok(CallResult { answer, attempts }),
-                Step::Fatal(message) => return Err(Fatal(self.key.redact(&message))),
-                Step::Retry { reason, hint } => {
-                    if retries >= self.policy.max_retries {
-                        let message = self
-                            .key
-                            .redact(&format!("{reason} (gave up after {attempts} attempts)"));
-                        return Ok(CallResult {
-                            answer: Answer::Error { message },
-                            attempts,
-                        });
-                    }
-                    let delay = self.policy.delay(retries, hint);
-                    if !sleep_unless_stopped(delay, stop) {
-                        let message = self
-                            .key
-                            .redact(&format!("{reason} (run stopped before retrying)"));
-                        return Ok(CallResult {
-                            answer: Answer::Error { message },
-                            attempts,
-                        });
-                    }
-                    retries += 1;
+            let (reason, hint) = match self.attempt(body) {
+                Step::Done(answer) => {
+                    return Ok(CallResult {
+                        answer,
+                        attempts,
+                        dead_end: None,
+                    })
                 }
+                Step::Refused(message) => {
+                    let message = self.key.redact(&message);
+                    return Ok(CallResult {
+                        answer: Answer::Error {
+                            message: message.clone(),
+                        },
+                        attempts,
+                        dead_end: Some(DeadEnd {
+                            failure: message,
+                            before_the_server: false,
+                        }),
+                    });
+                }
+                Step::Fatal(message) => return Err(Fatal(self.key.redact(&message))),
+                Step::Retry {
+                    reason,
+                    hint,
+                    no_connection,
+                } => {
+                    let same =
+                        no_connection && (retries == 0 || unreached.as_ref() == Some(&reason));
+                    unreached = same.then(|| reason.clone());
+                    (reason, hint)
+                }
+            };
+            if retries >= self.policy.max_retries {
+                let message = self
+                    .key
+                    .redact(&format!("{reason} (gave up after {attempts} attempts)"));
+                return Ok(CallResult {
+                    answer: Answer::Error { message },
+                    attempts,
+                    dead_end: unreached.map(|failure| DeadEnd {
+                        failure: self.key.redact(&failure),
+                        before_the_server: true,
+                    }),
+                });
             }
+            let delay = self.policy.delay(retries, hint);
+            if !sleep_unless_stopped(delay, stop) {
+                let message = self
+                    .key
+                    .redact(&format!("{reason} (run stopped before retrying)"));
+                return Ok(CallResult {
+                    answer: Answer::Error { message },
+                    attempts,
+                    dead_end: None,
+                });
+            }
+            retries += 1;
         }
     }
 
@@ -188,10 +243,20 @@ impl Client {
             Ok(r) => r,
             Err(ureq::Error::BadUri(uri)) => return Step::Fatal(format!("bad base URL: {uri}")),
             Err(err) => {
+                let no_connection = matches!(
+                    &err,
+                    ureq::Error::HostNotFound | ureq::Error::ConnectionFailed
+                ) || matches!(&err, ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+                let reason = if no_connection {
+                    format!("cannot connect to {}: {err}", self.url)
+                } else {
+                    format!("request to {} failed: {err}", self.url)
+                };
                 return Step::Retry {
-                    reason: format!("request to {} failed: {err}", self.url),
+                    reason,
                     hint: None,
-                }
+                    no_connection,
+                };
             }
         };
         let status = response.status().as_u16();
@@ -202,6 +267,7 @@ impl Client {
                 return Step::Retry {
                     reason: format!("HTTP {status}: reading the body failed: {err}"),
                     hint: None,
+                    no_connection: false,
                 }
             }
         };
@@ -229,6 +295,7 @@ fn classify(status: u16, hint: Option<Duration>, text: &str) -> Step {
         return Step::Retry {
             reason: format!("HTTP 429 rate limited: {message}"),
             hint,
+            no_connection: false,
         };
     }
     if code == "content_policy_violation" {
@@ -240,16 +307,16 @@ fn classify(status: u16, hint: Option<Duration>, text: &str) -> Step {
             None => Step::Retry {
                 reason: format!("HTTP {status} without a chat completion: {}", snippet(text)),
                 hint: None,
+                no_connection: false,
             },
         },
         401 | 403 | 404 => Step::Fatal(format!("HTTP {status}: {message}")),
         408 | 409 | 500..=599 => Step::Retry {
             reason: format!("HTTP {status}: {message}"),
             hint,
+            no_connection: false,
         },
-        _ => Step::Done(Answer::Error {
-            message: format!("HTTP {status}: {message}"),
-        }),
+        _ => Step::Refused(format!("HTTP {status}: {message}")),
     }
 }
 
@@ -283,17 +350,28 @@ fn snippet(text: &str) -> String {
 }
 
 /// The server's wait hint: `retry-after-ms` (OpenAI), else `Retry-After` as seconds or an
-/// HTTP date (RFC 9110 IMF-fixdate). Unparsable or negative values give `None`.
+/// HTTP date (RFC 9110 IMF-fixdate); then the same two under LiteLLM's `llm_provider-`
+/// prefix (a LiteLLM proxy passes the upstream provider's headers on that way). The first
+/// header present with a usable value wins; unparsable or negative values are skipped.
 pub fn retry_after(headers: &ureq::http::HeaderMap, now: SystemTime) -> Option<Duration> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
-    }
-    let value = get("retry-after")?.trim();
+    ["", "llm_provider-"].iter().find_map(|prefix| {
+        let get = |name: &str| {
+            headers
+                .get(format!("{prefix}{name}").as_str())
+                .and_then(|v| v.to_str().ok())
+        };
+        get("retry-after-ms")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
+            .or_else(|| get("retry-after").and_then(|v| seconds_or_date(v.trim(), now)))
+    })
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (a past date is no wait).
+fn seconds_or_date(value: &str, now: SystemTime) -> Option<Duration> {
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        // `try_`: a hostile `1e300` must not panic the worker (it is capped later anyway).
+        return Duration::try_from_secs_f64(secs).ok();
     }
     let at = parse_http_date(value)?;
     let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -385,6 +463,29 @@ mod tests {
         assert_eq!(retry_after(&h, now), None);
         h.insert("retry-after-ms", "250".parse().unwrap());
         assert_eq!(retry_after(&h, now), Some(Duration::from_millis(250)));
+        // Values no Duration holds are skipped, not a panic.
+        h.insert("retry-after-ms", "1e300".parse().unwrap());
+        h.insert("retry-after", "NaN".parse().unwrap());
+        assert_eq!(retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn litellm_provider_retry_after_forms() {
+        // A LiteLLM proxy passes the upstream provider's headers on with this prefix.
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_770);
+        let mut h = ureq::http::HeaderMap::new();
+        h.insert("llm_provider-retry-after", "12".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(12)));
+        h.insert(
+            "llm_provider-retry-after",
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        h.insert("llm_provider-retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_millis(1500)));
+        // The proxy's own header comes first.
+        h.insert("retry-after", "3".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(3)));
     }
 
     #[test]
@@ -393,6 +494,7 @@ mod tests {
             Step::Done(a) => a,
             Step::Retry { reason, .. } => panic!("retry: {reason}"),
             Step::Fatal(m) => panic!("fatal: {m}"),
+            Step::Refused(m) => panic!("refused: {m}"),
         };
         let ok = r#"{"choices":[{"message":{"role":"assistant","content":"m"}}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}"#;
         assert_eq!(
@@ -425,8 +527,8 @@ mod tests {
         ));
         assert!(matches!(classify(401, None, "{}"), Step::Fatal(_)));
         assert!(matches!(
-            done(classify(400, None, r#"{"error":{"message":"bad"}}"#)),
-            Answer::Error { .. }
+            classify(400, None, r#"{"error":{"message":"bad"}}"#),
+            Step::Refused(m) if m == "HTTP 400: bad"
         ));
     }
 

@@ -25,7 +25,18 @@
 //! counts `wins + losses + content_policy + other_replies + errors = n` are disjoint;
 //! content-policy refusals and other replies are not wins (as the reference counts them),
 //! errors are not verdicts at all and are asked again on a rerun; any error makes the exit
-//! code 1 and the summary `complete: false`.
+//! code 1 and the summary `complete: false`. A run with no verdict at all prints no rate
+//! and writes no output: it is an error (exit 2).
+//!
+//! Stopping early (exit 2, one message; every verdict that arrived is in the journal, so a
+//! rerun resumes): a fatal answer (bad key, wrong URL, no quota; see [`client`]) stops at
+//! once. So does a failure that no retry fixes ([`client::DeadEnd`]) met again and again:
+//! one request that could not connect on any of its tries (the server never saw it, so
+//! every other request will fare the same), or `--stop-after` (default 3) requests in a
+//! row refused with the same HTTP 4xx status and message (one item alone can be refused
+//! for its own content, so one is not enough). Requests that end otherwise (a verdict, a
+//! 429 or 5xx that recovers or runs out of retries) break the row. The failures of a row
+//! that stops the run are reported once, in the stop message.
 //!
 //! The API key is read from the environment, sent only in the Authorization header, and
 //! scrubbed from every recorded message; it is never written anywhere.
@@ -40,7 +51,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -110,6 +121,11 @@ pub struct JudgeArgs {
     /// Longest wait between retries in seconds, Retry-After included.
     #[arg(long, default_value_t = 60.0)]
     pub backoff_max: f64,
+    /// Stop the run after this many requests in a row were refused with the same HTTP 4xx
+    /// (e.g. 400 "Invalid model name"); a request that cannot connect on any try stops it
+    /// at once. 0: never stop for these.
+    #[arg(long, default_value_t = 3)]
+    pub stop_after: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +162,10 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("judge stopped: {0} (verdicts so far are in the journal; rerun to resume)")]
-    Fatal(String),
+    #[error("judge stopped: {reason}; the verdicts so far are kept in {}: fix the cause and rerun the same command to resume", .journal.display())]
+    Fatal { reason: String, journal: PathBuf },
+    #[error("no verdict at all: {requests} request(s) asked, every one failed (the reasons are in {}); no winning rate to report; rerun the same command to ask again", .journal.display())]
+    NoVerdicts { requests: usize, journal: PathBuf },
 }
 
 /// Validated settings; built once from [`JudgeArgs`].
@@ -167,6 +185,8 @@ pub struct JudgeConfig {
     /// (input, output) price per million tokens.
     pub prices: Option<(f64, f64)>,
     pub retry: RetryPolicy,
+    /// Same-4xx requests in a row that stop the run (0: never).
+    pub stop_after: usize,
 }
 
 fn seconds(flag: &'static str, value: f64) -> Result<Duration, Error> {
@@ -264,6 +284,7 @@ impl JudgeConfig {
                 backoff_max: seconds("backoff-max", args.backoff_max)?,
                 timeout: seconds("timeout", args.timeout)?,
             },
+            stop_after: args.stop_after,
         })
     }
 
@@ -348,6 +369,12 @@ fn load_items(config: &JudgeConfig) -> Result<Vec<Item>, Error> {
     let predictions = Predictions::read(&config.predictions)?;
     let reference: Vec<ReferenceItem> =
         crate::formats::read(&config.reference, ReferenceItem::WHAT)?;
+    if reference.is_empty() {
+        return Err(Error::Shape {
+            path: config.reference.clone(),
+            reason: "holds no items: nothing to judge".into(),
+        });
+    }
     let mut items = Vec::with_capacity(reference.len());
     let mut missing = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -503,15 +530,24 @@ pub fn run(config: &JudgeConfig, stdout: &mut dyn Write) -> Result<JudgeReport, 
 
     let asked = todo.len();
     let fatal = ask_all(config, &items, &todo, &journal_path, &mut verdicts)?;
-    if let Some(message) = fatal {
-        return Err(Error::Fatal(message));
+    if let Some(reason) = fatal {
+        return Err(Error::Fatal {
+            reason,
+            journal: journal_path,
+        });
+    }
+    if verdicts.is_empty() {
+        return Err(Error::NoVerdicts {
+            requests: asked,
+            journal: journal_path,
+        });
     }
 
     outputs::finish(config, &items, orders, &verdicts, resumed, asked, stdout)
 }
 
 /// Sends every job with bounded concurrency; journals each verdict as it arrives.
-/// Returns the fatal condition that stopped the run, if any.
+/// Returns why the run stopped early, if it did.
 fn ask_all(
     config: &JudgeConfig,
     items: &[Item],
@@ -522,84 +558,194 @@ fn ask_all(
     if todo.is_empty() {
         return Ok(None);
     }
-    let mut writer = journal::Writer::open(journal_path)?;
     let client = client::Client::new(
         &config.base_url,
         config.api_key.clone(),
         config.retry.clone(),
     );
+    let mut collector = Collector {
+        config,
+        items,
+        todo,
+        writer: journal::Writer::open(journal_path)?,
+        verdicts,
+        fatal: None,
+        write_error: None,
+        done: 0,
+    };
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let (tx, rx) = mpsc::channel::<(usize, Result<client::CallResult, String>)>();
-    let mut fatal: Option<String> = None;
-    let mut write_error: Option<Error> = None;
+    // Noted by the workers as each request ends, so that a row that stops the run stops
+    // it before anyone takes the next job (the journal's fsync may lag behind).
+    let streak = Mutex::new(Streak::default());
+    let (tx, rx) = mpsc::channel::<Answered>();
     let workers = config.concurrency.min(todo.len());
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let tx = tx.clone();
-            let (client, next, stop) = (&client, &next, &stop);
+            let (client, next, stop, streak) = (&client, &next, &stop, &streak);
             scope.spawn(move || loop {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(job) = todo.get(i) else { break };
-                let result = match build_body(config, &items[job.item], job.order) {
+                let item = &items[job.item];
+                let result = match build_body(config, item, job.order) {
                     Ok(body) => client.call(&body, stop).map_err(|f| f.0),
                     Err(message) => Ok(client::CallResult {
                         answer: client::Answer::Error { message },
                         attempts: 0,
+                        dead_end: None,
                     }),
                 };
-                if result.is_err() {
+                let mut stop_reason = None;
+                if let Ok(call) = &result {
+                    let mut streak = streak.lock().unwrap_or_else(|e| e.into_inner());
+                    // Once the run is stopping, the answers still in flight are journaled
+                    // quietly: the one message that stopped it says why.
+                    if !stop.load(Ordering::Relaxed) {
+                        let request = format!("{} ({})", item.image(), job.order);
+                        stop_reason = streak.note(&request, call, config.stop_after);
+                    }
+                }
+                if result.is_err() || stop_reason.is_some() {
                     // Stop the other workers (and this one) before anyone takes the
                     // next job: a fatal answer (401, quota) makes every request fail.
                     stop.store(true, Ordering::Relaxed);
                 }
-                if tx.send((i, result)).is_err() {
+                if tx.send((i, result, stop_reason)).is_err() {
                     break;
                 }
             });
         }
         drop(tx);
-        let mut done = 0usize;
-        for (i, result) in rx {
-            let job = &todo[i];
-            let item = &items[job.item];
-            let call = match result {
-                Ok(call) => call,
-                Err(message) => {
-                    stop.store(true, Ordering::Relaxed);
-                    fatal.get_or_insert(message);
-                    continue;
-                }
-            };
-            let verdict = make_verdict(config, item, job, call);
-            if let Some(message) = &verdict.error {
-                eprintln!(
-                    "judge: {} ({}): no verdict: {message}",
-                    item.image(),
-                    job.order
-                );
-            }
-            if write_error.is_none() {
-                if let Err(e) = writer.append(&verdict) {
-                    stop.store(true, Ordering::Relaxed);
-                    write_error = Some(e.into());
-                }
-            }
-            if verdict.outcome != Outcome::Error {
-                verdicts.insert((item.image().to_owned(), job.order), verdict);
-            }
-            done += 1;
-            if done % 50 == 0 || done == todo.len() {
-                eprintln!("judge: {done}/{} requests answered", todo.len());
+        for answered in rx {
+            if !collector.take(answered) {
+                stop.store(true, Ordering::Relaxed);
             }
         }
     });
-    match write_error {
+    if collector.fatal.is_none() {
+        streak
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush();
+    }
+    match collector.write_error {
         Some(e) => Err(e),
-        None => Ok(fatal),
+        None => Ok(collector.fatal),
+    }
+}
+
+/// One ended job: its index, the call's result (or the fatal condition it met), and the
+/// reason to stop the run when the row of dead ends it ended reached its limit.
+type Answered = (usize, Result<client::CallResult, String>, Option<String>);
+
+/// The receiving end of [`ask_all`]: journals each answer and keeps the verdicts.
+struct Collector<'a> {
+    config: &'a JudgeConfig,
+    items: &'a [Item],
+    todo: &'a [Job],
+    writer: journal::Writer,
+    verdicts: &'a mut HashMap<(String, Order), Verdict>,
+    fatal: Option<String>,
+    write_error: Option<Error>,
+    done: usize,
+}
+
+impl Collector<'_> {
+    /// Takes one ended job; `false` when the run must stop.
+    fn take(&mut self, (i, result, stop_reason): Answered) -> bool {
+        let job = &self.todo[i];
+        let item = &self.items[job.item];
+        let call = match result {
+            Ok(call) => call,
+            Err(message) => {
+                self.fatal.get_or_insert(message);
+                return false;
+            }
+        };
+        if let Some(reason) = stop_reason {
+            self.fatal.get_or_insert(reason);
+        }
+        let verdict = make_verdict(self.config, item, job, call);
+        if self.write_error.is_none() {
+            if let Err(e) = self.writer.append(&verdict) {
+                self.write_error = Some(e.into());
+            }
+        }
+        if verdict.outcome != Outcome::Error {
+            self.verdicts
+                .insert((item.image().to_owned(), job.order), verdict);
+        }
+        self.done += 1;
+        if self.fatal.is_none() && (self.done % 50 == 0 || self.done == self.todo.len()) {
+            eprintln!("judge: {}/{} requests answered", self.done, self.todo.len());
+        }
+        self.fatal.is_none() && self.write_error.is_none()
+    }
+}
+
+/// Consecutive ended requests that met the same [`client::DeadEnd`]. Their error lines are
+/// held back while the row lasts: printed when it breaks, replaced by the one stop message
+/// when it stops the run.
+#[derive(Default)]
+struct Streak {
+    failure: Option<client::DeadEnd>,
+    /// `image (order)` of each request in the row.
+    requests: Vec<String>,
+    held: Vec<String>,
+}
+
+impl Streak {
+    /// Notes how `request` ended; returns the reason to stop when the row reached its
+    /// limit: `limit` requests refused with the same 4xx, or one request that never reached
+    /// the server (0: never stop).
+    fn note(&mut self, request: &str, call: &client::CallResult, limit: usize) -> Option<String> {
+        let client::Answer::Error { message } = &call.answer else {
+            self.flush();
+            return None;
+        };
+        let line = format!("judge: {request}: no verdict: {message}");
+        let Some(dead_end) = call.dead_end.clone() else {
+            self.flush();
+            eprintln!("{line}");
+            return None;
+        };
+        if self.failure.as_ref() != Some(&dead_end) {
+            self.flush();
+        }
+        self.requests.push(request.to_string());
+        self.held.push(line);
+        let needed = if dead_end.before_the_server { 1 } else { limit };
+        let stop = limit > 0 && self.requests.len() >= needed;
+        let reason = stop.then(|| {
+            if dead_end.before_the_server {
+                format!(
+                    "{} on every try of {}; no retry fixes that: check --base-url and that the server is up",
+                    dead_end.failure, self.requests[0]
+                )
+            } else {
+                format!(
+                    "{} requests in a row were refused with {} ({}); no retry fixes a client error: check --model and the server's configuration (--stop-after sets how many in a row stop the run)",
+                    self.requests.len(),
+                    dead_end.failure,
+                    self.requests.join(", ")
+                )
+            }
+        });
+        self.failure = Some(dead_end);
+        reason
+    }
+
+    /// Ends the row: prints the lines held back.
+    fn flush(&mut self) {
+        for line in self.held.drain(..) {
+            eprintln!("{line}");
+        }
+        self.requests.clear();
+        self.failure = None;
     }
 }
 

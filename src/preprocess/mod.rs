@@ -162,7 +162,13 @@ fn file_kind(kind: &std::fs::FileType) -> &'static str {
 /// Decodes an image file like Pillow's `Image.open(path).convert('RGB')`.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, Error> {
     let bytes = read_image(path, DEFAULT_MAX_IMAGE_BYTES)?;
-    decode_rgb_bytes(&bytes).map_err(|e| e.at(path))
+    decode_bytes(&bytes, path)
+}
+
+/// [`decode_rgb`] on bytes already read (`path` only names them in errors): the entry
+/// point of the decoders alone, for the fuzz tests.
+pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage, Error> {
+    decode_rgb_bytes(bytes).map_err(|e| e.at(path))
 }
 
 /// Where decoding failed, before the path is attached.

@@ -40,6 +40,16 @@ pub(super) fn decode(data: &[u8]) -> Result<RgbImage, String> {
     let line = reader
         .output_line_size(width as u32)
         .ok_or_else(|| "image too large".to_string())?;
+    // Deflate expands at most 1032:1 (zlib's documented limit) and every row carries a
+    // filter byte, so a file of `data.len()` bytes cannot hold more than this: a header
+    // that asks for more is truncated or forged, refused before its buffer is allocated
+    // (a 60-byte file could otherwise claim 1.3 GB).
+    if (line + 1).saturating_mul(height) > data.len().saturating_mul(1032) {
+        return Err(format!(
+            "image file is truncated: {} bytes cannot hold a {width}x{height} image",
+            data.len()
+        ));
+    }
     let bits_per_pixel = color_type.samples() as u8 * bit_depth as u8;
     let interlaced = reader.info().interlaced;
     let mut buf = vec![0u8; line * height];
