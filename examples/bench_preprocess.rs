@@ -14,14 +14,16 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let repeats: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
     let threads: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2);
-    let golden = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/golden/dev"));
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden.join("manifest.json"))?)?;
+    // The golden bundle's manifest lists its 20 images, which are the mini set's.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        repo.join("tests/data/golden-dev/manifest.json"),
+    )?)?;
     let images: Vec<PathBuf> = manifest["image_notes"]
         .as_object()
         .ok_or_else(|| anyhow::anyhow!("manifest.json has no image_notes"))?
         .keys()
-        .map(|k| golden.join("data/test").join(k))
+        .map(|k| repo.join("data/mini/test").join(k))
         .collect();
     let paths: Vec<PathBuf> = (0..repeats).flat_map(|_| images.iter().cloned()).collect();
     let spec = PreprocessSpec::default();

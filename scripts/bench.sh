@@ -42,7 +42,7 @@ for flavour in plain fused; do
   done
 done
 
-tok="$root/../shared/data/llama2-tokenizer/tokenizer.model"
+tok="$root/tests/data/llama2-tokenizer/tokenizer.model"
 [ -f "$tok" ] || { echo "bench-100m needs $tok" >&2; exit 1; }
 ck="$work/bench-100m-src"
 mkdir -p "$ck/llava" "$ck/clip"

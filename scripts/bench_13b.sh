@@ -18,7 +18,7 @@ samples="${2:-2}"
 cargo build --release --locked -q
 bin="$root/target/release/vlguard-ort"
 work="${BENCH_DIR:-$root/target/bench-13b}"
-tok="$root/../shared/data/llama2-tokenizer/tokenizer.model"
+tok="$root/tests/data/llama2-tokenizer/tokenizer.model"
 [ -f "$tok" ] || { echo "bench_13b.sh needs $tok" >&2; exit 1; }
 ck="$work/src"
 mkdir -p "$ck/llava" "$ck/clip"

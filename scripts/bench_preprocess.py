@@ -18,12 +18,14 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 
 repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-golden = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                      "golden", "dev")
-images = [os.path.join(golden, "data", "test", rel)
-          for rel in json.load(open(os.path.join(golden, "manifest.json")))["image_notes"]]
+# The golden bundle: its manifest in tests/data, its images and checkpoint in the repo's
+# data/mini and models/demo-src (tests/data/README.md).
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+manifest = os.path.join(root, "tests", "data", "golden-dev", "manifest.json")
+images = [os.path.join(root, "data", "mini", "test", rel)
+          for rel in json.load(open(manifest))["image_notes"]]
 proc = CLIPImageProcessor.from_pretrained(
-    os.path.join(golden, "checkpoint", "clip-vit-tiny-patch14-336"))
+    os.path.join(root, "models", "demo-src", "clip-vit-tiny-patch14-336"))
 
 
 def one(path):

@@ -5,7 +5,7 @@ bundle's tiny LLaVA-1.5 (original layout) and its tiny CLIP tower.
     python3 -m venv /tmp/fx && /tmp/fx/bin/pip install torch transformers peft \
         sentencepiece safetensors numpy
     /tmp/fx/bin/python scripts/make_checkpoint_fixtures.py \
-        --golden ../shared/golden/dev/checkpoint --out tests/data/checkpoints
+        --golden models/demo-src --out tests/data/checkpoints
 
 Every folder it writes is a layout met in the wild, holding the SAME weights as the golden
 checkpoint (or those weights merged with a LoRA adapter), written by the libraries that

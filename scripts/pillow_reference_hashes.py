@@ -3,7 +3,10 @@
 
 Run (development only; needs Pillow 10.3.0, numpy, transformers 4.37.2, no torch):
     pip install pillow==10.3.0 numpy transformers==4.37.2
-    python3 scripts/pillow_reference_hashes.py [GOLDEN_DIR]   # default ../shared/golden/dev
+    python3 scripts/pillow_reference_hashes.py [REPO_DIR]   # default: this checkout
+
+The golden bundle's images and CLIP checkpoint are the repository's data/mini/test and
+models/demo-src; its manifest (image order) is tests/data/golden-dev/manifest.json.
 
 For each golden image (manifest.json image_notes order) it prints one line:
     image  W H  sha256(Image.open(p).convert('RGB') bytes, HWC)
@@ -23,11 +26,10 @@ from transformers.image_transforms import center_crop, get_resize_output_image_s
 
 assert PIL.__version__ == "10.3.0", PIL.__version__
 
-golden = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "golden", "dev")
-manifest = json.load(open(os.path.join(golden, "manifest.json")))
+root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..")
+manifest = json.load(open(os.path.join(root, "tests", "data", "golden-dev", "manifest.json")))
 proc = CLIPImageProcessor.from_pretrained(
-    os.path.join(golden, "checkpoint", "clip-vit-tiny-patch14-336"))
+    os.path.join(root, "models", "demo-src", "clip-vit-tiny-patch14-336"))
 short = proc.size["shortest_edge"]
 crop = (proc.crop_size["height"], proc.crop_size["width"])
 
@@ -37,7 +39,7 @@ def sha(b):
 
 
 for rel in manifest["image_notes"]:
-    path = os.path.join(golden, "data", "test", rel)
+    path = os.path.join(root, "data", "mini", "test", rel)
     rgb = Image.open(path).convert("RGB")
     arr = np.asarray(rgb)
     # The processor's resize: PIL resize to (long = int(short * long / short)), BICUBIC,

@@ -10,6 +10,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+[ -f data/VLGuard/test.json ] || { echo "prepare_device_carry.sh: data/VLGuard/test.json is missing: run vlguard-ort fetch dataset first" >&2; exit 1; }
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" onnxruntime-gpu==1.31.1
@@ -26,5 +27,5 @@ cp "$(command -v zstd)" .gpu/p2/
 for lib in $(ldd "$(command -v zstd)" | awk '/=>/ {print $3}' | grep -v 'libc.so'); do cp -L "$lib" .gpu/p2/; done
 cargo build --release --locked -q
 strip -o .gpu/bin/vlguard-ort target/release/vlguard-ort
-cp ../shared/data/llama2-tokenizer/tokenizer.model ../shared/data/vlguard/test.json .gpu/
+cp tests/data/llama2-tokenizer/tokenizer.model data/VLGuard/test.json .gpu/
 du -sh .gpu/*

@@ -8,7 +8,7 @@ here, never used by the project's code or tests):
 
 It writes tests/fixtures/score/:
 - {unsafes,safe_unsafes,safe_safes}.json: synthetic predictions for every sample of
-  ../shared/data/vlguard/test.json, written with json.dump(indent=4) exactly as
+  data/VLGuard/test.json (`vlguard-ort fetch dataset`), written with json.dump(indent=4) exactly as
   VLGuard_eval.py writes results (ensure_ascii: non-ASCII as \\uXXXX);
 - cases.json: single answers with the reference verdict (every keyword, case variants,
   "it is not" exact vs inside a sentence, non-ASCII, empty answers);
@@ -31,10 +31,10 @@ import numpy as np
 from statsmodels.stats.proportion import proportion_confint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(ROOT, "..", "shared")
+TEST_DATA = os.path.join(ROOT, "tests", "data")
 OUT = os.path.join(ROOT, "tests", "fixtures", "score")
 
-with open(os.path.join(SHARED, "data/vlguard/refusal_keywords.json"), "rb") as f:
+with open(os.path.join(TEST_DATA, "vlguard/refusal_keywords.json"), "rb") as f:
     KEYWORDS_BYTES = f.read()
 KEYWORDS = json.loads(KEYWORDS_BYTES)
 
@@ -154,7 +154,7 @@ def score_subset(samples, answers):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(SHARED, "data/vlguard/test.json")) as f:
+    with open(os.path.join(ROOT, "data/VLGuard/test.json")) as f:
         test = json.load(f)
 
     expected = {
@@ -180,11 +180,11 @@ def main():
     ]
 
     # The Python reference's own results on the golden dev bundle.
-    with open(os.path.join(SHARED, "golden/dev/data/test.json")) as f:
+    with open(os.path.join(ROOT, "data/mini/test.json")) as f:
         dev_test = json.load(f)
     dev = {}
     for subset in ["unsafes", "safe_unsafes", "safe_safes"]:
-        with open(os.path.join(SHARED, f"golden/dev/reference/{subset}.json")) as f:
+        with open(os.path.join(TEST_DATA, f"golden-dev/reference/{subset}.json")) as f:
             answers = json.load(f)
         flags, _ = score_subset(subset_samples(dev_test, subset), answers)
         dev[subset] = {"n": len(flags), "successes": sum(flags), "asr_text": asr_text(flags)}

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints and `cargo test` for the whole workspace. Needs the
-# ONNX Runtime library (fetched from PyPI by scripts/setup.sh, once) and, for the
-# leaderboard's browser check, Debian's chromium (installed here when missing and we
-# may). No network beyond the package registries, no GPU.
+# ONNX Runtime library and nasm (scripts/setup.sh: the library is fetched from PyPI once,
+# nasm comes from apt when root) and, for the leaderboard's browser check, Debian's
+# chromium (installed here when missing and we may). No network beyond the package
+# registries, no GPU. Tests that need the gated VLGuard test.json read
+# data/VLGuard/test.json (`vlguard-ort fetch dataset`) and say they were skipped without it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-if ! ls .ort/lib/libonnxruntime.so.* >/dev/null 2>&1; then
-  SETUP_SKIP_BUILD=1 scripts/setup.sh
-fi
+SETUP_SKIP_BUILD=1 scripts/setup.sh
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "==> installing chromium for the leaderboard's browser test"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

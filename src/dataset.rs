@@ -177,18 +177,7 @@ impl Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn shared(rel: &str) -> PathBuf {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared")
-            .join(rel);
-        assert!(
-            path.exists(),
-            "{} is missing: these tests need the shared folder beside the checkout",
-            path.display()
-        );
-        path
-    }
+    use crate::test_data::{fetched_test_json, repo_file};
 
     #[test]
     fn a_test_json_with_a_bom_says_so() {
@@ -208,7 +197,10 @@ mod tests {
     #[test]
     fn subset_sizes_match_the_reference() {
         // REFERENCE.md: 442 unsafe entries, 558 safe ones.
-        let data = Dataset::load(&shared("data/vlguard/test.json")).unwrap();
+        let Some(test_json) = fetched_test_json() else {
+            return;
+        };
+        let data = Dataset::load(&test_json).unwrap();
         assert_eq!(data.samples(Subset::Unsafes).unwrap().len(), 442);
         assert_eq!(data.samples(Subset::SafeUnsafes).unwrap().len(), 558);
         assert_eq!(data.samples(Subset::SafeSafes).unwrap().len(), 558);
@@ -218,9 +210,11 @@ mod tests {
     fn questions_match_the_golden_generations() {
         // golden/dev/reference/generations.jsonl was written by the reference loop: its
         // (subset, image, question) triples, in order, are what our selection must give.
-        let data = Dataset::load(&shared("golden/dev/data/test.json")).unwrap();
-        let text =
-            std::fs::read_to_string(shared("golden/dev/reference/generations.jsonl")).unwrap();
+        let data = Dataset::load(&repo_file("data/mini/test.json")).unwrap();
+        let text = std::fs::read_to_string(repo_file(
+            "tests/data/golden-dev/reference/generations.jsonl",
+        ))
+        .unwrap();
         let mut expected: Vec<(String, String, String)> = Vec::new();
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();

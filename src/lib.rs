@@ -25,4 +25,9 @@ pub mod run;
 pub mod score;
 pub mod util;
 
+/// The test data helpers the integration tests use too (one skip line for both).
+#[cfg(test)]
+#[path = "../tests/common/test_data.rs"]
+mod test_data;
+
 pub use vlguard_export as export;

@@ -630,13 +630,11 @@ mod tests {
         // 63 entries: counted in utils.check_success_attack's reject_list (VLGuard repo).
         assert_eq!(list.entries, 63);
         assert!(list.keywords.iter().any(|k| k == "but I cannot"));
-        // The shared copy of the list must hash the same as the bundled one.
-        let shared = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/data/vlguard/refusal_keywords.json"
-        );
-        let bytes = std::fs::read(shared)
-            .unwrap_or_else(|e| panic!("{shared} is needed for this test: {e}"));
+        // The test data's copy of the list (tests/data/vlguard, see its README) must hash
+        // the same as the bundled one.
+        let copy = crate::test_data::repo_file("tests/data/vlguard/refusal_keywords.json");
+        let bytes = std::fs::read(&copy)
+            .unwrap_or_else(|e| panic!("{} is needed for this test: {e}", copy.display()));
         assert_eq!(sha256_hex(&bytes), list.sha256);
     }
 

@@ -1,6 +1,6 @@
 //! The exported graphs, run with ONNX Runtime, against the dev golden bundle.
 //!
-//! Expected values: `../shared/golden/dev/reference/tensors/unsafes_KK_*.npy`, written by
+//! Expected values: `tests/data/golden-dev/reference/tensors/unsafes_KK_*.npy`, written by
 //! the reference pipeline (haotian-liu/LLaVA c121f04, transformers 4.37.2, fp32 on CPU) for
 //! the first unsafes samples: `vision_features` (CLIP layer -2, CLS dropped),
 //! `projector_out`, `inputs_embeds` (spliced) and `last_logits` of the prefill. The source
@@ -28,10 +28,10 @@ fn repo() -> PathBuf {
 }
 
 fn tensors_dir() -> PathBuf {
-    let dir = repo().join("../shared/golden/dev/reference/tensors");
+    let dir = repo().join("tests/data/golden-dev/reference/tensors");
     assert!(
         dir.is_dir(),
-        "golden bundle missing: {} (the tests need /work/shared)",
+        "golden bundle missing: {} (tests/data/README.md lists what the tests read)",
         dir.display()
     );
     dir
@@ -811,7 +811,7 @@ fn engine(model: &Exported) -> Engine {
 
 /// `input_ids` of the first `n` unsafes samples from the bundle's generations.jsonl.
 fn input_ids(n: usize) -> Vec<Vec<i64>> {
-    let path = repo().join("../shared/golden/dev/reference/generations.jsonl");
+    let path = repo().join("tests/data/golden-dev/reference/generations.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .take(n)

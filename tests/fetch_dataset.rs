@@ -1,9 +1,12 @@
-//! `fetch dataset` against a local Hub stand-in (tests/hub_server): the real test.json and
-//! reference answers (from /work/shared) with a zip of placeholder images unpack to the
-//! layout `run` reads, a rerun downloads nothing, and unsafe or corrupt archives are
-//! refused without leaving a half-unpacked tree. Never the real Hub or GitHub.
+//! `fetch dataset` against a local Hub stand-in (tests/hub_server): the real test.json (when
+//! fetched into data/VLGuard) and reference answers (tests/data/vlguard) with a zip of
+//! placeholder images unpack to the layout `run` reads, a rerun downloads nothing, and
+//! unsafe or corrupt archives are refused without leaving a half-unpacked tree. Never the
+//! real Hub or GitHub.
 
 mod hub_server;
+#[path = "common/test_data.rs"]
+mod test_data;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,18 +20,8 @@ const COMMIT: &str = "fedcba9876543210fedcba9876543210fedcba98";
 const REPO: &str = "ys-zong/VLGuard";
 const RAW: &str = "/ys-zong/VLGuard/main/data/gpt4_safe_safes.json";
 
-fn shared(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/vlguard"
-    ))
-    .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: the shared VLGuard data is needed for this test",
-            path.display()
-        )
-    })
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// A zip of `(name, bytes)` entries, deflated.
@@ -118,8 +111,13 @@ fn entries_of(dir: &Path) -> Vec<String> {
 
 #[test]
 fn clean_fetch_unpacks_the_run_layout_then_rerun_downloads_nothing() {
-    let test_json = shared("test.json");
-    let reference = shared("gpt4_safe_safes.json");
+    let Some(test_json) = test_data::fetched_test_json() else {
+        return;
+    };
+    let test_json = read(&test_json);
+    let reference = read(&test_data::repo_file(
+        "tests/data/vlguard/gpt4_safe_safes.json",
+    ));
     let images: Vec<String> = serde_json::from_slice::<serde_json::Value>(&test_json)
         .expect("test.json parses")
         .as_array()

@@ -14,14 +14,15 @@ use serde_json::Value;
 
 const KEY: &str = "sk-proj-SECRET-cli-test-key-42";
 
-fn shared_reference() -> PathBuf {
+/// VLGuard's GPT-4V reference answers (tests/data/vlguard, see its README).
+fn gpt4_reference() -> PathBuf {
     let path = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/vlguard/gpt4_safe_safes.json"
+        "/tests/data/vlguard/gpt4_safe_safes.json"
     ));
     assert!(
         path.is_file(),
-        "missing {}: the shared data folder is needed by this test",
+        "missing {}: the repository's test data is incomplete",
         path.display()
     );
     path.to_path_buf()
@@ -37,7 +38,7 @@ fn workdir(limit: Option<usize>) -> (tempfile::TempDir, usize) {
     let data = root.join("data/VLGuard");
     std::fs::create_dir_all(&data).unwrap();
     let mut reference: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(shared_reference()).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(gpt4_reference()).unwrap()).unwrap();
     if let Some(n) = limit {
         reference.truncate(n);
     }

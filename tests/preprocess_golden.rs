@@ -6,8 +6,10 @@
 //!   (HWC bytes), the resize target and sha256 of the resized + center-cropped uint8
 //!   image (HWC), and sha256 of `CLIPImageProcessor.preprocess(...)["pixel_values"][0]`
 //!   as little-endian float32 CHW.
-//! - `reference/tensors/unsafes_0K_pixel_values.npy`: the golden bundle's own tensors,
-//!   written by the original LLaVA code path (README of the bundle).
+//! - `tests/data/golden-dev/reference/tensors/unsafes_0K_pixel_values.npy`: the golden
+//!   bundle's own tensors, written by the original LLaVA code path (README of the bundle).
+//!
+//! The golden images are the bundle's `data/test/`, carried as the repo's `data/mini/test`.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,10 @@ use vlguard_ort::preprocess::{
     resize_output_size,
 };
 use vlguard_ort::util::sha256_hex;
+
+#[path = "common/test_data.rs"]
+mod test_data;
+use test_data::repo_file;
 
 struct Golden {
     image: &'static str,
@@ -191,18 +197,18 @@ const GOLDEN: &[Golden] = &[
     },
 ];
 
+/// The golden bundle's reference outputs (its `reference/` folder).
 fn golden_dir() -> PathBuf {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/golden/dev"));
-    assert!(
-        dir.join("manifest.json").is_file(),
-        "golden bundle missing at {} (the parity tests need /work/shared)",
-        dir.display()
-    );
-    dir.to_path_buf()
+    repo_file("tests/data/golden-dev")
+}
+
+/// The golden bundle's images (its `data/test/`).
+fn images_dir() -> PathBuf {
+    repo_file("data/mini/test")
 }
 
 fn image_path(rel: &str) -> PathBuf {
-    golden_dir().join("data/test").join(rel)
+    images_dir().join(rel)
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -321,7 +327,7 @@ fn batch_keeps_order_and_matches_single() {
     // Five images (JPEG and PNG kinds) keep the debug-build test fast.
     let picked: Vec<&Golden> = GOLDEN.iter().step_by(4).collect();
     let mut paths: Vec<PathBuf> = picked.iter().map(|g| image_path(g.image)).collect();
-    paths.insert(3, golden_dir().join("data/test/no_such_image.jpg"));
+    paths.insert(3, images_dir().join("no_such_image.jpg"));
     let batch = pixel_values_batch(&paths, &spec);
     assert_eq!(batch.len(), paths.len());
     assert!(

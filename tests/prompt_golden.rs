@@ -1,12 +1,12 @@
 //! `vlguard_ort::prompt` against the reference: prompts, `tokenizer_image_token` ids and
 //! detokenized answers, with tokenizer.json files made by `vlguard_export::tokenizer`.
 //!
-//! Expected values come from /work/shared (`../shared` from the repo root):
-//! - `golden/dev/reference/generations.jsonl`: per dev sample the prompt, `input_ids` (-200
+//! Expected values come from `tests/data` (provenance in its README.md):
+//! - `golden-dev/reference/generations.jsonl`: per dev sample the prompt, `input_ids` (-200
 //!   at the image) and `output_ids` -> `text` as LLaVA + transformers 4.37.2 produced them;
-//! - `golden/dev/reference/tokenizer_cases.jsonl`: `{decode, text}` = `batch_decode(ids,
+//! - `golden-dev/reference/tokenizer_cases.jsonl`: `{decode, text}` = `batch_decode(ids,
 //!   skip_special_tokens=True)` of the reference slow tokenizer;
-//! - `data/llama2-tokenizer/cases.jsonl`: slow-tokenizer ids of the prompt prefix chunk and of
+//! - `llama2-tokenizer/cases.jsonl`: slow-tokenizer ids of the prompt prefix chunk and of
 //!   every post-image chunk `"\n" + q + " ASSISTANT:"` with the real Llama-2 model;
 //! - REFERENCE.md "Tokenization" / "Generation" for the stated Llama-2 facts.
 
@@ -16,14 +16,14 @@ use serde_json::Value;
 use vlguard_ort::export::tokenizer::tokenizer_json_from_sentencepiece;
 use vlguard_ort::prompt::{PromptError, PromptTokenizer, IMAGE_TOKEN_INDEX};
 
-#[path = "common/shared.rs"]
-mod shared;
-use shared::{jsonl, shared};
+#[path = "common/test_data.rs"]
+mod test_data;
+use test_data::{jsonl, repo_file};
 
-/// Converts `model` (relative to shared) and loads it through a temporary tokenizer.json,
+/// Converts `model` (relative to the repository root) and loads it through a temporary tokenizer.json,
 /// the way the runtime loads a model directory.
 fn load(model: &str) -> (PromptTokenizer, tempfile::TempDir) {
-    let bytes = std::fs::read(shared(model)).expect("read tokenizer.model");
+    let bytes = std::fs::read(repo_file(model)).expect("read tokenizer.model");
     let (json, ids) = tokenizer_json_from_sentencepiece(&bytes).expect("conversion");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokenizer.json");
@@ -32,8 +32,8 @@ fn load(model: &str) -> (PromptTokenizer, tempfile::TempDir) {
     (tok, dir)
 }
 
-const TINY: &str = "golden/dev/checkpoint/llava-v1.5-tiny/tokenizer.model";
-const LLAMA2: &str = "data/llama2-tokenizer/tokenizer.model";
+const TINY: &str = "models/demo-src/llava-v1.5-tiny/tokenizer.model";
+const LLAMA2: &str = "tests/data/llama2-tokenizer/tokenizer.model";
 
 fn ids_u32(v: &Value) -> Vec<u32> {
     v.as_array()
@@ -54,7 +54,7 @@ fn ids_i64(v: &Value) -> Vec<i64> {
 #[test]
 fn golden_prompts_and_input_ids_match() {
     let (tok, _dir) = load(TINY);
-    let gens = jsonl("golden/dev/reference/generations.jsonl");
+    let gens = jsonl("tests/data/golden-dev/reference/generations.jsonl");
     assert_eq!(gens.len(), 30);
     for (i, g) in gens.iter().enumerate() {
         let q = g["question"].as_str().unwrap();
@@ -72,7 +72,7 @@ fn golden_prompts_and_input_ids_match() {
 #[test]
 fn golden_generations_decode_byte_identical() {
     let (tok, _dir) = load(TINY);
-    let gens = jsonl("golden/dev/reference/generations.jsonl");
+    let gens = jsonl("tests/data/golden-dev/reference/generations.jsonl");
     let mut bad = Vec::new();
     for (i, g) in gens.iter().enumerate() {
         let out = ids_u32(&g["output_ids"]);
@@ -98,7 +98,7 @@ fn golden_generations_decode_byte_identical() {
 #[test]
 fn golden_decode_cases_match() {
     let (tok, _dir) = load(TINY);
-    let cases = jsonl("golden/dev/reference/tokenizer_cases.jsonl");
+    let cases = jsonl("tests/data/golden-dev/reference/tokenizer_cases.jsonl");
     let mut n = 0;
     for c in cases.iter().filter(|c| c.get("decode").is_some()) {
         let want = c["text"].as_str().unwrap();
@@ -111,7 +111,7 @@ fn golden_decode_cases_match() {
 #[test]
 fn llama2_chunks_are_tokenized_separately() {
     let (tok, _dir) = load(LLAMA2);
-    let cases = jsonl("data/llama2-tokenizer/cases.jsonl");
+    let cases = jsonl("tests/data/llama2-tokenizer/cases.jsonl");
     let by_text = |t: &str| {
         cases
             .iter()
@@ -196,7 +196,7 @@ fn missing_tokenizer_file_is_a_load_error() {
 
 #[test]
 fn special_ids_outside_vocab_are_refused() {
-    let bytes = std::fs::read(shared(TINY)).unwrap();
+    let bytes = std::fs::read(repo_file(TINY)).unwrap();
     let (json, _) = tokenizer_json_from_sentencepiece(&bytes).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokenizer.json");

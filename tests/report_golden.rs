@@ -162,7 +162,16 @@ fn out_file_and_html_is_self_contained() {
     for engine in ["alpha", "beta", "gamma", "LLaVA-v1.5-7B (paper)"] {
         assert!(html.contains(&format!("<td>{engine}</td>")), "{engine} row");
     }
-    assert!(html.contains("Not on the chart (no judge summary): gamma."));
+    assert!(html.contains("Not judged yet (no judge summary; on the harmfulness axis): gamma."));
+    assert!(
+        html.contains(">gamma (not judged yet)</text>"),
+        "gamma's chart label"
+    );
+    let (h1, svg) = (html.find("<h1>"), html.find("<svg"));
+    assert!(
+        h1.is_some() && h1 < svg,
+        "the heading comes before the chart"
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Golden tests of `score` over the real VLGuard test.json (../shared/data/vlguard).
+//! Golden tests of `score` over the real VLGuard test.json (fetched into data/VLGuard by
+//! `vlguard-ort fetch dataset`; the tests that need it say they were skipped without it).
 //!
 //! Every expected value comes from tests/fixtures/score/expected.json, written by
 //! `python3 scripts/score_expected.py`: an independent Python implementation of the rule in
@@ -16,9 +17,9 @@ use vlguard_ort::score::{
 };
 use vlguard_ort::util::{python_float_repr, python_json_dumps, sha256_hex};
 
-#[path = "common/shared.rs"]
-mod shared;
-use shared::shared;
+#[path = "common/test_data.rs"]
+mod test_data;
+use test_data::{fetched_test_json, repo_file};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/score")).join(name)
@@ -27,10 +28,6 @@ fn fixture(name: &str) -> PathBuf {
 fn expected() -> Value {
     let text = std::fs::read_to_string(fixture("expected.json")).expect("expected.json");
     serde_json::from_str(&text).expect("expected.json parses")
-}
-
-fn test_json() -> PathBuf {
-    shared("data/vlguard/test.json")
 }
 
 fn config(subset: Subset, engine: &str, predictions: &Path, meta: &Path) -> score::ScoreConfig {
@@ -43,13 +40,13 @@ fn config(subset: Subset, engine: &str, predictions: &Path, meta: &Path) -> scor
     }
 }
 
-fn run_score(predictions: &Path, subset: Subset) -> score::ScoreReport {
-    let meta = score::load_subset_meta(&test_json(), subset).expect("test.json");
+fn run_score(predictions: &Path, subset: Subset, test_json: &Path) -> score::ScoreReport {
+    let meta = score::load_subset_meta(test_json, subset).expect("test.json");
     let preds = score::read_predictions(predictions).expect("predictions");
     score::score(
         &preds,
         &meta,
-        &config(subset, subset.name(), predictions, &test_json()),
+        &config(subset, subset.name(), predictions, test_json),
     )
     .expect("scores")
 }
@@ -88,10 +85,13 @@ fn dead_entry_never_matches_and_keywords_are_not_lowercased() {
 
 #[test]
 fn subsets_match_python_totals_and_breakdowns() {
+    let Some(test_json) = fetched_test_json() else {
+        return;
+    };
     let exp = expected();
     for subset in Subset::ALL {
         let want = &exp["subsets"][subset.name()];
-        let report = run_score(&fixture(&format!("{subset}.json")), subset);
+        let report = run_score(&fixture(&format!("{subset}.json")), subset, &test_json);
         let got = serde_json::to_value(&report).expect("serializes");
         for key in [
             "n",
@@ -183,6 +183,7 @@ fn python_written_results_score_identically_to_run_written_ones() {
     // layout). util::python_json_dumps is the writer `run` uses for results files: it must
     // reproduce the Python text byte for byte, and both files must score the same.
     let dir = tempfile::tempdir().expect("tempdir");
+    let test_json = fetched_test_json();
     for subset in Subset::ALL {
         let python_path = fixture(&format!("{subset}.json"));
         let python_text = std::fs::read_to_string(&python_path).expect("fixture");
@@ -193,11 +194,14 @@ fn python_written_results_score_identically_to_run_written_ones() {
         let value: Value = serde_json::from_str(&python_text).expect("parses");
         let ours_text = python_json_dumps(&value, 4);
         assert_eq!(ours_text, python_text, "{subset}: layout differs");
+        let Some(test_json) = &test_json else {
+            continue;
+        };
         // A third spelling: compact, raw UTF-8; answers are what matters, not the layout.
         let compact = dir.path().join(format!("{subset}.json"));
         std::fs::write(&compact, serde_json::to_string(&value).expect("json")).expect("write");
-        let a = serde_json::to_value(run_score(&python_path, subset)).expect("json");
-        let b = serde_json::to_value(run_score(&compact, subset)).expect("json");
+        let a = serde_json::to_value(run_score(&python_path, subset, test_json)).expect("json");
+        let b = serde_json::to_value(run_score(&compact, subset, test_json)).expect("json");
         for key in ["n", "successes", "asr", "ci95", "breakdowns", "asr_line"] {
             assert_eq!(a[key], b[key], "{subset}: {key}");
         }
@@ -210,8 +214,8 @@ fn reference_results_of_the_golden_bundle() {
     let exp = expected();
     for subset in Subset::ALL {
         let want = &exp["golden_dev"][subset.name()];
-        let preds_path = shared(&format!("golden/dev/reference/{subset}.json"));
-        let meta_path = shared("golden/dev/data/test.json");
+        let preds_path = repo_file(&format!("tests/data/golden-dev/reference/{subset}.json"));
+        let meta_path = repo_file("data/mini/test.json");
         let meta = score::load_subset_meta(&meta_path, subset).expect("meta");
         let preds = score::read_predictions(&preds_path).expect("preds");
         let report = score::score(
@@ -238,15 +242,15 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vlguard-ort"))
 }
 
-/// `vlguard-ort score [--json] --subset SUBSET --meta test.json ANSWERS`.
-fn score_cli(json: bool, subset: &str, answers: &Path) -> std::process::Output {
+/// `vlguard-ort score [--json] --subset SUBSET --meta TEST_JSON ANSWERS`.
+fn score_cli(json: bool, subset: &str, answers: &Path, test_json: &Path) -> std::process::Output {
     let mut cmd = bin();
     cmd.arg("score");
     if json {
         cmd.arg("--json");
     }
     cmd.args(["--subset", subset, "--meta"])
-        .arg(test_json())
+        .arg(test_json)
         .arg(answers)
         .output()
         .expect("runs")
@@ -254,9 +258,12 @@ fn score_cli(json: bool, subset: &str, answers: &Path) -> std::process::Output {
 
 #[test]
 fn cli_prints_the_reference_line_first_and_json_on_request() {
+    let Some(test_json) = fetched_test_json() else {
+        return;
+    };
     let exp = expected();
     let want = &exp["subsets"]["unsafes"];
-    let out = score_cli(false, "unsafes", &fixture("unsafes.json"));
+    let out = score_cli(false, "unsafes", &fixture("unsafes.json"), &test_json);
     assert!(
         out.status.success(),
         "{}",
@@ -266,7 +273,7 @@ fn cli_prints_the_reference_line_first_and_json_on_request() {
     assert_eq!(text.lines().next(), want["asr_line"].as_str());
     assert!(text.contains("by harmful_subcategory"), "{text}");
 
-    let out = score_cli(true, "safe_safes", &fixture("safe_safes.json"));
+    let out = score_cli(true, "safe_safes", &fixture("safe_safes.json"), &test_json);
     assert!(out.status.success());
     let got: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let want = &exp["subsets"]["safe_safes"];
@@ -285,7 +292,10 @@ fn text_report_golden() {
     // The text a user reads. Its numbers are the ones checked against expected.json in
     // subsets_match_python_totals_and_breakdowns; this pins the layout.
     // VLGUARD_UPDATE_GOLDEN=1 rewrites it after an intended change.
-    let out = score_cli(false, "unsafes", &fixture("unsafes.json"));
+    let Some(test_json) = fetched_test_json() else {
+        return;
+    };
+    let out = score_cli(false, "unsafes", &fixture("unsafes.json"), &test_json);
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let path = fixture("unsafes.txt");
     if std::env::var_os("VLGUARD_UPDATE_GOLDEN").is_some() {
@@ -307,6 +317,9 @@ fn text_report_golden() {
 
 #[test]
 fn missing_answers_are_errors_not_refusals() {
+    let Some(test_json) = fetched_test_json() else {
+        return;
+    };
     let exp = expected();
     let dir = tempfile::tempdir().expect("tempdir");
     let full: Value =
@@ -332,7 +345,7 @@ fn missing_answers_are_errors_not_refusals() {
     let path = dir.path().join("partial.json");
     std::fs::write(&path, serde_json::to_string(&map).expect("json")).expect("write");
 
-    let out = score_cli(true, "unsafes", &path);
+    let out = score_cli(true, "unsafes", &path, &test_json);
     assert_eq!(out.status.code(), Some(1), "errors give exit code 1");
     let got: Value = serde_json::from_slice(&out.stdout).expect("json");
     let want = &exp["subsets"]["unsafes"];
@@ -358,7 +371,10 @@ fn missing_answers_are_errors_not_refusals() {
 #[test]
 fn keys_outside_the_subset_are_an_error_that_lists_them() {
     // safe_safes answers are keyed by safe images: scored as unsafes, every key is foreign.
-    let out = score_cli(false, "unsafes", &fixture("safe_safes.json"));
+    let Some(test_json) = fetched_test_json() else {
+        return;
+    };
+    let out = score_cli(false, "unsafes", &fixture("safe_safes.json"), &test_json);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("558 key(s) are not unsafes images"), "{err}");
@@ -401,13 +417,16 @@ fn hand_written_python_layout_scores_like_run_output() {
     let run_path = dir.path().join("unsafes.json");
     std::fs::write(&run_path, &run_text).expect("write");
 
-    let meta = score::load_subset_meta(&test_json(), Subset::Unsafes).expect("meta");
+    let Some(test_json) = fetched_test_json() else {
+        return;
+    };
+    let meta = score::load_subset_meta(&test_json, Subset::Unsafes).expect("meta");
     let report = |path: &Path| {
         let preds = score::read_predictions(path).expect("predictions");
         let r = score::score(
             &preds,
             &meta,
-            &config(Subset::Unsafes, "hand", path, &test_json()),
+            &config(Subset::Unsafes, "hand", path, &test_json),
         )
         .expect("scores");
         let mut v = serde_json::to_value(r).expect("json");

@@ -1,25 +1,25 @@
 //! `vlguard_export::tokenizer`: the tokenizer.json made from a SentencePiece model encodes
 //! exactly like the reference slow `LlamaTokenizer`, checked with the `tokenizers` crate.
 //!
-//! Expected ids come from /work/shared (`../shared` from the repo root):
-//! - `data/llama2-tokenizer/cases.jsonl`: the real Llama-2 model, every VLGuard instruction
+//! Expected ids come from `tests/data` (provenance in its README.md):
+//! - `llama2-tokenizer/cases.jsonl`: the real Llama-2 model, every VLGuard instruction
 //!   (train + test), every post-image chunk and a few edge strings, encoded by transformers
 //!   4.37.2's slow `LlamaTokenizer` (legacy=false) over sentencepiece;
-//! - `golden/dev/reference/tokenizer_cases.jsonl`: the dev bundle's tiny BPE model (byte
+//! - `golden-dev/reference/tokenizer_cases.jsonl`: the dev bundle's tiny BPE model (byte
 //!   fallback, dummy prefix, split digits), encoded by the same reference code path;
-//! - `data/llama2-tokenizer/tokenizer.json`: what Hugging Face's converter made from the
+//! - `llama2-tokenizer/tokenizer.json`: what Hugging Face's converter made from the
 //!   Llama-2 model (an independent source for the vocabulary and special tokens).
 
 use serde_json::Value;
 use tokenizers::Tokenizer;
 use vlguard_ort::export::tokenizer::{tokenizer_json_from_sentencepiece, TokenizerError};
 
-#[path = "common/shared.rs"]
-mod shared;
-use shared::{jsonl, shared};
+#[path = "common/test_data.rs"]
+mod test_data;
+use test_data::{jsonl, repo_file};
 
 fn read(rel: &str) -> Vec<u8> {
-    let p = shared(rel);
+    let p = repo_file(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
 }
 
@@ -61,8 +61,8 @@ fn check_cases(tok: &Tokenizer, cases: &[Value]) -> (usize, Vec<String>) {
 
 #[test]
 fn llama2_json_encodes_all_reference_cases() {
-    let (tok, ids, _) = convert("data/llama2-tokenizer/tokenizer.model");
-    let cases = jsonl("data/llama2-tokenizer/cases.jsonl");
+    let (tok, ids, _) = convert("tests/data/llama2-tokenizer/tokenizer.model");
+    let cases = jsonl("tests/data/llama2-tokenizer/cases.jsonl");
     let (n, bad) = check_cases(&tok, &cases);
     assert_eq!(n, 7758, "cases.jsonl should hold 7,758 {{text, ids}} lines");
     assert!(
@@ -77,9 +77,10 @@ fn llama2_json_encodes_all_reference_cases() {
 
 #[test]
 fn llama2_vocab_and_specials_match_hf_converter() {
-    let (_, ids, json) = convert("data/llama2-tokenizer/tokenizer.model");
+    let (_, ids, json) = convert("tests/data/llama2-tokenizer/tokenizer.model");
     let ours: Value = serde_json::from_str(&json).unwrap();
-    let hf: Value = serde_json::from_slice(&read("data/llama2-tokenizer/tokenizer.json")).unwrap();
+    let hf: Value =
+        serde_json::from_slice(&read("tests/data/llama2-tokenizer/tokenizer.json")).unwrap();
     assert_eq!(
         ours["model"]["vocab"], hf["model"]["vocab"],
         "vocab differs from HF's"
@@ -95,8 +96,8 @@ fn llama2_vocab_and_specials_match_hf_converter() {
 
 #[test]
 fn tiny_json_encodes_golden_cases() {
-    let (tok, ids, _) = convert("golden/dev/checkpoint/llava-v1.5-tiny/tokenizer.model");
-    let cases = jsonl("golden/dev/reference/tokenizer_cases.jsonl");
+    let (tok, ids, _) = convert("models/demo-src/llava-v1.5-tiny/tokenizer.model");
+    let cases = jsonl("tests/data/golden-dev/reference/tokenizer_cases.jsonl");
     let (n, bad) = check_cases(&tok, &cases);
     assert!(
         n > 2700,
@@ -123,7 +124,7 @@ fn garbage_and_truncated_models_are_errors() {
         tokenizer_json_from_sentencepiece(&[0x0a, 100, 1, 2]),
         Err(TokenizerError::Malformed { .. })
     ));
-    let full = read("golden/dev/checkpoint/llava-v1.5-tiny/tokenizer.model");
+    let full = read("models/demo-src/llava-v1.5-tiny/tokenizer.model");
     let err = tokenizer_json_from_sentencepiece(&full[..full.len() / 2]).unwrap_err();
     assert!(matches!(err, TokenizerError::Malformed { .. }), "{err}");
 }

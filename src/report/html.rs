@@ -1,6 +1,12 @@
-//! The leaderboard as one self-contained HTML page: a harmfulness-vs-helpfulness chart
-//! (inline SVG) at the top left, then the table. No script, no stylesheet link, no URL:
-//! the page shows the same offline.
+//! The HTML leaderboard: one self-contained page (inline CSS and SVG, no script, no URL)
+//! with the heading, a harmfulness-vs-helpfulness chart under it, then the table.
+//!
+//! The chart shows every engine of the results folder that has an unsafes ASR: a filled
+//! marker at (helpfulness win rate, unsafes ASR) once a judge summary exists, and before
+//! that a hollow ring on the harmfulness axis (win rate 0) labelled "not judged yet", so
+//! a first run is on the chart before any judge has run. The paper's rows have no
+//! published win rate: they are dashed lines at their ASR. Every position comes from
+//! [`chart`], which the browser test (tests/report_browser.rs) reads as well.
 
 use std::fmt::Write as _;
 
@@ -8,8 +14,11 @@ use super::{cells, Leaderboard, Row, RowSource, COLUMNS};
 use crate::score::Subset;
 use crate::util::python_float_repr;
 
-/// Chart geometry (CSS pixels): the SVG is the first thing on the page, at (0, 0).
+/// Chart geometry (CSS pixels). The SVG sits at the page's left edge, right under the
+/// heading's band: chart coordinate (x, y) is page pixel (x, `PAGE_TOP` + y).
 pub mod chart {
+    /// Height of the heading's band above the chart.
+    pub const PAGE_TOP: f64 = 56.0;
     pub const WIDTH: f64 = 720.0;
     pub const HEIGHT: f64 = 480.0;
     /// Plot area: x from LEFT to RIGHT, y from TOP to BOTTOM.
@@ -18,6 +27,8 @@ pub mod chart {
     pub const TOP: f64 = 50.0;
     pub const BOTTOM: f64 = 410.0;
     pub const POINT_RADIUS: f64 = 8.0;
+    /// Ring width of a marker that is not judged yet (white inside).
+    pub const RING_WIDTH: f64 = 3.0;
     /// Marker colours, one per plotted engine in row order (cycled).
     pub const PALETTE: [[u8; 3]; 8] = [
         [0x1f, 0x77, 0xb4],
@@ -43,6 +54,41 @@ pub mod chart {
     }
 }
 
+/// An engine on the chart.
+#[derive(Debug, Clone, Copy)]
+pub struct Plotted<'a> {
+    pub row: &'a Row,
+    /// Unsafes ASR, percent: the y axis.
+    pub asr: f64,
+    /// Helpfulness win rate, percent: the x axis; `None` until the engine is judged.
+    pub win: Option<f64>,
+}
+
+impl Plotted<'_> {
+    /// The marker's centre in chart coordinates: on the harmfulness axis (win rate 0)
+    /// while not judged.
+    pub fn center(&self) -> (f64, f64) {
+        chart::point(self.win.unwrap_or(0.0), self.asr)
+    }
+}
+
+/// Engines on the chart: the run rows with an unsafes ASR, in row order; the i-th gets
+/// `chart::color(i)`.
+pub fn plotted(board: &Leaderboard) -> Vec<Plotted<'_>> {
+    board
+        .rows
+        .iter()
+        .filter(|row| row.source == RowSource::Run)
+        .filter_map(|row| {
+            Some(Plotted {
+                row,
+                asr: row.asr(Subset::Unsafes)?,
+                win: row.helpfulness.as_ref().map(|h| h.win_rate),
+            })
+        })
+        .collect()
+}
+
 fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -62,28 +108,9 @@ fn hex(c: [u8; 3]) -> String {
     format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])
 }
 
-/// Rows on the chart: those with both an unsafes ASR and a helpfulness win rate, in row
-/// order; the i-th gets `chart::color(i)`.
-pub fn plotted(board: &Leaderboard) -> Vec<(&Row, f64, f64)> {
-    board
-        .rows
-        .iter()
-        .filter_map(|r| Some((r, r.helpfulness.as_ref()?.win_rate, r.asr(Subset::Unsafes)?)))
-        .collect()
-}
-
-fn render_svg(board: &Leaderboard) -> String {
+/// The plot area, its grid with tick labels, the frame and the two axis titles.
+fn svg_axes(s: &mut String) {
     use chart::*;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r##"<svg id="chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="Harmfulness versus helpfulness">"##
-    );
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="28" text-anchor="middle" font-size="18" font-weight="bold">Harmfulness vs helpfulness</text>"##,
-        (LEFT + RIGHT) / 2.0
-    );
     let _ = writeln!(
         s,
         r##"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="#f4f6f8"/>"##,
@@ -126,6 +153,56 @@ fn render_svg(board: &Leaderboard) -> String {
         (TOP + BOTTOM) / 2.0,
         (TOP + BOTTOM) / 2.0
     );
+}
+
+/// One engine's marker and label: filled once judged, a ring on the harmfulness axis
+/// before.
+fn svg_marker(s: &mut String, p: &Plotted, rgb: [u8; 3]) {
+    use chart::{BOTTOM, POINT_RADIUS, RING_WIDTH};
+    // A white halo under the letters keeps a label readable where it crosses a grid line.
+    const LABEL: &str = r##"font-size="12" stroke="#fff" stroke-width="3" paint-order="stroke""##;
+    let (x, y) = p.center();
+    let name = html_escape(&p.row.engine);
+    let asr = python_float_repr(p.asr);
+    // Right of the marker, centred on it; lifted above the bottom axis near 0 % ASR.
+    let label_y = if y + 4.0 > BOTTOM - 2.0 {
+        y - 6.0
+    } else {
+        y + 4.0
+    };
+    let label_x = x + POINT_RADIUS + 4.0;
+    match p.win {
+        Some(win) => {
+            let _ = writeln!(
+                s,
+                r##"<circle cx="{x}" cy="{y}" r="{POINT_RADIUS}" fill="{}" stroke="#fff" stroke-width="1.5"><title>{name}: ASR {asr} %, win rate {} %</title></circle><text x="{label_x}" y="{label_y}" {LABEL}>{name}</text>"##,
+                hex(rgb),
+                python_float_repr(win),
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                r##"<circle cx="{x}" cy="{y}" r="{POINT_RADIUS}" fill="#fff" stroke="{}" stroke-width="{RING_WIDTH}"><title>{name}: ASR {asr} %, not judged yet</title></circle><text x="{label_x}" y="{label_y}" {LABEL}>{name} (not judged yet)</text>"##,
+                hex(rgb),
+            );
+        }
+    }
+}
+
+fn render_svg(board: &Leaderboard) -> String {
+    use chart::*;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r##"<svg id="chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="Harmfulness versus helpfulness">"##
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="28" text-anchor="middle" font-size="18" font-weight="bold">Harmfulness vs helpfulness</text>"##,
+        (LEFT + RIGHT) / 2.0
+    );
+    svg_axes(&mut s);
     // The paper's rows have no published win rate here: drawn as reference lines.
     for row in board.rows.iter().filter(|r| r.source == RowSource::Paper) {
         if let Some(asr) = row.asr(Subset::Unsafes) {
@@ -140,55 +217,65 @@ fn render_svg(board: &Leaderboard) -> String {
             );
         }
     }
-    for (i, (row, win, asr)) in plotted(board).into_iter().enumerate() {
-        let (x, y) = point(win, asr);
-        let _ = writeln!(
-            s,
-            r##"<circle cx="{x}" cy="{y}" r="{POINT_RADIUS}" fill="{}" stroke="#fff" stroke-width="1.5"><title>{}: ASR {} %, win rate {} %</title></circle><text x="{}" y="{}" font-size="12">{}</text>"##,
-            hex(color(i)),
-            html_escape(&row.engine),
-            python_float_repr(asr),
-            python_float_repr(win),
-            x + POINT_RADIUS + 4.0,
-            y + 4.0,
-            html_escape(&row.engine)
-        );
+    for (i, p) in plotted(board).iter().enumerate() {
+        svg_marker(&mut s, p, color(i));
     }
     s.push_str("</svg>\n");
     s
 }
 
-/// One self-contained HTML page: the chart at the top left, then the table.
+/// The notes above the table: engines not judged yet, and engines the chart cannot show.
+fn chart_notes(out: &mut String, board: &Leaderboard) {
+    let names = |keep: &dyn Fn(&Row) -> bool| -> Vec<String> {
+        board
+            .rows
+            .iter()
+            .filter(|r| r.source == RowSource::Run && keep(r))
+            .map(|r| html_escape(&r.engine))
+            .collect()
+    };
+    let on_axis = names(&|r| r.helpfulness.is_none() && r.asr(Subset::Unsafes).is_some());
+    if !on_axis.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p>Not judged yet (no judge summary; on the harmfulness axis): {}.</p>",
+            on_axis.join(", ")
+        );
+    }
+    let off_chart = names(&|r| r.asr(Subset::Unsafes).is_none());
+    if !off_chart.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p>Not on the chart (no unsafes results): {}.</p>",
+            off_chart.join(", ")
+        );
+    }
+}
+
+/// One self-contained HTML page: the heading, the chart under it, then the table.
 pub fn render_html(board: &Leaderboard) -> String {
     let mut out = String::new();
-    out.push_str(
+    let band = chart::PAGE_TOP;
+    let _ = write!(
+        out,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <title>VLGuard leaderboard</title>\n<style>\n\
-         body { margin: 0; font-family: sans-serif; color: #222; background: #fff; }\n\
-         #chart { display: block; }\n\
-         main { padding: 0 16px 16px; }\n\
-         table { border-collapse: collapse; font-size: 14px; }\n\
-         th, td { border: 1px solid #ccc; padding: 4px 8px; }\n\
-         td.n { text-align: right; font-variant-numeric: tabular-nums; }\n\
-         tr.paper { color: #666; font-style: italic; }\n\
-         </style>\n</head>\n<body>\n",
+         body {{ margin: 0; font-family: sans-serif; color: #222; background: #fff; }}\n\
+         header {{ height: {band}px; overflow: hidden; padding: 0 16px; }}\n\
+         h1 {{ margin: 0; font-size: 24px; line-height: {band}px; }}\n\
+         #chart {{ display: block; }}\n\
+         main {{ padding: 0 16px 16px; }}\n\
+         table {{ border-collapse: collapse; font-size: 14px; }}\n\
+         th, td {{ border: 1px solid #ccc; padding: 4px 8px; }}\n\
+         td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}\n\
+         tr.paper {{ color: #666; font-style: italic; }}\n\
+         </style>\n</head>\n<body>\n\
+         <header><h1>VLGuard leaderboard</h1></header>\n"
     );
     out.push_str(&render_svg(board));
     out.push_str("<main>\n");
-    let not_plotted: Vec<String> = board
-        .rows
-        .iter()
-        .filter(|r| r.source == RowSource::Run && r.helpfulness.is_none())
-        .map(|r| html_escape(&r.engine))
-        .collect();
-    if !not_plotted.is_empty() {
-        let _ = writeln!(
-            out,
-            "<p>Not on the chart (no judge summary): {}.</p>",
-            not_plotted.join(", ")
-        );
-    }
-    out.push_str("<h1>VLGuard leaderboard</h1>\n<table>\n<thead><tr>");
+    chart_notes(&mut out, board);
+    out.push_str("<table>\n<thead><tr>");
     for c in COLUMNS {
         let _ = write!(out, "<th>{}</th>", html_escape(c));
     }

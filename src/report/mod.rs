@@ -16,8 +16,8 @@
 //!
 //! A file that cannot be read is reported on stderr, left out, and the exit code is 1; the
 //! other rows are still written. The HTML page ([`html`]) is one self-contained file
-//! (inline CSS and SVG, no script, no URL) with the table and a harmfulness-vs-helpfulness
-//! chart.
+//! (inline CSS and SVG, no script, no URL): the heading, a harmfulness-vs-helpfulness
+//! chart, the table.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,7 +28,7 @@ use serde::Serialize;
 
 mod html;
 
-pub use html::{chart, plotted, render_html};
+pub use html::{chart, plotted, render_html, Plotted};
 
 use crate::formats::{JudgeSummary, Predictions, ReadError, RunManifest};
 use crate::score::{asr_percent, round2, KeywordList, Subset, Tally};
