@@ -68,7 +68,7 @@ print(f'  {m["subset"]} batch={m["batch_size"]} {m.get("batching", "static")} sa
 PY
 }
 agree() { # results dir
-  python3 - "$1" "$root/tests/fixtures/golden-dev" <<'PY'
+  python3 - "$1" "$root/tests/data/golden-dev/reference" <<'PY'
 import json, sys, os
 same = total = 0
 diffs = []

@@ -1,7 +1,7 @@
 //! End-to-end: the built binary exports the bundled demo model and runs the evaluation
 //! on the bundled mini test set, on the CPU, in temp folders.
 //!
-//! Expected files: tests/fixtures/golden-dev/{subset}.json are the answers the ORIGINAL
+//! Expected files: tests/data/golden-dev/reference/{subset}.json are the answers the ORIGINAL
 //! reference pipeline (VLGuard_eval.py code path, transformers 4.37.2, fp32 CPU) wrote
 //! for this model and these images (copied from the golden bundle `dev`).
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::*;
 
 fn golden(subset: &str) -> String {
-    std::fs::read_to_string(repo().join(format!("tests/fixtures/golden-dev/{subset}.json")))
+    std::fs::read_to_string(repo().join(format!("tests/data/golden-dev/reference/{subset}.json")))
         .unwrap()
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Fixtures: tests/data/checkpoints (made by scripts/make_checkpoint_fixtures.py from the
 //! dev golden bundle's tiny LLaVA-1.5; see the README there). Expected answers:
-//! tests/fixtures/golden-dev/{subset}.json, written by the ORIGINAL reference pipeline for
+//! tests/data/golden-dev/reference/{subset}.json, written by the ORIGINAL reference pipeline for
 //! the original-layout weights, which the llava-hf fixtures hold too (plus padded
 //! vocabulary rows). For LoRA, the expected side is the checkpoint PEFT merged
 //! (`merge_and_unload` in fp32, saved in the base dtype), exported as a full checkpoint.
@@ -83,7 +83,7 @@ fn llava_hf_in_both_key_styles_answers_like_the_reference() {
         assert_eq!(manifest["decoder"]["vocab_size"], 1216, "{name}");
         for (subset, got) in SUBSETS.iter().zip(answers(&model, "all")) {
             let want = std::fs::read_to_string(
-                repo().join(format!("tests/fixtures/golden-dev/{subset}.json")),
+                repo().join(format!("tests/data/golden-dev/reference/{subset}.json")),
             )
             .unwrap();
             assert!(got == want, "{name}: {subset} differs from the reference");
@@ -149,7 +149,7 @@ fn llava_lora_adapter_merges_like_peft() {
     let got = answers(&adapter, "unsafes");
     assert_eq!(got, answers(&merged, "unsafes"));
     let golden =
-        std::fs::read_to_string(repo().join("tests/fixtures/golden-dev/unsafes.json")).unwrap();
+        std::fs::read_to_string(repo().join("tests/data/golden-dev/reference/unsafes.json")).unwrap();
     assert_ne!(got[0], golden, "the adapter should change the answers");
 }
 

@@ -600,8 +600,8 @@ fn run_journal() {
 fn predictions_files() {
     use vlguard_ort::formats::Predictions;
     let seeds = [
-        "tests/fixtures/golden-dev/unsafes.json",
-        "tests/fixtures/golden-dev/safe_safes.json",
+        "tests/data/golden-dev/reference/unsafes.json",
+        "tests/data/golden-dev/reference/safe_safes.json",
         "tests/fixtures/judge/predictions.json",
     ]
     .iter()

@@ -297,7 +297,7 @@ fn a_closed_stdout_ends_the_command_quietly() {
     let path = predictions.path().join("demo.json");
     std::fs::write(
         &path,
-        std::fs::read(repo().join("tests/fixtures/golden-dev/unsafes.json")).unwrap(),
+        std::fs::read(repo().join("tests/data/golden-dev/reference/unsafes.json")).unwrap(),
     )
     .unwrap();
     let mut score = bin();

@@ -3,7 +3,7 @@
 # slurm-wlm (installed when missing; root), a two-task job array of the bundled demo model
 # on the mini test set (scripts/slurm/submit.sh, CPU, no GPU requested), then the
 # dependent merge, and checks that the merged answers are the reference's bytes
-# (tests/fixtures/golden-dev). Not part of scripts/test.sh: it starts system daemons.
+# (tests/data/golden-dev/reference). Not part of scripts/test.sh: it starts system daemons.
 #
 #   scripts/slurm/selftest.sh
 set -euo pipefail
@@ -51,6 +51,6 @@ VLGUARD_BIN="$bin" VLGUARD_SBATCH_FLAGS="--gres=none --cpus-per-task=1" \
   --images "$root/data/mini/test" --out "$work/results" --ep cpu --threads 1
 for _ in $(seq 120); do [ -z "$(squeue -h)" ] && break; sleep 2; done
 for s in unsafes safe_unsafes safe_safes; do
-  cmp "$work/results/$s/demo.json" "$root/tests/fixtures/golden-dev/$s.json"
+  cmp "$work/results/$s/demo.json" "$root/tests/data/golden-dev/reference/$s.json"
   echo "$s: the merged shards are the reference's bytes"
 done
