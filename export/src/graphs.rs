@@ -25,7 +25,9 @@ use crate::onnx::{Attr, ElemType, GraphBuilder};
 use crate::ExportError;
 
 mod decoder;
-pub use decoder::{build_decoder, build_fused_decoder};
+pub use decoder::{
+    build_decoder, build_fused_decoder, probe_name, Probes, PROBE_FINAL_NORM, PROBE_POINTS,
+};
 
 /// Where weights come from.
 pub enum Weights<'a> {

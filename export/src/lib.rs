@@ -233,10 +233,22 @@ pub fn export_with(
     let embed = graphs::build_embed(&dir, EMBED_FILE, &llava, opts.dtype, &w_llava)?;
     weight_bytes.insert(EMBED_FILE.to_string(), embed.weight_bytes);
     let decoder = match opts.flavour {
-        Flavour::Plain => graphs::build_decoder(&dir, DECODER_FILE, &llava, opts.dtype, &w_llava)?,
-        Flavour::Fused => {
-            graphs::build_fused_decoder(&dir, DECODER_FILE, &llava, opts.dtype, &w_llava)?
-        }
+        Flavour::Plain => graphs::build_decoder(
+            &dir,
+            DECODER_FILE,
+            &llava,
+            opts.dtype,
+            &w_llava,
+            graphs::Probes::Off,
+        )?,
+        Flavour::Fused => graphs::build_fused_decoder(
+            &dir,
+            DECODER_FILE,
+            &llava,
+            opts.dtype,
+            &w_llava,
+            graphs::Probes::Off,
+        )?,
     };
     weight_bytes.insert(DECODER_FILE.to_string(), decoder.weight_bytes);
 

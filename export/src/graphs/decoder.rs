@@ -13,7 +13,7 @@ use std::path::Path;
 use super::{finish, BuiltGraph, Ctx, Weights};
 use crate::config::{LlamaConfig, LlavaConfig};
 use crate::manifest::{names, Dtype};
-use crate::onnx::{Attr, ElemType};
+use crate::onnx::{Attr, Dim, ElemType};
 use crate::ExportError;
 
 impl Ctx<'_> {
@@ -144,22 +144,98 @@ impl Ctx<'_> {
     }
 }
 
-/// The Llama decoder with KV cache; see the module doc for its contract.
+/// Extra decoder outputs for measurement (`examples/layer_drift.rs`); an export never has
+/// them. With [`Probes::On`] the graph also outputs, after its contract's outputs, fp32
+/// copies of the hidden states at each point of [`PROBE_POINTS`] per layer L
+/// (`probe.L.POINT [batch, seq, dim]`, see [`probe_name`]) and of the final norm of the
+/// last position (`probe.final_norm [batch, hidden]`). Probes change no other value: the
+/// tap is a Cast of a tensor that the graph computes anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Probes {
+    #[default]
+    Off,
+    On,
+}
+
+/// The probe points of one layer, in graph order: the input norm (what q/k/v see), the
+/// attention output (before o_proj), the residual after attention, the post-attention
+/// norm, the MLP output, the residual after the MLP (the layer's output).
+pub const PROBE_POINTS: [&str; 6] = [
+    "attn_norm",
+    "attn",
+    "attn_resid",
+    "mlp_norm",
+    "mlp",
+    "mlp_resid",
+];
+
+/// The graph output of probe `point` of layer `layer`.
+pub fn probe_name(layer: usize, point: &str) -> String {
+    format!("probe.{layer}.{point}")
+}
+
+/// The graph output of the final norm probe.
+pub const PROBE_FINAL_NORM: &str = "probe.final_norm";
+
+/// Probe outputs collected while a decoder is built, declared after its contract's outputs.
+struct Taps {
+    on: bool,
+    outputs: Vec<(String, Vec<Dim>)>,
+}
+
+impl Taps {
+    fn new(probes: Probes) -> Taps {
+        Taps {
+            on: probes == Probes::On,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Taps `x` (`[batch, seq, dim]`) as probe `point` of layer `layer`.
+    fn layer(&mut self, c: &mut Ctx, layer: usize, point: &str, x: &str, dim: usize) {
+        let dims = vec!["batch".into(), "seq".into(), dim.into()];
+        self.tap(c, probe_name(layer, point), x, dims);
+    }
+
+    fn tap(&mut self, c: &mut Ctx, name: String, x: &str, dims: Vec<Dim>) {
+        if self.on {
+            let to = ("to", Attr::Int(ElemType::F32 as i64));
+            c.g.node_named("Cast", &[x], vec![to], Some(&name));
+            self.outputs.push((name, dims));
+        }
+    }
+
+    fn declare(self, c: &mut Ctx) {
+        for (name, dims) in self.outputs {
+            c.g.output(&name, ElemType::F32, dims);
+        }
+    }
+}
+
+/// The Llama decoder with KV cache, `plain` flavour: standard ONNX ops only.
+///
+/// Contract (see `manifest::Flavour::Plain`):
+/// - inputs: `inputs_embeds [B,T,H]`, `attention_mask [B,P+T]` int64 (past and new
+///   positions; rows left-padded), `position_ids [B,T]` int64, and per layer
+///   `past_key_values.L.{key,value} [B,kv,P,hd]` (P = 0 on the first call).
+/// - outputs: `logits [B,V]` fp32 of the LAST position, `present.L.{key,value}
+///   [B,kv,P+T,hd]` (the past with the new positions appended).
+/// - numerics: the module's; query t (absolute position P + t) sees key j when j <= P + t
+///   and attention_mask[j] = 1 (others get f32::MIN, HF's finfo.min, never -inf, so a
+///   fully padded row is uniform, not NaN); cos/sin of position_ids * inv_freq computed in
+///   the graph in fp32, then cast to the graph dtype as transformers does.
 pub fn build_decoder(
     dir: &Path,
     file: &str,
     llava: &LlavaConfig,
     dtype: Dtype,
     w: &Weights,
+    probes: Probes,
 ) -> Result<BuiltGraph, ExportError> {
     let mut c = Ctx::new("decoder", dir, file, w, dtype)?;
+    let mut taps = Taps::new(probes);
     let cfg = &llava.llama;
-    let (hsz, nh, nkv, hd) = (
-        cfg.hidden_size,
-        cfg.num_heads,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-    );
+    let (hsz, nh, eps) = (cfg.hidden_size, cfg.num_heads, cfg.rms_norm_eps);
     let dt = c.dt;
     let x_in = c.g.input(
         names::INPUTS_EMBEDS,
@@ -177,40 +253,101 @@ pub fn build_decoder(
         vec!["batch".into(), "seq".into()],
     );
     let past = c.past_inputs(cfg, "past");
+    let rope = plain_rope_tables(&mut c, &pos, cfg);
+    let consts = plain_attention_consts(&mut c, &x_in, &mask, cfg);
 
+    let mut x = x_in.clone();
+    for (l, past_kv) in past.iter().enumerate() {
+        let lp = format!("model.layers.{l}");
+        let h = c.rms_norm(&x, &format!("{lp}.input_layernorm.weight"), hsz, eps)?;
+        taps.layer(&mut c, l, "attn_norm", &h, hsz);
+        let o = plain_attention(&mut c, l, &h, past_kv, &rope, &consts, cfg)?;
+        taps.layer(&mut c, l, "attn", &o, nh * cfg.head_dim);
+        let o = c.linear(
+            &o,
+            &format!("{lp}.self_attn.o_proj"),
+            nh * cfg.head_dim,
+            hsz,
+            false,
+        )?;
+        x = c.op("Add", &[&x, &o]);
+        taps.layer(&mut c, l, "attn_resid", &x, hsz);
+        let h = c.rms_norm(
+            &x,
+            &format!("{lp}.post_attention_layernorm.weight"),
+            hsz,
+            eps,
+        )?;
+        taps.layer(&mut c, l, "mlp_norm", &h, hsz);
+        let d = c.swiglu_mlp(&h, &lp, cfg)?;
+        taps.layer(&mut c, l, "mlp", &d, hsz);
+        x = c.op("Add", &[&x, &d]);
+        taps.layer(&mut c, l, "mlp_resid", &x, hsz);
+    }
+    // Last position only: [B, T, H] -> [B, H]; the norm is per position, so take it first.
+    let last_idx = c.g.scalar_i64(-1);
+    let last = c.op_a("Gather", &[&x, &last_idx], vec![("axis", Attr::Int(1))]);
+    let last = c.rms_norm(&last, "model.norm.weight", hsz, eps)?;
+    let final_dims = vec!["batch".into(), hsz.into()];
+    taps.tap(&mut c, PROBE_FINAL_NORM.into(), &last, final_dims);
+    c.logits_and_presents(&last, cfg, "total")?;
+    taps.declare(&mut c);
+    finish(c, dir, file)
+}
+
+/// RoPE's cos and sin `[B, 1, T, hd]` for `position_ids [B, T]`: angles `position *
+/// inv_freq` and their cos/sin in fp32, then cast to the graph dtype.
+fn plain_rope_tables(c: &mut Ctx, pos: &str, cfg: &LlamaConfig) -> (String, String) {
     let inv_freq = rope_inv_freq(cfg);
     let inv_freq =
-        c.g.const_float(ElemType::F32, &[(hd / 2) as i64], &inv_freq);
+        c.g.const_float(ElemType::F32, &[inv_freq.len() as i64], &inv_freq);
     let posf = c.op_a(
         "Cast",
-        &[&pos],
+        &[pos],
         vec![("to", Attr::Int(ElemType::F32 as i64))],
     );
     let ax2 = c.g.const_i64(&[2]);
     let posf = c.op("Unsqueeze", &[&posf, &ax2]); // [B, T, 1]
     let freqs = c.op("Mul", &[&posf, &inv_freq]); // [B, T, hd/2]
     let emb = c.op_a("Concat", &[&freqs, &freqs], vec![("axis", Attr::Int(-1))]); // [B, T, hd]
-    let cos = c.op("Cos", &[&emb]);
-    let sin = c.op("Sin", &[&emb]);
-    let cos = c.cast_dt(&cos);
-    let sin = c.cast_dt(&sin);
     let ax1 = c.g.const_i64(&[1]);
-    let cos = c.op("Unsqueeze", &[&cos, &ax1]); // [B, 1, T, hd]
-    let sin = c.op("Unsqueeze", &[&sin, &ax1]);
+    let mut out = Vec::new();
+    for op in ["Cos", "Sin"] {
+        let t = c.op(op, &[&emb]);
+        let t = c.cast_dt(&t);
+        out.push(c.op("Unsqueeze", &[&t, &ax1])); // [B, 1, T, hd]
+    }
+    (out[0].clone(), out[1].clone())
+}
 
-    // Mask [B, 1, T, S]: key j visible to query t iff j <= P + t and attention_mask[j] = 1.
+/// What every layer's attention shares: the mask and the score constants.
+struct AttnConsts {
+    /// `[B, 1, T, S]` booleans: key j is visible to query t iff j <= P + t (P = S - T past
+    /// positions) and attention_mask[j] = 1.
+    allowed: String,
+    /// f32::MIN for masked scores, sqrt(head_dim) to divide scores by.
+    neg: String,
+    sqrt_hd: String,
+    /// When kv heads are shared (heads > kv heads): the axis, repeat counts and shape that
+    /// turn `[B, kv, S, hd]` into `[B, heads, S, hd]`. Made only for such models: an unused
+    /// initializer makes ONNX Runtime warn at every load.
+    repeat_kv: Option<(String, String, String)>,
+}
+
+fn plain_attention_consts(c: &mut Ctx, x_in: &str, mask: &str, cfg: &LlamaConfig) -> AttnConsts {
     let t_len = c.op_a(
         "Shape",
-        &[&x_in],
+        &[x_in],
         vec![("start", Attr::Int(1)), ("end", Attr::Int(2))],
     );
     let s_len = c.op_a(
         "Shape",
-        &[&mask],
+        &[mask],
         vec![("start", Attr::Int(1)), ("end", Attr::Int(2))],
     );
     let p_len = c.op("Sub", &[&s_len, &t_len]);
     let ax0 = c.g.const_i64(&[0]);
+    let ax1 = c.g.const_i64(&[1]);
     let t_s = c.op("Squeeze", &[&t_len, &ax0]);
     let s_s = c.op("Squeeze", &[&s_len, &ax0]);
     let zero = c.g.scalar_i64(0);
@@ -223,89 +360,86 @@ pub fn build_decoder(
     let causal = c.op("LessOrEqual", &[&kpos, &qpos]); // [T, S]
     let keep = c.op_a(
         "Cast",
-        &[&mask],
+        &[mask],
         vec![("to", Attr::Int(ElemType::Bool as i64))],
     );
     let ax12 = c.g.const_i64(&[1, 2]);
     let keep = c.op("Unsqueeze", &[&keep, &ax12]); // [B, 1, 1, S]
-    let allowed = c.op("And", &[&causal, &keep]); // [B, 1, T, S]
-    let neg = c.g.const_float(ElemType::F32, &[], &[f32::MIN]);
-    let sqrt_hd =
-        c.g.const_float(ElemType::F32, &[], &[(hd as f64).sqrt() as f32]);
+    let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let n_rep = nh / nkv;
-    let rep = c.g.const_i64(&[1, 1, n_rep as i64, 1, 1]);
-    let rep_shape = c.g.const_i64(&[0, nh as i64, -1, hd as i64]);
-
-    let mut x = x_in.clone();
-    for (l, (past_k, past_v)) in past.iter().enumerate() {
-        let lp = format!("model.layers.{l}");
-        let h = c.rms_norm(
-            &x,
-            &format!("{lp}.input_layernorm.weight"),
-            hsz,
-            cfg.rms_norm_eps,
-        )?;
-        let q = c.linear(&h, &format!("{lp}.self_attn.q_proj"), hsz, nh * hd, false)?;
-        let k = c.linear(&h, &format!("{lp}.self_attn.k_proj"), hsz, nkv * hd, false)?;
-        let v = c.linear(&h, &format!("{lp}.self_attn.v_proj"), hsz, nkv * hd, false)?;
-        let q = c.split_heads(&q, nh, hd, &[0, 2, 1, 3]);
-        let k = c.split_heads(&k, nkv, hd, &[0, 2, 1, 3]);
-        let v = c.split_heads(&v, nkv, hd, &[0, 2, 1, 3]);
-        let q = rope(&mut c, &q, &cos, &sin);
-        let k = rope(&mut c, &k, &cos, &sin);
-        let k_all = c.g.node_named(
-            "Concat",
-            &[past_k, &k],
-            vec![("axis", Attr::Int(2))],
-            Some(&names::present_key(l)),
-        );
-        let v_all = c.g.node_named(
-            "Concat",
-            &[past_v, &v],
-            vec![("axis", Attr::Int(2))],
-            Some(&names::present_value(l)),
-        );
-        let (k_all, v_all) = if n_rep > 1 {
-            // [B, kv, S, hd] -> [B, kv, 1, S, hd] -> [B, kv, rep, S, hd] -> [B, heads, S, hd]
-            let mut out = Vec::new();
-            for t in [&k_all, &v_all] {
-                let u = c.op("Unsqueeze", &[t, &ax2]);
-                let e = c.op("Expand", &[&u, &rep]);
-                out.push(c.op("Reshape", &[&e, &rep_shape]));
-            }
-            (out[0].clone(), out[1].clone())
-        } else {
-            (k_all, v_all)
-        };
-        let kt = c.op_a(
-            "Transpose",
-            &[&k_all],
-            vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
-        );
-        let scores = c.op("MatMul", &[&q, &kt]); // [B, heads, T, S]
-        let scores = c.cast_f32(&scores);
-        let scores = c.op("Div", &[&scores, &sqrt_hd]);
-        let scores = c.op("Where", &[&allowed, &scores, &neg]);
-        let probs = c.softmax_f32(&scores);
-        let o = c.op("MatMul", &[&probs, &v_all]);
-        let o = c.merge_heads(&o, nh * hd);
-        let o = c.linear(&o, &format!("{lp}.self_attn.o_proj"), nh * hd, hsz, false)?;
-        x = c.op("Add", &[&x, &o]);
-        let h = c.rms_norm(
-            &x,
-            &format!("{lp}.post_attention_layernorm.weight"),
-            hsz,
-            cfg.rms_norm_eps,
-        )?;
-        let d = c.swiglu_mlp(&h, &lp, cfg)?;
-        x = c.op("Add", &[&x, &d]);
+    AttnConsts {
+        allowed: c.op("And", &[&causal, &keep]), // [B, 1, T, S]
+        neg: c.g.const_float(ElemType::F32, &[], &[f32::MIN]),
+        sqrt_hd: c
+            .g
+            .const_float(ElemType::F32, &[], &[(hd as f64).sqrt() as f32]),
+        repeat_kv: (n_rep > 1).then(|| {
+            (
+                c.g.const_i64(&[2]),
+                c.g.const_i64(&[1, 1, n_rep as i64, 1, 1]),
+                c.g.const_i64(&[0, nh as i64, -1, hd as i64]),
+            )
+        }),
     }
-    // Last position only: [B, T, H] -> [B, H]; the norm is per position, so take it first.
-    let last_idx = c.g.scalar_i64(-1);
-    let last = c.op_a("Gather", &[&x, &last_idx], vec![("axis", Attr::Int(1))]);
-    let last = c.rms_norm(&last, "model.norm.weight", hsz, cfg.rms_norm_eps)?;
-    c.logits_and_presents(&last, cfg, "total")?;
-    finish(c, dir, file)
+}
+
+/// Self-attention of layer `l` on the normed hidden state `h`, up to (not including)
+/// o_proj: `[B, T, heads*hd]`. Appends the new keys (after RoPE) and values to the layer's
+/// past as `present.l.{key,value}`.
+fn plain_attention(
+    c: &mut Ctx,
+    l: usize,
+    h: &str,
+    (past_k, past_v): &(String, String),
+    (cos, sin): &(String, String),
+    consts: &AttnConsts,
+    cfg: &LlamaConfig,
+) -> Result<String, ExportError> {
+    let (hsz, nh, nkv, hd) = (
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+    );
+    let lp = format!("model.layers.{l}.self_attn");
+    let q = c.linear(h, &format!("{lp}.q_proj"), hsz, nh * hd, false)?;
+    let k = c.linear(h, &format!("{lp}.k_proj"), hsz, nkv * hd, false)?;
+    let v = c.linear(h, &format!("{lp}.v_proj"), hsz, nkv * hd, false)?;
+    let q = c.split_heads(&q, nh, hd, &[0, 2, 1, 3]);
+    let k = c.split_heads(&k, nkv, hd, &[0, 2, 1, 3]);
+    let v = c.split_heads(&v, nkv, hd, &[0, 2, 1, 3]);
+    let q = rope(c, &q, cos, sin);
+    let k = rope(c, &k, cos, sin);
+    let concat = |c: &mut Ctx, past: &str, new: &str, name: String| {
+        c.g.node_named(
+            "Concat",
+            &[past, new],
+            vec![("axis", Attr::Int(2))],
+            Some(&name),
+        )
+    };
+    let mut k_all = concat(c, past_k, &k, names::present_key(l));
+    let mut v_all = concat(c, past_v, &v, names::present_value(l));
+    if let Some((ax2, rep, rep_shape)) = &consts.repeat_kv {
+        // [B, kv, S, hd] -> [B, kv, 1, S, hd] -> [B, kv, rep, S, hd] -> [B, heads, S, hd]
+        for t in [&mut k_all, &mut v_all] {
+            let u = c.op("Unsqueeze", &[t, ax2]);
+            let e = c.op("Expand", &[&u, rep]);
+            *t = c.op("Reshape", &[&e, rep_shape]);
+        }
+    }
+    let kt = c.op_a(
+        "Transpose",
+        &[&k_all],
+        vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
+    );
+    let scores = c.op("MatMul", &[&q, &kt]); // [B, heads, T, S]
+    let scores = c.cast_f32(&scores);
+    let scores = c.op("Div", &[&scores, &consts.sqrt_hd]);
+    let scores = c.op("Where", &[&consts.allowed, &scores, &consts.neg]);
+    let probs = c.softmax_f32(&scores);
+    let o = c.op("MatMul", &[&probs, &v_all]);
+    Ok(c.merge_heads(&o, nh * hd))
 }
 
 /// The Llama decoder in the `fused` flavour: ONNX Runtime contrib ops and a cache updated
@@ -333,8 +467,10 @@ pub fn build_fused_decoder(
     llava: &LlavaConfig,
     dtype: Dtype,
     w: &Weights,
+    probes: Probes,
 ) -> Result<BuiltGraph, ExportError> {
     let mut c = Ctx::new("decoder", dir, file, w, dtype)?;
+    let mut taps = Taps::new(probes);
     let cfg = &llava.llama;
     let (hsz, nh, nkv, hd) = (
         cfg.hidden_size,
@@ -354,38 +490,13 @@ pub fn build_fused_decoder(
     let total =
         c.g.input(names::TOTAL_SEQUENCE_LENGTH, ElemType::I32, vec![]);
     let past = c.past_inputs(cfg, "capacity");
-
-    // cos/sin tables [max_positions, hd/2], as LlamaRotaryEmbedding's cache: f32 products,
-    // cos/sin rounded to f32 (then to the graph dtype).
-    let half = hd / 2;
-    let inv_freq = rope_inv_freq(cfg);
-    let positions = cfg.max_position_embeddings;
-    let freqs: Vec<f32> = (0..positions)
-        .flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f))
-        .collect();
-    let mut tables = Vec::new();
-    for (name, f) in [
-        ("rope.cos", f64::cos as fn(f64) -> f64),
-        ("rope.sin", f64::sin as fn(f64) -> f64),
-    ] {
-        let values: Vec<f32> = freqs.iter().map(|&a| f(a as f64) as f32).collect();
-        let table = c.g.weight(name, dt, &[positions, half], |out| {
-            for v in &values {
-                match dt {
-                    ElemType::F16 => out.write_all(&half::f16::from_f32(*v).to_le_bytes())?,
-                    _ => out.write_all(&v.to_le_bytes())?,
-                }
-            }
-            Ok(())
-        })?;
-        tables.push(table);
-    }
-    let (cos, sin) = (tables[0].clone(), tables[1].clone());
+    let (cos, sin) = fused_rope_tables(&mut c, cfg)?;
 
     let mut x = x_in.clone();
     let mut h = c.simplified_norm(&x, "model.layers.0.input_layernorm.weight", hsz, eps)?;
     for (l, (past_k, past_v)) in past.iter().enumerate() {
         let lp = format!("model.layers.{l}");
+        taps.layer(&mut c, l, "attn_norm", &h, hsz);
         let q = c.linear(&h, &format!("{lp}.self_attn.q_proj"), hsz, nh * hd, false)?;
         let k = c.linear(&h, &format!("{lp}.self_attn.k_proj"), hsz, nkv * hd, false)?;
         let v = c.linear(&h, &format!("{lp}.self_attn.v_proj"), hsz, nkv * hd, false)?;
@@ -404,6 +515,7 @@ pub fn build_fused_decoder(
                 Some(&names::present_value(l)),
             ],
         );
+        taps.layer(&mut c, l, "attn", &attn[0], nh * hd);
         let o = c.linear(
             &attn[0],
             &format!("{lp}.self_attn.o_proj"),
@@ -411,41 +523,77 @@ pub fn build_fused_decoder(
             hsz,
             false,
         )?;
-        (h, x) = c.skip_norm(
-            &x,
-            &o,
-            &format!("{lp}.post_attention_layernorm.weight"),
-            hsz,
-            eps,
-        )?;
+        let norm = format!("{lp}.post_attention_layernorm.weight");
+        (h, x) = c.skip_norm(&x, &o, &norm, hsz, eps)?;
+        taps.layer(&mut c, l, "attn_resid", &x, hsz);
+        taps.layer(&mut c, l, "mlp_norm", &h, hsz);
         let d = c.swiglu_mlp(&h, &lp, cfg)?;
+        taps.layer(&mut c, l, "mlp", &d, hsz);
         if l + 1 < cfg.num_layers {
             let next = format!("model.layers.{}.input_layernorm.weight", l + 1);
             (h, x) = c.skip_norm(&x, &d, &next, hsz, eps)?;
         } else {
             x = c.op("Add", &[&x, &d]);
         }
+        taps.layer(&mut c, l, "mlp_resid", &x, hsz);
     }
 
-    // Each row's last real position: min(seqlens_k, S - 1), then [B,S,H] -> [B,H].
+    let last = fused_last_positions(&mut c, &x, &x_in, &seqlens);
+    let last = c.simplified_norm(&last, "model.norm.weight", hsz, eps)?;
+    let final_dims = vec!["batch".into(), hsz.into()];
+    taps.tap(&mut c, PROBE_FINAL_NORM.into(), &last, final_dims);
+    c.logits_and_presents(&last, cfg, "capacity")?;
+    taps.declare(&mut c);
+    finish(c, dir, file)
+}
+
+/// GroupQueryAttention's cos/sin tables `[max_positions, hd/2]`, as LlamaRotaryEmbedding
+/// fills its cache: f32 products `t * inv_freq`, cos/sin rounded to f32, then to the graph
+/// dtype.
+fn fused_rope_tables(c: &mut Ctx, cfg: &LlamaConfig) -> Result<(String, String), ExportError> {
+    let dt = c.dt;
+    let inv_freq = rope_inv_freq(cfg);
+    let positions = cfg.max_position_embeddings;
+    let freqs: Vec<f32> = (0..positions)
+        .flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f))
+        .collect();
+    let mut tables = Vec::new();
+    for (name, f) in [
+        ("rope.cos", f64::cos as fn(f64) -> f64),
+        ("rope.sin", f64::sin as fn(f64) -> f64),
+    ] {
+        let values: Vec<f32> = freqs.iter().map(|&a| f(a as f64) as f32).collect();
+        let table = c.g.weight(name, dt, &[positions, inv_freq.len()], |out| {
+            for v in &values {
+                match dt {
+                    ElemType::F16 => out.write_all(&half::f16::from_f32(*v).to_le_bytes())?,
+                    _ => out.write_all(&v.to_le_bytes())?,
+                }
+            }
+            Ok(())
+        })?;
+        tables.push(table);
+    }
+    Ok((tables[0].clone(), tables[1].clone()))
+}
+
+/// Each row's last real position of `x [B,S,H]`, `min(seqlens_k, S - 1)`: `[B,H]`.
+fn fused_last_positions(c: &mut Ctx, x: &str, x_in: &str, seqlens: &str) -> String {
     let s_len = c.op_a(
         "Shape",
-        &[&x_in],
+        &[x_in],
         vec![("start", Attr::Int(1)), ("end", Attr::Int(2))],
     );
     let one = c.g.const_i64(&[1]);
     let s_last = c.op("Sub", &[&s_len, &one]);
     let lens = c.op_a(
         "Cast",
-        &[&seqlens],
+        &[seqlens],
         vec![("to", Attr::Int(ElemType::I64 as i64))],
     );
     let idx = c.op("Min", &[&lens, &s_last]);
     let idx = c.op("Unsqueeze", &[&idx, &one]); // [B, 1]
-    let last = c.op_a("GatherND", &[&x, &idx], vec![("batch_dims", Attr::Int(1))]);
-    let last = c.simplified_norm(&last, "model.norm.weight", hsz, eps)?;
-    c.logits_and_presents(&last, cfg, "capacity")?;
-    finish(c, dir, file)
+    c.op_a("GatherND", &[x, &idx], vec![("batch_dims", Attr::Int(1))])
 }
 
 /// RoPE's `inv_freq[i] = 1 / theta^(2i / hd)`, computed in f32 like transformers 4.37.
