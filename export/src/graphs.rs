@@ -74,12 +74,22 @@ impl<'a> Ctx<'a> {
         shape: &[usize],
         transpose: bool,
     ) -> Result<String, ExportError> {
+        self.weight_as(key, shape, transpose, self.dt)
+    }
+
+    /// [`Ctx::weight`] stored as `dt` whatever the graph dtype.
+    fn weight_as(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        transpose: bool,
+        dt: ElemType,
+    ) -> Result<String, ExportError> {
         let out_shape: Vec<usize> = if transpose {
             vec![shape[1], shape[0]]
         } else {
             shape.to_vec()
         };
-        let dt = self.dt;
         let name = if transpose {
             format!("{key}.T")
         } else {

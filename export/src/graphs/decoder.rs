@@ -42,18 +42,19 @@ impl Ctx<'_> {
         Ok(self.op("Mul", &[&w, &y]))
     }
 
-    /// RMSNorm as ONNX Runtime's SimplifiedLayerNormalization (computed in fp32).
+    /// RMSNorm of the fp32 residual stream `x32` as ONNX Runtime's
+    /// SimplifiedLayerNormalization, all in fp32 (weight included).
     fn simplified_norm(
         &mut self,
-        x: &str,
+        x32: &str,
         key: &str,
         dim: usize,
         eps: f64,
     ) -> Result<String, ExportError> {
-        let w = self.weight(key, &[dim], false)?;
+        let w = self.weight_as(key, &[dim], false, ElemType::F32)?;
         Ok(self.op_a(
             "SimplifiedLayerNormalization",
-            &[x, &w],
+            &[x32, &w],
             vec![
                 ("axis", Attr::Int(-1)),
                 ("epsilon", Attr::Float(eps as f32)),
@@ -62,19 +63,20 @@ impl Ctx<'_> {
         ))
     }
 
-    /// `sum = x + skip; (RMSNorm(sum), sum)` as SkipSimplifiedLayerNormalization.
+    /// The residual add and the next RMSNorm as SkipSimplifiedLayerNormalization, all in
+    /// fp32 (weight included): `sum = x32 + skip32`, returns `(RMSNorm(sum), sum)`.
     fn skip_norm(
         &mut self,
-        x: &str,
-        skip: &str,
+        x32: &str,
+        skip32: &str,
         key: &str,
         dim: usize,
         eps: f64,
     ) -> Result<(String, String), ExportError> {
-        let w = self.weight(key, &[dim], false)?;
+        let w = self.weight_as(key, &[dim], false, ElemType::F32)?;
         let out = self.g.contrib_node(
             "SkipSimplifiedLayerNormalization",
-            &[x, skip, &w],
+            &[x32, skip32, &w],
             vec![("epsilon", Attr::Float(eps as f32))],
             &[None, Some(""), Some(""), None],
         );
@@ -457,10 +459,17 @@ fn plain_attention(
 ///   tokens of a row are 0, 1, ...: the reference's left-padded `cumsum(mask) - 1`).
 /// - output `logits [B,V]` fp32 at each row's last real position, `min(seqlens_k[b], S-1)`
 ///   (seqlens_k[b] in a prompt call, 0 in a step call).
-/// - numerics: RMSNorm as SimplifiedLayerNormalization (fp32 inside), residual adds fused
-///   into SkipSimplifiedLayerNormalization, RoPE from cos/sin tables computed at export
-///   exactly as transformers 4.37 fills its cache (f32 `t * inv_freq`, then cos/sin), scores
-///   scaled by 1/sqrt(head_dim) and softmax in fp32 inside GroupQueryAttention.
+/// - numerics: RMSNorm as SimplifiedLayerNormalization, residual adds fused into
+///   SkipSimplifiedLayerNormalization, RoPE from cos/sin tables computed at export exactly
+///   as transformers 4.37 fills its cache (f32 `t * inv_freq`, then cos/sin), scores scaled
+///   by 1/sqrt(head_dim) and softmax in fp32 inside GroupQueryAttention.
+/// - fp16: the residual stream between the layers and the norms on it are fp32 (norm
+///   weights stored fp32); only the norms' outputs go back to fp16, for the MatMuls. With
+///   the residual in fp16 (one rounding per sub-layer, as the fp16 reference does) the
+///   fused decoder drifted from the fp32 reference about 1.5x as far as the plain one at
+///   every layer (`examples/layer_drift.rs`, README "fp16"): ONNX Runtime's CPU provider
+///   runs the plain graph's fp16 Adds and norms in fp32 and drops the round trips to fp16
+///   between them, while the contrib ops' fp16 kernels round each output.
 pub fn build_fused_decoder(
     dir: &Path,
     file: &str,
@@ -492,11 +501,15 @@ pub fn build_fused_decoder(
     let past = c.past_inputs(cfg, "capacity");
     let (cos, sin) = fused_rope_tables(&mut c, cfg)?;
 
-    let mut x = x_in.clone();
-    let mut h = c.simplified_norm(&x, "model.layers.0.input_layernorm.weight", hsz, eps)?;
+    // The residual stream `x` and the norms on it are fp32 (see the doc above). Probes tap
+    // the fp32 values: a second reader of a Cast to fp16 keeps ONNX Runtime from dropping
+    // the round trip that the MatMul after it would otherwise skip on the CPU.
+    let mut x = c.cast_f32(&x_in);
+    let mut h32 = c.simplified_norm(&x, "model.layers.0.input_layernorm.weight", hsz, eps)?;
     for (l, (past_k, past_v)) in past.iter().enumerate() {
         let lp = format!("model.layers.{l}");
-        taps.layer(&mut c, l, "attn_norm", &h, hsz);
+        taps.layer(&mut c, l, "attn_norm", &h32, hsz);
+        let h = c.cast_dt(&h32);
         let q = c.linear(&h, &format!("{lp}.self_attn.q_proj"), hsz, nh * hd, false)?;
         let k = c.linear(&h, &format!("{lp}.self_attn.k_proj"), hsz, nkv * hd, false)?;
         let v = c.linear(&h, &format!("{lp}.self_attn.v_proj"), hsz, nkv * hd, false)?;
@@ -516,22 +529,20 @@ pub fn build_fused_decoder(
             ],
         );
         taps.layer(&mut c, l, "attn", &attn[0], nh * hd);
-        let o = c.linear(
-            &attn[0],
-            &format!("{lp}.self_attn.o_proj"),
-            nh * hd,
-            hsz,
-            false,
-        )?;
+        let o_proj = format!("{lp}.self_attn.o_proj");
+        let o = c.linear(&attn[0], &o_proj, nh * hd, hsz, false)?;
+        let o = c.cast_f32(&o);
         let norm = format!("{lp}.post_attention_layernorm.weight");
-        (h, x) = c.skip_norm(&x, &o, &norm, hsz, eps)?;
+        (h32, x) = c.skip_norm(&x, &o, &norm, hsz, eps)?;
         taps.layer(&mut c, l, "attn_resid", &x, hsz);
-        taps.layer(&mut c, l, "mlp_norm", &h, hsz);
+        taps.layer(&mut c, l, "mlp_norm", &h32, hsz);
+        let h = c.cast_dt(&h32);
         let d = c.swiglu_mlp(&h, &lp, cfg)?;
+        let d = c.cast_f32(&d);
         taps.layer(&mut c, l, "mlp", &d, hsz);
         if l + 1 < cfg.num_layers {
             let next = format!("model.layers.{}.input_layernorm.weight", l + 1);
-            (h, x) = c.skip_norm(&x, &d, &next, hsz, eps)?;
+            (h32, x) = c.skip_norm(&x, &d, &next, hsz, eps)?;
         } else {
             x = c.op("Add", &[&x, &d]);
         }
@@ -542,6 +553,7 @@ pub fn build_fused_decoder(
     let last = c.simplified_norm(&last, "model.norm.weight", hsz, eps)?;
     let final_dims = vec!["batch".into(), hsz.into()];
     taps.tap(&mut c, PROBE_FINAL_NORM.into(), &last, final_dims);
+    let last = c.cast_dt(&last);
     c.logits_and_presents(&last, cfg, "capacity")?;
     taps.declare(&mut c);
     finish(c, dir, file)
