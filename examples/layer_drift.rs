@@ -2,8 +2,8 @@
 //! sub-layer of every decoder flavour against the fp32 `plain` decoder, whose answers are
 //! the reference's byte for byte (not a test; numbers for the README).
 //!
-//! Run: `cargo run --release --example layer_drift -- [--steps N] [--work DIR] [--cross]`
-//! (defaults 256 and target/layer-drift).
+//! Run: `cargo run --release --example layer_drift -- [--steps N] [--work DIR] [--cross]
+//! [--own-vision]` (defaults 256 and target/layer-drift).
 //!
 //! - Exports the bundled demo model (models/demo-src, the golden bundle `dev`'s checkpoint)
 //!   as fp32/fp16 x plain/fused, and beside each decoder a copy with probe outputs
@@ -14,13 +14,16 @@
 //!   `--cross` every one of its 20 images with every one of its 30 questions (600 prompts:
 //!   more near-ties, so the greedy counts below are less a matter of luck), with the fp32
 //!   model's image and text embeddings; the fp16 decoders get them rounded to fp16, so
-//!   only the decoders differ.
+//!   only the decoders differ. With `--own-vision` the fp16 decoders get the fp16 vision
+//!   tower's image embeddings instead, as in a run: the greedy counts below are then those
+//!   of `scripts/agreement.sh --batch-size 1`, and the drift includes the vision tower's.
 //! - Runs every decoder over each prompt, then up to N greedy steps on the fp32 plain
 //!   decoder's tokens (teacher forcing: every decoder sees the reference's answer).
 //! - Prints, per probe point, the relative RMS error against fp32 plain (sqrt(sum err^2 /
 //!   sum ref^2)) over all prompt positions and over all steps; then, per decoder, the steps
-//!   whose argmax differs from fp32 plain's and the samples with no such step (a greedy run
-//!   of that decoder gives these answers unchanged).
+//!   whose argmax differs from fp32 plain's, the samples with no such step (a greedy run
+//!   of that decoder gives these answers unchanged), and fp32 plain's margin between its
+//!   two best logits at those steps.
 
 use std::path::{Path, PathBuf};
 
@@ -60,11 +63,15 @@ fn main() -> Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut steps = 256usize;
     let mut work = repo.join("target/layer-drift");
-    let mut cross = false;
+    let (mut cross, mut own_vision) = (false, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        if arg == "--cross" {
-            cross = true;
+        match arg.as_str() {
+            "--cross" => cross = true,
+            "--own-vision" => own_vision = true,
+            _ => {}
+        }
+        if arg == "--cross" || arg == "--own-vision" {
             continue;
         }
         let value = args.next().ok_or_else(|| anyhow!("{arg} needs a value"))?;
@@ -73,7 +80,7 @@ fn main() -> Result<()> {
             "--work" => work = PathBuf::from(value),
             _ => {
                 return Err(anyhow!(
-                    "unknown argument {arg} (--steps N, --work DIR, --cross)"
+                    "unknown argument {arg} (--steps N, --work DIR, --cross, --own-vision)"
                 ))
             }
         }
@@ -82,8 +89,22 @@ fn main() -> Result<()> {
         .iter()
         .map(|&v| export(&repo, &work, v))
         .collect::<Result<_>>()?;
-    let prompts = prompts(&repo, &dirs[0], cross)?;
-    eprintln!("{} prompts, up to {steps} steps each", prompts.len());
+    // Prompts per variant: the fp32 model's embeddings, or each dtype's own.
+    let fp32_prompts = prompts(&repo, &dirs[0], cross)?;
+    let fp16_prompts = if own_vision {
+        Some(prompts(&repo, &dirs[2], cross)?)
+    } else {
+        None
+    };
+    let sets: Vec<&[Prompt]> = VARIANTS
+        .iter()
+        .map(|&(dtype, _)| match (&fp16_prompts, dtype) {
+            (Some(p), Dtype::Fp16) => p.as_slice(),
+            _ => fp32_prompts.as_slice(),
+        })
+        .collect();
+    let count = fp32_prompts.len();
+    eprintln!("{count} prompts, up to {steps} steps each");
 
     let (manifest, _) = Manifest::load(&dirs[0])?;
     let points = probe_points(manifest.decoder.num_layers);
@@ -98,12 +119,13 @@ fn main() -> Result<()> {
         .iter()
         .map(|d| Decoder::open(d, vlguard_ort::export::DECODER_FILE, &[]))
         .collect::<Result<_>>()?;
-    for (n, prompt) in prompts.iter().enumerate() {
-        check_probes_change_nothing(&mut decoders, &mut plain, prompt)?;
-        follow_reference(&mut decoders, &mut stats, prompt, steps)
+    for n in 0..count {
+        let prompt: Vec<&Prompt> = sets.iter().map(|set| &set[n]).collect();
+        check_probes_change_nothing(&mut decoders, &mut plain, &prompt)?;
+        follow_reference(&mut decoders, &mut stats, &prompt, steps, n)
             .with_context(|| format!("prompt {n}"))?;
     }
-    print_tables(&points, &stats, prompts.len());
+    print_tables(&points, &stats, count);
     Ok(())
 }
 
@@ -341,11 +363,12 @@ impl Decoder {
 fn check_probes_change_nothing(
     probed: &mut [Decoder],
     exported: &mut [Decoder],
-    prompt: &Prompt,
+    prompts: &[&Prompt],
 ) -> Result<()> {
     let h = probed[0].spec.hidden_size;
-    let t = prompt.embeds.len() / h;
     for (i, (a, b)) in probed.iter_mut().zip(exported.iter_mut()).enumerate() {
+        let prompt = prompts[i];
+        let t = prompt.embeds.len() / h;
         a.reset(t)?;
         b.reset(t)?;
         let x = a.call(&prompt.embeds, t)?.logits;
@@ -368,6 +391,8 @@ struct Stats {
     flips: usize,
     /// Samples with no step whose argmax differs from the reference's.
     unchanged: usize,
+    /// Each differing step: (prompt, step, the reference's margin between its two best).
+    differing: Vec<(usize, usize, f32)>,
     max_logit_err: f32,
 }
 
@@ -378,6 +403,7 @@ impl Stats {
             steps: 0,
             flips: 0,
             unchanged: 0,
+            differing: Vec::new(),
             max_logit_err: 0.0,
         }
     }
@@ -402,48 +428,56 @@ impl Stats {
     }
 }
 
-/// The greedy choice with EOS forbidden at the first step (`min_new_tokens=1`).
-fn choose(logits: &[f32], step: usize, eos: usize) -> usize {
+/// The greedy choice with EOS forbidden at the first step (`min_new_tokens=1`), and its
+/// margin to the runner-up.
+fn choose(logits: &[f32], step: usize, eos: usize) -> (usize, f32) {
     let mut l = logits.to_vec();
     if step == 0 {
         l[eos] = f32::NEG_INFINITY;
     }
-    argmax_first(&l).0
+    argmax_first(&l)
 }
 
-/// Runs every decoder over `prompt` and the reference's answer, adding to `stats`.
+/// Runs every decoder over its prompt (`prompts[i]` for decoder i) and then the
+/// reference's answer, adding to `stats`; `n` numbers the prompt in the report.
 fn follow_reference(
     decoders: &mut [Decoder],
     stats: &mut [Stats],
-    prompt: &Prompt,
+    prompts: &[&Prompt],
     steps: usize,
+    n: usize,
 ) -> Result<()> {
     let h = decoders[0].spec.hidden_size;
-    let t = prompt.embeds.len() / h;
-    for d in decoders.iter_mut() {
-        d.reset(t + steps + 1)?;
+    let (eos, table) = (prompts[0].eos, &prompts[0].table);
+    for (d, p) in decoders.iter_mut().zip(prompts) {
+        d.reset(p.embeds.len() / h + steps + 1)?;
     }
-    let mut input = prompt.embeds.clone();
+    let mut token: Option<usize> = None;
     let mut flipped = vec![false; stats.len()];
     for step in 0..steps {
         let outs: Vec<Outputs> = decoders
             .iter_mut()
-            .map(|d| d.call(&input, input.len() / h))
+            .zip(prompts)
+            .map(|(d, p)| match token {
+                None => d.call(&p.embeds, p.embeds.len() / h),
+                Some(t) => d.call(&table[t], 1),
+            })
             .collect::<Result<_>>()?;
-        let token = choose(&outs[0].logits, step, prompt.eos);
+        let (best, margin) = choose(&outs[0].logits, step, eos);
         let phase = usize::from(step > 0);
         for (i, s) in stats.iter_mut().enumerate() {
             s.add(phase, &outs[i + 1], &outs[0]);
             s.steps += 1;
-            if choose(&outs[i + 1].logits, step, prompt.eos) != token {
+            if choose(&outs[i + 1].logits, step, eos).0 != best {
                 s.flips += 1;
+                s.differing.push((n, step, margin));
                 flipped[i] = true;
             }
         }
-        if token == prompt.eos {
+        if best == eos {
             break;
         }
-        input = prompt.table[token].clone();
+        token = Some(best);
     }
     for (s, f) in stats.iter_mut().zip(flipped) {
         s.unchanged += usize::from(!f);
@@ -469,12 +503,23 @@ fn print_tables(points: &[(String, String)], stats: &[Stats], samples: usize) {
         println!("| {row} | {} |", cells.join(" | "));
     }
     println!("\nGreedy choices on the reference's answers:\n");
-    println!("| decoder | steps | argmax differs | samples unchanged | max logit error |");
-    println!("|---|---|---|---|---|");
+    println!("| decoder | steps | argmax differs | samples unchanged | max logit error | largest fp32 margin where it differs |");
+    println!("|---|---|---|---|---|---|");
     for (name, s) in others.iter().zip(stats) {
+        let widest = s.differing.iter().map(|d| d.2).fold(0.0f32, f32::max);
         println!(
-            "| {name} | {} | {} | {}/{samples} | {:.2e} |",
+            "| {name} | {} | {} | {}/{samples} | {:.2e} | {widest:.2e} |",
             s.steps, s.flips, s.unchanged, s.max_logit_err
         );
+    }
+    for (name, s) in others.iter().zip(stats) {
+        if !s.differing.is_empty() && s.differing.len() <= 12 {
+            let list: Vec<String> = s
+                .differing
+                .iter()
+                .map(|(n, step, m)| format!("prompt {n} step {step} (margin {m:.1e})"))
+                .collect();
+            println!("{name} differs at: {}", list.join(", "));
+        }
     }
 }
