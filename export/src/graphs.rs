@@ -1,6 +1,7 @@
 //! Graph builders: CLIP vision tower, projector, token embedding and Llama decoder, as
-//! ONNX graphs of standard opset-17 ops. Every dimension comes from the parsed configs,
-//! every graph input/output name from `manifest::names`.
+//! ONNX graphs of standard opset-17 ops (the `fused` decoder adds ONNX Runtime contrib ops).
+//! Every dimension comes from the parsed configs, every graph input/output name from
+//! `manifest::names`.
 //!
 //! Numerics follow the reference (transformers 4.37 `CLIPVisionModel`, LLaVA's projector,
 //! `LlamaForCausalLM`):
@@ -8,12 +9,7 @@
 //!   first `layers_emitted` pre-LN encoder layers (q scaled by head_dim^-0.5 after its
 //!   bias), quick_gelu (or exact gelu) MLP; no post_layernorm; CLS dropped for `patch`.
 //! - projector: Linear -> GELU (erf) -> Linear, or one Linear.
-//! - decoder: RMSNorm (fp32: x * 1/sqrt(mean(x^2) + eps), cast back, times weight), RoPE
-//!   rotate-half with cos/sin of position_ids * inv_freq computed in the graph, scores
-//!   (q k^T) / sqrt(head_dim), a mask where query t (absolute position P + t) sees key j
-//!   when j <= P + t and attention_mask[j] = 1 (others get f32::MIN, HF's finfo.min, never
-//!   -inf, so a fully padded row is uniform, not NaN), softmax in fp32, GQA by repeating kv
-//!   heads, SiLU MLP, final norm and untied lm_head on the LAST position only.
+//! - decoder: see `graphs/decoder.rs` (plain and fused flavours).
 //! - fp16: weights and activations fp16; LayerNorm, RMSNorm, softmax, GELU and RoPE angles
 //!   computed in fp32 between Casts; `pixel_values` input and `logits` output are fp32.
 //!
@@ -23,10 +19,15 @@
 use std::path::Path;
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::{ClipVisionConfig, LlamaConfig, LlavaConfig, ProjectorKind};
+use crate::config::{ClipVisionConfig, LlavaConfig, ProjectorKind};
 use crate::manifest::{names, Dtype};
 use crate::onnx::{Attr, ElemType, GraphBuilder};
 use crate::ExportError;
+
+mod decoder;
+pub use decoder::{
+    build_decoder, build_fused_decoder, probe_name, Probes, PROBE_FINAL_NORM, PROBE_POINTS,
+};
 
 /// Where weights come from.
 pub enum Weights<'a> {
@@ -73,12 +74,22 @@ impl<'a> Ctx<'a> {
         shape: &[usize],
         transpose: bool,
     ) -> Result<String, ExportError> {
+        self.weight_as(key, shape, transpose, self.dt)
+    }
+
+    /// [`Ctx::weight`] stored as `dt` whatever the graph dtype.
+    fn weight_as(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        transpose: bool,
+        dt: ElemType,
+    ) -> Result<String, ExportError> {
         let out_shape: Vec<usize> = if transpose {
             vec![shape[1], shape[0]]
         } else {
             shape.to_vec()
         };
-        let dt = self.dt;
         let name = if transpose {
             format!("{key}.T")
         } else {
@@ -169,70 +180,6 @@ impl<'a> Ctx<'a> {
         Ok(self.cast_dt(&y))
     }
 
-    /// Llama RMSNorm: `weight * (x32 * rsqrt(mean(x32^2) + eps)).to(dtype)`.
-    fn rms_norm(
-        &mut self,
-        x: &str,
-        key: &str,
-        dim: usize,
-        eps: f64,
-    ) -> Result<String, ExportError> {
-        let w = self.weight(key, &[dim], false)?;
-        let x32 = self.cast_f32(x);
-        let sq = self.op("Mul", &[&x32, &x32]);
-        let var = self.op_a(
-            "ReduceMean",
-            &[&sq],
-            vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))],
-        );
-        let eps = self.g.const_float(ElemType::F32, &[], &[eps as f32]);
-        let var = self.op("Add", &[&var, &eps]);
-        let rms = self.op("Sqrt", &[&var]);
-        let inv = self.op("Reciprocal", &[&rms]);
-        let y = self.op("Mul", &[&x32, &inv]);
-        let y = self.cast_dt(&y);
-        Ok(self.op("Mul", &[&w, &y]))
-    }
-
-    /// RMSNorm as ONNX Runtime's SimplifiedLayerNormalization (computed in fp32).
-    fn simplified_norm(
-        &mut self,
-        x: &str,
-        key: &str,
-        dim: usize,
-        eps: f64,
-    ) -> Result<String, ExportError> {
-        let w = self.weight(key, &[dim], false)?;
-        Ok(self.op_a(
-            "SimplifiedLayerNormalization",
-            &[x, &w],
-            vec![
-                ("axis", Attr::Int(-1)),
-                ("epsilon", Attr::Float(eps as f32)),
-                ("stash_type", Attr::Int(1)),
-            ],
-        ))
-    }
-
-    /// `sum = x + skip; (RMSNorm(sum), sum)` as SkipSimplifiedLayerNormalization.
-    fn skip_norm(
-        &mut self,
-        x: &str,
-        skip: &str,
-        key: &str,
-        dim: usize,
-        eps: f64,
-    ) -> Result<(String, String), ExportError> {
-        let w = self.weight(key, &[dim], false)?;
-        let out = self.g.contrib_node(
-            "SkipSimplifiedLayerNormalization",
-            &[x, skip, &w],
-            vec![("epsilon", Attr::Float(eps as f32))],
-            &[None, Some(""), Some(""), None],
-        );
-        Ok((out[0].clone(), out[3].clone()))
-    }
-
     /// Softmax over the last axis in fp32; input and output in the graph dtype unless
     /// `already_f32`.
     fn softmax_f32(&mut self, x32: &str) -> String {
@@ -260,68 +207,6 @@ impl<'a> Ctx<'a> {
         );
         let shape = self.g.const_i64(&[0, 0, hidden as i64]);
         self.op("Reshape", &[&t, &shape])
-    }
-
-    /// The decoder's `past_key_values.L.{key,value} [batch, kv, seq_dim, hd]` inputs.
-    fn past_inputs(&mut self, cfg: &LlamaConfig, seq_dim: &str) -> Vec<(String, String)> {
-        let dims = || {
-            vec![
-                "batch".into(),
-                cfg.num_kv_heads.into(),
-                seq_dim.into(),
-                cfg.head_dim.into(),
-            ]
-        };
-        (0..cfg.num_layers)
-            .map(|l| {
-                let k = self.g.input(&names::past_key(l), self.dt, dims());
-                let v = self.g.input(&names::past_value(l), self.dt, dims());
-                (k, v)
-            })
-            .collect()
-    }
-
-    /// Llama's MLP of layer prefix `lp`: `down(silu(gate(h)) * up(h))`.
-    fn swiglu_mlp(&mut self, h: &str, lp: &str, cfg: &LlamaConfig) -> Result<String, ExportError> {
-        let (hsz, inter) = (cfg.hidden_size, cfg.intermediate_size);
-        let gate = self.linear(h, &format!("{lp}.mlp.gate_proj"), hsz, inter, false)?;
-        let up = self.linear(h, &format!("{lp}.mlp.up_proj"), hsz, inter, false)?;
-        let sg = self.op("Sigmoid", &[&gate]);
-        let act = self.op("Mul", &[&gate, &sg]);
-        let a = self.op("Mul", &[&act, &up]);
-        self.linear(&a, &format!("{lp}.mlp.down_proj"), inter, hsz, false)
-    }
-
-    /// The decoder's outputs: `lm_head` of the normed last position as fp32 `logits
-    /// [batch, V]`, then `present.L.{key,value} [batch, kv, seq_dim, hd]` (made by the
-    /// layers under those names).
-    fn logits_and_presents(
-        &mut self,
-        last: &str,
-        cfg: &LlamaConfig,
-        seq_dim: &str,
-    ) -> Result<(), ExportError> {
-        let logits = self.linear(last, "lm_head", cfg.hidden_size, cfg.vocab_size, false)?;
-        let logits = self.cast_f32(&logits);
-        self.identity_to(&logits, names::LOGITS);
-        self.g.output(
-            names::LOGITS,
-            ElemType::F32,
-            vec!["batch".into(), cfg.vocab_size.into()],
-        );
-        let dims = || {
-            vec![
-                "batch".into(),
-                cfg.num_kv_heads.into(),
-                seq_dim.into(),
-                cfg.head_dim.into(),
-            ]
-        };
-        for l in 0..cfg.num_layers {
-            self.g.output(&names::present_key(l), self.dt, dims());
-            self.g.output(&names::present_value(l), self.dt, dims());
-        }
-        Ok(())
     }
 
     fn identity_to(&mut self, x: &str, name: &str) {
@@ -561,329 +446,6 @@ pub fn build_embed(
         vec!["batch".into(), "seq".into(), h.into()],
     );
     finish(c, dir, file)
-}
-
-/// The Llama decoder with KV cache; see the module doc for its contract.
-pub fn build_decoder(
-    dir: &Path,
-    file: &str,
-    llava: &LlavaConfig,
-    dtype: Dtype,
-    w: &Weights,
-) -> Result<BuiltGraph, ExportError> {
-    let mut c = Ctx::new("decoder", dir, file, w, dtype)?;
-    let cfg = &llava.llama;
-    let (hsz, nh, nkv, hd) = (
-        cfg.hidden_size,
-        cfg.num_heads,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-    );
-    let dt = c.dt;
-    let x_in = c.g.input(
-        names::INPUTS_EMBEDS,
-        dt,
-        vec!["batch".into(), "seq".into(), hsz.into()],
-    );
-    let mask = c.g.input(
-        names::ATTENTION_MASK,
-        ElemType::I64,
-        vec!["batch".into(), "total".into()],
-    );
-    let pos = c.g.input(
-        names::POSITION_IDS,
-        ElemType::I64,
-        vec!["batch".into(), "seq".into()],
-    );
-    let past = c.past_inputs(cfg, "past");
-
-    let inv_freq = rope_inv_freq(cfg);
-    let inv_freq =
-        c.g.const_float(ElemType::F32, &[(hd / 2) as i64], &inv_freq);
-    let posf = c.op_a(
-        "Cast",
-        &[&pos],
-        vec![("to", Attr::Int(ElemType::F32 as i64))],
-    );
-    let ax2 = c.g.const_i64(&[2]);
-    let posf = c.op("Unsqueeze", &[&posf, &ax2]); // [B, T, 1]
-    let freqs = c.op("Mul", &[&posf, &inv_freq]); // [B, T, hd/2]
-    let emb = c.op_a("Concat", &[&freqs, &freqs], vec![("axis", Attr::Int(-1))]); // [B, T, hd]
-    let cos = c.op("Cos", &[&emb]);
-    let sin = c.op("Sin", &[&emb]);
-    let cos = c.cast_dt(&cos);
-    let sin = c.cast_dt(&sin);
-    let ax1 = c.g.const_i64(&[1]);
-    let cos = c.op("Unsqueeze", &[&cos, &ax1]); // [B, 1, T, hd]
-    let sin = c.op("Unsqueeze", &[&sin, &ax1]);
-
-    // Mask [B, 1, T, S]: key j visible to query t iff j <= P + t and attention_mask[j] = 1.
-    let t_len = c.op_a(
-        "Shape",
-        &[&x_in],
-        vec![("start", Attr::Int(1)), ("end", Attr::Int(2))],
-    );
-    let s_len = c.op_a(
-        "Shape",
-        &[&mask],
-        vec![("start", Attr::Int(1)), ("end", Attr::Int(2))],
-    );
-    let p_len = c.op("Sub", &[&s_len, &t_len]);
-    let ax0 = c.g.const_i64(&[0]);
-    let t_s = c.op("Squeeze", &[&t_len, &ax0]);
-    let s_s = c.op("Squeeze", &[&s_len, &ax0]);
-    let zero = c.g.scalar_i64(0);
-    let one = c.g.scalar_i64(1);
-    let kpos = c.op("Range", &[&zero, &s_s, &one]); // [S]
-    let qpos = c.op("Range", &[&zero, &t_s, &one]); // [T]
-    let qpos = c.op("Add", &[&qpos, &p_len]);
-    let kpos = c.op("Unsqueeze", &[&kpos, &ax0]); // [1, S]
-    let qpos = c.op("Unsqueeze", &[&qpos, &ax1]); // [T, 1]
-    let causal = c.op("LessOrEqual", &[&kpos, &qpos]); // [T, S]
-    let keep = c.op_a(
-        "Cast",
-        &[&mask],
-        vec![("to", Attr::Int(ElemType::Bool as i64))],
-    );
-    let ax12 = c.g.const_i64(&[1, 2]);
-    let keep = c.op("Unsqueeze", &[&keep, &ax12]); // [B, 1, 1, S]
-    let allowed = c.op("And", &[&causal, &keep]); // [B, 1, T, S]
-    let neg = c.g.const_float(ElemType::F32, &[], &[f32::MIN]);
-    let sqrt_hd =
-        c.g.const_float(ElemType::F32, &[], &[(hd as f64).sqrt() as f32]);
-    let n_rep = nh / nkv;
-    let rep = c.g.const_i64(&[1, 1, n_rep as i64, 1, 1]);
-    let rep_shape = c.g.const_i64(&[0, nh as i64, -1, hd as i64]);
-
-    let mut x = x_in.clone();
-    for (l, (past_k, past_v)) in past.iter().enumerate() {
-        let lp = format!("model.layers.{l}");
-        let h = c.rms_norm(
-            &x,
-            &format!("{lp}.input_layernorm.weight"),
-            hsz,
-            cfg.rms_norm_eps,
-        )?;
-        let q = c.linear(&h, &format!("{lp}.self_attn.q_proj"), hsz, nh * hd, false)?;
-        let k = c.linear(&h, &format!("{lp}.self_attn.k_proj"), hsz, nkv * hd, false)?;
-        let v = c.linear(&h, &format!("{lp}.self_attn.v_proj"), hsz, nkv * hd, false)?;
-        let q = c.split_heads(&q, nh, hd, &[0, 2, 1, 3]);
-        let k = c.split_heads(&k, nkv, hd, &[0, 2, 1, 3]);
-        let v = c.split_heads(&v, nkv, hd, &[0, 2, 1, 3]);
-        let q = rope(&mut c, &q, &cos, &sin);
-        let k = rope(&mut c, &k, &cos, &sin);
-        let k_all = c.g.node_named(
-            "Concat",
-            &[past_k, &k],
-            vec![("axis", Attr::Int(2))],
-            Some(&names::present_key(l)),
-        );
-        let v_all = c.g.node_named(
-            "Concat",
-            &[past_v, &v],
-            vec![("axis", Attr::Int(2))],
-            Some(&names::present_value(l)),
-        );
-        let (k_all, v_all) = if n_rep > 1 {
-            // [B, kv, S, hd] -> [B, kv, 1, S, hd] -> [B, kv, rep, S, hd] -> [B, heads, S, hd]
-            let mut out = Vec::new();
-            for t in [&k_all, &v_all] {
-                let u = c.op("Unsqueeze", &[t, &ax2]);
-                let e = c.op("Expand", &[&u, &rep]);
-                out.push(c.op("Reshape", &[&e, &rep_shape]));
-            }
-            (out[0].clone(), out[1].clone())
-        } else {
-            (k_all, v_all)
-        };
-        let kt = c.op_a(
-            "Transpose",
-            &[&k_all],
-            vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
-        );
-        let scores = c.op("MatMul", &[&q, &kt]); // [B, heads, T, S]
-        let scores = c.cast_f32(&scores);
-        let scores = c.op("Div", &[&scores, &sqrt_hd]);
-        let scores = c.op("Where", &[&allowed, &scores, &neg]);
-        let probs = c.softmax_f32(&scores);
-        let o = c.op("MatMul", &[&probs, &v_all]);
-        let o = c.merge_heads(&o, nh * hd);
-        let o = c.linear(&o, &format!("{lp}.self_attn.o_proj"), nh * hd, hsz, false)?;
-        x = c.op("Add", &[&x, &o]);
-        let h = c.rms_norm(
-            &x,
-            &format!("{lp}.post_attention_layernorm.weight"),
-            hsz,
-            cfg.rms_norm_eps,
-        )?;
-        let d = c.swiglu_mlp(&h, &lp, cfg)?;
-        x = c.op("Add", &[&x, &d]);
-    }
-    // Last position only: [B, T, H] -> [B, H]; the norm is per position, so take it first.
-    let last_idx = c.g.scalar_i64(-1);
-    let last = c.op_a("Gather", &[&x, &last_idx], vec![("axis", Attr::Int(1))]);
-    let last = c.rms_norm(&last, "model.norm.weight", hsz, cfg.rms_norm_eps)?;
-    c.logits_and_presents(&last, cfg, "total")?;
-    finish(c, dir, file)
-}
-
-/// The Llama decoder in the `fused` flavour: ONNX Runtime contrib ops and a cache updated
-/// in place.
-///
-/// Contract (see `manifest::Flavour::Fused`):
-/// - inputs: `inputs_embeds [B,S,H]`, `seqlens_k [B]` int32 (per row, tokens in the cache
-///   after this call minus one), `total_sequence_length` int32 scalar (the largest
-///   `seqlens_k + 1`), and per layer `past_key_values.L.{key,value} [B,kv,C,hd]`: buffers of
-///   a fixed capacity C that the caller binds to `present.L.{key,value}` as well, so
-///   GroupQueryAttention writes the new positions in place.
-/// - a prompt call has S = the longest prompt, rows padded on the RIGHT (row b's tokens
-///   at 0..seqlens_k[b]); a step call has S = 1 and appends at position seqlens_k[b].
-///   Positions for RoPE come from `seqlens_k` (GroupQueryAttention's own rule: the real
-///   tokens of a row are 0, 1, ...: the reference's left-padded `cumsum(mask) - 1`).
-/// - output `logits [B,V]` fp32 at each row's last real position, `min(seqlens_k[b], S-1)`
-///   (seqlens_k[b] in a prompt call, 0 in a step call).
-/// - numerics: RMSNorm as SimplifiedLayerNormalization (fp32 inside), residual adds fused
-///   into SkipSimplifiedLayerNormalization, RoPE from cos/sin tables computed at export
-///   exactly as transformers 4.37 fills its cache (f32 `t * inv_freq`, then cos/sin), scores
-///   scaled by 1/sqrt(head_dim) and softmax in fp32 inside GroupQueryAttention.
-pub fn build_fused_decoder(
-    dir: &Path,
-    file: &str,
-    llava: &LlavaConfig,
-    dtype: Dtype,
-    w: &Weights,
-) -> Result<BuiltGraph, ExportError> {
-    let mut c = Ctx::new("decoder", dir, file, w, dtype)?;
-    let cfg = &llava.llama;
-    let (hsz, nh, nkv, hd) = (
-        cfg.hidden_size,
-        cfg.num_heads,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-    );
-    let eps = cfg.rms_norm_eps;
-    let dt = c.dt;
-    let x_in = c.g.input(
-        names::INPUTS_EMBEDS,
-        dt,
-        vec!["batch".into(), "seq".into(), hsz.into()],
-    );
-    let seqlens =
-        c.g.input(names::SEQLENS_K, ElemType::I32, vec!["batch".into()]);
-    let total =
-        c.g.input(names::TOTAL_SEQUENCE_LENGTH, ElemType::I32, vec![]);
-    let past = c.past_inputs(cfg, "capacity");
-
-    // cos/sin tables [max_positions, hd/2], as LlamaRotaryEmbedding's cache: f32 products,
-    // cos/sin rounded to f32 (then to the graph dtype).
-    let half = hd / 2;
-    let inv_freq = rope_inv_freq(cfg);
-    let positions = cfg.max_position_embeddings;
-    let freqs: Vec<f32> = (0..positions)
-        .flat_map(|p| inv_freq.iter().map(move |&f| p as f32 * f))
-        .collect();
-    let mut tables = Vec::new();
-    for (name, f) in [
-        ("rope.cos", f64::cos as fn(f64) -> f64),
-        ("rope.sin", f64::sin as fn(f64) -> f64),
-    ] {
-        let values: Vec<f32> = freqs.iter().map(|&a| f(a as f64) as f32).collect();
-        let table = c.g.weight(name, dt, &[positions, half], |out| {
-            for v in &values {
-                match dt {
-                    ElemType::F16 => out.write_all(&half::f16::from_f32(*v).to_le_bytes())?,
-                    _ => out.write_all(&v.to_le_bytes())?,
-                }
-            }
-            Ok(())
-        })?;
-        tables.push(table);
-    }
-    let (cos, sin) = (tables[0].clone(), tables[1].clone());
-
-    let mut x = x_in.clone();
-    let mut h = c.simplified_norm(&x, "model.layers.0.input_layernorm.weight", hsz, eps)?;
-    for (l, (past_k, past_v)) in past.iter().enumerate() {
-        let lp = format!("model.layers.{l}");
-        let q = c.linear(&h, &format!("{lp}.self_attn.q_proj"), hsz, nh * hd, false)?;
-        let k = c.linear(&h, &format!("{lp}.self_attn.k_proj"), hsz, nkv * hd, false)?;
-        let v = c.linear(&h, &format!("{lp}.self_attn.v_proj"), hsz, nkv * hd, false)?;
-        let attn = c.g.contrib_node(
-            "GroupQueryAttention",
-            &[&q, &k, &v, past_k, past_v, &seqlens, &total, &cos, &sin],
-            vec![
-                ("num_heads", Attr::Int(nh as i64)),
-                ("kv_num_heads", Attr::Int(nkv as i64)),
-                ("do_rotary", Attr::Int(1)),
-                ("rotary_interleaved", Attr::Int(0)),
-            ],
-            &[
-                None,
-                Some(&names::present_key(l)),
-                Some(&names::present_value(l)),
-            ],
-        );
-        let o = c.linear(
-            &attn[0],
-            &format!("{lp}.self_attn.o_proj"),
-            nh * hd,
-            hsz,
-            false,
-        )?;
-        (h, x) = c.skip_norm(
-            &x,
-            &o,
-            &format!("{lp}.post_attention_layernorm.weight"),
-            hsz,
-            eps,
-        )?;
-        let d = c.swiglu_mlp(&h, &lp, cfg)?;
-        if l + 1 < cfg.num_layers {
-            let next = format!("model.layers.{}.input_layernorm.weight", l + 1);
-            (h, x) = c.skip_norm(&x, &d, &next, hsz, eps)?;
-        } else {
-            x = c.op("Add", &[&x, &d]);
-        }
-    }
-
-    // Each row's last real position: min(seqlens_k, S - 1), then [B,S,H] -> [B,H].
-    let s_len = c.op_a(
-        "Shape",
-        &[&x_in],
-        vec![("start", Attr::Int(1)), ("end", Attr::Int(2))],
-    );
-    let one = c.g.const_i64(&[1]);
-    let s_last = c.op("Sub", &[&s_len, &one]);
-    let lens = c.op_a(
-        "Cast",
-        &[&seqlens],
-        vec![("to", Attr::Int(ElemType::I64 as i64))],
-    );
-    let idx = c.op("Min", &[&lens, &s_last]);
-    let idx = c.op("Unsqueeze", &[&idx, &one]); // [B, 1]
-    let last = c.op_a("GatherND", &[&x, &idx], vec![("batch_dims", Attr::Int(1))]);
-    let last = c.simplified_norm(&last, "model.norm.weight", hsz, eps)?;
-    c.logits_and_presents(&last, cfg, "capacity")?;
-    finish(c, dir, file)
-}
-
-/// RoPE's `inv_freq[i] = 1 / theta^(2i / hd)`, computed in f32 like transformers 4.37.
-fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
-    let hd = cfg.head_dim;
-    (0..hd / 2)
-        .map(|i| 1.0f32 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
-        .collect()
-}
-
-/// `x * cos + rotate_half(x) * sin`, rotate_half(x) = cat(-x2, x1).
-fn rope(c: &mut Ctx, x: &str, cos: &str, sin: &str) -> String {
-    let halves =
-        c.g.node_multi("Split", &[x], vec![("axis", Attr::Int(-1))], 2);
-    let neg = c.op("Neg", &[&halves[1]]);
-    let rot = c.op_a("Concat", &[&neg, &halves[0]], vec![("axis", Attr::Int(-1))]);
-    let a = c.op("Mul", &[x, cos]);
-    let b = c.op("Mul", &[&rot, sin]);
-    c.op("Add", &[&a, &b])
 }
 
 fn finish(c: Ctx, dir: &Path, file: &str) -> Result<BuiltGraph, ExportError> {

@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoint::CheckpointError;
 use crate::config::{ClipVisionConfig, ConfigError, LlavaConfig};
-use crate::graphs::Weights;
+use crate::graphs::{Probes, Weights};
 use crate::layout::{LayoutError, Source};
 use crate::lora::LoraError;
 use crate::manifest::{
@@ -406,8 +406,12 @@ fn build_graphs(
     let projector = graphs::build_projector(dir, PROJECTOR_FILE, llava, dtype, w_llava)?;
     let embed = graphs::build_embed(dir, EMBED_FILE, llava, dtype, w_llava)?;
     let decoder = match opts.flavour {
-        Flavour::Plain => graphs::build_decoder(dir, DECODER_FILE, llava, dtype, w_llava)?,
-        Flavour::Fused => graphs::build_fused_decoder(dir, DECODER_FILE, llava, dtype, w_llava)?,
+        Flavour::Plain => {
+            graphs::build_decoder(dir, DECODER_FILE, llava, dtype, w_llava, Probes::Off)?
+        }
+        Flavour::Fused => {
+            graphs::build_fused_decoder(dir, DECODER_FILE, llava, dtype, w_llava, Probes::Off)?
+        }
     };
     let weight_bytes = [
         (VISION_FILE, vision.weight_bytes),
