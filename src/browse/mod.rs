@@ -228,14 +228,14 @@ pub fn default_out(results: &Path, engines: &[String]) -> PathBuf {
     }
 }
 
-/// The run manifest of the engine's first subset that has one (its dataset and image
-/// folder are the defaults for `--meta` and `--images`).
+/// The engine's run manifest of the first subset shown that has one, else of any subset
+/// (its dataset and image folder are the defaults for `--meta` and `--images`).
 fn run_manifest(
     results: &Path,
     subsets: &[Subset],
     engine: &str,
 ) -> Option<crate::formats::RunManifest> {
-    subsets.iter().find_map(|subset| {
+    subsets.iter().chain(&Subset::ALL).find_map(|subset| {
         let path = results
             .join(subset.name())
             .join(format!("{engine}.run.json"));

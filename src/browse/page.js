@@ -47,10 +47,11 @@
     "; refusal keywords: " + data.keywords.name + " (" + data.keywords.entries + " entries).";
 
   $("f-subset").append(option("", "all"), ...data.subsets.map((s) => option(s, s)));
+  // Values: "" any, "none" no category, "c:" + name a category (any name stays distinct).
   $("f-category").append(
     option("", "any"),
-    ...data.categories.map((c) => option(c, c)),
-    option("\u0000none", "none (safe images)"),
+    ...data.categories.map((c) => option("c:" + c, c)),
+    option("none", "none (safe images)"),
   );
   engines.forEach((engine, i) => {
     const id = "f-status-" + i;
@@ -88,7 +89,7 @@
   function judgeLine(cell) {
     if (!cell.judge || cell.judge.length === 0) return null;
     const parts = cell.judge.map((j) =>
-      OUTCOME_TEXT[j.outcome] + (j.order === "swapped" ? " with the answers swapped" : ""));
+      OUTCOME_TEXT[j.outcome] + (j.order === "swapped" ? " with the answers swapped" : " (answer shown first)"));
     return el("p", { class: "judge" },
       "Judge (" + cell.judge[0].judge_model + ") vs GPT-4V: " + parts.join("; "));
   }
@@ -140,7 +141,7 @@
     if (withReference) {
       tr.append(row.reference !== undefined
         ? el("td", { class: "reference" }, el("p", { class: "text" }, row.reference))
-        : el("td", { class: "reference" }, el("span", { class: "none" }, "none")));
+        : el("td", { class: "reference" }, el("span", { class: "none" }, "only for safe_safes")));
     }
     tbody.append(tr);
     const haystack = [row.question, row.image, row.id]
@@ -158,8 +159,8 @@
   function shows(item, f) {
     const row = item.row;
     if (f.subset && row.subset !== f.subset) return false;
-    if (f.category === "\u0000none" && row.category) return false;
-    if (f.category && f.category !== "\u0000none" && row.category !== f.category) return false;
+    if (f.category === "none" && row.category) return false;
+    if (f.category.startsWith("c:") && row.category !== f.category.slice(2)) return false;
     for (let i = 0; i < engines.length; i++) {
       if (!statusMatches(f.status[i], row.answers[i].status)) return false;
     }
