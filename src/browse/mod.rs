@@ -228,6 +228,39 @@ pub fn default_out(results: &Path, engines: &[String]) -> PathBuf {
     }
 }
 
+/// An engine's browse page as the leaderboard links to it: `RESULTS/browse/{engine}.html`
+/// ([`default_out`]), as a percent-encoded href relative to `from_dir` (the folder of the
+/// page that links); `None` when there is no such page.
+pub fn page_link(results: &Path, engine: &str, from_dir: &Path) -> Option<String> {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    // Everything but unreserved characters and the path separator is escaped.
+    const HREF: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'~');
+    let page = default_out(results, &[engine.to_owned()]);
+    let page = page.is_file().then(|| page.canonicalize().ok()).flatten()?;
+    let from = if from_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        from_dir
+    };
+    let from = from
+        .canonicalize()
+        .or_else(|_| std::path::absolute(from))
+        .ok()?;
+    let (to, from): (Vec<_>, Vec<_>) = (page.components().collect(), from.components().collect());
+    let common = to.iter().zip(&from).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    rel.extend(&to[common..]);
+    Some(utf8_percent_encode(rel.to_str()?, HREF).to_string())
+}
+
 /// The engine's run manifest of the first subset shown that has one, else of any subset
 /// (its dataset and image folder are the defaults for `--meta` and `--images`).
 fn run_manifest(
@@ -282,4 +315,32 @@ pub fn command(args: &BrowseArgs) -> Result<ExitCode, Error> {
         html.len() / 1024
     );
     Ok(crate::util::exit_code(page.problems.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_links_are_relative_to_the_linking_page_and_escaped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let results = dir.path().join("results");
+        let engine = "a b#1";
+        assert_eq!(page_link(&results, engine, dir.path()), None, "no page yet");
+        let page = default_out(&results, &[engine.to_owned()]);
+        std::fs::create_dir_all(page.parent().unwrap()).unwrap();
+        std::fs::write(&page, "x").unwrap();
+        assert_eq!(
+            page_link(&results, engine, dir.path()).as_deref(),
+            Some("results/browse/a%20b%231.html")
+        );
+        assert_eq!(
+            page_link(&results, engine, &dir.path().join("site/new")).as_deref(),
+            Some("../../results/browse/a%20b%231.html")
+        );
+        assert_eq!(
+            page_link(&results, engine, &results).as_deref(),
+            Some("browse/a%20b%231.html")
+        );
+    }
 }
