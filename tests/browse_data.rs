@@ -253,6 +253,25 @@ fn default_page_names_follow_the_convention() {
         );
         assert!(results.join(page).is_file(), "{page}");
     }
+    // The leaderboard links demo (which has browse/demo.html) to its page, relative to
+    // where the leaderboard is written; demo-b has no page and no link.
+    let board = dir.path().join("site/leaderboard.html");
+    let run = Command::new(BIN)
+        .args(["leaderboard", r, "--format", "html", "--out"])
+        .arg(&board)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let html = std::fs::read_to_string(&board).unwrap();
+    assert!(
+        html.contains("<td><a href=\"../results/browse/demo.html\">demo</a></td>"),
+        "{html}"
+    );
+    assert!(html.contains("<td>demo-b</td>"), "{html}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The leaderboard as one self-contained HTML page: a harmfulness-vs-helpfulness chart
 //! (inline SVG) at the top left, then the table. No script, no stylesheet link, no URL:
-//! the page shows the same offline.
+//! the page shows the same offline. Engines link to their browse pages where they exist
+//! (relative links to local files).
 
 use std::fmt::Write as _;
 
@@ -206,7 +207,15 @@ pub fn render_html(board: &Leaderboard) -> String {
             } else {
                 ""
             };
-            let _ = write!(out, "<td{cls}>{}</td>", html_escape(cell));
+            match (&row.browse_page, i) {
+                (Some(href), 0) => {
+                    let (href, cell) = (html_escape(href), html_escape(cell));
+                    let _ = write!(out, "<td><a href=\"{href}\">{cell}</a></td>");
+                }
+                _ => {
+                    let _ = write!(out, "<td{cls}>{}</td>", html_escape(cell));
+                }
+            }
         }
         out.push_str("</tr>\n");
     }
