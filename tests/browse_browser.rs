@@ -95,8 +95,8 @@ fn comparison_page(dir: &Path) -> (PathBuf, String, browse::PageData) {
         reference: Some(PathBuf::from("tests/fixtures/browse/gpt4_safe_safes.json")),
         keywords: None,
         out: None,
-        thumb_size: 160,
-        thumb_quality: 70,
+        thumb_size: browse::DEFAULT_THUMB_SIZE,
+        thumb_quality: browse::DEFAULT_THUMB_QUALITY,
     };
     let config = Config::from_args(&args).expect("config");
     let page = browse::build(&config).expect("page");

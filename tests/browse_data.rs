@@ -37,13 +37,13 @@ fn args(against: Option<&str>) -> BrowseArgs {
         reference: Some(PathBuf::from("tests/fixtures/browse/gpt4_safe_safes.json")),
         keywords: None,
         out: None,
-        thumb_size: 160,
-        thumb_quality: 70,
+        thumb_size: browse::DEFAULT_THUMB_SIZE,
+        thumb_quality: browse::DEFAULT_THUMB_QUALITY,
     }
 }
 
 /// Checks every thumbnail decodes to the size it claims and that size fits the original
-/// image into 160 px, then replaces its bytes by `<jpeg WxH>`.
+/// image into the default size, then replaces its bytes by `<jpeg WxH>`.
 fn check_and_mask_thumbs(data: &mut Value, images: &Path) {
     let dir = tempfile::tempdir().expect("tempdir");
     let thumbs = data["thumbs"].as_object_mut().expect("thumbs object");
@@ -68,7 +68,7 @@ fn check_and_mask_thumbs(data: &mut Value, images: &Path) {
             "{image}"
         );
         let original = vlguard_ort::preprocess::decode_rgb(&images.join(image)).expect("image");
-        let want = browse::thumbs::fit(original.width, original.height, 160);
+        let want = browse::thumbs::fit(original.width, original.height, browse::DEFAULT_THUMB_SIZE);
         assert_eq!((w as usize, h as usize), want, "{image}");
         thumb["src"] = Value::String(format!("<jpeg {w}x{h}>"));
     }
