@@ -29,6 +29,8 @@ pub enum Command {
     Score(crate::score::ScoreArgs),
     /// One table of every engine found under a results folder.
     Leaderboard(crate::report::LeaderboardArgs),
+    /// One offline HTML page to read, filter and compare the answers of one or two engines.
+    Browse(crate::browse::BrowseArgs),
     /// Pairwise helpfulness judge against the GPT-4V reference answers.
     Judge(crate::judge::JudgeArgs),
     /// Download the dataset or a checkpoint from the Hugging Face Hub.

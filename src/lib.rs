@@ -6,6 +6,7 @@
 //! `vlguard-export`) turns checkpoints into the model directory the engine reads; formats
 //! holds the one typed definition of every file they read and write.
 
+pub mod browse;
 pub mod cli;
 pub mod dataset;
 pub mod engine;

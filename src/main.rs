@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Merge(args) => vlguard_ort::merge::command(&args).map_err(Into::into),
         Command::Score(args) => vlguard_ort::score::command(&args).map_err(Into::into),
         Command::Leaderboard(args) => vlguard_ort::report::command(&args).map_err(Into::into),
+        Command::Browse(args) => vlguard_ort::browse::command(&args).map_err(Into::into),
         Command::Judge(args) => vlguard_ort::judge::command(&args).map_err(Into::into),
         Command::Fetch(args) => vlguard_ort::fetch::command(&args).map_err(Into::into),
         Command::Prepare(args) => vlguard_ort::prepare::command(&args).map_err(Into::into),

@@ -305,6 +305,18 @@ fn crop_span(n: usize, crop: usize) -> Result<(std::ops::Range<usize>, usize), S
     Ok((src_lo as usize..src_hi as usize, dst))
 }
 
+/// Pillow's BICUBIC resize of the whole image to `width` x `height` (`Image.resize`,
+/// `reducing_gap=None`): step 2 without the crop, for thumbnails (`browse`).
+pub fn resize_bicubic(img: &RgbImage, width: usize, height: usize) -> RgbImage {
+    let whole = resample::Region {
+        x0: 0,
+        y0: 0,
+        w: width,
+        h: height,
+    };
+    resample::resize_bicubic_region(img, width, height, whole)
+}
+
 /// Step 4 on a `crop x crop` image: per channel a 256-entry table of
 /// `((v * rescale_factor) as f32 - mean) / std` (numpy: uint8 * float -> f64, astype
 /// f32, then f32 arithmetic), written out channel-first.

@@ -1,5 +1,6 @@
 //! The HTML leaderboard: one self-contained page (inline CSS and SVG, no script, no URL)
-//! with the heading, a harmfulness-vs-helpfulness chart under it, then the table.
+//! with the heading, a harmfulness-vs-helpfulness chart under it, then the table. Engines
+//! link to their browse pages where they exist (relative links to local files).
 //!
 //! The chart shows every engine of the results folder that has an unsafes ASR: a filled
 //! marker at (helpfulness win rate, unsafes ASR) once a judge summary exists, and before
@@ -293,7 +294,15 @@ pub fn render_html(board: &Leaderboard) -> String {
             } else {
                 ""
             };
-            let _ = write!(out, "<td{cls}>{}</td>", html_escape(cell));
+            match (&row.browse_page, i) {
+                (Some(href), 0) => {
+                    let (href, cell) = (html_escape(href), html_escape(cell));
+                    let _ = write!(out, "<td><a href=\"{href}\">{cell}</a></td>");
+                }
+                _ => {
+                    let _ = write!(out, "<td{cls}>{}</td>", html_escape(cell));
+                }
+            }
         }
         out.push_str("</tr>\n");
     }

@@ -17,7 +17,8 @@
 //! A file that cannot be read is reported on stderr, left out, and the exit code is 1; the
 //! other rows are still written. The HTML page ([`html`]) is one self-contained file
 //! (inline CSS and SVG, no script, no URL): the heading, a harmfulness-vs-helpfulness
-//! chart, the table.
+//! chart, the table; an engine whose browse page exists (`RESULTS/browse/{engine}.html`,
+//! written by `browse`) links to it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -159,6 +160,10 @@ pub struct Row {
     /// Latest finish date (YYYY-MM-DD) over the subsets.
     pub date: Option<String>,
     pub n_errors: u64,
+    /// The href of the engine's browse page (`RESULTS/browse/{engine}.html`) from where the
+    /// HTML leaderboard is written, when that page exists; HTML only.
+    #[serde(skip)]
+    pub browse_page: Option<String>,
 }
 
 impl Row {
@@ -381,6 +386,7 @@ fn run_row(
         dtype,
         date,
         n_errors,
+        browse_page: None,
     }
 }
 
@@ -442,6 +448,7 @@ fn paper_rows() -> Vec<Row> {
             dtype: None,
             date: None,
             n_errors: 0,
+            browse_page: None,
         })
         .collect()
 }
@@ -641,11 +648,21 @@ pub fn render_json(board: &Leaderboard) -> Result<String, Error> {
 /// `vlguard-ort leaderboard`: exit 1 when some file could not be read (it is named on
 /// stderr and in the output), 0 otherwise.
 pub fn command(args: &LeaderboardArgs) -> Result<ExitCode, Error> {
-    let board = collect(&args.results, args.with_paper)?;
+    let mut board = collect(&args.results, args.with_paper)?;
     let text = match args.format {
         Format::Md => render_markdown(&board),
         Format::Csv => render_csv(&board),
-        Format::Html => render_html(&board),
+        Format::Html => {
+            let page_dir = args.out.as_deref().and_then(Path::parent);
+            for row in board.rows.iter_mut().filter(|r| r.source == RowSource::Run) {
+                row.browse_page = crate::browse::page_link(
+                    &args.results,
+                    &row.engine,
+                    page_dir.unwrap_or(Path::new("")),
+                );
+            }
+            render_html(&board)
+        }
         Format::Json => render_json(&board)?,
     };
     match &args.out {
