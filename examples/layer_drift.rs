@@ -32,12 +32,12 @@ use half::f16;
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 use vlguard_ort::dataset::{Dataset, Subset};
-use vlguard_ort::engine::{EngineOptions, EpChoice, OrtEngine};
+use vlguard_ort::engine::{Engine, EngineOptions, EpChoice};
 use vlguard_ort::export::checkpoint::Checkpoint;
 use vlguard_ort::export::graphs::{self, Probes, Weights, PROBE_FINAL_NORM, PROBE_POINTS};
 use vlguard_ort::export::manifest::{names, DecoderSpec, Flavour, Manifest};
 use vlguard_ort::export::{config, Dtype, ExportOptions};
-use vlguard_ort::generate::{argmax_first, Backend};
+use vlguard_ort::generate::argmax_first;
 use vlguard_ort::prompt::{PromptTokenizer, IMAGE_TOKEN_INDEX};
 
 const PROBE_FILE: &str = "decoder.probe.onnx";
@@ -136,7 +136,8 @@ fn export(repo: &Path, work: &Path, variant: (Dtype, Flavour)) -> Result<PathBuf
     let src = repo.join("models/demo-src");
     let opts = ExportOptions {
         checkpoint: src.join("llava-v1.5-tiny"),
-        vision_tower: src.join("clip-vit-tiny-patch14-336"),
+        vision_tower: Some(src.join("clip-vit-tiny-patch14-336")),
+        base: None,
         out: out.clone(),
         dtype,
         force: true,
@@ -177,13 +178,27 @@ struct Prompt {
     table: std::sync::Arc<Vec<Vec<f32>>>,
 }
 
+/// The embed graph's row of every token id, `[V * H]`.
+fn embed_table(dir: &Path, manifest: &Manifest) -> Result<Vec<f32>> {
+    let env = vlguard_ort::engine::ort_lib::environment(None)?.1;
+    let spec = &manifest.graphs.embed;
+    let mut session = Session::builder(env)?
+        .commit_from_file(dir.join(&spec.file))
+        .with_context(|| format!("{}", dir.join(&spec.file).display()))?;
+    let vocab = manifest.decoder.vocab_size;
+    let ids = Tensor::from_array(([1, vocab], (0..vocab as i64).collect::<Vec<_>>()))?;
+    let out = session.run(vec![(spec.inputs[0].clone(), ids.into_dyn())])?;
+    let (_, rows) = out[spec.outputs[0].as_str()].try_extract_tensor::<f32>()?;
+    Ok(rows.to_vec())
+}
+
 /// The mini test set's prompts (or, `cross`, every image with every question), embedded
 /// by the fp32 plain model in `dir`.
 fn prompts(repo: &Path, dir: &Path, cross: bool) -> Result<Vec<Prompt>> {
     let (manifest, _) = Manifest::load(dir)?;
     let tok = &manifest.tokenizer;
     let tokenizer = PromptTokenizer::from_file(&dir.join(&tok.file), tok.bos_id, tok.eos_id)?;
-    let mut engine = OrtEngine::open(&EngineOptions {
+    let mut engine = Engine::open(&EngineOptions {
         model_dir: dir.to_path_buf(),
         ort_lib: None,
         ep: EpChoice::Cpu,
@@ -191,15 +206,12 @@ fn prompts(repo: &Path, dir: &Path, cross: bool) -> Result<Vec<Prompt>> {
         threads: Some(1),
         trt_cache: None,
         trt_limits: vlguard_ort::engine::trt::Limits::new(1, 256),
+        trt_lib_dir: None,
         keep_finished_rows: false,
     })?;
-    let mut images = engine
-        .lend_images()
-        .ok_or_else(|| anyhow!("no image encoder"))?;
+    let images = &mut engine.images;
     let h = manifest.decoder.hidden_size;
-    let vocab = manifest.decoder.vocab_size;
-    let all: Vec<i64> = (0..vocab as i64).collect();
-    let rows = engine.embed(&all, 1)?;
+    let rows = embed_table(dir, &manifest)?;
     let table = std::sync::Arc::new(rows.chunks(h).map(<[f32]>::to_vec).collect::<Vec<_>>());
     let data = Dataset::load(&repo.join("data/mini/test.json"))?;
     let mut pairs: Vec<(String, String)> = Vec::new();

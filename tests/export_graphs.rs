@@ -539,11 +539,12 @@ fn plain_graphs_pass_the_tensorrt_parser_rules() {
 /// every load with its default log level.
 fn unused_initializers(path: &Path) -> Vec<String> {
     use std::collections::HashSet;
+    use vlguard_ort::export::onnx::field::{graph, model, node, tensor, value_info};
     use vlguard_ort::export::wire::{Reader, Value};
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     // Every LEN field `field` of `msg` (a sub-message or a string).
-    let fields = |msg: &[u8], base: usize, field: u64| {
+    let fields = |msg: &[u8], base: usize, field: u32| {
         let mut out = Vec::new();
         let mut r = Reader::new(msg, base);
         while let Some((f, v)) = r.next_field().unwrap() {
@@ -553,21 +554,23 @@ fn unused_initializers(path: &Path) -> Vec<String> {
         }
         out
     };
-    // ModelProto.graph = 7; GraphProto: node = 1, initializer = 5, output = 12;
-    // NodeProto.input = 1, TensorProto.name = 8, ValueInfoProto.name = 1.
-    let graphs = fields(&bytes, 0, 7);
+    let graphs = fields(&bytes, 0, model::GRAPH);
     assert_eq!(graphs.len(), 1, "{}: one graph", path.display());
     let (graph, base) = &graphs[0];
     let mut read = HashSet::new();
-    for (node, off) in fields(graph, *base, 1) {
-        read.extend(fields(&node, off, 1).iter().map(|(b, _)| text(b)));
+    for (n, off) in fields(graph, *base, graph::NODE) {
+        read.extend(fields(&n, off, node::INPUT).iter().map(|(b, _)| text(b)));
     }
-    for (output, off) in fields(graph, *base, 12) {
-        read.extend(fields(&output, off, 1).iter().map(|(b, _)| text(b)));
+    for (output, off) in fields(graph, *base, graph::OUTPUT) {
+        read.extend(
+            fields(&output, off, value_info::NAME)
+                .iter()
+                .map(|(b, _)| text(b)),
+        );
     }
     let mut unused = Vec::new();
-    for (tensor, off) in fields(graph, *base, 5) {
-        let name = text(&fields(&tensor, off, 8)[0].0);
+    for (t, off) in fields(graph, *base, graph::INITIALIZER) {
+        let name = text(&fields(&t, off, tensor::NAME)[0].0);
         if !read.contains(&name) {
             unused.push(name);
         }
@@ -978,15 +981,11 @@ fn fused_fp16_is_as_close_to_the_reference_as_plain_fp16() {
         let model = export_demo(Dtype::Fp16, flavour);
         let mut e = engine(&model);
         let (mut err2, mut ref2) = (0.0f64, 0.0f64);
-        for sample in 0..4 {
-            let (shape, embeds) = golden(sample, "inputs_embeds");
+        for (sample, ids) in input_ids(4).iter().enumerate() {
             let (_, expected) = golden(sample, "last_logits");
-            let len = shape[0];
-            e.reset(4);
-            let positions: Vec<i64> = (0..len as i64).collect();
-            let logits = e
-                .decode(&embeds, &vec![1; len], &positions, 1, len)
-                .unwrap();
+            let prompt = golden_prompt(sample, ids, &model.manifest);
+            e.decoder.open(1, prompt.positions() + 4).unwrap();
+            let logits = e.decoder.prefill(&[0], &[&prompt]).unwrap();
             for (x, y) in logits.iter().zip(&expected) {
                 err2 += f64::from(x - y).powi(2);
                 ref2 += f64::from(*y).powi(2);

@@ -149,7 +149,8 @@ fn llava_lora_adapter_merges_like_peft() {
     let got = answers(&adapter, "unsafes");
     assert_eq!(got, answers(&merged, "unsafes"));
     let golden =
-        std::fs::read_to_string(repo().join("tests/data/golden-dev/reference/unsafes.json")).unwrap();
+        std::fs::read_to_string(repo().join("tests/data/golden-dev/reference/unsafes.json"))
+            .unwrap();
     assert_ne!(got[0], golden, "the adapter should change the answers");
 }
 

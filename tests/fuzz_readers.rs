@@ -169,7 +169,8 @@ fn demo_export() -> &'static Path {
         let out = tmp.path().join("demo");
         let opts = vlguard_export::ExportOptions {
             checkpoint: repo(LLAVA),
-            vision_tower: repo(CLIP),
+            vision_tower: Some(repo(CLIP)),
+            base: None,
             out: out.clone(),
             dtype: vlguard_export::manifest::Dtype::Fp32,
             force: false,

@@ -180,8 +180,8 @@ fn engine_name_to_results_file() {
     );
     let got = std::fs::read_to_string(tmp.path().join("results/unsafes/llava15-7b-mixed.json"))
         .expect("results named after the model folder");
-    let want =
-        std::fs::read_to_string(repo().join("tests/data/golden-dev/reference/unsafes.json")).unwrap();
+    let want = std::fs::read_to_string(repo().join("tests/data/golden-dev/reference/unsafes.json"))
+        .unwrap();
     assert!(got == want, "answers differ from the reference");
 
     server.clear_log();
