@@ -6,19 +6,28 @@
 #
 #   scripts/setup.sh          CPU: onnxruntime==1.31.1
 #   scripts/setup.sh --gpu    CUDA + TensorRT: onnxruntime-gpu==1.31.1 and the CUDA 13 /
-#                             cuDNN 9 runtime wheels (TensorRT 10 must come from NVIDIA)
+#                             cuDNN 9 runtime wheels
+#   scripts/setup.sh --gpu --tensorrt
+#                             and TensorRT 10 from NVIDIA's own index (pypi.nvidia.com),
+#                             where it is reachable; otherwise it says what to do
 set -euo pipefail
 ORT_VERSION=1.31.1
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 gpu=0
+tensorrt=0
 for arg in "$@"; do
   case "$arg" in
     --gpu) gpu=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --tensorrt) tensorrt=1 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
+if [ "$tensorrt" = 1 ] && [ "$gpu" = 0 ]; then
+  echo "setup.sh: --tensorrt goes with --gpu (the TensorRT provider is in onnxruntime-gpu)" >&2
+  exit 2
+fi
 
 # JPEG decoding (mozjpeg-sys, libjpeg-turbo) assembles its SIMD code with nasm when nasm is
 # on PATH as its build script runs; without it the C fallback is built: identical pixels,
@@ -65,6 +74,9 @@ echo "==> ONNX Runtime: $(ls "$lib_dir"/libonnxruntime.so.* | head -n 1)"
 
 if [ "$gpu" = 1 ]; then
   "$root/scripts/setup_gpu_runtime.sh" "$lib_dir"
+fi
+if [ "$tensorrt" = 1 ]; then
+  "$root/scripts/setup_tensorrt.sh" "$root/.ort/gpu-site"
 fi
 
 if [ "${SETUP_SKIP_BUILD:-0}" = 1 ]; then exit 0; fi

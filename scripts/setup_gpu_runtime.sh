@@ -3,10 +3,10 @@
 # that onnxruntime-gpu 1.31.1's CUDA provider loads (libcudart/cublas/cublasLt/nvrtc/
 # curand/cufft .so.13/.12/.10, libcudnn*.so.9) from NVIDIA's PyPI wheels into
 # .ort/gpu-site, where vlguard-ort preloads them from (no LD_LIBRARY_PATH needed).
-# TensorRT 10 (libnvinfer.so.10) is served only by NVIDIA's own package index: install it
-# on the machine (e.g. `pip install tensorrt-cu13 --extra-index-url https://pypi.nvidia.com`,
-# or NVIDIA's Debian packages) and put its lib folder on LD_LIBRARY_PATH; without it
-# `--ep tensorrt` fails with a clear error and `--ep auto` falls back to CUDA.
+# TensorRT 10 (libnvinfer.so.10) is served only by NVIDIA's own package index:
+# `scripts/setup.sh --gpu --tensorrt` installs it from there (scripts/setup_tensorrt.sh);
+# an existing installation is found on the system library path or with --trt-lib-dir.
+# Without it `--ep tensorrt` fails with a clear error and `--ep auto` falls back to CUDA.
 set -euo pipefail
 lib_dir="$1"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,10 +25,13 @@ for f in libcudart.so.13 libcublasLt.so.13 libcublas.so.13 libnvrtc.so.13 libcur
 done
 [ -e "$site/nvidia/cudnn/lib/libcudnn.so.9" ] || { echo "missing: $site/nvidia/cudnn/lib/libcudnn.so.9" >&2; missing=1; }
 [ -e "$lib_dir/libonnxruntime_providers_cuda.so" ] || { echo "missing: $lib_dir/libonnxruntime_providers_cuda.so" >&2; missing=1; }
-if ldconfig -p 2>/dev/null | grep -q libnvinfer.so.10; then
-  echo "==> TensorRT 10 found: the TensorRT provider can load"
+if [ -e "$site/tensorrt_libs/libnvinfer.so.10" ]; then
+  echo "==> TensorRT 10 found in $site/tensorrt_libs: the TensorRT provider can load"
+elif ldconfig -p 2>/dev/null | grep -q libnvinfer.so.10; then
+  echo "==> TensorRT 10 found on the system library path: the TensorRT provider can load"
 else
-  echo "note: TensorRT 10 (libnvinfer.so.10) not found: --ep tensorrt will fail clearly, --ep auto uses CUDA" >&2
+  echo "note: TensorRT 10 (libnvinfer.so.10) not found: --ep tensorrt will fail clearly, --ep auto uses CUDA" \
+    "(scripts/setup.sh --gpu --tensorrt installs it where NVIDIA's index is reachable; --trt-lib-dir DIR uses one)" >&2
 fi
 if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; else echo "note: no nvidia-smi: no NVIDIA driver on this machine" >&2; fi
 [ "$missing" = 0 ] && echo "==> GPU runtime ready"
