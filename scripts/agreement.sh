@@ -4,7 +4,7 @@
 # Exports the bundled demo model (models/demo-src: the golden bundle `dev`'s checkpoint) as
 # fp32/fp16 x plain/fused, runs all three subsets of the bundled mini test set (the bundle's
 # 30 samples) on the CPU, and counts the answers byte-identical to the reference's
-# (tests/fixtures/golden-dev/{subset}.json, written by the original VLGuard_eval.py code
+# (tests/data/golden-dev/reference/{subset}.json, written by the original VLGuard_eval.py code
 # path in fp32). Needs jq.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +37,7 @@ for dtype in fp32 fp16; do
       while IFS=$'\t' read -r key verdict at; do
         total=$((total + 1))
         if [ "$verdict" = same ]; then same=$((same + 1)); else departures+=("$s/$key@$at"); fi
-      done < <(jq -r --slurpfile ref "tests/fixtures/golden-dev/$s.json" '
+      done < <(jq -r --slurpfile ref "tests/data/golden-dev/reference/$s.json" '
         . as $ours | $ref[0] | to_entries[] | .key as $k | .value as $want | ($ours[$k] // "") as $got |
         if $got == $want then [$k, "same", ""]
         else [$k, "differs",

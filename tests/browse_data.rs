@@ -104,10 +104,11 @@ fn page_data(against: Option<&str>) -> Value {
 
 #[test]
 fn the_fixture_holds_the_demo_answers() {
-    // The demo's answers are tests/fixtures/golden-dev (byte-identical to the reference's,
+    // The demo's answers are tests/data/golden-dev/reference (byte-identical to the reference's,
     // tests/e2e_run.rs); the fixture's copies must not drift from them.
     for subset in ["unsafes", "safe_unsafes", "safe_safes"] {
-        let golden = std::fs::read(format!("tests/fixtures/golden-dev/{subset}.json")).unwrap();
+        let golden =
+            std::fs::read(format!("tests/data/golden-dev/reference/{subset}.json")).unwrap();
         let copy = std::fs::read(fixture(&format!("results/{subset}/demo.json"))).unwrap();
         assert!(golden == copy, "{subset}/demo.json differs from golden-dev");
     }
