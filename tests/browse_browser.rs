@@ -19,6 +19,9 @@
 //!
 //! Chromium is required: install it with `apt-get install chromium` (CI does).
 
+#[path = "common/screenshot.rs"]
+mod screenshot;
+use screenshot::{chromium, decode_png};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,25 +31,14 @@ use serde_json::Value;
 use vlguard_ort::browse::{self, BrowseArgs, Config};
 use vlguard_ort::run::SubsetArg;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const WINDOW: (usize, usize) = (1400, 1000);
-
-fn chromium() -> &'static Path {
-    let path = Path::new(CHROMIUM);
-    assert!(
-        path.exists(),
-        "{CHROMIUM} not found: this test renders the browse page in headless Chromium; \
-         install it with `apt-get install chromium`"
-    );
-    path
-}
 
 /// Runs headless Chromium on `html` with `mode` (`--screenshot=...` or `--dump-dom`),
 /// stdout into a file (a dumped page is larger than a pipe holds); returns stdout.
 fn run_chromium(html: &Path, mode: &str, dir: &Path) -> String {
     let stdout_path = dir.join("chromium.out");
     let stdout = std::fs::File::create(&stdout_path).expect("stdout file");
-    let mut child = Command::new(chromium())
+    let mut child = Command::new(chromium("the browse page"))
         .args([
             "--headless",
             "--no-sandbox",
@@ -130,34 +122,6 @@ fn probe(html: &str, probe: &str, dir: &Path) -> Value {
         .replace("&gt;", ">")
         .replace("&amp;", "&");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("probe output {text:?}: {e}"))
-}
-
-struct Screenshot {
-    width: usize,
-    height: usize,
-    rgb: Vec<[u8; 3]>,
-}
-
-fn decode_png(path: &Path) -> Screenshot {
-    let file = std::fs::File::open(path).expect("screenshot written");
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().expect("PNG header");
-    let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
-    let info = reader.next_frame(&mut buf).expect("PNG frame");
-    let channels = match info.color_type {
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        other => panic!("unexpected screenshot colour type {other:?}"),
-    };
-    let (width, height) = (info.width as usize, info.height as usize);
-    let rgb = (0..width * height)
-        .map(|i| {
-            let p = (i / width) * info.line_size + (i % width) * channels;
-            [buf[p], buf[p + 1], buf[p + 2]]
-        })
-        .collect();
-    Screenshot { width, height, rgb }
 }
 
 /// A thumbnail's pixels, decoded from its data URL by the project's JPEG decoder.

@@ -11,62 +11,18 @@
 //!
 //! Chromium is required: install it with `apt-get install chromium` (CI does).
 
+#[path = "common/screenshot.rs"]
+mod screenshot;
+use screenshot::{chromium, decode_png, Screenshot};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vlguard_ort::report::{self, chart};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn chromium() -> &'static Path {
-    let path = Path::new(CHROMIUM);
-    assert!(
-        path.exists(),
-        "{CHROMIUM} not found: this test renders the HTML leaderboard in headless Chromium; \
-         install it with `apt-get install chromium`"
-    );
-    path
-}
-
-struct Screenshot {
-    width: usize,
-    height: usize,
-    rgb: Vec<[u8; 3]>,
-}
-
-impl Screenshot {
-    fn at(&self, x: usize, y: usize) -> [u8; 3] {
-        self.rgb[y * self.width + x]
-    }
-}
-
-fn decode_png(path: &Path) -> Screenshot {
-    let file = std::fs::File::open(path).expect("screenshot written");
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().expect("PNG header");
-    let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
-    let info = reader.next_frame(&mut buf).expect("PNG frame");
-    let channels = match info.color_type {
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        other => panic!("unexpected screenshot colour type {other:?}"),
-    };
-    let (width, height) = (info.width as usize, info.height as usize);
-    let rgb = (0..width * height)
-        .map(|i| {
-            let row = i / width;
-            let p = row * info.line_size + (i % width) * channels;
-            [buf[p], buf[p + 1], buf[p + 2]]
-        })
-        .collect();
-    Screenshot { width, height, rgb }
-}
-
 fn screenshot(html: &Path, png: &Path, profile: &Path) -> Screenshot {
     let url = format!("file://{}", html.display());
-    let mut child = Command::new(chromium())
+    let mut child = Command::new(chromium("the HTML leaderboard"))
         .args([
             "--headless",
             "--no-sandbox",
