@@ -12,7 +12,7 @@ cd "$root"
 command -v jq >/dev/null || { echo "agreement.sh needs jq (apt-get install jq)" >&2; exit 1; }
 SETUP_SKIP_BUILD=1 scripts/setup.sh >/dev/null
 cargo build --release --locked -q
-bin="$root/target/release/vlguard-ort"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/vlguard-ort"
 work="${AGREEMENT_DIR:-$root/target/agreement}"
 mkdir -p "$work"
 run_flags=("$@")

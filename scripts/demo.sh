@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 scripts/setup.sh
-bin="$root/target/release/vlguard-ort"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/vlguard-ort"
 if [ ! -f models/demo/manifest.json ]; then
   echo "==> exporting the demo model (models/demo-src -> models/demo)"
   "$bin" export --checkpoint models/demo-src/llava-v1.5-tiny \

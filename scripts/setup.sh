@@ -82,4 +82,4 @@ fi
 if [ "${SETUP_SKIP_BUILD:-0}" = 1 ]; then exit 0; fi
 echo "==> building the release binary"
 cargo build --release --locked
-echo "==> ready: $root/target/release/vlguard-ort"
+echo "==> ready: ${CARGO_TARGET_DIR:-$root/target}/release/vlguard-ort"

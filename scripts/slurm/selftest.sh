@@ -42,7 +42,7 @@ SETUP_SKIP_BUILD=1 scripts/setup.sh >/dev/null
 cargo build --release --locked -q
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-bin="$root/target/release/vlguard-ort"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/vlguard-ort"
 "$bin" export --checkpoint models/demo-src/llava-v1.5-tiny \
   --vision-tower models/demo-src/clip-vit-tiny-patch14-336 --out "$work/demo" --dtype fp32 >/dev/null
 cd "$work"
