@@ -244,14 +244,53 @@ pub fn build_vision(
 ) -> Result<BuiltGraph, ExportError> {
     let mut c = Ctx::new("vision", dir, file, w, dtype)?;
     let hc = clip.hidden_size;
-    let (s, p, ch) = (clip.image_size, clip.patch_size, clip.num_channels);
+    let (s, ch) = (clip.image_size, clip.num_channels);
     let px = c.g.input(
         names::PIXEL_VALUES,
         ElemType::F32,
         vec!["batch".into(), ch.into(), s.into(), s.into()],
     );
-    let x = c.cast_dt(&px);
+    let h = clip_embeddings(&mut c, clip, &px)?;
+    let mut h = c.layer_norm(&h, "vision_model.pre_layrnorm", hc, clip.layer_norm_eps)?;
+    let scale =
+        c.g.const_float(c.dt, &[], &[(clip.head_dim() as f32).powf(-0.5)]);
+    for l in 0..emitted {
+        h = clip_layer(&mut c, clip, &h, l, &scale)?;
+    }
+    let n_out = if llava.select_feature_keeps_cls {
+        clip.num_positions()
+    } else {
+        clip.num_positions() - 1
+    };
+    if llava.select_feature_keeps_cls {
+        c.identity_to(&h, names::IMAGE_FEATURES);
+    } else {
+        let starts = c.g.const_i64(&[1]);
+        let ends = c.g.const_i64(&[i64::MAX]);
+        let axes = c.g.const_i64(&[1]);
+        c.g.node_named(
+            "Slice",
+            &[&h, &starts, &ends, &axes],
+            vec![],
+            Some(names::IMAGE_FEATURES),
+        );
+    }
+    let dt = c.dt;
+    c.g.output(
+        names::IMAGE_FEATURES,
+        dt,
+        vec!["batch".into(), n_out.into(), hc.into()],
+    );
+    finish(c, dir, file)
+}
+
+/// CLIP's embeddings of `pixel_values`: patches (a strided Conv, `[B, N, Hc]`), the CLS
+/// token in front, position embeddings added.
+fn clip_embeddings(c: &mut Ctx, clip: &ClipVisionConfig, px: &str) -> Result<String, ExportError> {
+    let hc = clip.hidden_size;
+    let (p, ch) = (clip.patch_size, clip.num_channels);
     let pre = "vision_model";
+    let x = c.cast_dt(px);
     // Patch embedding: [B, C, S, S] -> [B, Hc, S/p, S/p] -> [B, N, Hc]  (336/14 = 24, 24*24 = 576)
     let conv_w = c.weight(
         &format!("{pre}.embeddings.patch_embedding.weight"),
@@ -279,7 +318,7 @@ pub fn build_vision(
     let cls = c.op("Reshape", &[&cls, &cls_shape]);
     let batch = c.op_a(
         "Shape",
-        &[&px],
+        &[px],
         vec![("start", Attr::Int(0)), ("end", Attr::Int(1))],
     );
     let rest = c.g.const_i64(&[1, hc as i64]);
@@ -291,82 +330,51 @@ pub fn build_vision(
         &[clip.num_positions(), hc],
         false,
     )?;
-    let h = c.op("Add", &[&h, &pos]);
-    let mut h = c.layer_norm(&h, &format!("{pre}.pre_layrnorm"), hc, clip.layer_norm_eps)?;
+    Ok(c.op("Add", &[&h, &pos]))
+}
 
-    let heads = clip.num_heads;
-    let hd = clip.head_dim();
-    let scale = c.g.const_float(c.dt, &[], &[(hd as f32).powf(-0.5)]);
-    for l in 0..emitted {
-        let lp = format!("{pre}.encoder.layers.{l}");
-        let eps = clip.layer_norm_eps;
-        let x = c.layer_norm(&h, &format!("{lp}.layer_norm1"), hc, eps)?;
-        let q = c.linear(&x, &format!("{lp}.self_attn.q_proj"), hc, hc, true)?;
-        let q = c.op("Mul", &[&q, &scale]);
-        let k = c.linear(&x, &format!("{lp}.self_attn.k_proj"), hc, hc, true)?;
-        let v = c.linear(&x, &format!("{lp}.self_attn.v_proj"), hc, hc, true)?;
-        let q = c.split_heads(&q, heads, hd, &[0, 2, 1, 3]);
-        let kt = c.split_heads(&k, heads, hd, &[0, 2, 3, 1]);
-        let v = c.split_heads(&v, heads, hd, &[0, 2, 1, 3]);
-        let scores = c.op("MatMul", &[&q, &kt]); // [B, heads, N+1, N+1]
-        let scores = c.cast_f32(&scores);
-        let probs = c.softmax_f32(&scores);
-        let o = c.op("MatMul", &[&probs, &v]);
-        let o = c.merge_heads(&o, hc);
-        let o = c.linear(&o, &format!("{lp}.self_attn.out_proj"), hc, hc, true)?;
-        h = c.op("Add", &[&h, &o]);
-        let x = c.layer_norm(&h, &format!("{lp}.layer_norm2"), hc, eps)?;
-        let x = c.linear(
-            &x,
-            &format!("{lp}.mlp.fc1"),
-            hc,
-            clip.intermediate_size,
-            true,
-        )?;
-        let x = match clip.hidden_act.as_str() {
-            "quick_gelu" => {
-                // x * sigmoid(1.702 x)
-                let k = c.g.const_float(c.dt, &[], &[1.702]);
-                let kx = c.op("Mul", &[&x, &k]);
-                let sg = c.op("Sigmoid", &[&kx]);
-                c.op("Mul", &[&x, &sg])
-            }
-            _ => gelu_erf(&mut c, &x),
-        };
-        let x = c.linear(
-            &x,
-            &format!("{lp}.mlp.fc2"),
-            clip.intermediate_size,
-            hc,
-            true,
-        )?;
-        h = c.op("Add", &[&h, &x]);
-    }
-    let n_out = if llava.select_feature_keeps_cls {
-        clip.num_positions()
-    } else {
-        clip.num_positions() - 1
+/// CLIP encoder layer `l` on `h`: pre-norm attention (scores scaled by `scale`, softmax in
+/// fp32) and MLP (quick_gelu or exact GELU), each with its residual add.
+fn clip_layer(
+    c: &mut Ctx,
+    clip: &ClipVisionConfig,
+    h: &str,
+    l: usize,
+    scale: &str,
+) -> Result<String, ExportError> {
+    let (hc, heads, hd) = (clip.hidden_size, clip.num_heads, clip.head_dim());
+    let lp = format!("vision_model.encoder.layers.{l}");
+    let eps = clip.layer_norm_eps;
+    let x = c.layer_norm(h, &format!("{lp}.layer_norm1"), hc, eps)?;
+    let q = c.linear(&x, &format!("{lp}.self_attn.q_proj"), hc, hc, true)?;
+    let q = c.op("Mul", &[&q, scale]);
+    let k = c.linear(&x, &format!("{lp}.self_attn.k_proj"), hc, hc, true)?;
+    let v = c.linear(&x, &format!("{lp}.self_attn.v_proj"), hc, hc, true)?;
+    let q = c.split_heads(&q, heads, hd, &[0, 2, 1, 3]);
+    let kt = c.split_heads(&k, heads, hd, &[0, 2, 3, 1]);
+    let v = c.split_heads(&v, heads, hd, &[0, 2, 1, 3]);
+    let scores = c.op("MatMul", &[&q, &kt]); // [B, heads, N+1, N+1]
+    let scores = c.cast_f32(&scores);
+    let probs = c.softmax_f32(&scores);
+    let o = c.op("MatMul", &[&probs, &v]);
+    let o = c.merge_heads(&o, hc);
+    let o = c.linear(&o, &format!("{lp}.self_attn.out_proj"), hc, hc, true)?;
+    let h = c.op("Add", &[h, &o]);
+    let x = c.layer_norm(&h, &format!("{lp}.layer_norm2"), hc, eps)?;
+    let mlp = clip.intermediate_size;
+    let x = c.linear(&x, &format!("{lp}.mlp.fc1"), hc, mlp, true)?;
+    let x = match clip.hidden_act.as_str() {
+        "quick_gelu" => {
+            // x * sigmoid(1.702 x)
+            let k = c.g.const_float(c.dt, &[], &[1.702]);
+            let kx = c.op("Mul", &[&x, &k]);
+            let sg = c.op("Sigmoid", &[&kx]);
+            c.op("Mul", &[&x, &sg])
+        }
+        _ => gelu_erf(c, &x),
     };
-    if llava.select_feature_keeps_cls {
-        c.identity_to(&h, names::IMAGE_FEATURES);
-    } else {
-        let starts = c.g.const_i64(&[1]);
-        let ends = c.g.const_i64(&[i64::MAX]);
-        let axes = c.g.const_i64(&[1]);
-        c.g.node_named(
-            "Slice",
-            &[&h, &starts, &ends, &axes],
-            vec![],
-            Some(names::IMAGE_FEATURES),
-        );
-    }
-    let dt = c.dt;
-    c.g.output(
-        names::IMAGE_FEATURES,
-        dt,
-        vec!["batch".into(), n_out.into(), hc.into()],
-    );
-    finish(c, dir, file)
+    let x = c.linear(&x, &format!("{lp}.mlp.fc2"), mlp, hc, true)?;
+    Ok(c.op("Add", &[&h, &x]))
 }
 
 /// Exact GELU `0.5 x (1 + erf(x / sqrt 2))`, in fp32.

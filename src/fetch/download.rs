@@ -335,159 +335,196 @@ fn transfer(
     partial: &Path,
     fetched: &mut u64,
 ) -> Result<(), Error> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
     let mut start = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
     if start > meta.size {
         start = 0;
     }
-    let bar = progress_bar(client, dest, meta.size);
-
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(false)
         .open(partial)
         .map_err(io_err(partial))?;
-
-    if start < meta.size {
-        let mut url = meta.location.clone();
-        let mut resp = None;
-        for _ in 0..MAX_REDIRECTS {
-            let r = client.send(Method::Get, &url, (start > 0).then_some(start))?;
-            match redirect_target(&url, &r) {
-                Some(next) => url = next,
-                None => {
-                    resp = Some(r);
-                    break;
-                }
-            }
-        }
-        let Some(mut resp) = resp else {
-            return Err(Error::BadResponse {
-                url,
-                what: format!("more than {MAX_REDIRECTS} redirects"),
-            });
-        };
-        match resp.status().as_u16() {
-            206 => {
-                let range_start = header(resp.headers(), "content-range")
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                if range_start != Some(start) {
-                    file.set_len(0).map_err(io_err(partial))?;
-                    return Err(Error::Transfer {
-                        url,
-                        detail: format!("asked for bytes from {start}, got range {range_start:?}"),
-                        attempts: 1,
-                    });
-                }
-            }
-            200 => start = 0, // range ignored: the whole file comes again
-            416 => {
-                file.set_len(0).map_err(io_err(partial))?;
-                return Err(Error::Transfer {
-                    url,
-                    detail: format!("the server refused to resume at byte {start}"),
-                    attempts: 1,
-                });
-            }
-            401 | 403 if !client.is_hub(&url) => {
-                // A signed CDN link that expired or was refused: the next try asks the
-                // Hub for a fresh one; the token has nothing to do with it.
-                return Err(Error::Transfer {
-                    url,
-                    detail: format!("the download link was refused (HTTP {})", resp.status()),
-                    attempts: 1,
-                });
-            }
-            _ => return Err(status_error(client, &url, &mut resp)),
-        }
-        file.set_len(start).map_err(io_err(partial))?;
-        file.seek(std::io::SeekFrom::Start(start))
+    let mut hasher = Hasher::new(&meta.expected, meta.size);
+    let url = if start < meta.size {
+        let (resp, url, from) = request_from(client, meta, start, &file, partial)?;
+        file.set_len(from).map_err(io_err(partial))?;
+        file.seek(std::io::SeekFrom::Start(from))
             .map_err(io_err(partial))?;
-        let mut hasher = Hasher::new(&meta.expected, meta.size);
-        hash_prefix(partial, start, &mut hasher)?;
-        bar.set_position(start);
-
-        let mut reader = resp.into_body().into_reader();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut have = start;
-        let stream_result: Result<(), Error> = loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) => n,
-                Err(e) => {
-                    break Err(Error::Transfer {
-                        url: url.clone(),
-                        detail: e.to_string(),
-                        attempts: 1,
-                    })
-                }
-            };
-            if have + n as u64 > meta.size {
-                break Err(Error::SizeMismatch {
-                    path: dest.to_path_buf(),
-                    expected: meta.size,
-                    got: have + n as u64,
-                });
-            }
-            file.write_all(&buf[..n]).map_err(io_err(partial))?;
-            hasher.update(&buf[..n]);
-            have += n as u64;
-            *fetched += n as u64;
-            bar.set_position(have);
+        hash_prefix(partial, from, &mut hasher)?;
+        let bar = progress_bar(client, dest, meta.size);
+        bar.set_position(from);
+        let body = Body {
+            url: &url,
+            dest,
+            partial,
+            meta,
+            bar: &bar,
         };
-        file.flush().map_err(io_err(partial))?;
+        let streamed = body.stream(resp, &mut file, from, &mut hasher, fetched);
         bar.finish_and_clear();
-        if let Err(e) = stream_result {
+        if let Err(e) = streamed {
             if matches!(e, Error::SizeMismatch { .. }) {
                 drop(file);
                 let _ = std::fs::remove_file(partial);
             }
             return Err(e);
         }
-        if have < meta.size {
-            return Err(Error::Transfer {
-                url,
-                detail: format!("connection closed after {have} of {} bytes", meta.size),
-                attempts: 1,
-            });
-        }
-        if let Err(e) = check_digest(dest, meta, hasher.finish()) {
-            drop(file);
-            let _ = std::fs::remove_file(partial);
-            if start > 0 {
-                // A stale partial from an earlier run may be the culprit: one fresh try.
-                return Err(Error::Transfer {
-                    url,
-                    detail: format!("{e}; downloading from the start"),
-                    attempts: 1,
-                });
-            }
-            return Err(e);
-        }
+        start = from;
+        url
     } else {
         // A complete partial from an earlier run: verify it as it is.
-        let mut hasher = Hasher::new(&meta.expected, meta.size);
         hash_prefix(partial, meta.size, &mut hasher)?;
-        if let Err(e) = check_digest(dest, meta, hasher.finish()) {
-            drop(file);
-            let _ = std::fs::remove_file(partial);
+        meta.location.clone()
+    };
+    if let Err(e) = check_digest(dest, meta, hasher.finish()) {
+        drop(file);
+        let _ = std::fs::remove_file(partial);
+        if start > 0 {
+            // A stale partial from an earlier run may be the culprit: one fresh try.
             return Err(Error::Transfer {
-                url: meta.location.clone(),
+                url,
                 detail: format!("{e}; downloading from the start"),
                 attempts: 1,
             });
         }
+        return Err(e);
     }
     file.sync_all().map_err(io_err(partial))?;
     drop(file);
     std::fs::rename(partial, dest).map_err(io_err(dest))?;
     Ok(())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { path, source }
+}
+
+/// GET of `meta.location` from byte `start` (following redirects): the response, the URL
+/// that answered and the byte its body starts at (0 when the server ignored the range). A
+/// range the server got wrong or refused empties `file` (the partial) for the next try.
+fn request_from(
+    client: &Client,
+    meta: &FileMeta,
+    start: u64,
+    file: &File,
+    partial: &Path,
+) -> Result<(ureq::http::Response<ureq::Body>, String, u64), Error> {
+    let mut url = meta.location.clone();
+    let mut resp = None;
+    for _ in 0..MAX_REDIRECTS {
+        let r = client.send(Method::Get, &url, (start > 0).then_some(start))?;
+        match redirect_target(&url, &r) {
+            Some(next) => url = next,
+            None => {
+                resp = Some(r);
+                break;
+            }
+        }
+    }
+    let Some(mut resp) = resp else {
+        return Err(Error::BadResponse {
+            url,
+            what: format!("more than {MAX_REDIRECTS} redirects"),
+        });
+    };
+    let from = match resp.status().as_u16() {
+        206 => {
+            let range_start = header(resp.headers(), "content-range")
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if range_start != Some(start) {
+                file.set_len(0).map_err(io_err(partial))?;
+                return Err(Error::Transfer {
+                    url,
+                    detail: format!("asked for bytes from {start}, got range {range_start:?}"),
+                    attempts: 1,
+                });
+            }
+            start
+        }
+        200 => 0, // range ignored: the whole file comes again
+        416 => {
+            file.set_len(0).map_err(io_err(partial))?;
+            return Err(Error::Transfer {
+                url,
+                detail: format!("the server refused to resume at byte {start}"),
+                attempts: 1,
+            });
+        }
+        401 | 403 if !client.is_hub(&url) => {
+            // A signed CDN link that expired or was refused: the next try asks the
+            // Hub for a fresh one; the token has nothing to do with it.
+            return Err(Error::Transfer {
+                url,
+                detail: format!("the download link was refused (HTTP {})", resp.status()),
+                attempts: 1,
+            });
+        }
+        _ => return Err(status_error(client, &url, &mut resp)),
+    };
+    Ok((resp, url, from))
+}
+
+/// Where a response body goes: the partial file of `dest`, hashed on the way.
+struct Body<'a> {
+    url: &'a str,
+    dest: &'a Path,
+    partial: &'a Path,
+    meta: &'a FileMeta,
+    bar: &'a ProgressBar,
+}
+
+impl Body<'_> {
+    /// Appends the body to `file` (which holds `from` bytes), never past the declared
+    /// size; an early end is a transfer error for the next try to resume.
+    fn stream(
+        &self,
+        resp: ureq::http::Response<ureq::Body>,
+        file: &mut File,
+        from: u64,
+        hasher: &mut Hasher,
+        fetched: &mut u64,
+    ) -> Result<(), Error> {
+        let transfer_err = |detail: String| Error::Transfer {
+            url: self.url.to_string(),
+            detail,
+            attempts: 1,
+        };
+        let mut reader = resp.into_body().into_reader();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut have = from;
+        let result = loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) => break Err(transfer_err(e.to_string())),
+            };
+            if have + n as u64 > self.meta.size {
+                break Err(Error::SizeMismatch {
+                    path: self.dest.to_path_buf(),
+                    expected: self.meta.size,
+                    got: have + n as u64,
+                });
+            }
+            file.write_all(&buf[..n]).map_err(io_err(self.partial))?;
+            hasher.update(&buf[..n]);
+            have += n as u64;
+            *fetched += n as u64;
+            self.bar.set_position(have);
+        };
+        file.flush().map_err(io_err(self.partial))?;
+        result?;
+        if have < self.meta.size {
+            return Err(transfer_err(format!(
+                "connection closed after {have} of {} bytes",
+                self.meta.size
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn progress_bar(client: &Client, dest: &Path, size: u64) -> ProgressBar {

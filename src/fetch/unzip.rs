@@ -109,20 +109,76 @@ fn corrupt(archive: &Path, message: impl Into<String>) -> Error {
 
 /// Unpacks `archive` into `target` (created or replaced as a whole), under `limits`.
 pub fn unpack(archive: &Path, target: &Path, limits: &UnzipLimits) -> Result<Unpacked, Error> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
     let file = File::open(archive).map_err(io_err(archive))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| corrupt(archive, format!("not a readable zip: {e}")))?;
-
     // Pass 1: names, kinds and declared sizes only; refuse before writing anything.
+    let entries = list_entries(&mut zip, archive, limits)?;
     let strip = target
         .file_name()
         .map(|n| format!("{}/", n.to_string_lossy()));
-    let mut entries = Vec::with_capacity(zip.len());
-    let mut declared_total: u64 = 0;
+    let strip_top = strip.as_deref().filter(|prefix| {
+        !entries.is_empty()
+            && entries
+                .iter()
+                .all(|e| e.name.starts_with(prefix) || e.name == prefix[..prefix.len() - 1])
+    });
+
+    // Pass 2: write into a staging directory beside the target.
+    let parent = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let base = target.file_name().map_or_else(
+        || "unpacked".to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut staging = Staging {
+        path: parent.join(format!(".{base}.unpacking-{}", std::process::id())),
+        armed: true,
+    };
+    if staging.path.exists() {
+        std::fs::remove_dir_all(&staging.path).map_err(io_err(&staging.path))?;
+    }
+    std::fs::create_dir_all(&staging.path).map_err(io_err(&staging.path))?;
+    let mut written = Unpacked { files: 0, bytes: 0 };
+    for e in &entries {
+        let rel = match strip_top {
+            Some(prefix) => match e.name.strip_prefix(prefix) {
+                Some(rest) if !rest.is_empty() && rest != "/" => {
+                    safe_relative_path(rest).map_err(|reason| Error::UnsafeArchive {
+                        archive: archive.to_path_buf(),
+                        entry: e.name.clone(),
+                        reason: reason.to_string(),
+                    })?
+                }
+                _ => continue, // the stripped top directory itself
+            },
+            None => e.path.clone(),
+        };
+        let out = staging.path.join(&rel);
+        if e.is_dir {
+            std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+            continue;
+        }
+        written.bytes += write_entry(&mut zip, archive, e, &out, written.bytes, limits)?;
+        written.files += 1;
+    }
+    swap_into_place(&mut staging, target, parent, &base)?;
+    Ok(written)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { path, source }
+}
+
+/// Every entry of `zip` with its safe relative path and declared size, checked against
+/// `limits` (entry count, per-entry and total declared bytes); links, encrypted entries
+/// and unsafe names are refused. macOS resource folders are left out.
+fn list_entries<R: Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    archive: &Path,
+    limits: &UnzipLimits,
+) -> Result<Vec<Entry>, Error> {
     if zip.len() > limits.max_entries {
         return Err(Error::ArchiveTooLarge {
             archive: archive.to_path_buf(),
@@ -130,6 +186,8 @@ pub fn unpack(archive: &Path, target: &Path, limits: &UnzipLimits) -> Result<Unp
             limit: format!("{} entries", limits.max_entries),
         });
     }
+    let mut entries = Vec::with_capacity(zip.len());
+    let mut declared_total: u64 = 0;
     for index in 0..zip.len() {
         let entry = zip
             .by_index_raw(index)
@@ -174,106 +232,82 @@ pub fn unpack(archive: &Path, target: &Path, limits: &UnzipLimits) -> Result<Unp
             limit: format!("{} bytes", limits.max_total_bytes),
         });
     }
-    let strip_top = strip.as_deref().filter(|prefix| {
-        !entries.is_empty()
-            && entries
-                .iter()
-                .all(|e| e.name.starts_with(prefix) || e.name == prefix[..prefix.len() - 1])
-    });
+    Ok(entries)
+}
 
-    // Pass 2: write into a staging directory beside the target.
-    let parent = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    let base = target.file_name().map_or_else(
-        || "unpacked".to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    let mut staging = Staging {
-        path: parent.join(format!(".{base}.unpacking-{}", std::process::id())),
-        armed: true,
-    };
-    if staging.path.exists() {
-        std::fs::remove_dir_all(&staging.path).map_err(io_err(&staging.path))?;
+/// Inflates entry `e` into the new file `out`, stopping as soon as it passes its declared
+/// size or the archive passes `limits.max_total_bytes` (`before` bytes were written by the
+/// entries before it). Returns the bytes written.
+fn write_entry<R: Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    archive: &Path,
+    e: &Entry,
+    out: &Path,
+    before: u64,
+    limits: &UnzipLimits,
+) -> Result<u64, Error> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    std::fs::create_dir_all(&staging.path).map_err(io_err(&staging.path))?;
-
-    let mut written_total: u64 = 0;
-    let mut files = 0usize;
+    let mut reader = zip
+        .by_index(e.index)
+        .map_err(|err| corrupt(archive, format!("entry {:?}: {err}", e.name)))?;
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                corrupt(archive, format!("entry {:?} appears twice", e.name))
+            } else {
+                Error::Io {
+                    path: out.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
     let mut buf = vec![0u8; 1 << 16];
-    for e in &entries {
-        let rel = match strip_top {
-            Some(prefix) => match e.name.strip_prefix(prefix) {
-                Some(rest) if !rest.is_empty() && rest != "/" => {
-                    safe_relative_path(rest).map_err(|reason| Error::UnsafeArchive {
-                        archive: archive.to_path_buf(),
-                        entry: e.name.clone(),
-                        reason: reason.to_string(),
-                    })?
-                }
-                _ => continue, // the stripped top directory itself
-            },
-            None => e.path.clone(),
-        };
-        let out = staging.path.join(&rel);
-        if e.is_dir {
-            std::fs::create_dir_all(&out).map_err(io_err(&out))?;
-            continue;
-        }
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        }
-        let mut reader = zip
-            .by_index(e.index)
+    let mut written: u64 = 0;
+    loop {
+        let n = reader
+            .read(&mut buf)
             .map_err(|err| corrupt(archive, format!("entry {:?}: {err}", e.name)))?;
-        let mut writer = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&out)
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AlreadyExists {
-                    corrupt(archive, format!("entry {:?} appears twice", e.name))
-                } else {
-                    Error::Io {
-                        path: out.clone(),
-                        source,
-                    }
-                }
-            })?;
-        let mut written: u64 = 0;
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|err| corrupt(archive, format!("entry {:?}: {err}", e.name)))?;
-            if n == 0 {
-                break;
-            }
-            written += n as u64;
-            written_total += n as u64;
-            if written > e.size || written_total > limits.max_total_bytes {
-                return Err(Error::ArchiveTooLarge {
-                    archive: archive.to_path_buf(),
-                    what: format!(
-                        "entry {:?} (inflates past its declared {} bytes)",
-                        e.name, e.size
-                    ),
-                    limit: format!("{} bytes", e.size.min(limits.max_total_bytes)),
-                });
-            }
-            writer.write_all(&buf[..n]).map_err(io_err(&out))?;
+        if n == 0 {
+            break;
         }
-        if written != e.size {
-            return Err(corrupt(
-                archive,
-                format!(
-                    "entry {:?} holds {written} bytes, {} declared",
+        written += n as u64;
+        if written > e.size || before + written > limits.max_total_bytes {
+            return Err(Error::ArchiveTooLarge {
+                archive: archive.to_path_buf(),
+                what: format!(
+                    "entry {:?} (inflates past its declared {} bytes)",
                     e.name, e.size
                 ),
-            ));
+                limit: format!("{} bytes", e.size.min(limits.max_total_bytes)),
+            });
         }
-        files += 1;
+        writer.write_all(&buf[..n]).map_err(io_err(out))?;
     }
+    if written != e.size {
+        return Err(corrupt(
+            archive,
+            format!(
+                "entry {:?} holds {written} bytes, {} declared",
+                e.name, e.size
+            ),
+        ));
+    }
+    Ok(written)
+}
 
-    // Swap into place: old tree aside, new tree in, old tree removed.
+/// Swaps the staged tree into `target`: the old tree aside, the new one in, the old one
+/// removed (put back if the new one cannot be moved in).
+fn swap_into_place(
+    staging: &mut Staging,
+    target: &Path,
+    parent: &Path,
+    base: &str,
+) -> Result<(), Error> {
     let old = parent.join(format!(".{base}.old-{}", std::process::id()));
     let had_old = target.exists();
     if had_old {
@@ -295,10 +329,7 @@ pub fn unpack(archive: &Path, target: &Path, limits: &UnzipLimits) -> Result<Unp
     if had_old {
         std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
     }
-    Ok(Unpacked {
-        files,
-        bytes: written_total,
-    })
+    Ok(())
 }
 
 #[cfg(test)]

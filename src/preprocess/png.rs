@@ -50,6 +50,26 @@ pub(super) fn decode(data: &[u8]) -> Result<RgbImage, String> {
             data.len()
         ));
     }
+    let buf = read_rows(&mut reader, line, width, height)?;
+    let raw = Raw {
+        width,
+        height,
+        line,
+        color_type,
+        bit_depth,
+        palette,
+    };
+    raw.to_rgb(&buf)
+}
+
+/// Every row of the image, deinterlaced, `line` bytes each.
+fn read_rows(
+    reader: &mut png::Reader<Cursor<&[u8]>>,
+    line: usize,
+    width: usize,
+    height: usize,
+) -> Result<Vec<u8>, String> {
+    let (color_type, bit_depth) = reader.output_color_type();
     let bits_per_pixel = color_type.samples() as u8 * bit_depth as u8;
     let interlaced = reader.info().interlaced;
     let mut buf = vec![0u8; line * height];
@@ -70,85 +90,103 @@ pub(super) fn decode(data: &[u8]) -> Result<RgbImage, String> {
             }
         }
     }
-    let rows = buf.chunks_exact(line).take(height);
-    let mut rgb = Vec::with_capacity(width * height * 3);
-    match (color_type, bit_depth) {
-        (ColorType::Grayscale, BitDepth::Sixteen) => {
-            // I;16 -> RGB (Convert.c I16_RGB): values above 255 clip to 255.
-            for row in rows {
-                for s in row[..width * 2].chunks_exact(2) {
-                    let v = if s[0] == 0 { s[1] } else { 255 };
-                    rgb.extend_from_slice(&[v, v, v]);
+    Ok(buf)
+}
+
+/// Decoded samples and what they mean.
+struct Raw {
+    width: usize,
+    height: usize,
+    line: usize,
+    color_type: ColorType,
+    bit_depth: BitDepth,
+    palette: Vec<u8>,
+}
+
+impl Raw {
+    /// The samples in `buf` as Pillow's `convert('RGB')` gives them.
+    fn to_rgb(&self, buf: &[u8]) -> Result<RgbImage, String> {
+        let (width, height, palette) = (self.width, self.height, &self.palette);
+        let rows = buf.chunks_exact(self.line).take(height);
+        let mut rgb = Vec::with_capacity(width * height * 3);
+        match (self.color_type, self.bit_depth) {
+            (ColorType::Grayscale, BitDepth::Sixteen) => {
+                // I;16 -> RGB (Convert.c I16_RGB): values above 255 clip to 255.
+                for row in rows {
+                    for s in row[..width * 2].chunks_exact(2) {
+                        let v = if s[0] == 0 { s[1] } else { 255 };
+                        rgb.extend_from_slice(&[v, v, v]);
+                    }
                 }
             }
-        }
-        (ColorType::Grayscale, BitDepth::Eight) => {
-            let mut gray = Vec::with_capacity(width * height);
-            for row in rows {
-                gray.extend_from_slice(&row[..width]);
+            (ColorType::Grayscale, BitDepth::Eight) => {
+                let mut gray = Vec::with_capacity(width * height);
+                for row in rows {
+                    gray.extend_from_slice(&row[..width]);
+                }
+                return Ok(gray_to_rgb(width, height, &gray));
             }
-            return Ok(gray_to_rgb(width, height, &gray));
-        }
-        (ColorType::Grayscale, depth) => {
-            // "1" (bit2rgb: 0 / 255), "L;2" (* 0x55), "L;4" (* 0x11).
-            let bits = depth as usize;
-            let scale = match depth {
-                BitDepth::One => 255,
-                BitDepth::Two => 0x55,
-                _ => 0x11,
-            };
-            for row in rows {
-                for x in 0..width {
-                    let v = packed_sample(row, x, bits) * scale;
-                    rgb.extend_from_slice(&[v, v, v]);
+            (ColorType::Grayscale, depth) => {
+                // "1" (bit2rgb: 0 / 255), "L;2" (* 0x55), "L;4" (* 0x11).
+                let bits = depth as usize;
+                let scale = match depth {
+                    BitDepth::One => 255,
+                    BitDepth::Two => 0x55,
+                    _ => 0x11,
+                };
+                for row in rows {
+                    for x in 0..width {
+                        let v = packed_sample(row, x, bits) * scale;
+                        rgb.extend_from_slice(&[v, v, v]);
+                    }
                 }
             }
-        }
-        (ColorType::Indexed, depth) => {
-            let bits = depth as usize;
-            if bits > 8 {
-                return Err("invalid palette bit depth".into());
-            }
-            let mut lut = [0u8; 256 * 3];
-            let n = palette.len().min(lut.len());
-            lut[..n].copy_from_slice(&palette[..n]);
-            for row in rows {
-                for x in 0..width {
-                    let i = usize::from(packed_sample(row, x, bits)) * 3;
-                    rgb.extend_from_slice(&lut[i..i + 3]);
+            (ColorType::Indexed, depth) => {
+                let bits = depth as usize;
+                if bits > 8 {
+                    return Err("invalid palette bit depth".into());
+                }
+                let mut lut = [0u8; 256 * 3];
+                let n = palette.len().min(lut.len());
+                lut[..n].copy_from_slice(&palette[..n]);
+                for row in rows {
+                    for x in 0..width {
+                        let i = usize::from(packed_sample(row, x, bits)) * 3;
+                        rgb.extend_from_slice(&lut[i..i + 3]);
+                    }
                 }
             }
-        }
-        (color, depth) => {
-            // Byte-aligned colour types: keep the R, G, B (or L) samples, high byte only.
-            let bytes_per_sample = if depth == BitDepth::Sixteen { 2 } else { 1 };
-            let (samples, gray) = match color {
-                ColorType::Rgb => (3, false),
-                ColorType::Rgba => (4, false),
-                ColorType::GrayscaleAlpha => (2, true),
-                _ => return Err(format!("unsupported PNG colour type {color:?}")),
-            };
-            let step = samples * bytes_per_sample;
-            for row in rows {
-                for px in row[..width * step].chunks_exact(step) {
-                    if gray {
-                        rgb.extend_from_slice(&[px[0], px[0], px[0]]);
-                    } else {
-                        rgb.extend_from_slice(&[
-                            px[0],
-                            px[bytes_per_sample],
-                            px[2 * bytes_per_sample],
-                        ]);
+            (color, depth) => {
+                // Byte-aligned colour types: keep the R, G, B (or L) samples, high byte only.
+                let bytes_per_sample = if depth == BitDepth::Sixteen { 2 } else { 1 };
+                let (samples, gray) = match color {
+                    ColorType::Rgb => (3, false),
+                    ColorType::Rgba => (4, false),
+                    ColorType::GrayscaleAlpha => (2, true),
+                    _ => return Err(format!("unsupported PNG colour type {color:?}")),
+                };
+                let step = samples * bytes_per_sample;
+                for row in rows {
+                    for px in row[..width * step].chunks_exact(step) {
+                        if gray {
+                            rgb.extend_from_slice(&[px[0], px[0], px[0]]);
+                        } else {
+                            rgb.extend_from_slice(&[
+                                px[0],
+                                px[bytes_per_sample],
+                                px[2 * bytes_per_sample],
+                            ]);
+                        }
                     }
                 }
             }
         }
+        Ok(RgbImage {
+            width,
+            height,
+            data: rgb,
+        })
     }
-    Ok(RgbImage {
-        width,
-        height,
-        data: rgb,
-    })
 }
 
 /// Rows the decoder yields: `height`, or the rows of the non-empty Adam7 passes.
