@@ -12,18 +12,26 @@ cd "$root"
 [ "$(id -u)" = 0 ] || { echo "selftest.sh starts slurmctld/slurmd: run it as root" >&2; exit 1; }
 command -v slurmctld >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm >/dev/null
 host=$(hostname)
-mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge
+marker="# written by vlguard-ort scripts/slurm/selftest.sh"
+if [ -f /etc/slurm/slurm.conf ] && ! grep -qxF "$marker" /etc/slurm/slurm.conf; then
+  echo "selftest.sh: /etc/slurm/slurm.conf exists and is not this test's: this machine has a Slurm" \
+    "of its own; use scripts/slurm/submit.sh there instead" >&2
+  exit 1
+fi
+spool=/var/spool/vlguard-selftest
+mkdir -p /etc/slurm "$spool/ctld" "$spool/d" /var/log/slurm /run/munge
 [ -f /etc/munge/munge.key ] || dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 chmod 400 /etc/munge/munge.key
 cat > /etc/slurm/slurm.conf <<CONF
-ClusterName=selftest
+$marker
+ClusterName=vlguard-selftest
 SlurmctldHost=$host
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+StateSaveLocation=$spool/ctld
+SlurmdSpoolDir=$spool/d
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -35,8 +43,12 @@ NodeName=$host CPUs=$(nproc) RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 pgrep -x munged >/dev/null || su munge -s /bin/sh -c /usr/sbin/munged
-pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
-pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
+start() { # daemon: started unless running; its log's last lines when it fails
+  pgrep -x "$1" >/dev/null && return 0
+  "/usr/sbin/$1" || { echo "selftest.sh: $1 did not start:" >&2; tail -3 "/var/log/slurm/$1.log" >&2; exit 1; }
+}
+start slurmctld
+start slurmd
 for _ in $(seq 30); do sinfo -h -o %T 2>/dev/null | grep -q idle && break; sleep 1; done
 SETUP_SKIP_BUILD=1 scripts/setup.sh >/dev/null
 cargo build --release --locked -q
