@@ -21,10 +21,9 @@
 
 #[path = "common/screenshot.rs"]
 mod screenshot;
-use screenshot::{chromium, decode_png};
+use screenshot::{chromium, decode_png, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -38,7 +37,7 @@ const WINDOW: (usize, usize) = (1400, 1000);
 fn run_chromium(html: &Path, mode: &str, dir: &Path) -> String {
     let stdout_path = dir.join("chromium.out");
     let stdout = std::fs::File::create(&stdout_path).expect("stdout file");
-    let mut child = Command::new(chromium("the browse page"))
+    let child = Command::new(chromium("the browse page"))
         .args([
             "--headless",
             "--no-sandbox",
@@ -59,18 +58,7 @@ fn run_chromium(html: &Path, mode: &str, dir: &Path) -> String {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromium starts");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "chromium exited with {status}");
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(90) {
-            let _ = child.kill();
-            panic!("chromium did not finish in 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(child, "its run");
     let bytes = std::fs::read(&stdout_path).expect("chromium output");
     String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -13,16 +13,15 @@
 
 #[path = "common/screenshot.rs"]
 mod screenshot;
-use screenshot::{chromium, decode_png, Screenshot};
+use screenshot::{chromium, decode_png, wait_for, Screenshot};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use vlguard_ort::report::{self, chart};
 
 fn screenshot(html: &Path, png: &Path, profile: &Path) -> Screenshot {
     let url = format!("file://{}", html.display());
-    let mut child = Command::new(chromium("the HTML leaderboard"))
+    let child = Command::new(chromium("the HTML leaderboard"))
         .args([
             "--headless",
             "--no-sandbox",
@@ -43,18 +42,7 @@ fn screenshot(html: &Path, png: &Path, profile: &Path) -> Screenshot {
         .stderr(Stdio::piped())
         .spawn()
         .expect("chromium starts");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "chromium exited with {status}");
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(90) {
-            let _ = child.kill();
-            panic!("chromium did not finish its screenshot in 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(child, "its screenshot");
     decode_png(png)
 }
 

@@ -52,3 +52,19 @@ pub fn decode_png(path: &Path) -> Screenshot {
         .collect();
     Screenshot { width, height, rgb }
 }
+
+/// Waits for a headless Chromium run, at most 90 s; `what` names the run in the panic.
+pub fn wait_for(mut child: std::process::Child, what: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "chromium exited with {status}");
+            return;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(90) {
+            let _ = child.kill();
+            panic!("chromium did not finish {what} in 90 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
