@@ -1,5 +1,6 @@
-//! `vlguard-ort inspect DIR`: the manifest, then every graph's inputs and outputs as ONNX
-//! Runtime reads them (names, element types, shapes with -1 for dynamic axes), each checked
+//! `vlguard-ort inspect DIR`: the manifest, then every graph's inputs and outputs as its
+//! file declares them (names, element types, shapes; read without loading the weights, so a
+//! model larger than memory can be inspected), each checked
 //! against the manifest, what TensorRT's ONNX parser would not take, and every shaping
 //! manifest field against its bounds and the graphs' dimensions (exit 1 when one cannot
 //! be right).
@@ -10,56 +11,48 @@ use std::process::ExitCode;
 
 use vlguard_export::manifest::{GraphKind, Manifest};
 
-use crate::engine::session::{check_contract, Loader};
-use crate::engine::{ort_lib, trt, validate, EngineOptions, EpChoice, Error};
+use vlguard_export::graph_io;
+
+use crate::engine::session::check_names;
+use crate::engine::{validate, Error};
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// Model directory written by `export`.
+    /// Model directory written by `export`. Needs neither ONNX Runtime nor the memory of the
+    /// weights: everything shown comes from the manifest and the graph files.
     pub model: PathBuf,
-    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the setup folder).
-    #[arg(long, env = "VLGUARD_ORT_LIB")]
-    pub ort_lib: Option<PathBuf>,
 }
 
 pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
     let (manifest, bytes) = Manifest::load(&args.model)?;
     println!("{}", String::from_utf8_lossy(&bytes).trim_end());
-    let (lib, env) = ort_lib::environment(args.ort_lib.as_deref())?;
-    println!("\nONNX Runtime: {}", lib.display());
-    let options = EngineOptions {
-        model_dir: args.model.clone(),
-        ort_lib: args.ort_lib.clone(),
-        ep: EpChoice::Cpu,
-        device_id: 0,
-        threads: Some(1),
-        trt_cache: None,
-        trt_limits: trt::Limits::new(1, 1),
-        trt_lib_dir: None,
-        keep_finished_rows: false,
-    };
-    let loader = Loader {
-        env,
-        options: &options,
-        manifest: &manifest,
-        trt_dir: None,
-        trt_lib_dir: None,
-    };
     let mut declared = BTreeMap::new();
     for kind in GraphKind::ALL {
         let spec = manifest.graphs.get(kind);
         let path = args.model.join(&spec.file);
-        let (session, _) = loader.session(kind)?;
+        // From the graph file itself: a session would load every weight (a 13B decoder
+        // in fp16 took all of 24 GB and was killed).
+        let io = graph_io::read_file(&path).map_err(|e| Error::Session {
+            graph: kind,
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         println!("\n{kind}: {} ({size} bytes)", spec.file);
-        for input in session.inputs() {
-            println!("  in   {:<28} {}", input.name(), input.dtype());
+        for (what, list) in [("in ", &io.inputs), ("out", &io.outputs)] {
+            for value in list {
+                println!("  {what}  {:<28} {}", value.name, value.type_text());
+            }
         }
-        for output in session.outputs() {
-            println!("  out  {:<28} {}", output.name(), output.dtype());
-        }
-        check_contract(kind, &session, spec)?;
-        declared.insert(kind, validate::declared(&session));
+        let inputs: Vec<&str> = io.inputs.iter().map(|v| v.name.as_str()).collect();
+        let outputs: Vec<&str> = io.outputs.iter().map(|v| v.name.as_str()).collect();
+        check_names(kind, &inputs, &outputs, spec)?;
+        let dims = io.inputs.iter().chain(&io.outputs);
+        declared.insert(
+            kind,
+            dims.map(|v| (v.name.clone(), v.shape()))
+                .collect::<validate::Declared>(),
+        );
         match vlguard_export::tensorrt::check_file(&path) {
             Ok(found) if found.is_empty() => println!("  TensorRT 10 ONNX parser: takes it whole"),
             Ok(found) => {

@@ -172,9 +172,19 @@ impl Loader<'_> {
 pub fn check_contract(kind: GraphKind, session: &Session, spec: &GraphSpec) -> Result<(), Error> {
     let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
     let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    check_names(kind, &inputs, &outputs, spec)
+}
+
+/// [`check_contract`] on the input and output names a graph declares.
+pub fn check_names(
+    kind: GraphKind,
+    inputs: &[&str],
+    outputs: &[&str],
+    spec: &GraphSpec,
+) -> Result<(), Error> {
     for (what, want, have) in [
-        ("input", &spec.inputs, &inputs),
-        ("output", &spec.outputs, &outputs),
+        ("input", &spec.inputs, inputs),
+        ("output", &spec.outputs, outputs),
     ] {
         let contract = |message: String| Error::Contract {
             graph: kind,
