@@ -435,6 +435,47 @@ fn left_padded_batch_matches_unpadded_rows() {
     assert!(da <= TOL && db <= TOL, "{da} {db}");
 }
 
+/// `inspect` reads the graphs' inputs and outputs from their files (no session, no
+/// weights): names, element types and shapes must be what ONNX Runtime reports, for every
+/// graph of both decoder flavours.
+#[test]
+fn graph_files_declare_what_onnx_runtime_reports() {
+    use ort::value::ValueType;
+    use vlguard_ort::export::graph_io;
+    for model in [fp32_model(), fused_model()] {
+        for kind in vlguard_ort::export::manifest::GraphKind::ALL {
+            let file = &model.manifest.graphs.get(kind).file;
+            let io = graph_io::read_file(&model.dir.join(file)).expect("graph I/O");
+            let sess = session(&model.dir, file);
+            let ort_side = |list: &[ort::value::Outlet]| -> Vec<(String, String, Vec<i64>)> {
+                list.iter()
+                    .map(|o| match o.dtype() {
+                        ValueType::Tensor { ty, shape, .. } => {
+                            (o.name().to_string(), format!("{ty}"), shape.to_vec())
+                        }
+                        other => panic!("{file}: {} is {other:?}", o.name()),
+                    })
+                    .collect()
+            };
+            let file_side = |list: &[graph_io::Io]| -> Vec<(String, String, Vec<i64>)> {
+                list.iter()
+                    .map(|v| (v.name.clone(), graph_io::elem_name(v.elem_type), v.shape()))
+                    .collect()
+            };
+            assert_eq!(
+                file_side(&io.inputs),
+                ort_side(sess.inputs()),
+                "{file} inputs"
+            );
+            assert_eq!(
+                file_side(&io.outputs),
+                ort_side(sess.outputs()),
+                "{file} outputs"
+            );
+        }
+    }
+}
+
 #[test]
 fn manifest_describes_the_graphs() {
     let m = fp32_model();
