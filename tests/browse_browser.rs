@@ -21,9 +21,9 @@
 
 #[path = "common/screenshot.rs"]
 mod screenshot;
-use screenshot::{chromium, decode_png, wait_for};
+use screenshot::{decode_png, headless, wait_for};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -37,20 +37,7 @@ const WINDOW: (usize, usize) = (1400, 1000);
 fn run_chromium(html: &Path, mode: &str, dir: &Path) -> String {
     let stdout_path = dir.join("chromium.out");
     let stdout = std::fs::File::create(&stdout_path).expect("stdout file");
-    let child = Command::new(chromium("the browse page"))
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--force-device-scale-factor=1",
-        ])
-        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+    let child = headless("the browse page", &dir.join("profile"))
         .arg(format!("--window-size={},{}", WINDOW.0, WINDOW.1))
         .arg(mode)
         .arg(format!("file://{}", html.display()))

@@ -13,28 +13,15 @@
 
 #[path = "common/screenshot.rs"]
 mod screenshot;
-use screenshot::{chromium, decode_png, wait_for, Screenshot};
+use screenshot::{decode_png, headless, wait_for, Screenshot};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use vlguard_ort::report::{self, chart};
 
 fn screenshot(html: &Path, png: &Path, profile: &Path) -> Screenshot {
     let url = format!("file://{}", html.display());
-    let child = Command::new(chromium("the HTML leaderboard"))
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--force-device-scale-factor=1",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let child = headless("the HTML leaderboard", profile)
         .arg(format!("--screenshot={}", png.display()))
         .arg("--window-size=1000,800")
         .arg(&url)

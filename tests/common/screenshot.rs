@@ -18,6 +18,27 @@ pub fn chromium(what: &str) -> &'static Path {
     path
 }
 
+/// Headless Chromium with the flags every browser test uses (no network, no GPU, fixed
+/// scale) and its own profile folder; the caller adds window size, mode and URL.
+pub fn headless(what: &str, profile: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(chromium(what));
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
+    command
+}
+
 pub struct Screenshot {
     pub width: usize,
     pub height: usize,
