@@ -149,9 +149,10 @@ fn utf16_len(s: &str) -> usize {
     s.encode_utf16().count()
 }
 
-/// Where an engine's answers to a subset are: `RESULTS/{subset}/{engine}.json`.
+/// Where an engine's answers to a subset are: `RESULTS/{subset}/{engine}.json`, as `run`
+/// writes them.
 pub fn predictions_path(results: &Path, subset: Subset, engine: &str) -> PathBuf {
-    results.join(subset.name()).join(format!("{engine}.json"))
+    crate::results::Paths::new(results, subset.name(), engine).answers
 }
 
 /// Where `judge` keeps an engine's verdicts by default: `RESULTS/judge/{engine}.journal.jsonl`.

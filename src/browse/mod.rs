@@ -275,9 +275,7 @@ fn run_manifest(
     engine: &str,
 ) -> Option<crate::formats::RunManifest> {
     subsets.iter().chain(&Subset::ALL).find_map(|subset| {
-        let path = results
-            .join(subset.name())
-            .join(format!("{engine}.run.json"));
+        let path = crate::results::Paths::new(results, subset.name(), engine).manifest;
         crate::formats::RunManifest::read(&path).ok()
     })
 }
