@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use crate::onnx::field::{graph, model, shape, tensor_type, type_proto, value_info};
+use crate::onnx::field::{graph, model, shape, tensor, tensor_type, type_proto, value_info};
+pub use crate::onnx::Dim;
 use crate::wire::{Reader, Value, WireError};
 
 /// One declared input or output.
@@ -14,15 +15,8 @@ pub struct Io {
     pub name: String,
     /// ONNX's TensorProto.DataType (1 float, 7 int64, 10 float16, ...); 0 when absent.
     pub elem_type: i64,
-    /// Each axis: its size, or its symbolic name (`batch`), or `None` when undeclared.
+    /// Each axis: its size, its symbolic name (`batch`), or undeclared.
     pub dims: Vec<Dim>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dim {
-    Fixed(i64),
-    Named(String),
-    Unknown,
 }
 
 impl Io {
@@ -125,7 +119,7 @@ fn read_graph(g: &[u8], base: usize) -> Result<GraphIo, WireError> {
         match field {
             graph::INPUT => io.inputs.push(read_value_info(b, offset)?),
             graph::OUTPUT => io.outputs.push(read_value_info(b, offset)?),
-            graph::INITIALIZER => initializers.push(initializer_name(b, offset)?),
+            graph::INITIALIZER => initializers.extend(initializer_name(b, offset)?),
             _ => {}
         }
     }
@@ -134,14 +128,15 @@ fn read_graph(g: &[u8], base: usize) -> Result<GraphIo, WireError> {
     Ok(io)
 }
 
-fn initializer_name(t: &[u8], base: usize) -> Result<String, WireError> {
+/// The name of an initializer (a TensorProto at `base`), if it has one.
+pub fn initializer_name(t: &[u8], base: usize) -> Result<Option<String>, WireError> {
     let mut r = Reader::new(t, base);
     while let Some((field, value)) = r.next_field()? {
-        if let (crate::onnx::field::tensor::NAME, Value::Bytes(b, _)) = (field, value) {
-            return Ok(String::from_utf8_lossy(b).into_owned());
+        if let (tensor::NAME, Value::Bytes(b, _)) = (field, value) {
+            return Ok(Some(String::from_utf8_lossy(b).into_owned()));
         }
     }
-    Ok(String::new())
+    Ok(None)
 }
 
 fn read_value_info(v: &[u8], base: usize) -> Result<Io, WireError> {

@@ -288,11 +288,13 @@ impl Node {
     }
 }
 
-/// One dimension of a graph input/output: fixed or named (dynamic).
-#[derive(Debug, Clone)]
+/// One dimension of a graph input/output: fixed, named (dynamic), or undeclared (an
+/// empty Dimension message: met when reading graphs, never written by the exporter).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dim {
     Fixed(i64),
     Named(String),
+    Unknown,
 }
 
 impl From<usize> for Dim {
@@ -323,6 +325,7 @@ impl ValueInfo {
             match d {
                 Dim::Fixed(v) => field_varint(&mut dim, shape::DIM_VALUE, *v),
                 Dim::Named(s) => field_bytes(&mut dim, shape::DIM_PARAM, s.as_bytes()),
+                Dim::Unknown => {}
             }
             field_bytes(&mut dims, shape::DIM, &dim);
         }

@@ -285,12 +285,7 @@ pub fn check(model: &[u8]) -> Result<Vec<Finding>, WireError> {
         match (field, value) {
             (field::graph::NODE, Value::Bytes(b, off)) => nodes.push(read_node(b, off)?),
             (field::graph::INITIALIZER, Value::Bytes(b, off)) => {
-                let mut t = Reader::new(b, off);
-                while let Some((f, v)) = t.next_field()? {
-                    if let (field::tensor::NAME, Value::Bytes(s, _)) = (f, v) {
-                        constants.insert(String::from_utf8_lossy(s).into_owned());
-                    }
-                }
+                constants.extend(crate::graph_io::initializer_name(b, off)?);
             }
             _ => {}
         }
