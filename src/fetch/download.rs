@@ -21,7 +21,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use super::http::{header, redirect_target, status_error, Client, Method, MAX_REDIRECTS};
-use super::Error;
+use super::{io_err, Error};
 
 /// What the Hub says a file is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,16 +188,12 @@ fn check_digest(path: &Path, meta: &FileMeta, got: Option<String>) -> Result<(),
 
 /// Hashes the first `len` bytes of `path` into `hasher`.
 fn hash_prefix(path: &Path, len: u64, hasher: &mut Hasher) -> Result<(), Error> {
-    let io_err = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = File::open(path).map_err(io_err)?;
+    let mut file = File::open(path).map_err(io_err(path))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut left = len;
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want]).map_err(io_err)?;
+        let n = file.read(&mut buf[..want]).map_err(io_err(path))?;
         if n == 0 {
             break;
         }
@@ -299,10 +295,7 @@ pub(crate) fn fetch_file(
     }
 
     if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
     let partial = incomplete_path(dest);
     let mut fetched: u64 = 0;
@@ -394,11 +387,6 @@ fn transfer(
     drop(file);
     std::fs::rename(partial, dest).map_err(io_err(dest))?;
     Ok(())
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io { path, source }
 }
 
 /// GET of `meta.location` from byte `start` (following redirects): the response, the URL

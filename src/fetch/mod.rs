@@ -200,6 +200,12 @@ pub enum Error {
     BadEndpoint(String),
 }
 
+/// `map_err` for an I/O failure on `path`.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { path, source }
+}
+
 /// What points at the Hub (and at the CDN its file links redirect to).
 const VIA_ENDPOINT: &str = "HF_ENDPOINT (--endpoint)";
 
@@ -635,10 +641,7 @@ fn fetch_reference(hub: &Hub, req: &DatasetRequest) -> Result<bool, Error> {
         url: req.reference_url.clone(),
         message,
     })?;
-    crate::util::write_atomic(&dest, &bytes).map_err(|source| Error::Io {
-        path: dest.clone(),
-        source,
-    })?;
+    crate::util::write_atomic(&dest, &bytes).map_err(io_err(&dest))?;
     eprintln!("fetch: {REFERENCE_FILE}: {count} reference answers");
     Ok(true)
 }

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use super::Error;
+use super::{io_err, Error};
 
 /// Bounds on what one archive may unpack to.
 #[derive(Clone, Debug)]
@@ -164,11 +164,6 @@ pub fn unpack(archive: &Path, target: &Path, limits: &UnzipLimits) -> Result<Unp
     }
     swap_into_place(&mut staging, target, parent, &base)?;
     Ok(written)
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io { path, source }
 }
 
 /// Every entry of `zip` with its safe relative path and declared size, checked against
