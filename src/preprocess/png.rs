@@ -50,7 +50,6 @@ pub(super) fn decode(data: &[u8]) -> Result<RgbImage, String> {
             data.len()
         ));
     }
-    let buf = read_rows(&mut reader, line, width, height)?;
     let raw = Raw {
         width,
         height,
@@ -59,18 +58,14 @@ pub(super) fn decode(data: &[u8]) -> Result<RgbImage, String> {
         bit_depth,
         palette,
     };
+    let buf = read_rows(&mut reader, &raw)?;
     raw.to_rgb(&buf)
 }
 
-/// Every row of the image, deinterlaced, `line` bytes each.
-fn read_rows(
-    reader: &mut png::Reader<Cursor<&[u8]>>,
-    line: usize,
-    width: usize,
-    height: usize,
-) -> Result<Vec<u8>, String> {
-    let (color_type, bit_depth) = reader.output_color_type();
-    let bits_per_pixel = color_type.samples() as u8 * bit_depth as u8;
+/// Every row of the image `raw` describes, deinterlaced, `raw.line` bytes each.
+fn read_rows(reader: &mut png::Reader<Cursor<&[u8]>>, raw: &Raw) -> Result<Vec<u8>, String> {
+    let (width, height, line) = (raw.width, raw.height, raw.line);
+    let bits_per_pixel = raw.color_type.samples() as u8 * raw.bit_depth as u8;
     let interlaced = reader.info().interlaced;
     let mut buf = vec![0u8; line * height];
     // Row by row, stopping after the last row: like Pillow, accept a file whose chunks
