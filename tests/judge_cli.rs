@@ -274,28 +274,11 @@ fn a_closed_port_says_so_on_every_retry_before_it_stops() {
     // Retrying a connection that is refused used to be silent for minutes (8 retries,
     // backoff up to 60 s); each failed try that will be retried now prints one line.
     let (dir, _) = workdir(Some(4));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
     let unused = wins_if_marked();
-    let base = format!("http://127.0.0.1:{port}/v1");
-    let output = judge(
-        dir.path(),
-        &unused,
-        &[
-            "--base-url",
-            &base,
-            "--concurrency",
-            "1",
-            "--retries",
-            "2",
-            "--backoff-base",
-            "0.01",
-        ],
-    )
-    .output()
-    .unwrap();
+    let base = chat_server::closed_port_url();
+    let mut flags = vec!["--base-url", &base];
+    flags.extend(chat_server::GIVE_UP_FAST);
+    let output = judge(dir.path(), &unused, &flags).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     let retries: Vec<&str> = stderr
