@@ -41,7 +41,7 @@ pub enum Command {
     /// convert_to_llava_format.py writes it.
     ///
     /// The output is the `--data_path` of LLaVA's fine-tuning scripts (train.py, e.g. via
-    /// scripts/v1_5/finetune.sh; MiniGPT-v2 reads the same format), the first step of
+    /// scripts/v1_5/finetune.sh; VLGuard's README uses the same file for MiniGPT-v2), the first step of
     /// VLGuard's safety fine-tuning: each item keeps its fields, and its `instr-resp` becomes
     /// `conversations` (human/gpt turns, `<image>` before the first question; of a safe
     /// image's two pairs a seeded shuffle picks which comes first, as the script's

@@ -308,3 +308,27 @@ fn kind(value: &Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_counts_pairs_and_safety_and_says_when_safe_is_missing() {
+        let text = br#"[{"safe": true, "instr-resp": [{"s": "a", "response": "b"}, {"u": "c", "response": "d"}]},
+            {"safe": "yes", "instr-resp": [{"instruction": "a", "response": "b"}]},
+            {"instr-resp": [{"instruction": "a", "response": "b"}]}]"#;
+        let (_, summary) = convert(Path::new("t.json"), text).unwrap();
+        assert_eq!(
+            summary.line(Path::new("o.json"), 10),
+            "wrote o.json (10 bytes): 3 items (2 with one instruction/response pair, 1 with \
+             two or more), 1 safe, 0 unsafe, 2 without a true/false `safe`"
+        );
+    }
+
+    #[test]
+    fn an_empty_list_is_written_as_python_writes_it() {
+        let (text, summary) = convert(Path::new("t.json"), b" [ ] ").unwrap();
+        assert_eq!((text.as_str(), summary.items), ("[]", 0));
+    }
+}
