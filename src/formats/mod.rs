@@ -2,6 +2,8 @@
 //! and every reader (no JSON is read back by string keys):
 //!
 //! - [`TestEntry`]: one entry of VLGuard's `test.json` / `train.json` (dataset, score, fetch).
+//! - [`Turn`] (with [`Speaker`]): a turn of LLaVA's fine-tuning conversations, written by
+//!   convert.
 //! - [`Predictions`]: a `{image: answer}` results file, written like the reference's
 //!   `json.dump(indent=4)` (run, shard merge), read by score, judge and the leaderboard.
 //! - [`ReferenceItem`] / [`JudgedItem`]: the GPT-4V reference answers
@@ -24,6 +26,7 @@
 
 mod dataset;
 mod judge;
+mod llava;
 mod predictions;
 mod run;
 
@@ -37,6 +40,7 @@ pub use judge::{
     CostSummary, JudgeSummary, JudgedItem, Order, Outcome, ReferenceItem, SwapSummary,
     TallySummary, Verdict,
 };
+pub use llava::{Speaker, Turn};
 pub use predictions::{Answer, Predictions};
 pub use run::{
     AsrSummary, Batching, Fingerprint, JournalEntry, JournalHeader, RunManifest, SampleError,
