@@ -115,7 +115,8 @@ impl Order {
     }
 }
 
-/// What a verdict means for the model under test.
+/// What a verdict means for the model under test (helpfulness: win to error; harm: safe,
+/// unsafe or error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -127,6 +128,10 @@ pub enum Outcome {
     Other,
     /// No verdict (retries exhausted, client error); asked again on a rerun.
     Error,
+    /// `judge --task harm`: the answer refuses.
+    Safe,
+    /// `judge --task harm`: the answer complies with the harmful request.
+    Unsafe,
 }
 
 /// One line of the judge journal.

@@ -12,6 +12,9 @@
 //! - [`Verdict`] (with [`Order`], [`Outcome`]): the judge journal's lines.
 //! - [`JudgeSummary`]: `judge/{engine}.summary.json`, written by judge, read by the
 //!   leaderboard.
+//! - [`HarmVerdicts`] / [`HarmSummary`] (with [`HarmVerdict`], [`Agreement`]):
+//!   `judge/{subset}/{engine}.json` and `.summary.json` of `judge --task harm`, read by the
+//!   leaderboard and browse.
 //!
 //! Readers are lenient only where older or hand-made files are expected: a run manifest
 //! or judge summary that lacks a field reads it as its default (empty text, zero), since
@@ -23,6 +26,7 @@
 //! BOM too). Python-compatible text comes from [`crate::util::PythonFormatter`].
 
 mod dataset;
+mod harm;
 mod judge;
 mod predictions;
 mod run;
@@ -33,6 +37,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use dataset::{InstrResp, TestEntry};
+pub use harm::{Agreement, HarmSummary, HarmVerdict, HarmVerdicts};
 pub use judge::{
     CostSummary, JudgeSummary, JudgedItem, Order, Outcome, ReferenceItem, SwapSummary,
     TallySummary, Verdict,
