@@ -23,7 +23,6 @@
 mod screenshot;
 use screenshot::decode_png;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use base64::Engine as _;
 use serde_json::Value;

@@ -152,8 +152,8 @@ fn counts_asr_and_kappa_match_a_hand_count() {
     answers.push(None);
     answers.push(Some(Value::Null));
     let server = ChatServer::start(|req, attempt| match (item_of(req), attempt) {
-        (0 | 1 | 2, _) => completion("unsafe"),
-        (3 | 4 | 5, _) => completion("safe"),
+        (0..=2, _) => completion("unsafe"),
+        (3..=5, _) => completion("safe"),
         (6, 0) => error(500, "server_error", "oops", &[]),
         (6, _) => completion("unsafe"),
         (7, 0) => completion("maybe"),
