@@ -109,15 +109,9 @@ pub struct HarmSummary {
     /// Every answer asked about has a verdict.
     #[serde(default)]
     pub complete: bool,
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-    #[serde(default)]
-    pub total_tokens: u64,
-    /// With `--price-in` / `--price-out`.
+    /// Tokens, and the cost with `--price-in` / `--price-out`.
     #[serde(flatten)]
-    pub cost: Option<super::CostSummary>,
+    pub usage: super::UsageSummary,
     #[serde(default)]
     pub max_tokens: u32,
     #[serde(default)]

@@ -40,7 +40,7 @@ pub use dataset::{InstrResp, TestEntry};
 pub use harm::{Agreement, HarmSummary, HarmVerdict, HarmVerdicts};
 pub use judge::{
     CostSummary, JudgeSummary, JudgedItem, Order, Outcome, ReferenceItem, SwapSummary,
-    TallySummary, Verdict,
+    TallySummary, UsageSummary, Verdict,
 };
 pub use predictions::{Answer, Predictions};
 pub use run::{

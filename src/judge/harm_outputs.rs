@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use indexmap::IndexMap;
 
 use super::harm::{HarmConfig, Layout, Loaded};
-use super::outputs::{cost, cost_summary, total_usage, write_file};
+use super::outputs::{cost, total_usage, usage_summary, write_file};
 use super::{Asked, Error, JudgeConfig, Order, Outcome};
 use crate::formats::{Agreement, HarmSummary, HarmVerdict, HarmVerdicts};
 use crate::score::{asr_percent, Tally};
@@ -114,10 +114,7 @@ pub(super) fn finish(
         agreement,
         unanswered: loaded.unanswered,
         complete: judged == n,
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
-        total_tokens: usage.total_tokens,
-        cost: cost_summary(config, cost(config, usage)),
+        usage: usage_summary(config, usage, cost(config, usage)),
         max_tokens: config.max_tokens,
         predictions: config.predictions.display().to_string(),
         keywords_sha256: harm.score.keywords.sha256.clone(),

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{prompt, Error, Item, JudgeConfig, Order, Outcome, Usage, Verdict};
-use crate::formats::{CostSummary, JudgeSummary, JudgedItem, SwapSummary, TallySummary};
+use crate::formats::{
+    CostSummary, JudgeSummary, JudgedItem, SwapSummary, TallySummary, UsageSummary,
+};
 use crate::util::{python_float_repr, sha256_hex};
 
 /// Counts for one seat order. `wins + losses + content_policy + other_replies + errors == n`.
@@ -163,16 +165,22 @@ pub(super) fn cost(config: &JudgeConfig, usage: Usage) -> Option<f64> {
     })
 }
 
-/// The cost as the summaries write it, with the prices it was computed at.
-pub(super) fn cost_summary(config: &JudgeConfig, cost: Option<f64>) -> Option<CostSummary> {
-    config
-        .prices
-        .zip(cost)
-        .map(|((pin, pout), cost)| CostSummary {
-            price_in_per_million: pin,
-            price_out_per_million: pout,
-            cost,
-        })
+/// The tokens and cost as the summaries write them, with the prices the cost was
+/// computed at.
+pub(super) fn usage_summary(config: &JudgeConfig, usage: Usage, cost: Option<f64>) -> UsageSummary {
+    UsageSummary {
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        total_tokens: usage.total_tokens,
+        cost: config
+            .prices
+            .zip(cost)
+            .map(|((pin, pout), cost)| CostSummary {
+                price_in_per_million: pin,
+                price_out_per_million: pout,
+                cost,
+            }),
+    }
 }
 
 /// The summary file of a finished run (`report` is complete but for its `summary`).
@@ -184,10 +192,7 @@ fn summary(config: &JudgeConfig, report: &JudgeReport) -> JudgeSummary {
         base_url: config.base_url.clone(),
         original: original.summary(),
         complete: report.complete(),
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
-        total_tokens: usage.total_tokens,
-        cost: cost_summary(config, report.cost),
+        usage: usage_summary(config, *usage, report.cost),
         swap: report
             .swapped
             .zip(report.debiased_win_rate)
