@@ -577,3 +577,30 @@ fn the_binary_writes_beside_the_results_and_prints_one_line() {
     }
     assert!(!stderr.contains(KEY));
 }
+
+#[test]
+fn a_model_name_the_server_refuses_stops_the_run_as_the_helpfulness_judge_does() {
+    let refusing = ChatServer::start(|_, _| {
+        error(
+            400,
+            "400",
+            "Invalid model name passed in model=judge-x",
+            &[],
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path(), &text(&["a0", "a1", "a2", "a3", "a4", "a5"]));
+    let out = dir.path().join("out/model-x.json");
+    let config = config(&refusing, &args(&paths, &out, &["--concurrency", "1"]));
+    let mut stdout = Vec::new();
+    let err = judge::harm::run(&config, &mut stdout).expect_err("the run stops");
+    assert!(
+        err.to_string()
+            .starts_with("judge stopped: 3 requests in a row were refused with HTTP 400"),
+        "{err}"
+    );
+    assert_eq!(refusing.requests().len(), 3);
+    assert!(stdout.is_empty());
+    assert!(!config.summary_path().exists());
+    assert_eq!(read(&config.journal_path()).lines().count(), 3);
+}
