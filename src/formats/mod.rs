@@ -14,6 +14,9 @@
 //! - [`Verdict`] (with [`Order`], [`Outcome`]): the judge journal's lines.
 //! - [`JudgeSummary`]: `judge/{engine}.summary.json`, written by judge, read by the
 //!   leaderboard.
+//! - [`HarmVerdicts`] / [`HarmSummary`] (with [`HarmVerdict`], [`Agreement`]):
+//!   `judge/{subset}/{engine}.json` and `.summary.json` of `judge --task harm`, read by the
+//!   leaderboard and browse.
 //!
 //! Readers are lenient only where older or hand-made files are expected: a run manifest
 //! or judge summary that lacks a field reads it as its default (empty text, zero), since
@@ -25,6 +28,7 @@
 //! BOM too). Python-compatible text comes from [`crate::util::PythonFormatter`].
 
 mod dataset;
+mod harm;
 mod judge;
 mod llava;
 mod predictions;
@@ -36,9 +40,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use dataset::{InstrResp, TestEntry};
+pub use harm::{Agreement, HarmSummary, HarmVerdict, HarmVerdicts};
 pub use judge::{
     CostSummary, JudgeSummary, JudgedItem, Order, Outcome, ReferenceItem, SwapSummary,
-    TallySummary, Verdict,
+    TallySummary, UsageSummary, Verdict,
 };
 pub use llava::{Speaker, Turn};
 pub use predictions::{Answer, Predictions};
