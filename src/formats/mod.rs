@@ -40,7 +40,7 @@ pub use judge::{
 pub use predictions::{Answer, Predictions};
 pub use run::{
     AsrSummary, Batching, Fingerprint, JournalEntry, JournalHeader, RunManifest, SampleError,
-    StageTimings,
+    ShardRun, StageTimings,
 };
 
 /// A file that could not be read as its format.
