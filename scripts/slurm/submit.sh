@@ -29,31 +29,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 usage="usage: submit.sh N MODEL_DIR [run flags ...]  |  submit.sh --resume JOB"
 die() { echo "submit.sh: $*" >&2; exit 2; }
 
-# Reads run_flags; sets engine (when given), merge_flags (--subset/--meta/--out/--limit as
-# given, with --subset all added to both lists when missing).
-parse_run_flags() {
-  local i=0 flag has_subset=0
-  merge_flags=()
-  while ((i < ${#run_flags[@]})); do
-    flag=${run_flags[$i]}
-    case "$flag" in
-      --model | --model=* | --shard | --shard=*)
-        die "${flag%%=*} is set by submit.sh (MODEL_DIR, and one shard per array task); leave it out" ;;
-      --engine=*) engine=${flag#*=} ;;
-      --subset=* | --meta=* | --out=* | --limit=*) merge_flags+=("$flag") ;;
-      --engine | --subset | --meta | --out | --limit)
-        ((i + 1 < ${#run_flags[@]})) || die "$flag needs a value"
-        i=$((i + 1))
-        [ "$flag" = --engine ] && engine=${run_flags[$i]} || merge_flags+=("$flag" "${run_flags[$i]}") ;;
-    esac
-    case "$flag" in --subset | --subset=*) has_subset=1 ;; esac
-    i=$((i + 1))
-  done
-  if ((!has_subset)); then
-    run_flags+=(--subset all)
-    merge_flags+=(--subset all)
-  fi
-}
+# shellcheck source=../run_flags.sh
+source "$here/../run_flags.sh"
 
 # Appends `name=(values...)` (or `name=value`), shell-quoted, to the record.
 record() {
@@ -92,7 +69,7 @@ submit() {
   # The name `run` gives the files: the real folder's name (symlinks resolved, as run does).
   engine="$(basename "$(cd "$model" && pwd -P)")"
   run_flags=("$@")
-  parse_run_flags
+  parse_run_flags submit.sh --model --shard
   bin="${VLGUARD_BIN:-target/release/vlguard-ort}"
   [ -x "$bin" ] || die "no vlguard-ort binary at $bin (build it, or set VLGUARD_BIN)"
   bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
