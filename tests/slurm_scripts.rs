@@ -1,7 +1,7 @@
 //! scripts/slurm/ without a cluster: submit.sh, the array and merge job scripts and
 //! `submit.sh --resume` against the stand-in Slurm of tests/fixtures/fake-slurm (it runs
-//! each job at once, in order, and leaves a job whose afterok cannot be met pending, as
-//! Slurm does). The same recovery check runs on a real single-node Slurm in
+//! each job at once, in order, leaves a job whose afterok cannot be met pending, as Slurm
+//! does, and requeues a task). The same recovery check runs on a real single-node Slurm in
 //! scripts/slurm/selftest.sh: opt-in (`VLGUARD_SLURM_SELFTEST=1`, root), since it installs
 //! Slurm and starts system daemons.
 
@@ -44,7 +44,7 @@ fn the_readme_example_fails_a_task_and_resume_finishes_it() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok: ")).count(), 8);
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok: ")).count(), 9);
 }
 
 #[test]

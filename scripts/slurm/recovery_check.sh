@@ -12,7 +12,8 @@
 #      `submit.sh --resume JOB` resubmits shard 2 alone and a merge after it;
 #   3. the merged files are byte-identical to an unsharded run of the same flags, and
 #      `score` (no --subset), `leaderboard` (one row, with provider and date, no shard
-#      rows) and `browse` work on them; each attempt's log is there.
+#      rows) and `browse` work on them; each attempt's log is there, a requeued task's
+#      (`scontrol requeue`) appended to its first.
 #
 #   VLGUARD_BIN=target/release/vlguard-ort scripts/slurm/recovery_check.sh MODEL_DIR
 #
@@ -97,6 +98,14 @@ grep -q "^== vlguard-array.sbatch: shard 2/3, job ${job}_1, attempt 1" "vlguard-
   grep -q "^== vlguard-array.sbatch: shard 2/3, job ${again}_1, attempt 1" "vlguard-${again}_1.out" ||
   fail "the logs of the failed attempt and the resubmission are not both there"
 ok "logs kept: vlguard-${job}_1.out (the failure) and vlguard-${again}_1.out (the rerun)"
+# A requeue (what Slurm does after a node failure or preemption) runs the task again under
+# the same job id: its log gains the new attempt instead of losing the first.
+scontrol requeue "${again}_1"
+settle
+grep -q "^== vlguard-array.sbatch: shard 2/3, job ${again}_1, attempt 2" "vlguard-${again}_1.out" &&
+  grep -q "^== vlguard-array.sbatch: shard 2/3, job ${again}_1, attempt 1" "vlguard-${again}_1.out" ||
+  fail "the requeued task's log does not hold both attempts: $(grep '^==' "vlguard-${again}_1.out")"
+ok "requeued: vlguard-${again}_1.out holds attempts 1 and 2"
 
 scored=$("$bin" score "results/unsafes/$engine.json") || fail "score on the merged file failed"
 [ "$scored" = "$("$bin" score "unsharded/unsafes/$engine.json")" ] || fail "score differs"
