@@ -19,7 +19,9 @@ pub struct Cli {
 pub enum Command {
     /// Export a LLaVA-1.5 checkpoint and its CLIP tower to a model directory of ONNX graphs.
     Export(crate::export_cmd::ExportArgs),
-    /// Print a model directory's manifest and every graph's inputs and outputs.
+    /// Check a model directory: print its manifest and every graph's inputs and outputs,
+    /// test the manifest's fields against their bounds and the graphs, and list what
+    /// TensorRT's ONNX parser would not take (exit 1 when a field cannot be right).
     Inspect(crate::inspect::InspectArgs),
     /// Run the VLGuard evaluation: answers for a test subset, written like the reference.
     Run(crate::run::RunArgs),

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The README's Slurm example, run through a failed task and its recovery on the Slurm
+# The documented Slurm example, run through a failed task and its recovery on the Slurm
 # that is on PATH (a real one: scripts/slurm/selftest.sh; the stand-in of
 # tests/fixtures/fake-slurm: tests/slurm_scripts.rs), in a folder whose path has a space:
 #
-#   1. the README's `scripts/slurm/submit.sh 8 models/llava15-7b-mixed --subset all ...`
-#      line, with 3 tasks for 8 and --ep cpu for cuda, on a copy of MODEL_DIR under that
-#      name and the mini test set as data/VLGuard; one image of shard 2's range is moved
+#   1. the `scripts/slurm/submit.sh 8 models/llava15-7b-mixed --subset all ...` line of
+#      README.md and docs/clusters.md (one line, the same in both), with 3 tasks for 8
+#      and --ep cpu for cuda, on a copy of MODEL_DIR under that name and the mini test
+#      set as data/VLGuard; one image of shard 2's range is moved
 #      away first, so task 2 fails (a sample without an answer: exit 1) and the merge is
 #      left waiting on it for ever;
 #   2. `merge --status` names shard 2 incomplete; the image is put back;
@@ -49,13 +50,14 @@ settle() {
   fail "the queue did not settle: $left"
 }
 
-example=$(grep -E '^scripts/slurm/submit\.sh [0-9]+ ' "$root/README.md" || true)
-[ "$(grep -c . <<<"$example")" = 1 ] || fail "README.md must hold exactly one submit.sh example line"
+example=$(cat "$root/README.md" "$root/docs/clusters.md" | grep -E '^scripts/slurm/submit\.sh [0-9]+ ' | sort -u)
+[ "$(grep -c . <<<"$example")" = 1 ] ||
+  fail "README.md and docs/clusters.md must show one submit.sh example (the same line): $example"
 read -r -a words <<<"${example%%#*}"
-[ "${words[2]}" = "models/$engine" ] || fail "the README example's model is not models/$engine"
+[ "${words[2]}" = "models/$engine" ] || fail "the documented example's model is not models/$engine"
 flags=("${words[@]:3}")
 for i in "${!flags[@]}"; do [ "${flags[$i]}" = cuda ] && flags[$i]=cpu; done
-echo "README: $example"
+echo "docs:   $example"
 echo "runs:   scripts/slurm/submit.sh 3 models/$engine ${flags[*]}"
 
 "$bin" run --model "models/$engine" "${flags[@]}" --out unsharded >unsharded.log 2>&1 ||

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Slurm path for real on this machine: a single-node Slurm from Debian's
 # slurm-wlm (installed when missing, after `apt-get update`), then
-# scripts/slurm/recovery_check.sh on it: the README's submit.sh example (3 CPU tasks of
+# scripts/slurm/recovery_check.sh on it: the documented submit.sh example (3 CPU tasks of
 # the bundled demo model on the mini test set), one task made to fail, the recovery with
 # `submit.sh --resume`, merged files byte-identical to an unsharded run, and score,
 # leaderboard and browse on them.

@@ -591,8 +591,9 @@ fn ask_all(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(job) = todo.get(i) else { break };
                 let item = &items[job.item];
+                let request = format!("{} ({})", item.image(), job.order);
                 let result = match build_body(config, item, job.order) {
-                    Ok(body) => client.call(&body, stop).map_err(|f| f.0),
+                    Ok(body) => client.call(&request, &body, stop).map_err(|f| f.0),
                     Err(message) => Ok(client::CallResult {
                         answer: client::Answer::Error { message },
                         attempts: 0,
@@ -605,7 +606,6 @@ fn ask_all(
                     // Once the run is stopping, the answers still in flight are journaled
                     // quietly: the one message that stopped it says why.
                     if !stop.load(Ordering::Relaxed) {
-                        let request = format!("{} ({})", item.image(), job.order);
                         stop_reason = streak.note(&request, call, config.stop_after);
                     }
                 }
