@@ -94,6 +94,7 @@ submit() {
 }
 
 resume() {
+  [[ "$1" =~ ^[0-9]+$ ]] || die "--resume takes the array's job id (a number), got \`$1\`"
   record_file="$PWD/vlguard-submit-$1.sh"
   [ -f "$record_file" ] || die "no record $record_file: run --resume from the folder submit.sh ran in"
   # shellcheck source=/dev/null
