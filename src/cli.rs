@@ -25,7 +25,8 @@ pub enum Command {
     Inspect(crate::inspect::InspectArgs),
     /// Run the VLGuard evaluation: answers for a test subset, written like the reference.
     Run(crate::run::RunArgs),
-    /// Join the shard files of `run --shard K/N` into one answers file per subset.
+    /// Join the shard files of `run --shard K/N` into one answers file per subset, with a
+    /// run manifest combined from the shards' (`--status`: which shards are still to run).
     Merge(crate::merge::MergeArgs),
     /// Attack success rate (and more) of a predictions file, as the reference computes it.
     Score(crate::score::ScoreArgs),

@@ -49,7 +49,7 @@ pub use llava::{Speaker, Turn};
 pub use predictions::{Answer, Predictions};
 pub use run::{
     AsrSummary, Batching, Fingerprint, JournalEntry, JournalHeader, RunManifest, SampleError,
-    StageTimings,
+    ShardRun, StageTimings,
 };
 
 /// A file that could not be read as its format.

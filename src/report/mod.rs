@@ -16,7 +16,9 @@
 //! execution provider and date; sorted by unsafes ASR (safest first), then safe_unsafes
 //! ASR, then name. `--with-paper` adds the paper's published rows (REFERENCE.md). When
 //! some engine has a judged ASR, the tables add it beside the string-match ASRs with the
-//! judge model named (markdown and HTML: after them; CSV: at the end of each line).
+//! judge model named (markdown and HTML: after them; CSV: at the end of each line). The
+//! shard files of a split run (`{engine}.shard-K-of-N.json`) are rows of their own until
+//! `merge` has written `{engine}.json` beside them; then only the merged file counts.
 //!
 //! A file that cannot be read is reported on stderr, left out, and the exit code is 1; the
 //! other rows are still written. The HTML page ([`html`]) is one self-contained file
@@ -291,7 +293,8 @@ pub fn collect(results: &Path, with_paper: bool) -> Result<Leaderboard, Error> {
 }
 
 /// `{engine}.json` is a predictions file; `{engine}.run.json`, `{engine}.summary.json`,
-/// journals and hidden temporary files are not.
+/// journals and hidden temporary files are not, nor is a shard's file
+/// (`{engine}.shard-K-of-N.json`) once the merged `{engine}.json` is beside it.
 fn predictions_engine(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     let engine = name.strip_suffix(".json")?;
@@ -302,6 +305,11 @@ fn predictions_engine(path: &Path) -> Option<String> {
         || !path.is_file()
     {
         return None;
+    }
+    if let Some((merged, _)) = crate::run::Shard::from_engine_name(engine) {
+        if path.with_file_name(format!("{merged}.json")).is_file() {
+            return None;
+        }
     }
     Some(engine.to_owned())
 }
@@ -461,7 +469,13 @@ fn run_row(
 
 /// "CPU" when every graph ran on one provider, else "decoder:CUDA, vision:CPU".
 fn provider_summary(providers: &BTreeMap<String, String>) -> Option<String> {
-    let short = |p: &str| p.strip_suffix("ExecutionProvider").unwrap_or(p).to_owned();
+    // A merged run lists each provider its shards used for a graph: "A, B" -> "A+B".
+    let short = |p: &str| {
+        p.split(", ")
+            .map(|one| one.strip_suffix("ExecutionProvider").unwrap_or(one))
+            .collect::<Vec<_>>()
+            .join("+")
+    };
     let first = providers.values().next()?;
     if providers.values().all(|p| p == first) {
         return Some(short(first));
@@ -906,6 +920,13 @@ mod tests {
             provider_summary(&mixed).as_deref(),
             Some("decoder:Tensorrt, vision:CPU")
         );
+        let merged: BTreeMap<String, String> = [(
+            "decoder",
+            "CUDAExecutionProvider, TensorrtExecutionProvider",
+        )]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .into();
+        assert_eq!(provider_summary(&merged).as_deref(), Some("CUDA+Tensorrt"));
     }
 
     #[test]
@@ -931,5 +952,14 @@ mod tests {
         .filter_map(|n| predictions_engine(&dir.path().join(n)))
         .collect();
         assert_eq!(engines, ["e"]);
+        // A shard's file is an engine of its own until the merged file is beside it.
+        let shard = dir.path().join("m.shard-1-of-2.json");
+        std::fs::write(&shard, "{}").expect("write");
+        assert_eq!(
+            predictions_engine(&shard).as_deref(),
+            Some("m.shard-1-of-2")
+        );
+        std::fs::write(dir.path().join("m.json"), "{}").expect("write");
+        assert_eq!(predictions_engine(&shard), None);
     }
 }

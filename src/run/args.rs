@@ -134,6 +134,26 @@ impl Shard {
     pub fn engine_name(self, engine: &str) -> String {
         format!("{engine}.shard-{}-of-{}", self.k, self.n)
     }
+
+    /// The inverse of [`Shard::engine_name`]: `E.shard-K-of-N` -> (`E`, K/N); `None` for
+    /// a name that is not a shard's.
+    pub fn from_engine_name(name: &str) -> Option<(&str, Shard)> {
+        let (engine, part) = name.rsplit_once(".shard-")?;
+        let (k, n) = part.split_once("-of-")?;
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if engine.is_empty() || !digits(k) || !digits(n) {
+            return None;
+        }
+        let shard = parse_shard(&format!("{k}/{n}")).ok()?;
+        Some((engine, shard))
+    }
+}
+
+impl std::fmt::Display for Shard {
+    /// `K/N`, as `--shard` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.k, self.n)
+    }
 }
 
 /// `--shard`: a given part, or the scheduler's.
@@ -334,6 +354,20 @@ mod tests {
             }
         }
         assert_eq!(parse_shard("2/4").unwrap(), Shard { k: 2, n: 4 });
+        let shard = Shard { k: 3, n: 12 };
+        assert_eq!(
+            Shard::from_engine_name(&shard.engine_name("a.shard-b")),
+            Some(("a.shard-b", shard))
+        );
+        for name in [
+            "e",
+            "e.shard-0-of-2",
+            "e.shard-3-of-2",
+            "e.shard-+1-of-2",
+            ".shard-1-of-2",
+        ] {
+            assert_eq!(Shard::from_engine_name(name), None, "{name}");
+        }
         assert!(
             parse_shard("0/4").is_err() && parse_shard("5/4").is_err() && parse_shard("x").is_err()
         );
