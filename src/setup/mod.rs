@@ -293,7 +293,10 @@ fn resolve(client: &Client, w: &Wanted, index: Index) -> Result<Choice, SetupErr
                 Pin::Series(_) => format!("{base}/{}/json", w.package),
             };
             let project = index::get_json(client, &url)?;
-            index::choose(w.package, w.pin, &project, arch)
+            let mut choice = index::choose(w.package, w.pin, &project, arch)?;
+            // PyPI gives absolute URLs; a mirror may give them relative to the page.
+            choice.file.url = crate::fetch::resolve(&url, &choice.file.url);
+            Ok(choice)
         }
         Index::Simple(base) => {
             let url = format!("{base}/{}/", w.package);
