@@ -49,7 +49,7 @@ fn built() -> PathBuf {
 #[test]
 fn doctor_reports_the_library_and_the_gpu_libraries() {
     let tmp = tempfile::tempdir().unwrap();
-    let lib = vlguard_ort::engine::ort_lib::locate(None).expect("ONNX Runtime for the tests");
+    let lib = ort_library().expect("ONNX Runtime for the tests");
     let cuda = tmp.path().join("cuda");
     std::fs::create_dir_all(&cuda).unwrap();
     std::fs::write(cuda.join("libcudart.so.13"), b"placeholder").unwrap();

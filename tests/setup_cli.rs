@@ -34,10 +34,9 @@ fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     w.finish().expect("finish zip").into_inner()
 }
 
-/// The ONNX Runtime library this test process finds (the checkout's, or the per-user one).
-fn real_library() -> PathBuf {
-    vlguard_ort::engine::ort_lib::locate(None)
-        .expect("ONNX Runtime for the tests (run scripts/setup.sh)")
+/// The ONNX Runtime library the tests use.
+fn real_library() -> &'static Path {
+    ort_library().expect("ONNX Runtime for the tests (run scripts/setup.sh)")
 }
 
 /// One file entry of PyPI's JSON API, its URL relative to the JSON page.

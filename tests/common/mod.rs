@@ -11,8 +11,29 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The built binary, told which ONNX Runtime library to load: the one this test process
+/// finds (tests run in the checkout, so its `.ort/lib` is among the places searched). The
+/// binary itself may sit in a `CARGO_TARGET_DIR` outside the checkout and run in a temp
+/// folder, where its own search would not reach the checkout (issue 26: tests/prepare.rs
+/// failed that way). The search itself is tested by doctor_cli.rs and setup_cli.rs, which
+/// start the binary without this.
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vlguard-ort"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vlguard-ort"));
+    if let Some(lib) = ort_library() {
+        cmd.env("VLGUARD_ORT_LIB", lib);
+    }
+    cmd
+}
+
+/// The ONNX Runtime library the tests use (`VLGUARD_ORT_LIB` when set, else the search's
+/// choice), when there is one; without it, the binary says what is missing.
+pub fn ort_library() -> Option<&'static Path> {
+    static LIB: OnceLock<Option<PathBuf>> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let explicit = std::env::var_os("VLGUARD_ORT_LIB").map(PathBuf::from);
+        vlguard_ort::engine::ort_lib::locate(explicit.as_deref()).ok()
+    })
+    .as_deref()
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {
