@@ -12,7 +12,8 @@
 //! 5. System-wide: `/usr/local/lib/vlguard-ort/lib`, `/opt/vlguard-ort/lib`.
 //! 6. A pip-installed `onnxruntime` / `onnxruntime-gpu` wheel (`onnxruntime/capi`): in the
 //!    active virtual environment (`$VIRTUAL_ENV`, `$CONDA_PREFIX`), then in the usual
-//!    site-packages of the first `python3` on PATH and the user's own site-packages.
+//!    site-packages of the first `python3` on PATH (for a pyenv shim, of the version pyenv
+//!    selects) and the user's own site-packages.
 //!
 //! Every vlguard-ort folder (2 to 5) has one layout: `lib/` for ONNX Runtime and
 //! `gpu-site/` for the CUDA, cuDNN and TensorRT wheels' libraries ([`runtime_site`]).
@@ -43,6 +44,7 @@ pub struct SearchEnv {
     pub conda_prefix: Option<PathBuf>,
     /// `PATH`, split.
     pub path: Vec<PathBuf>,
+    pub pyenv_version: Option<String>,
 }
 
 fn var(name: &str) -> Option<PathBuf> {
@@ -66,6 +68,9 @@ impl SearchEnv {
             path: std::env::var_os("PATH")
                 .map(|p| std::env::split_paths(&p).collect())
                 .unwrap_or_default(),
+            pyenv_version: std::env::var("PYENV_VERSION")
+                .ok()
+                .filter(|v| !v.is_empty()),
         }
     }
 
@@ -170,19 +175,36 @@ fn capi(site: &Path) -> PathBuf {
 }
 
 /// The site-packages of the first `python3` on PATH (its prefix is the folder above its
-/// `bin/`, the symlink not followed: a venv's `bin/python3` points at the system one), then
-/// the user's own (`pip install --user`).
+/// `bin/`, the symlink not followed: a venv's `bin/python3` points at the system one; for a
+/// pyenv shim, the version pyenv selects), then the user's own (`pip install --user`).
 fn python_sites(env: &SearchEnv) -> Vec<PathBuf> {
     let mut sites = Vec::new();
     let python = env.path.iter().find(|dir| dir.join("python3").is_file());
-    if let Some(prefix) = python.and_then(|bin| bin.parent()) {
-        sites.extend(site_packages(prefix));
+    let prefix = python
+        .and_then(|bin| pyenv_prefix(env, bin).or_else(|| bin.parent().map(Path::to_path_buf)));
+    if let Some(prefix) = prefix {
+        sites.extend(site_packages(&prefix));
         sites.extend(site_packages(&prefix.join("local")));
     }
     if let Some(home) = &env.home {
         sites.extend(site_packages(&home.join(".local")));
     }
     sites
+}
+
+/// For pyenv's `ROOT/shims`: `ROOT/versions/V`, V from `PYENV_VERSION`, else the first
+/// line of `ROOT/version` (pyenv's global version; a folder's `.python-version` is not
+/// followed).
+fn pyenv_prefix(env: &SearchEnv, bin: &Path) -> Option<PathBuf> {
+    if bin.file_name()? != "shims" {
+        return None;
+    }
+    let root = bin.parent()?;
+    let version = env.pyenv_version.clone().or_else(|| {
+        let text = std::fs::read_to_string(root.join("version")).ok()?;
+        text.lines().next().map(|l| l.trim().to_string())
+    })?;
+    Some(root.join("versions").join(version.split(':').next()?))
 }
 
 /// `PREFIX/lib/python3.X/{site,dist}-packages` (newest Python first), then Debian's
@@ -300,6 +322,32 @@ mod tests {
             ),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_pyenv_shim_leads_to_the_selected_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join(".pyenv");
+        std::fs::create_dir_all(root.join("shims")).unwrap();
+        std::fs::write(root.join("shims/python3"), b"").unwrap();
+        std::fs::write(root.join("version"), "3.11.7\n").unwrap();
+        for v in ["3.11.7", "3.12.1"] {
+            std::fs::create_dir_all(root.join(format!(
+                "versions/{v}/lib/python3.{}/site-packages",
+                &v[2..4]
+            )))
+            .unwrap();
+        }
+        let mut env = SearchEnv {
+            path: vec![root.join("shims")],
+            ..SearchEnv::default()
+        };
+        let site = |v: &str, minor: &str| {
+            vec![root.join(format!("versions/{v}/lib/python3.{minor}/site-packages"))]
+        };
+        assert_eq!(python_sites(&env), site("3.11.7", "11"));
+        env.pyenv_version = Some("3.12.1".into());
+        assert_eq!(python_sites(&env), site("3.12.1", "12"));
     }
 
     #[test]
