@@ -106,11 +106,14 @@ fn available_providers() -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Reads an opened library's version through its C API.
+type ReadVersion = fn(&Lib) -> Result<String, ProbeError>;
+
 /// A library a GPU run needs, and how to read its version.
 struct Needed {
     name: &'static str,
     dir: Option<PathBuf>,
-    version: Option<fn(&Lib) -> Result<String, ProbeError>>,
+    version: Option<ReadVersion>,
 }
 
 /// The provider libraries, the CUDA / cuDNN runtime and TensorRT, each found or missing.
@@ -153,11 +156,7 @@ fn gpu_report(ort_lib: &Path, trt_lib_dir: Option<&Path>) {
     }
 }
 
-fn need(
-    name: &'static str,
-    dir: &Option<PathBuf>,
-    version: Option<fn(&Lib) -> Result<String, ProbeError>>,
-) -> Needed {
+fn need(name: &'static str, dir: &Option<PathBuf>, version: Option<ReadVersion>) -> Needed {
     Needed {
         name,
         dir: dir.clone(),

@@ -56,7 +56,7 @@ fn doctor_reports_the_library_and_the_gpu_libraries() {
     let out = run_ok(
         isolated(&built(), tmp.path())
             .current_dir(repo())
-            .env("VLGUARD_ORT_LIB", &lib)
+            .env("VLGUARD_ORT_LIB", lib)
             .env("VLGUARD_CUDA_LIB_DIR", &cuda)
             .arg("doctor"),
     );

@@ -316,7 +316,7 @@ fn a_wrong_digest_is_refused() {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_vlguard-ort"));
     let err = fails(setup(&bin, &server, tmp.path(), &["--attempts", "1", "--dir"]).arg(&dir));
     assert!(
-        err.contains(&format!("sha256 is "))
+        err.contains("sha256 is ")
             && err.contains(&format!(
                 "the server says {}; the download was deleted",
                 "ab".repeat(32)

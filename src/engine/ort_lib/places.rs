@@ -221,7 +221,7 @@ pub fn site_packages(prefix: &Path) -> Vec<PathBuf> {
             Some((minor, e.path()))
         })
         .collect();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     let mut sites: Vec<PathBuf> = versions
         .into_iter()
         .flat_map(|(_, dir)| [dir.join("site-packages"), dir.join("dist-packages")])
