@@ -6,39 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
 use common::*;
-
-/// The binary at `bin` with no variable that points at a library, HOME in `home`, and a
-/// PATH without a Python (so no pip-installed ONNX Runtime is found by accident).
-fn isolated(bin: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    for var in [
-        "VLGUARD_ORT_LIB",
-        "ORT_DYLIB_PATH",
-        "LD_LIBRARY_PATH",
-        "XDG_DATA_HOME",
-        "VIRTUAL_ENV",
-        "CONDA_PREFIX",
-        "VLGUARD_CUDA_LIB_DIR",
-        "VLGUARD_CUDNN_LIB_DIR",
-        "VLGUARD_TRT_LIB_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("HOME", home).env("PATH", home.join("no-bin"));
-    cmd
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn built() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vlguard-ort"))
@@ -60,7 +30,7 @@ fn doctor_reports_the_library_and_the_gpu_libraries() {
             .env("VLGUARD_CUDA_LIB_DIR", &cuda)
             .arg("doctor"),
     );
-    let report = text(&out);
+    let report = printed(&out);
     let first = format!(
         "vlguard-ort {} (ort 2.0.0-rc.15, needs ONNX Runtime 1.31.x)\n",
         env!("CARGO_PKG_VERSION")
@@ -114,8 +84,8 @@ fn nothing_installed_lists_every_place_and_the_fix() {
         .arg("doctor")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    let report = printed(&out);
     for (label, path) in [
         ("checkout (.ort/lib)", work.join(".ort/lib")),
         (
@@ -153,8 +123,8 @@ fn a_wrong_version_is_named_not_loaded() {
         .arg("doctor")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains(&line), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", printed(&out));
+    assert!(printed(&out).contains(&line), "{}", printed(&out));
 
     let out = isolated(&built(), tmp.path())
         .current_dir(tmp.path())
@@ -169,7 +139,7 @@ fn a_wrong_version_is_named_not_loaded() {
         .arg(mini_images())
         .output()
         .unwrap();
-    let said = text(&out);
+    let said = printed(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
         said.contains("error: ONNX Runtime 1.31.x not found; looked at:\n") && said.contains(&line),

@@ -16,7 +16,7 @@ mod hub_server;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
 use hub_server::{sha256_hex, Faults, HubServer};
@@ -142,35 +142,11 @@ fn ort_wheel(lib: &[u8]) -> Vec<u8> {
 
 /// `vlguard-ort setup ARGS` against `server`, with a clean environment under `home`.
 fn setup(bin: &Path, server: &HubServer, home: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin);
-    isolate(&mut cmd, home);
+    let mut cmd = isolated(bin, home);
     cmd.env("VLGUARD_PYPI_URL", format!("{}/pypi", server.hub_url))
         .args(["setup", "--quiet"])
         .args(args);
     cmd
-}
-
-/// No variable that points at a library; HOME in the test's folder.
-fn isolate(cmd: &mut Command, home: &Path) {
-    for var in [
-        "VLGUARD_ORT_LIB",
-        "ORT_DYLIB_PATH",
-        "LD_LIBRARY_PATH",
-        "XDG_DATA_HOME",
-        "VIRTUAL_ENV",
-        "CONDA_PREFIX",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("HOME", home);
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn fails(cmd: &mut Command) -> String {
@@ -179,9 +155,9 @@ fn fails(cmd: &mut Command) -> String {
         out.status.code(),
         Some(2),
         "{cmd:?} should fail:\n{}",
-        text(&out)
+        printed(&out)
     );
-    text(&out)
+    printed(&out)
 }
 
 /// A copy of the built binary in `DIR/bin`, outside the checkout.
@@ -245,7 +221,7 @@ fn an_installed_binary_sets_up_and_runs_from_anywhere() {
         !user_dir.join("wheels").join(&wheel_name).exists(),
         "the wheel is deleted"
     );
-    let said = text(&out);
+    let said = printed(&out);
     assert!(
         said.contains(&format!(
             "ready: ONNX Runtime 1.31.1 at {}",
@@ -255,7 +231,7 @@ fn an_installed_binary_sets_up_and_runs_from_anywhere() {
     );
 
     server.clear_log();
-    let again = text(&run_ok(
+    let again = printed(&run_ok(
         setup(&bin, &server, &home, &[]).current_dir(tmp.path()),
     ));
     assert!(
@@ -270,9 +246,8 @@ fn an_installed_binary_sets_up_and_runs_from_anywhere() {
     // A third folder, no library variable: doctor names the per-user library.
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let mut doctor = Command::new(&bin);
-    isolate(&mut doctor, &home);
-    let report = text(&run_ok(doctor.current_dir(&work).arg("doctor")));
+    let mut doctor = isolated(&bin, &home);
+    let report = printed(&run_ok(doctor.current_dir(&work).arg("doctor")));
     assert!(
         report.contains(&format!(
             "ONNX Runtime 1.31.1: {} (per-user folder)",
@@ -282,8 +257,7 @@ fn an_installed_binary_sets_up_and_runs_from_anywhere() {
     );
     assert!(report.contains("CPUExecutionProvider"), "{report}");
 
-    let mut run = Command::new(&bin);
-    isolate(&mut run, &home);
+    let mut run = isolated(&bin, &home);
     run_ok(
         run.current_dir(&work)
             .arg("run")
@@ -350,8 +324,7 @@ fn no_fitting_wheel_and_no_index_say_what_to_do() {
         )),
         "{err}"
     );
-    let mut cmd = Command::new(&bin);
-    isolate(&mut cmd, tmp.path());
+    let mut cmd = isolated(&bin, tmp.path());
     let err = fails(cmd.args([
         "setup",
         "--quiet",
@@ -497,7 +470,7 @@ fn gpu_wheels_land_where_the_run_looks() {
         dir.join("gpu-site/tensorrt_libs/libnvinfer.so.10")
             .is_file(),
         "{}",
-        text(&out)
+        printed(&out)
     );
     let asked: Vec<String> = server.log().iter().map(|l| l.path.clone()).collect();
     assert!(

@@ -289,21 +289,16 @@ mod tests {
         ] {
             project.releases.insert(v.into(), vec![file(name)]);
         }
-        let got = choose(
-            "nvidia-cuda-runtime",
-            Pin::Series("13.0"),
-            &project,
-            "x86_64",
-        )
-        .unwrap();
-        assert_eq!(got.version, "13.0.96");
-        let err = choose(
-            "nvidia-cuda-runtime",
-            Pin::Series("12.8"),
-            &project,
-            "x86_64",
-        )
-        .unwrap_err();
+        let pick = |series| {
+            choose(
+                "nvidia-cuda-runtime",
+                Pin::Series(series),
+                &project,
+                "x86_64",
+            )
+        };
+        assert_eq!(pick("13.0").unwrap().version, "13.0.96");
+        let err = pick("12.8").unwrap_err();
         assert_eq!(
             err.to_string(),
             "no manylinux x86_64 wheel of nvidia-cuda-runtime==12.8.* in the index (files: no matching version)"

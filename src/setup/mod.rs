@@ -125,42 +125,20 @@ const CPU: [Wanted; 1] = [wanted(
 /// libcudnn*.so.9), at the component versions CUDA 13.0 ships.
 const GPU: [Wanted; 8] = [
     wanted("onnxruntime-gpu", Pin::Exact(ORT_VERSION), Extract::Runtime),
-    wanted(
-        "nvidia-cuda-runtime",
-        Pin::Series("13.0"),
-        Extract::Site("nvidia"),
-    ),
-    wanted(
-        "nvidia-cublas",
-        Pin::Series("13.0"),
-        Extract::Site("nvidia"),
-    ),
-    wanted(
-        "nvidia-cuda-nvrtc",
-        Pin::Series("13.0"),
-        Extract::Site("nvidia"),
-    ),
-    wanted(
-        "nvidia-curand",
-        Pin::Series("10.4.0"),
-        Extract::Site("nvidia"),
-    ),
-    wanted(
-        "nvidia-cufft",
-        Pin::Series("12.0.0"),
-        Extract::Site("nvidia"),
-    ),
-    wanted(
-        "nvidia-nvjitlink",
-        Pin::Series("13.0"),
-        Extract::Site("nvidia"),
-    ),
-    wanted(
-        "nvidia-cudnn-cu13",
-        Pin::Series("9"),
-        Extract::Site("nvidia"),
-    ),
+    cuda("nvidia-cuda-runtime", "13.0"),
+    cuda("nvidia-cublas", "13.0"),
+    cuda("nvidia-cuda-nvrtc", "13.0"),
+    cuda("nvidia-curand", "10.4.0"),
+    cuda("nvidia-cufft", "12.0.0"),
+    cuda("nvidia-nvjitlink", "13.0"),
+    cuda("nvidia-cudnn-cu13", "9"),
 ];
+
+/// A CUDA runtime wheel: the newest of `series`, its libraries under `nvidia/`.
+const fn cuda(package: &'static str, series: &'static str) -> Wanted {
+    wanted(package, Pin::Series(series), Extract::Site("nvidia"))
+}
+
 const TENSORRT: Wanted = wanted(
     "tensorrt-cu13-libs",
     Pin::Series("10"),

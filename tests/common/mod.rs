@@ -36,6 +36,37 @@ pub fn ort_library() -> Option<&'static Path> {
     .as_deref()
 }
 
+/// The binary at `bin` as a user who installed it would start it: no variable that points
+/// at a library, HOME in `home` (so the per-user folder is the test's), and a PATH without
+/// a Python (so no pip-installed ONNX Runtime is found by accident).
+pub fn isolated(bin: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    for var in [
+        "VLGUARD_ORT_LIB",
+        "ORT_DYLIB_PATH",
+        "LD_LIBRARY_PATH",
+        "XDG_DATA_HOME",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "VLGUARD_CUDA_LIB_DIR",
+        "VLGUARD_CUDNN_LIB_DIR",
+        "VLGUARD_TRT_LIB_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", home).env("PATH", home.join("no-bin"));
+    cmd
+}
+
+/// Everything a command printed, stdout then stderr.
+pub fn printed(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("the binary starts");
     assert!(
