@@ -47,7 +47,8 @@ pub fn install(
     let done = fetch_known(client, &meta, &dest, &file.filename, &mut state)?;
     let how = match done {
         Done::Present => "already downloaded".to_string(),
-        Done::Downloaded(n) => format!("{n} bytes downloaded"),
+        Done::Downloaded(n) if n == file.size => "downloaded".to_string(),
+        Done::Downloaded(n) => format!("resumed: {n} bytes downloaded"),
     };
     eprintln!(
         "setup: {} ({} bytes, {how}, sha256 checked)",

@@ -72,7 +72,7 @@ pub enum SetupError {
         arch: String,
         seen: String,
     },
-    #[error("{}: {what}; it is not the wheel expected (delete it and rerun)", .wheel.display())]
+    #[error("{}: {what}: the index lists it for this package, but it is not the wheel vlguard-ort expects", .wheel.display())]
     WheelContents { wheel: PathBuf, what: String },
     #[error("no folder to install into: neither XDG_DATA_HOME nor HOME is set; pass --dir DIR")]
     NoDir,
