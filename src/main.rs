@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Prepare(args) => vlguard_ort::prepare::command(&args).map_err(Into::into),
         Command::Setup(args) => vlguard_ort::setup::command(&args).map_err(Into::into),
         Command::Doctor(args) => vlguard_ort::doctor::command(&args).map_err(Into::into),
+        Command::Convert(args) => vlguard_ort::convert::command(&args).map_err(Into::into),
     };
     match result {
         Ok(code) => code,
