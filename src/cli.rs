@@ -40,6 +40,12 @@ pub enum Command {
     Fetch(crate::fetch::FetchArgs),
     /// From a model name (or Hub repo id) to a model directory: fetch, then export.
     Prepare(crate::prepare::PrepareArgs),
+    /// Install ONNX Runtime (and with --gpu the CUDA, cuDNN and TensorRT libraries) where
+    /// this binary finds it, from PyPI: no Python, no checkout needed.
+    Setup(crate::setup::SetupArgs),
+    /// What this binary would run on: its version, the ONNX Runtime library it finds (and
+    /// every place it looked), its execution providers, the CUDA/cuDNN/TensorRT libraries.
+    Doctor(crate::doctor::DoctorArgs),
     /// VLGuard's train.json in LLaVA's fine-tuning format, byte for byte as VLGuard's
     /// convert_to_llava_format.py writes it.
     ///

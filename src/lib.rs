@@ -10,6 +10,7 @@ pub mod browse;
 pub mod cli;
 pub mod convert;
 pub mod dataset;
+pub mod doctor;
 pub mod engine;
 pub mod export_cmd;
 pub mod fetch;
@@ -25,6 +26,7 @@ pub mod report;
 pub mod results;
 pub mod run;
 pub mod score;
+pub mod setup;
 pub mod util;
 
 /// The test data helpers the integration tests use too (one skip line for both).

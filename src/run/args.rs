@@ -99,13 +99,14 @@ pub struct RunArgs {
     #[arg(long, env = "VLGUARD_TRT_CACHE", value_name = "DIR")]
     pub trt_cache: Option<PathBuf>,
     /// Folder holding TensorRT 10's libraries (libnvinfer.so.10); default: the one
-    /// `scripts/setup.sh --gpu --tensorrt` fills, then the system library path.
+    /// `vlguard-ort setup --gpu --tensorrt` fills, then the system library path.
     #[arg(long, env = "VLGUARD_TRT_LIB_DIR", value_name = "DIR")]
     pub trt_lib_dir: Option<PathBuf>,
     /// ONNX Runtime intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the setup folder).
+    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the folders
+    /// `vlguard-ort doctor` lists, in order).
     #[arg(long, env = "VLGUARD_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
 }
