@@ -3,11 +3,14 @@
 //! LFS file, not on the CDN's answer) and so the token never follows a redirect to another
 //! origin; status codes mapped to errors that say what to do; bounded retries with
 //! exponential backoff for what a retry can fix (no connection, a dropped transfer, 5xx, 429).
+//! TLS trusts the machine's CA certificates, as curl and pip do ([`root_certs`]).
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use ureq::http::{HeaderMap, Response};
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 use super::Error;
 
@@ -93,6 +96,7 @@ impl Client {
             .user_agent(concat!("vlguard-ort/", env!("CARGO_PKG_VERSION")))
             .timeout_connect(Some(policy.connect_timeout))
             .timeout_per_read(Some(policy.read_timeout))
+            .tls_config(TlsConfig::builder().root_certs(root_certs()).build())
             .build();
         Client {
             agent: ureq::Agent::new_with_config(config),
@@ -215,6 +219,29 @@ impl Client {
             }
         }
     }
+}
+
+/// The CA certificates TLS trusts: the machine's (`SSL_CERT_FILE` / `SSL_CERT_DIR`, else
+/// the system bundle), so a TLS-inspecting proxy's or an in-house index's CA works as it
+/// does for curl and pip; Mozilla's roots, built in, where the machine has none (a minimal
+/// container without ca-certificates). Read once per process.
+fn root_certs() -> RootCerts {
+    static ROOTS: OnceLock<RootCerts> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let certs: Vec<Certificate<'static>> = found
+                .certs
+                .iter()
+                .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+                .collect();
+            if certs.is_empty() {
+                RootCerts::WebPki
+            } else {
+                RootCerts::from(certs)
+            }
+        })
+        .clone()
 }
 
 pub(crate) const MAX_REDIRECTS: usize = 10;
