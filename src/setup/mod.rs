@@ -217,9 +217,13 @@ pub fn command(args: &SetupArgs) -> Result<ExitCode, SetupError> {
             source,
             args.dry_run,
         )
-        .map_err(|e| SetupError::TensorRt {
-            reason: via(e, source.setting).to_string(),
-            index: nvidia.to_string(),
+        .map_err(|e| match via(e, source.setting) {
+            // Nothing was installed: the advice about what works would not hold.
+            e if args.dry_run => e,
+            e => SetupError::TensorRt {
+                reason: e.to_string(),
+                index: nvidia.to_string(),
+            },
         })?;
     }
     if !args.dry_run {
