@@ -6,8 +6,8 @@
 //! `VLGUARD_PYPI_URL`, default https://pypi.org/simple, the same setting as pip's
 //! `--index-url`, so a mirror or private index works), which lists each file's URL and
 //! sha256; TensorRT from NVIDIA's own index (`--nvidia-index-url` /
-//! `VLGUARD_NVIDIA_INDEX_URL`), the only place its libraries are published. Downloads resume and are verified
-//! ([`install`]). The folder (default: the per-user folder,
+//! `VLGUARD_NVIDIA_INDEX_URL`), the only place its libraries are published. Downloads
+//! resume and are verified ([`install`]); `--dry-run` stops after choosing. The folder (default: the per-user folder,
 //! `$XDG_DATA_HOME/vlguard-ort` or `~/.local/share/vlguard-ort`) gets `lib/` and `gpu-site/`,
 //! the layout the library search reads ([`crate::engine::ort_lib::places`]), and
 //! `installed.json` ([`record`]), so a rerun installs nothing that is already there and
