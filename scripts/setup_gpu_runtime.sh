@@ -14,9 +14,12 @@ site="$root/.ort/gpu-site"
 stamp="$site/.installed-cu13"
 if [ ! -f "$stamp" ]; then
   echo "==> installing the CUDA 13 / cuDNN 9 runtime wheels into $site"
+  # CUDA 13.0's own versions: driver 580 (the H100s seen) supports CUDA 13.0, and NVRTC
+  # (cuDNN's runtime-compiled engines) from a later 13.x can fail on it; ~=13.0 would
+  # take runtime/NVRTC 13.5 and cuBLAS 13.10.
   python3 -m pip install --quiet --no-deps --only-binary=:all: --target "$site" \
-    'nvidia-cuda-runtime~=13.0' 'nvidia-cublas~=13.0' 'nvidia-cuda-nvrtc~=13.0' \
-    'nvidia-curand~=10.0' 'nvidia-cufft~=12.0' 'nvidia-cudnn-cu13~=9.0' 'nvidia-nvjitlink~=13.0'
+    'nvidia-cuda-runtime==13.0.*' 'nvidia-cublas==13.0.*' 'nvidia-cuda-nvrtc==13.0.*' \
+    'nvidia-curand==10.4.0.*' 'nvidia-cufft==12.0.*' 'nvidia-cudnn-cu13~=9.0' 'nvidia-nvjitlink==13.0.*'
   touch "$stamp"
 fi
 missing=0
