@@ -63,7 +63,11 @@ setup_libraries() {
   else
     echo "  no --parts: the binary and ONNX Runtime of this checkout (target/release, .ort)"
     bin="$root/target/release/vlguard-ort" tok="$root/tests/data/llama2-tokenizer/tokenizer.model"
+    [ -d "$root/.ort" ] || SETUP_SKIP_BUILD=1 "$root/scripts/setup.sh" > "$work/logs/setup.log" 2>&1
+    [ -x "$bin" ] || (cd "$root" && cargo build --release --locked -q)
     meta="$root/data/VLGuard/test.json"
+    # A clone without the gated dataset: the mini set's prompts stand in for the real ones.
+    [ -f "$meta" ] || { meta="$root/data/mini/test.json"; echo "  no data/VLGuard/test.json: the mini set's prompts instead"; }
   fi
   [ -x "$bin" ] || { echo "  missing $bin"; bin=""; return 1; }
   [ -f "$meta" ] || { echo "  missing $meta (the real test.json: vlguard-ort fetch dataset)"; return 1; }
@@ -230,7 +234,7 @@ run_7b() {
   [ "$cap" -lt 30 ] && { echo "  only $cap s left for it"; return 1; }
   local log="$work/logs/7b-$name.log" res="$work/results/7b-$name" t0 rc
   t0=$(date +%s); mem_start "$work/logs/mem-$name.log"
-  timeout "$cap" "$bin" run --model "$work/7b-$flavour" --engine "$name" "${sel[@]}" \
+  LD_LIBRARY_PATH="${cuda_ld:-}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout "$cap" "$bin" run --model "$work/7b-$flavour" --engine "$name" "${sel[@]}" \
     --meta "$work/vlguard/test.json" --images "$work/vlguard/test" --out "$res" --ep "$ep" \
     --batch-size "$bs" --batching "$batching" --max-new-tokens "$new_tokens" --fresh "${replay[@]}" > "$log" 2>&1
   rc=$?
