@@ -58,8 +58,10 @@ failed=()
 stage() {
   local name=$1 est=$2; shift 2
   echo "== $name"
-  local t0; t0=$(date +%s)
-  "$@"; local rc=$?
+  local t0 rc; t0=$(date +%s)
+  # DEVICE_CHECK_FAIL=NAME fails that stage on purpose (rehearses a broken stage).
+  if [ "${DEVICE_CHECK_FAIL:-}" = "$name" ]; then echo "  failure injected (DEVICE_CHECK_FAIL)"; rc=1
+  else "$@"; rc=$?; fi
   local dt=$(( $(date +%s) - t0 )) status=ok
   if [ "$rc" != 0 ]; then status="FAILED($rc)"; failed+=("$name"); echo "!! stage $name FAILED (exit $rc); going on"; fi
   printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$dt" "$est" >> "$stages"

@@ -97,18 +97,22 @@ mem_stop() { # log -> "peak GPU memory N MiB" / nothing
   echo "peak GPU memory $(sort -n "$1" | tail -n 1) MiB"
 }
 
-# One line per run manifest.
+# One line per run manifest, and the sum over several (the whole set: one per subset).
 summary() {
   python3 - "$@" <<'PY'
 import json, sys
+answers = tokens = seconds = 0
 for path in sys.argv[1:]:
     m = json.load(open(path)); t = m["timings"]
+    answers += m["n_generated"]; tokens += t["new_tokens"]; seconds += t["total_s"]
     print(f'  {m["subset"]} batch={m["batch_size"]} {m.get("batching", "static")} samples={m["n_generated"]} '
           f'new_tokens={t["new_tokens"]} tok/s={t["tokens_per_s"]:.1f} preprocess={t["preprocess_s"]:.2f}s '
           f'vision={t["vision_s"]:.2f}s prefill={t["prefill_s"]:.2f}s decode={t["decode_s"]:.2f}s '
           f'total={t["total_s"]:.2f}s load={t["session_load_s"]:.1f}s loop_overhead={t["loop_overhead_pct"]:.2f}% '
           f'steps={t.get("decode_steps")} occupancy={t.get("step_occupancy_pct") or 0:.1f}% '
           f'peak_rss={m.get("peak_rss_mb") or 0:.0f}MB providers={sorted(set(m["execution_providers"].values()))}')
+if len(sys.argv) > 2:
+    print(f'  all subsets: {answers} answers, {tokens} new tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):.1f} tok/s)')
 PY
 }
 
