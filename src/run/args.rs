@@ -70,8 +70,10 @@ pub struct RunArgs {
     /// would fight over the same cores).
     #[arg(long, value_enum, default_value = "auto")]
     pub vision_thread: Toggle,
-    /// Finished rows stay in the batch (computed, ignored) even on the CPU, as on a GPU:
-    /// replays the device scheduling on a machine without one (tests, debugging).
+    /// Finished rows stay in the batch (computed, ignored) even on the CPU, as on a GPU,
+    /// and prompts join busy slots through the GPU's row-copy path on host memory:
+    /// replays the device scheduling on a machine without one (tests, the device check's
+    /// rehearsal).
     #[arg(long)]
     pub keep_finished_rows: bool,
     /// Largest image file read, in bytes; a larger file (or anything that is not a
