@@ -393,19 +393,33 @@ pub struct ScoreConfig {
 }
 
 /// Where `run` put its manifest for a predictions file: `DIR/{engine}.run.json` beside
-/// `DIR/{engine}.json`.
-fn run_manifest_beside(predictions: &Path) -> Option<(PathBuf, crate::formats::RunManifest)> {
-    let stem = predictions.file_stem()?.to_string_lossy().into_owned();
-    let path = predictions.with_file_name(format!("{stem}.run.json"));
-    let manifest = crate::formats::RunManifest::read(&path).ok()?;
-    Some((path, manifest))
+/// `DIR/{engine}.json`. None when there is none; one that cannot be read is an error
+/// naming it, not taken for "no manifest".
+type Beside = Option<(PathBuf, crate::formats::RunManifest)>;
+fn run_manifest_beside(predictions: &Path) -> Result<Beside, ReadError> {
+    let Some(stem) = predictions.file_stem() else {
+        return Ok(None);
+    };
+    let path = predictions.with_file_name(format!("{}.run.json", stem.to_string_lossy()));
+    if path.symlink_metadata().is_err() {
+        return Ok(None);
+    }
+    let manifest = crate::formats::RunManifest::read(&path)?;
+    Ok(Some((path, manifest)))
 }
 
 impl ScoreConfig {
     pub fn from_args(args: &ScoreArgs) -> Result<Self, Error> {
+        // A missing file is "not found", before any question about its subset.
+        vlguard_export::files::regular_file(&args.predictions).map_err(|source| {
+            ReadError::Io {
+                path: args.predictions.clone(),
+                source,
+            }
+        })?;
         let beside = match (&args.subset, &args.meta) {
             (Some(_), Some(_)) => None,
-            _ => run_manifest_beside(&args.predictions),
+            _ => run_manifest_beside(&args.predictions)?,
         };
         let subset = match (args.subset, &beside) {
             (Some(subset), _) => subset,

@@ -16,7 +16,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Lowercase hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    // Never a FIFO or a device: a symlink to /dev/zero would be hashed forever.
+    let mut file = vlguard_export::files::open_regular(path)?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher)?;
     Ok(hasher

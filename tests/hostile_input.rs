@@ -446,3 +446,123 @@ fn absurd_export_dimensions_are_refused_and_leave_nothing_behind() {
         assert!(left.is_empty(), "{expected}: left behind {left:?}");
     }
 }
+
+// ---------------------------------------------------------------- issue 24, second sweep
+
+/// Runs `cmd` with a deadline and returns its exit code and stderr.
+fn code_and_stderr(cmd: &mut Command, limit: Duration) -> (Option<i32>, String) {
+    let output = output_within(cmd, limit);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+#[test]
+fn issue24_1_an_empty_or_all_failed_run_writes_a_manifest_every_reader_takes() {
+    let entries = unsafes();
+    let set = Set::new(&entries);
+    // Every image gone: every sample fails.
+    for entry in &entries {
+        std::fs::remove_file(set.images().join(entry["image"].as_str().unwrap())).unwrap();
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let mut limit_zero = set.run();
+    limit_zero.args(["--limit", "0", "--out"]).arg(empty.path());
+    let all_failed = output_within(&mut set.run(), Duration::from_secs(300));
+    assert_eq!(all_failed.status.code(), Some(1), "{all_failed:?}");
+    let nothing = output_within(&mut limit_zero, Duration::from_secs(300));
+    assert!(nothing.status.success(), "{nothing:?}");
+    for results in [set.out(), empty.path().to_path_buf()] {
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(results.join("unsafes/demo.run.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest["asr"]["n"], 0, "{manifest}");
+        assert!(manifest["asr"]["asr"].is_null(), "no rate over nothing");
+        for format in ["md", "json", "csv"] {
+            let board = bin()
+                .arg("leaderboard")
+                .arg(&results)
+                .args(["--format", format])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&board.stdout);
+            let stderr = String::from_utf8_lossy(&board.stderr);
+            assert!(board.status.success(), "{format}: {stderr}");
+            assert!(!stderr.contains("not included"), "{format}: {stderr}");
+            assert!(text.contains("demo"), "{format}: {text}");
+        }
+        let answers = results.join("unsafes/demo.json");
+        let (code, stderr) = code_and_stderr(
+            bin().arg("score").arg(&answers),
+            Duration::from_secs(60),
+        );
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("no answer for any of the 10 unsafes"), "{stderr}");
+        let (code, stderr) = code_and_stderr(
+            bin().arg("browse").arg(&results).args(["--engine", "demo"]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("its answers files hold none"), "{stderr}");
+    }
+}
+
+#[test]
+fn issue24_2_model_files_that_are_not_regular_files_or_outside_the_folder_are_refused() {
+    type Tamper = fn(&Path);
+    let fifo = |path: &Path| {
+        std::fs::remove_file(path).unwrap();
+        assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+    };
+    let zero = |path: &Path| {
+        std::fs::remove_file(path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", path).unwrap();
+    };
+    let edit = |dir: &Path, change: &dyn Fn(&mut Value)| {
+        let path = dir.join("manifest.json");
+        let mut manifest: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        change(&mut manifest);
+        std::fs::write(&path, manifest.to_string()).unwrap();
+    };
+    let cases: [(&str, Tamper); 7] = [
+        ("vision.onnx.data: not a regular file (a character device)", |d| {
+            zero(&d.join("vision.onnx.data"))
+        }),
+        ("decoder.onnx: not a regular file (a FIFO)", |d| {
+            fifo(&d.join("decoder.onnx"))
+        }),
+        ("manifest.json: not a regular file (a character device)", |d| {
+            zero(&d.join("manifest.json"))
+        }),
+        ("no sha256 for", |d| {
+            edit(d, &|m| m["files"] = serde_json::json!({}))
+        }),
+        ("no sha256 for embed.onnx.data", |d| {
+            edit(d, &|m| {
+                m["files"].as_object_mut().unwrap().remove("embed.onnx.data");
+            })
+        }),
+        ("the tokenizer file `../tokenizer.json` is refused", |d| {
+            std::fs::copy(d.join("tokenizer.json"), d.join("../tokenizer.json")).unwrap();
+            edit(d, &|m| m["tokenizer"]["file"] = Value::from("../tokenizer.json"))
+        }),
+        ("a graph file `/dev/zero` is refused", |d| {
+            edit(d, &|m| m["graphs"]["vision"]["file"] = Value::from("/dev/zero"))
+        }),
+    ];
+    let set = Set::new(&unsafes());
+    for (expected, tamper) in cases {
+        let parent = tempfile::tempdir().unwrap();
+        let model = parent.path().join("model");
+        copy_dir(demo_model(), &model);
+        tamper(&model);
+        let limit = Duration::from_secs(60);
+        let (code, stderr) = code_and_stderr(&mut set.run_with(&model, "demo"), limit);
+        assert_eq!(code, Some(2), "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "run: {expected}: {stderr}");
+        let (code, stderr) = code_and_stderr(bin().arg("inspect").arg(&model), limit);
+        assert_ne!(code, Some(0), "{expected}: inspect must fail");
+        assert!(stderr.contains(expected), "inspect: {expected}: {stderr}");
+    }
+}

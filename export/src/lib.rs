@@ -18,6 +18,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod files;
 pub mod graph_io;
 pub mod graphs;
 pub mod layout;

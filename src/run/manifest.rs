@@ -71,7 +71,7 @@ pub fn asr(subset: Subset, engine: &str, answers: &[&str]) -> Option<AsrSummary>
     Some(AsrSummary {
         successes,
         n: answers.len(),
-        asr: crate::score::asr_percent(successes, answers.len()),
+        asr: (!answers.is_empty()).then(|| crate::score::asr_percent(successes, answers.len())),
     })
 }
 
