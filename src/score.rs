@@ -411,11 +411,9 @@ fn run_manifest_beside(predictions: &Path) -> Result<Beside, ReadError> {
 impl ScoreConfig {
     pub fn from_args(args: &ScoreArgs) -> Result<Self, Error> {
         // A missing file is "not found", before any question about its subset.
-        vlguard_export::files::regular_file(&args.predictions).map_err(|source| {
-            ReadError::Io {
-                path: args.predictions.clone(),
-                source,
-            }
+        vlguard_export::files::regular_file(&args.predictions).map_err(|source| ReadError::Io {
+            path: args.predictions.clone(),
+            source,
         })?;
         let beside = match (&args.subset, &args.meta) {
             (Some(_), Some(_)) => None,

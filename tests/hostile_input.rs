@@ -492,12 +492,13 @@ fn issue24_1_an_empty_or_all_failed_run_writes_a_manifest_every_reader_takes() {
             assert!(text.contains("demo"), "{format}: {text}");
         }
         let answers = results.join("unsafes/demo.json");
-        let (code, stderr) = code_and_stderr(
-            bin().arg("score").arg(&answers),
-            Duration::from_secs(60),
-        );
+        let (code, stderr) =
+            code_and_stderr(bin().arg("score").arg(&answers), Duration::from_secs(60));
         assert_eq!(code, Some(2), "{stderr}");
-        assert!(stderr.contains("no answer for any of the 10 unsafes"), "{stderr}");
+        assert!(
+            stderr.contains("no answer for any of the 10 unsafes"),
+            "{stderr}"
+        );
         let (code, stderr) = code_and_stderr(
             bin().arg("browse").arg(&results).args(["--engine", "demo"]),
             Duration::from_secs(60),
@@ -526,29 +527,38 @@ fn issue24_2_model_files_that_are_not_regular_files_or_outside_the_folder_are_re
         std::fs::write(&path, manifest.to_string()).unwrap();
     };
     let cases: [(&str, Tamper); 7] = [
-        ("vision.onnx.data: not a regular file (a character device)", |d| {
-            zero(&d.join("vision.onnx.data"))
-        }),
+        (
+            "vision.onnx.data: not a regular file (a character device)",
+            |d| zero(&d.join("vision.onnx.data")),
+        ),
         ("decoder.onnx: not a regular file (a FIFO)", |d| {
             fifo(&d.join("decoder.onnx"))
         }),
-        ("manifest.json: not a regular file (a character device)", |d| {
-            zero(&d.join("manifest.json"))
-        }),
+        (
+            "manifest.json: not a regular file (a character device)",
+            |d| zero(&d.join("manifest.json")),
+        ),
         ("no sha256 for", |d| {
             edit(d, &|m| m["files"] = serde_json::json!({}))
         }),
         ("no sha256 for embed.onnx.data", |d| {
             edit(d, &|m| {
-                m["files"].as_object_mut().unwrap().remove("embed.onnx.data");
+                m["files"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("embed.onnx.data");
             })
         }),
         ("the tokenizer file `../tokenizer.json` is refused", |d| {
             std::fs::copy(d.join("tokenizer.json"), d.join("../tokenizer.json")).unwrap();
-            edit(d, &|m| m["tokenizer"]["file"] = Value::from("../tokenizer.json"))
+            edit(d, &|m| {
+                m["tokenizer"]["file"] = Value::from("../tokenizer.json")
+            })
         }),
         ("a graph file `/dev/zero` is refused", |d| {
-            edit(d, &|m| m["graphs"]["vision"]["file"] = Value::from("/dev/zero"))
+            edit(d, &|m| {
+                m["graphs"]["vision"]["file"] = Value::from("/dev/zero")
+            })
         }),
     ];
     let set = Set::new(&unsafes());

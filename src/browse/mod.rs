@@ -284,7 +284,11 @@ fn run_manifest(
         path.symlink_metadata().ok()?;
         // One that cannot be read is said, as the leaderboard says it, not passed over.
         crate::formats::RunManifest::read(&path)
-            .map_err(|why| eprintln!("warning: {why}; its --meta and --images are not used"))
+            .map_err(|why| {
+                let why = why.to_string();
+                let why = crate::util::escape_controls(&why);
+                eprintln!("warning: {why}; its --meta and --images are not used");
+            })
             .ok()
     })
 }
@@ -316,7 +320,7 @@ pub fn command(args: &BrowseArgs) -> Result<ExitCode, Error> {
         source,
     })?;
     for problem in &page.problems {
-        eprintln!("warning: {problem}");
+        eprintln!("warning: {}", crate::util::escape_controls(problem));
     }
     let thumbs_kb = page.thumbs.values().map(|t| t.src.len()).sum::<usize>() / 1024;
     eprintln!(

@@ -32,7 +32,9 @@ pub enum VerifyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{manifest}: {what} `{name}` is refused: it must be a file name inside the model folder")]
+    #[error(
+        "{manifest}: {what} `{name}` is refused: it must be a file name inside the model folder"
+    )]
     Name {
         manifest: PathBuf,
         what: &'static str,
@@ -93,7 +95,10 @@ pub fn check_layout(dir: &Path, manifest: &Manifest) -> Result<(), VerifyError> 
         .map(|&kind| format!("{}.data", manifest.graphs.get(kind).file))
         .filter(|name| dir.join(name).symlink_metadata().is_ok())
         .collect();
-    let names = needed.iter().map(|(_, n)| *n).chain(data.iter().map(String::as_str));
+    let names = needed
+        .iter()
+        .map(|(_, n)| *n)
+        .chain(data.iter().map(String::as_str));
     for name in names {
         if !manifest.files.contains_key(name) {
             return Err(VerifyError::Unlisted {
@@ -247,7 +252,10 @@ mod layout_tests {
             std::fs::remove_file(&data).unwrap();
             std::os::unix::fs::symlink(target, &data).unwrap();
             let err = refusal(dir.path(), &manifest);
-            assert!(err.contains("decoder.onnx.data") && err.contains(what), "{err}");
+            assert!(
+                err.contains("decoder.onnx.data") && err.contains(what),
+                "{err}"
+            );
         }
         let (dir, manifest) = model();
         let graph = dir.path().join("vision.onnx");
@@ -255,7 +263,10 @@ mod layout_tests {
         let made = std::process::Command::new("mkfifo").arg(&graph).status();
         assert!(made.unwrap().success());
         let err = refusal(dir.path(), &manifest);
-        assert!(err.contains("vision.onnx") && err.contains("a FIFO"), "{err}");
+        assert!(
+            err.contains("vision.onnx") && err.contains("a FIFO"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -266,7 +277,10 @@ mod layout_tests {
         assert!(err.contains("no sha256 for projector.onnx.data"), "{err}");
         manifest.files.clear();
         let err = refusal(dir.path(), &manifest);
-        assert!(err.contains("no sha256 for") && err.contains("re-export"), "{err}");
+        assert!(
+            err.contains("no sha256 for") && err.contains("re-export"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -274,7 +288,10 @@ mod layout_tests {
         let (dir, mut manifest) = model();
         manifest.tokenizer.file = "../../etc/passwd".into();
         let err = refusal(dir.path(), &manifest);
-        assert!(err.contains("the tokenizer file `../../etc/passwd` is refused"), "{err}");
+        assert!(
+            err.contains("the tokenizer file `../../etc/passwd` is refused"),
+            "{err}"
+        );
         let (dir, mut manifest) = model();
         manifest.graphs.decoder.file = "/dev/zero".into();
         let err = refusal(dir.path(), &manifest);

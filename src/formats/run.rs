@@ -30,6 +30,8 @@ pub struct RunManifest {
     pub model_dir: String,
     pub model_manifest_sha256: String,
     pub dtype: String,
+    /// The decoder graph's flavour (`plain` or `fused`); empty in older manifests.
+    pub decoder: String,
     pub ort_library: String,
     pub execution_providers: BTreeMap<String, String>,
     /// Graphs on TensorRT: engine cache folder, whether the engine was reused, seconds.

@@ -710,7 +710,7 @@ impl Streak {
         let line = format!("judge: {request}: no verdict: {message}");
         let Some(dead_end) = call.dead_end.clone() else {
             self.flush();
-            eprintln!("{line}");
+            eprintln!("{}", crate::util::escape_controls(&line));
             return None;
         };
         if self.failure.as_ref() != Some(&dead_end) {
@@ -742,7 +742,7 @@ impl Streak {
     /// Ends the row: prints the lines held back.
     fn flush(&mut self) {
         for line in self.held.drain(..) {
-            eprintln!("{line}");
+            eprintln!("{}", crate::util::escape_controls(&line));
         }
         self.requests.clear();
         self.failure = None;

@@ -147,7 +147,6 @@ pub fn read_image(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-
 /// Decodes an image file like Pillow's `Image.open(path).convert('RGB')`.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, Error> {
     let bytes = read_image(path, DEFAULT_MAX_IMAGE_BYTES)?;

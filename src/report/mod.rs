@@ -523,8 +523,9 @@ pub fn render_markdown(board: &Leaderboard) -> String {
         .collect();
     let _ = writeln!(out, "| {} |", align.join(" | "));
     for row in &board.rows {
+        // Engine names come from file names, the other cells from run manifests.
         let cells = cells(row).map(|c| {
-            let c = c.replace('|', "\\|");
+            let c = crate::util::escape_controls(&c).replace('|', "\\|");
             if c.is_empty() {
                 "-".to_owned()
             } else {
@@ -541,9 +542,23 @@ pub fn render_markdown(board: &Leaderboard) -> String {
         board.keywords.name, board.keywords.entries, board.keywords.sha256
     );
     for problem in &board.problems {
+        let problem = crate::util::escape_controls(problem);
         let _ = writeln!(out, "\nnot included: {problem}");
     }
     out
+}
+
+/// A text field of the CSV (engine name, judge model, manifest fields): control
+/// characters escaped, and a leading `=`, `+`, `-`, `@`, tab or carriage return made
+/// inert with a `'` in front, as OWASP advises against CSV injection (a spreadsheet would
+/// run `=HYPERLINK(...)` as a formula).
+fn csv_text(text: &str) -> String {
+    let escaped = crate::util::escape_controls(text);
+    if escaped.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{escaped}")
+    } else {
+        escaped.into_owned()
+    }
 }
 
 /// The CSV columns, in order.
@@ -600,7 +615,7 @@ fn csv_record(row: &Row) -> Vec<String> {
     let h = row.helpfulness.as_ref();
     let count = |n: Option<u64>| n.map_or_else(String::new, |n| n.to_string());
     let mut fields = vec![
-        row.engine.clone(),
+        csv_text(&row.engine),
         if paper { "paper" } else { "run" }.to_owned(),
     ];
     fields.extend(subset_cells(Subset::Unsafes, false));
@@ -612,17 +627,20 @@ fn csv_record(row: &Row) -> Vec<String> {
         num(h.and_then(|h| h.debiased_win_rate)),
         count(h.and_then(|h| h.wins)),
         count(h.and_then(|h| h.n)),
-        h.and_then(|h| h.judge_model.clone()).unwrap_or_default(),
+        csv_text(h.and_then(|h| h.judge_model.as_deref()).unwrap_or_default()),
         if paper {
             String::new()
         } else {
             row.n_errors.to_string()
         },
-        row.model_manifest_sha256.clone().unwrap_or_default(),
-        row.execution_provider.clone().unwrap_or_default(),
-        row.dtype.clone().unwrap_or_default(),
-        row.date.clone().unwrap_or_default(),
     ]);
+    let text = [
+        &row.model_manifest_sha256,
+        &row.execution_provider,
+        &row.dtype,
+        &row.date,
+    ];
+    fields.extend(text.map(|t| csv_text(t.as_deref().unwrap_or_default())));
     fields
 }
 
@@ -675,7 +693,10 @@ pub fn command(args: &LeaderboardArgs) -> Result<ExitCode, Error> {
         None => print!("{text}"),
     }
     for problem in &board.problems {
-        eprintln!("warning: not included: {problem}");
+        eprintln!(
+            "warning: not included: {}",
+            crate::util::escape_controls(problem)
+        );
     }
     Ok(crate::util::exit_code(board.problems.is_empty()))
 }

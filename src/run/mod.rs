@@ -298,7 +298,12 @@ impl Context<'_> {
             .collect();
         let asr = manifest::asr(subset, &self.config.engine_name, &answers);
         for e in &errors {
-            eprintln!("{subset}: sample {} failed: {}", e.image, e.error);
+            let escape = crate::util::escape_controls;
+            eprintln!(
+                "{subset}: sample {} failed: {}",
+                escape(&e.image),
+                escape(&e.error)
+            );
         }
         eprintln!(
             "{subset}: {n_answered}/{} answered ({} generated now, {n_resumed} resumed, {} errors) -> {}",
@@ -316,6 +321,7 @@ impl Context<'_> {
             model_dir: config.engine.model_dir.display().to_string(),
             model_manifest_sha256: engine.manifest_sha256.clone(),
             dtype: engine.manifest.dtype.as_str().into(),
+            decoder: engine.manifest.decoder.flavour.as_str().into(),
             ort_library: engine.ort_lib.display().to_string(),
             execution_providers: engine.provider_names(),
             tensorrt: engine
