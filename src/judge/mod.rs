@@ -400,7 +400,12 @@ fn load_items(config: &JudgeConfig) -> Result<Vec<Item>, Error> {
                 continue;
             }
         };
-        let image_path = config.images.join(image);
+        // The reference file is data: its paths stay under --images, as run's do.
+        let image_path =
+            crate::preprocess::image_under(&config.images, image).map_err(|e| Error::Shape {
+                path: config.reference.clone(),
+                reason: format!("item {index}: {e}"),
+            })?;
         let mime = mime_type(&image_path).ok_or_else(|| Error::ImageType {
             path: image_path.clone(),
         })?;
@@ -448,7 +453,7 @@ impl Item {
 /// The request body for one job, reading the image now.
 fn build_body(config: &JudgeConfig, item: &Item, order: Order) -> Result<String, String> {
     let prompt = item.prompt(order).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(&item.image_path)
+    let bytes = vlguard_export::files::read_regular(&item.image_path)
         .map_err(|e| format!("cannot read image {}: {e}", item.image_path.display()))?;
     let data_url = format!(
         "data:{};base64,{}",
