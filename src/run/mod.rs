@@ -156,6 +156,18 @@ fn run_subset(
         dataset_sha256: cx.dataset.sha256.clone(),
     };
     let (journal, entries) = Journal::open(&paths, lock, &fingerprint, cx.config.fresh)?;
+    for (file, backup) in journal.kept() {
+        let why = if cx.config.fresh {
+            "--fresh"
+        } else {
+            "an answers file with no journal beside it (not written by this tool, or its journal is gone)"
+        };
+        eprintln!(
+            "{subset}: {why}: kept {} as {}",
+            file.display(),
+            backup.display()
+        );
+    }
     let (pending, questions) = cx.pending(&samples, &entries);
     let n_resumed = samples.len() - pending.len();
     if n_resumed > 0 {
