@@ -78,22 +78,17 @@ pub fn command(args: &MergeArgs) -> Result<ExitCode, Error> {
 
 /// The shard files of `engine` in `dir`: (K, N, path), sorted.
 fn shard_files(dir: &Path, engine: &str) -> std::io::Result<Vec<(usize, usize, PathBuf)>> {
-    let prefix = format!("{engine}.shard-");
     let mut shards = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        let Some(rest) = name
-            .strip_prefix(&prefix)
-            .and_then(|r| r.strip_suffix(".json"))
-        else {
+        let Some(stem) = name.strip_suffix(".json") else {
             continue;
         };
-        let Some((k, n)) = rest.split_once("-of-") else {
-            continue;
-        };
-        if let (Ok(k), Ok(n)) = (k.parse::<usize>(), n.parse::<usize>()) {
-            shards.push((k, n, dir.join(name.as_ref())));
+        if let Some((of, k, n)) = crate::run::Shard::split_engine_name(stem) {
+            if of == engine {
+                shards.push((k, n, dir.join(name.as_ref())));
+            }
         }
     }
     shards.sort();

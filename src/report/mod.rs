@@ -261,7 +261,8 @@ pub fn collect(results: &Path, with_paper: bool) -> Result<Leaderboard, Error> {
 }
 
 /// `{engine}.json` is a predictions file; `{engine}.run.json`, `{engine}.summary.json`,
-/// journals and hidden temporary files are not.
+/// journals, hidden temporary files and the shards of a `--shard` run (part of one
+/// engine, `merge` joins them) are not.
 fn predictions_engine(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     let engine = name.strip_suffix(".json")?;
@@ -269,6 +270,7 @@ fn predictions_engine(path: &Path) -> Option<String> {
         || name.starts_with('.')
         || engine.ends_with(".run")
         || engine.ends_with(".summary")
+        || crate::run::Shard::split_engine_name(engine).is_some()
         || !path.is_file()
     {
         return None;
@@ -744,6 +746,7 @@ mod tests {
             "e.summary.json",
             ".e.json.tmp1",
             "e.jsonl",
+            "e.shard-1-of-2.json",
         ] {
             std::fs::write(dir.path().join(name), "{}").expect("write");
         }
@@ -753,6 +756,7 @@ mod tests {
             "e.summary.json",
             ".e.json.tmp1",
             "e.jsonl",
+            "e.shard-1-of-2.json",
         ]
         .iter()
         .filter_map(|n| predictions_engine(&dir.path().join(n)))

@@ -134,6 +134,13 @@ impl Shard {
     pub fn engine_name(self, engine: &str) -> String {
         format!("{engine}.shard-{}-of-{}", self.k, self.n)
     }
+
+    /// The inverse of [`Shard::engine_name`]: `(engine, K, N)` of `engine.shard-K-of-N`.
+    pub fn split_engine_name(name: &str) -> Option<(&str, usize, usize)> {
+        let (engine, rest) = name.rsplit_once(".shard-")?;
+        let (k, n) = rest.split_once("-of-")?;
+        Some((engine, k.parse().ok()?, n.parse().ok()?))
+    }
 }
 
 /// `--shard`: a given part, or the scheduler's.
@@ -263,17 +270,25 @@ impl RunConfig {
             return Err(Error::Model(model));
         }
         if !args.images.is_dir() {
-            return Err(Error::Images(args.images.clone()));
+            return Err(match args.images.exists() {
+                true => Error::ImagesNotDir(args.images.clone()),
+                false => Error::Images(args.images.clone()),
+            });
         }
         let engine_name = match &args.engine {
             Some(name) => name.clone(),
             None => {
                 let dir = std::fs::canonicalize(&model).unwrap_or_else(|_| model.clone());
-                let name = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "model".into());
-                parse_engine_name(&name).map_err(Error::EngineName)?
+                let name = dir.file_name().unwrap_or("model".as_ref());
+                // Lossy names would collide: two folders whose names are not UTF-8 both
+                // became `\u{fffd}` and wrote the same results file.
+                let name = name.to_str().ok_or_else(|| {
+                    Error::EngineName(format!(
+                        "engine name `{}` is refused: the model folder's name is not UTF-8",
+                        name.to_string_lossy()
+                    ))
+                })?;
+                parse_engine_name(name).map_err(Error::EngineName)?
             }
         };
         Ok(RunConfig {

@@ -44,6 +44,10 @@ pub enum Error {
     MaxTokens,
     #[error("image folder {0} does not exist (fetch the dataset with `vlguard-ort fetch dataset`, or pass --images)")]
     Images(PathBuf),
+    #[error(
+        "--images {0} is not a folder (it names the folder test.json's image paths are under)"
+    )]
+    ImagesNotDir(PathBuf),
     #[error("model directory {0} has no manifest.json (export one with `vlguard-ort export`)")]
     Model(PathBuf),
     #[error("--batching continuous needs a model exported with --decoder fused ({0} has the plain decoder, or no CUDA runtime to refill slots on the GPU)")]
