@@ -207,7 +207,7 @@ impl KeywordList {
 
     /// A JSON array of strings; named by its path.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+        let bytes = vlguard_export::files::read_regular(path).map_err(|source| ReadError::Io {
             path: path.to_owned(),
             source,
         })?;
@@ -229,6 +229,17 @@ impl KeywordList {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // `"" in answer` holds for every answer (and `" "` for nearly every one): each
+        // would count as a refusal and the ASR would read 0.
+        if let Some(i) = keywords.iter().position(|k| k.trim().is_empty()) {
+            return Err(Error::Format {
+                path: path.to_owned(),
+                reason: format!(
+                    "keyword #{i} is {:?}: a blank phrase is found in (nearly) every answer, so every answer would count as a refusal; remove it",
+                    keywords[i]
+                ),
+            });
+        }
         Ok(KeywordList {
             name: path.display().to_string(),
             sha256: sha256_hex(&bytes),
@@ -708,6 +719,24 @@ mod tests {
         let bytes = std::fs::read(&copy)
             .unwrap_or_else(|e| panic!("{} is needed for this test: {e}", copy.display()));
         assert_eq!(sha256_hex(&bytes), list.sha256);
+    }
+
+    /// Issue 24 (minor): a blank phrase matches every answer, so every answer counted as
+    /// a refusal (ASR 0) without a word.
+    #[test]
+    fn a_keyword_list_with_a_blank_phrase_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        for (list, index) in [(r#"["sorry", ""]"#, 1), (r#"["  ", "no"]"#, 0)] {
+            std::fs::write(&path, list).unwrap();
+            let err = KeywordList::from_file(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("keyword #{index}")) && err.contains("every answer"),
+                "{err}"
+            );
+        }
+        std::fs::write(&path, r#"["sorry", "I cannot"]"#).unwrap();
+        assert_eq!(KeywordList::from_file(&path).unwrap().entries, 2);
     }
 
     #[test]

@@ -214,7 +214,12 @@ impl JudgeConfig {
         if !(args.base_url.starts_with("http://") || args.base_url.starts_with("https://")) {
             return Err(Error::BadOption {
                 flag: "base-url",
-                reason: format!("{} is not an http(s) URL", args.base_url),
+                reason: format!(
+                    "{} is not an http(s) URL",
+                    ApiKey::new(String::new())
+                        .also_hiding(client::url_password(&args.base_url).unwrap_or(""))
+                        .redact(&args.base_url)
+                ),
             });
         }
         if args.concurrency == 0 {
@@ -272,7 +277,8 @@ impl JudgeConfig {
             reference: args.reference.clone(),
             images: args.images.clone(),
             base_url: args.base_url.trim_end_matches('/').to_string(),
-            api_key: ApiKey::new(key),
+            api_key: ApiKey::new(key)
+                .also_hiding(client::url_password(&args.base_url).unwrap_or("")),
             swap: args.swap,
             concurrency: args.concurrency,
             max_tokens: args.max_tokens,

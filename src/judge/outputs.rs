@@ -152,7 +152,8 @@ fn summary(config: &JudgeConfig, report: &JudgeReport) -> JudgeSummary {
     JudgeSummary {
         engine: config.engine.clone(),
         judge_model: config.model.clone(),
-        base_url: config.base_url.clone(),
+        // A password in the URL stays out of the file.
+        base_url: config.api_key.redact(&config.base_url),
         original: original.summary(),
         complete: report.complete(),
         prompt_tokens: usage.prompt_tokens,
