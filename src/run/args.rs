@@ -263,10 +263,9 @@ impl RunConfig {
             return Err(Error::MaxTokens);
         }
         let model = args.model.clone();
-        if !model
-            .join(vlguard_export::manifest::MANIFEST_FILE)
-            .is_file()
-        {
+        // Missing: the export's hint; there but not a regular file: the load says what
+        // it is (it reads regular files only).
+        if !model.join(vlguard_export::manifest::MANIFEST_FILE).exists() {
             return Err(Error::Model(model));
         }
         if !args.images.is_dir() {
