@@ -163,8 +163,11 @@ pub fn merge_shards(
     Ok(merged)
 }
 
+/// A run manifest field as text.
+type Field = fn(&RunManifest) -> String;
+
 /// The run manifest fields that change answers, by name.
-const SETTINGS: [(&str, fn(&RunManifest) -> String); 7] = [
+const SETTINGS: [(&str, Field); 7] = [
     ("model (manifest sha256)", |m| {
         m.model_manifest_sha256.clone()
     }),

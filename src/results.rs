@@ -570,7 +570,8 @@ mod tests {
         std::fs::write(&victim, "precious").unwrap();
         let paths = Paths::new(dir.path(), "s", "e");
         std::fs::create_dir_all(paths.lock.parent().unwrap()).unwrap();
-        let plant: [(&str, &dyn Fn(&Path)); 4] = [
+        type Plant<'a> = &'a dyn Fn(&Path);
+        let plant: [(&str, Plant); 4] = [
             ("a symbolic link", &|l| {
                 std::os::unix::fs::symlink(&victim, l).unwrap()
             }),
