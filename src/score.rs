@@ -698,7 +698,8 @@ pub fn command(args: &ScoreArgs) -> Result<ExitCode, Error> {
     if args.json {
         println!("{}", crate::util::to_python_json(&report, 2)?);
     } else {
-        print!("{}", render_text(&report));
+        // Image paths, categories and errors come from the files read: escaped.
+        print!("{}", crate::util::escape_lines(&render_text(&report)));
     }
     Ok(crate::util::exit_code(report.n_errors == 0))
 }

@@ -34,6 +34,12 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// [`escape_controls`] on each line of a multi-line text (a report), its line breaks kept.
+pub fn escape_lines(text: &str) -> String {
+    let lines: Vec<std::borrow::Cow<'_, str>> = text.split('\n').map(escape_controls).collect();
+    lines.join("\n")
+}
+
 /// Lowercase hex sha256 of a byte slice.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -282,6 +288,7 @@ mod tests {
             escape_controls(hostile),
             "\\u{1b}]0;PWNED\\u{7}\\u{1b}[2Jimg\\u{a}error: x\\u{202e}gnp.exe\\u{9b}"
         );
+        assert_eq!(escape_lines("a\u{7}\nb\n"), "a\\u{7}\nb\n");
         let plain = "caf\u{e9} \u{5199}\u{771f}/a b.png";
         assert!(matches!(escape_controls(plain), std::borrow::Cow::Borrowed(p) if p == plain));
     }

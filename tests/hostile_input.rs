@@ -748,6 +748,15 @@ fn issue24_10_control_characters_never_reach_the_terminal() {
             );
         }
     }
+    // The score report lists the run's errors, hostile image paths among them.
+    let report = bin()
+        .arg("score")
+        .arg(set.out().join("unsafes/demo.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&report.stdout);
+    clean(&stdout, "score report");
+    assert!(stdout.contains("\\u{1b}]0;PWNED"), "{stdout}");
     // A run error whose text quotes a file name (the whole message is escaped).
     let (code, stderr) = code_and_stderr(
         bin()
