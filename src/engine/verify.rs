@@ -123,7 +123,7 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> Result<(), VerifyError> {
 /// Checks every file of `files` (name -> sha256) in `dir` against its hash.
 fn hash_files(dir: &Path, files: &BTreeMap<String, String>) -> Result<(), VerifyError> {
     let memory_path = dir.join(MEMORY_FILE);
-    let memory: BTreeMap<String, Seen> = std::fs::read(&memory_path)
+    let memory: BTreeMap<String, Seen> = vlguard_export::files::read_regular(&memory_path)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
