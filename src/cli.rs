@@ -19,7 +19,9 @@ pub struct Cli {
 pub enum Command {
     /// Export a LLaVA-1.5 checkpoint and its CLIP tower to a model directory of ONNX graphs.
     Export(crate::export_cmd::ExportArgs),
-    /// Print a model directory's manifest and every graph's inputs and outputs.
+    /// Check a model directory: print its manifest and every graph's inputs and outputs,
+    /// test the manifest's fields against their bounds and the graphs, and list what
+    /// TensorRT's ONNX parser would not take (exit 1 when a field cannot be right).
     Inspect(crate::inspect::InspectArgs),
     /// Run the VLGuard evaluation: answers for a test subset, written like the reference.
     Run(crate::run::RunArgs),
@@ -37,4 +39,17 @@ pub enum Command {
     Fetch(crate::fetch::FetchArgs),
     /// From a model name (or Hub repo id) to a model directory: fetch, then export.
     Prepare(crate::prepare::PrepareArgs),
+    /// VLGuard's train.json in LLaVA's fine-tuning format, byte for byte as VLGuard's
+    /// convert_to_llava_format.py writes it.
+    ///
+    /// The output is the `--data_path` of LLaVA's fine-tuning scripts (train.py, e.g. via
+    /// scripts/v1_5/finetune.sh; VLGuard's README uses the same file for MiniGPT-v2), the first step of
+    /// VLGuard's safety fine-tuning: each item keeps its fields, and its `instr-resp` becomes
+    /// `conversations` (human/gpt turns, `<image>` before the first question; of a safe
+    /// image's two pairs a seeded shuffle picks which comes first, as the script's
+    /// `random.seed(0)` does). Each item's `image` stays relative to the `train/` folder
+    /// that `fetch dataset --with-train` unpacks: give LLaVA `--image_folder
+    /// data/VLGuard/train`. Input the script would fail on is refused with the item's index
+    /// and id, and nothing is written.
+    Convert(crate::convert::ConvertArgs),
 }

@@ -8,6 +8,7 @@
 
 pub mod browse;
 pub mod cli;
+pub mod convert;
 pub mod dataset;
 pub mod engine;
 pub mod export_cmd;

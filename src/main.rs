@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Judge(args) => vlguard_ort::judge::command(&args).map_err(Into::into),
         Command::Fetch(args) => vlguard_ort::fetch::command(&args).map_err(Into::into),
         Command::Prepare(args) => vlguard_ort::prepare::command(&args).map_err(Into::into),
+        Command::Convert(args) => vlguard_ort::convert::command(&args).map_err(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -406,8 +406,8 @@ pub struct ScoreConfig {
 /// Where `run` put its manifest for a predictions file: `DIR/{engine}.run.json` beside
 /// `DIR/{engine}.json`. None when there is none; one that cannot be read is an error
 /// naming it, not taken for "no manifest".
-type Beside = Option<(PathBuf, crate::formats::RunManifest)>;
-fn run_manifest_beside(predictions: &Path) -> Result<Beside, ReadError> {
+pub type Beside = Option<(PathBuf, crate::formats::RunManifest)>;
+pub fn run_manifest_beside(predictions: &Path) -> Result<Beside, ReadError> {
     let Some(stem) = predictions.file_stem() else {
         return Ok(None);
     };

@@ -308,3 +308,35 @@ fn a_server_message_with_control_characters_is_shown_escaped() {
     assert!(stderr.contains("down \\u{1b}]0;PWNED\\u{7}"), "{stderr}");
     assert!(stderr.contains("bad \\u{1b}]0;PWNED\\u{7}"), "{stderr}");
 }
+
+#[test]
+fn a_closed_port_says_so_on_every_retry_before_it_stops() {
+    // Retrying a connection that is refused used to be silent for minutes (8 retries,
+    // backoff up to 60 s); each failed try that will be retried now prints one line.
+    let (dir, _) = workdir(Some(4));
+    let unused = wins_if_marked();
+    let base = chat_server::closed_port_url();
+    let mut flags = vec!["--base-url", &base];
+    flags.extend(chat_server::GIVE_UP_FAST);
+    let output = judge(dir.path(), &unused, &flags).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    let retries: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(": try ") && l.contains(" failed: cannot connect to "))
+        .collect();
+    assert_eq!(retries.len(), 2, "stderr: {stderr}");
+    assert!(retries[0].starts_with("judge: "), "{stderr}");
+    assert!(
+        retries[0].contains("(original): try 1 of 3 failed"),
+        "{stderr}"
+    );
+    assert!(retries[0].ends_with("; try 2 of 3 in 10ms"), "{stderr}");
+    assert!(retries[1].ends_with("; try 3 of 3 in 20ms"), "{stderr}");
+    assert!(
+        stderr.contains("error: judge stopped: cannot connect to"),
+        "{stderr}"
+    );
+    assert!(unused.requests().is_empty());
+    assert!(!stderr.contains(KEY));
+}

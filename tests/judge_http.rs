@@ -621,11 +621,6 @@ fn invalid_model_name_stops_the_run_and_keeps_the_verdicts() {
 
 #[test]
 fn a_closed_port_stops_after_the_first_request() {
-    // A port that was free a moment ago: every connection is refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
     let dir = tempfile::tempdir().unwrap();
     let paths = synthetic(dir.path(), 6, |i| format!("P{i}"));
     let out = dir.path().join("out/model-x.json");
@@ -633,20 +628,10 @@ fn a_closed_port_stops_after_the_first_request() {
         "vlguard-ort".to_string(),
         "judge".into(),
         "--base-url".into(),
-        format!("http://127.0.0.1:{port}/v1"),
+        chat_server::closed_port_url(),
     ];
     argv.extend(synthetic_args(&paths, &out).iter().map(|s| s.to_string()));
-    argv.extend(
-        [
-            "--concurrency",
-            "1",
-            "--retries",
-            "2",
-            "--backoff-base",
-            "0.01",
-        ]
-        .map(String::from),
-    );
+    argv.extend(chat_server::GIVE_UP_FAST.map(String::from));
     let Command::Judge(args) = Cli::try_parse_from(argv).unwrap().command else {
         panic!("not the judge command")
     };

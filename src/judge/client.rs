@@ -196,14 +196,41 @@ impl Client {
     }
 
     /// Sends `body` until it gets an answer, retries run out, or `stop` is raised (then
-    /// the answer is an error saying so).
-    pub fn call(&self, body: &str, stop: &AtomicBool) -> Result<CallResult, Fatal> {
+    /// the answer is an error saying so). Each failed try that will be retried prints one
+    /// line naming `request` (the item and seat), so a long backoff is never silent.
+    pub fn call(&self, request: &str, body: &str, stop: &AtomicBool) -> Result<CallResult, Fatal> {
+        self.call_checked(request, body, stop, &|_| Ok(()))
+    }
+
+    /// [`Client::call`], where a reply's content must also pass `readable`: a reply it
+    /// refuses (`Err(why)`) is retried like a malformed body, and after the last retry the
+    /// answer is an error saying why, never the reply.
+    pub fn call_checked(
+        &self,
+        request: &str,
+        body: &str,
+        stop: &AtomicBool,
+        readable: &dyn Fn(Option<&str>) -> Result<(), String>,
+    ) -> Result<CallResult, Fatal> {
         let mut retries = 0u32;
         // The failure every try so far has met when none reached the server.
         let mut unreached: Option<String> = None;
         loop {
             let attempts = retries + 1;
-            let (reason, hint) = match self.attempt(body) {
+            let step = match self.attempt(body) {
+                Step::Done(Answer::Reply { content, usage }) => {
+                    match readable(content.as_deref()) {
+                        Ok(()) => Step::Done(Answer::Reply { content, usage }),
+                        Err(why) => Step::Retry {
+                            reason: why,
+                            hint: None,
+                            no_connection: false,
+                        },
+                    }
+                }
+                step => step,
+            };
+            let (reason, hint) = match step {
                 Step::Done(answer) => {
                     return Ok(CallResult {
                         answer,
@@ -250,6 +277,12 @@ impl Client {
                 });
             }
             let delay = self.policy.delay(retries, hint);
+            if !stop.load(Ordering::Relaxed) {
+                let tries = self.policy.max_retries.saturating_add(1);
+                let line = retry_line(request, attempts, tries, &reason, delay);
+                let line = self.key.redact(&line);
+                eprintln!("{}", crate::util::escape_controls(&line));
+            }
             if !sleep_unless_stopped(delay, stop) {
                 let message = self
                     .key
@@ -391,6 +424,15 @@ fn snippet(text: &str) -> String {
     s
 }
 
+/// The line printed when try `attempt` of `tries` for `request` failed with `reason` and
+/// the next one follows after `delay` (worded as fetch's retry line).
+fn retry_line(request: &str, attempt: u32, tries: u32, reason: &str, delay: Duration) -> String {
+    format!(
+        "judge: {request}: try {attempt} of {tries} failed: {reason}; try {} of {tries} in {delay:?}",
+        attempt + 1
+    )
+}
+
 /// The server's wait hint: `retry-after-ms` (OpenAI), else `Retry-After` as seconds or an
 /// HTTP date (RFC 9110 IMF-fixdate); then the same two under LiteLLM's `llm_provider-`
 /// prefix (a LiteLLM proxy passes the upstream provider's headers on that way). The first
@@ -528,6 +570,22 @@ mod tests {
         // The proxy's own header comes first.
         h.insert("retry-after", "3".parse().unwrap());
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn retry_line_names_the_request_the_try_and_the_wait() {
+        let line = retry_line(
+            "img/a.png (original)",
+            1,
+            9,
+            "cannot connect to http://127.0.0.1:9/v1/chat/completions: Connection refused",
+            Duration::from_secs(2),
+        );
+        assert_eq!(
+            line,
+            "judge: img/a.png (original): try 1 of 9 failed: cannot connect to \
+             http://127.0.0.1:9/v1/chat/completions: Connection refused; try 2 of 9 in 2s"
+        );
     }
 
     #[test]

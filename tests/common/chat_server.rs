@@ -70,6 +70,26 @@ pub enum Reply {
     Hangup,
 }
 
+/// A base URL on a port that was free a moment ago: every connection to it is refused.
+pub fn closed_port_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port();
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+/// Judge flags that make a refused connection give up fast: one request at a time, two
+/// retries, 10 ms then 20 ms of backoff.
+pub const GIVE_UP_FAST: [&str; 6] = [
+    "--concurrency",
+    "1",
+    "--retries",
+    "2",
+    "--backoff-base",
+    "0.01",
+];
+
 /// A 200 chat completion whose message content is `content`, with usage 100 + 1 tokens.
 pub fn completion(content: &str) -> Reply {
     Reply::Http {
