@@ -36,7 +36,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", error_chain(err.as_ref()));
+            // Messages quote file contents, file names and server replies: escaped.
+            let message = error_chain(err.as_ref());
+            eprintln!("error: {}", vlguard_ort::util::escape_controls(&message));
             ExitCode::from(2)
         }
     }

@@ -155,7 +155,7 @@ impl Engine {
     pub fn open(options: &EngineOptions) -> Result<Engine, Error> {
         let (manifest, bytes) = Manifest::load(&options.model_dir)?;
         check_fields(&options.model_dir, validate::bounds(&manifest))?;
-        verify::verify(&options.model_dir, &manifest.files)?;
+        verify::verify(&options.model_dir, &manifest)?;
         let manifest_sha256 = crate::util::sha256_hex(&bytes);
         let (lib, env) = ort_lib::environment(options.ort_lib.as_deref())?;
         // TensorRT may run: sessions get the engine folder keyed by model, GPU and
