@@ -36,9 +36,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            // Messages quote file contents, file names and server replies: escaped.
+            // Messages quote file contents, file names and server replies: escaped, line by
+            // line (a message of several lines, such as the places searched for ONNX
+            // Runtime, keeps its line breaks; a line break cannot drive the terminal).
             let message = error_chain(err.as_ref());
-            eprintln!("error: {}", vlguard_ort::util::escape_controls(&message));
+            eprintln!("error: {}", vlguard_ort::util::escape_lines(&message));
             ExitCode::from(2)
         }
     }
