@@ -39,4 +39,7 @@ pub enum Command {
     Fetch(crate::fetch::FetchArgs),
     /// From a model name (or Hub repo id) to a model directory: fetch, then export.
     Prepare(crate::prepare::PrepareArgs),
+    /// A table of models in one resumable command: prepare or export, run, score, judge
+    /// each, then one leaderboard beside the paper's numbers (--dry-run: the status).
+    Reproduce(crate::reproduce::ReproduceArgs),
 }

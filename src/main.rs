@@ -29,28 +29,13 @@ fn main() -> ExitCode {
         Command::Judge(args) => vlguard_ort::judge::command(&args).map_err(Into::into),
         Command::Fetch(args) => vlguard_ort::fetch::command(&args).map_err(Into::into),
         Command::Prepare(args) => vlguard_ort::prepare::command(&args).map_err(Into::into),
+        Command::Reproduce(args) => vlguard_ort::reproduce::command(&args).map_err(Into::into),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", error_chain(err.as_ref()));
+            eprintln!("error: {}", vlguard_ort::util::error_chain(err.as_ref()));
             ExitCode::from(2)
         }
     }
-}
-
-/// The error and its causes, each cause added only when the message above it does not
-/// already quote it (many messages embed their source's text).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
