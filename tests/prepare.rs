@@ -14,42 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use hub_server::{Faults, HubServer, Repo, RepoFile};
-
-const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
-
-/// Every file of `dir` as a repo; weights and tokenizer files as LFS (as on the Hub).
-fn repo_of(id: &str, dir: &Path, extra: &[(&str, &[u8])]) -> Repo {
-    let mut files: Vec<RepoFile> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            let path = p.file_name().unwrap().to_string_lossy().into_owned();
-            let lfs = [".bin", ".safetensors", ".model", ".h5"]
-                .iter()
-                .any(|x| path.ends_with(x));
-            RepoFile {
-                bytes: std::fs::read(&p).unwrap(),
-                path,
-                lfs,
-            }
-        })
-        .collect();
-    for (path, bytes) in extra {
-        files.push(RepoFile {
-            path: path.to_string(),
-            bytes: bytes.to_vec(),
-            lfs: true,
-        });
-    }
-    Repo {
-        kind: "models",
-        id: id.into(),
-        commit: COMMIT.into(),
-        files,
-    }
-}
+use hub_server::{repo_of, Faults, HubServer};
 
 fn fixture(name: &str) -> PathBuf {
     repo().join("tests/data/checkpoints").join(name)

@@ -234,7 +234,10 @@ impl Settings {
             dtype,
             decoder: flavour,
             judge_model: args.judge_model.clone(),
-            judge_base_url: args.judge_model.as_ref().map(|_| args.judge_base_url.clone()),
+            judge_base_url: args
+                .judge_model
+                .as_ref()
+                .map(|_| args.judge_base_url.clone()),
             judge_swap: args.judge_swap,
             keep_models: !args.delete_models_after,
         };
@@ -331,7 +334,10 @@ pub fn command(args: &ReproduceArgs) -> Result<ExitCode, Error> {
         print!("{table}");
         return Ok(ExitCode::SUCCESS);
     }
-    eprint!("reproduce: {} model(s), status at start:\n{table}", models.len());
+    eprint!(
+        "reproduce: {} model(s), status at start:\n{table}",
+        models.len()
+    );
     let weights_lock = Mutex::new(());
     let outcomes = devices::each_on_devices(models.len(), &args.devices.0, |i, device| {
         let result = stages::process(&settings, &models[i], device, &weights_lock)

@@ -192,7 +192,9 @@ fn entry_model(entry: EntryToml, folder: &Path, defaults: Defaults) -> Result<Mo
     let within = |p: PathBuf| if p.is_absolute() { p } else { folder.join(p) };
     let (source, default_name) = match (entry.prepare, entry.checkpoint) {
         (Some(_), Some(_)) => return Err("give `prepare` or `checkpoint`, not both".into()),
-        (None, None) => return Err("no source: give `prepare = \"NAME\"` or `checkpoint = \"DIR\"`".into()),
+        (None, None) => {
+            return Err("no source: give `prepare = \"NAME\"` or `checkpoint = \"DIR\"`".into())
+        }
         (Some(prepare), None) => {
             if entry.vision_tower.is_some() {
                 return Err("`vision_tower` goes with `checkpoint`; `prepare` fetches the tower its config names".into());
@@ -289,7 +291,10 @@ mod tests {
             .filter(|m| m.paper.is_some())
             .map(|m| m.name.as_str())
             .collect();
-        assert_eq!(with_paper, ["llava15-7b", "llava15-7b-mixed", "llava15-13b"]);
+        assert_eq!(
+            with_paper,
+            ["llava15-7b", "llava15-7b-mixed", "llava15-13b"]
+        );
     }
 
     #[test]
@@ -338,7 +343,10 @@ paper = "LLaVA-v1.5-7B"
                 "[[model]]\nprepare = \"a/b\"\n[[model]]\nprepare = \"c/b\"\n",
                 "entry 2 (c/b): the name b is used twice",
             ),
-            ("[[model]]\ncheckpoint = \"x\"\nname = \"../x\"\n", "refused"),
+            (
+                "[[model]]\ncheckpoint = \"x\"\nname = \"../x\"\n",
+                "refused",
+            ),
             ("[[model]]\nprepare = \"a/b\"\npaper = \"GPT\"\n", "paper"),
             ("", "no [[model]] entry"),
         ] {

@@ -181,9 +181,11 @@ fn weights(settings: &Settings, model: &Model) -> Result<bool, StageError> {
             // rerun after a kill fetches the same files it started on).
             let commit = match SourceRecord::read(settings, model).and_then(|r| r.commit) {
                 Some(commit) => commit,
-                None => hub(settings)?
-                    .list(fetch::RepoKind::Model, repo, revision)?
-                    .commit,
+                None => {
+                    hub(settings)?
+                        .list(fetch::RepoKind::Model, repo, revision)?
+                        .commit
+                }
             };
             record_source(settings, model, Some(&commit))?;
             let args = crate::prepare::PrepareArgs {
@@ -280,7 +282,10 @@ fn remove_stale_staging(dir: &Path) {
             pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
         });
         if !alive && std::fs::remove_dir_all(entry.path()).is_ok() {
-            eprintln!("reproduce: removed {} (a killed export's)", entry.path().display());
+            eprintln!(
+                "reproduce: removed {} (a killed export's)",
+                entry.path().display()
+            );
         }
     }
 }

@@ -22,7 +22,10 @@ use super::Settings;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
     Done,
-    Partial { done: usize, total: usize },
+    Partial {
+        done: usize,
+        total: usize,
+    },
     Pending,
     /// Not asked for (no judge configured), or not needed (every run done, model folder
     /// deleted).
@@ -82,7 +85,10 @@ pub fn score_path(settings: &Settings, model: &Model, subset: Subset) -> PathBuf
 
 /// The judge output `OUT/judge/NAME.json` (its summary is what `leaderboard` reads).
 pub fn judge_out(settings: &Settings, model: &Model) -> PathBuf {
-    settings.out.join("judge").join(format!("{}.json", model.name))
+    settings
+        .out
+        .join("judge")
+        .join(format!("{}.json", model.name))
 }
 
 pub fn status(settings: &Settings, model: &Model) -> ModelStatus {

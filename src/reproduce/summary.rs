@@ -138,6 +138,13 @@ this tool and are not shown.";
 
 pub fn comparison_markdown(comparisons: &[Comparison]) -> String {
     let mut out = String::from("\n## Beside the paper\n\n");
+    if comparisons.is_empty() {
+        let _ = writeln!(
+            out,
+            "No model of this table has a published row.\n\n{PAPER_NOTE}"
+        );
+        return out;
+    }
     let _ = writeln!(out, "| {} |", COMPARISON_COLUMNS.join(" | "));
     let _ = writeln!(out, "|---|---|---:|---|---:|---|");
     for c in comparisons {
@@ -207,9 +214,9 @@ pub fn write_leaderboard(
         Err(report::Error::Empty(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    board.rows.retain(|r| {
-        r.source == RowSource::Paper || models.iter().any(|m| m.name == r.engine)
-    });
+    board
+        .rows
+        .retain(|r| r.source == RowSource::Paper || models.iter().any(|m| m.name == r.engine));
     if !board.rows.iter().any(|r| r.source == RowSource::Run) {
         return Ok(None);
     }

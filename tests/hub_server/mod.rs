@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
@@ -424,5 +425,41 @@ fn route(req: &Request, listener: &'static str, inner: &Arc<Mutex<Inner>>) -> Re
         serve_bytes(req, &mut inner, &file, &bytes)
             .header("ETag", format!("\"{etag}\""))
             .header("X-Repo-Commit", commit)
+    }
+}
+
+/// The commit every repo of [`repo_of`] is served at.
+pub const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+/// Every file of `dir` as a repo; weights and tokenizer files as LFS (as on the Hub).
+pub fn repo_of(id: &str, dir: &Path, extra: &[(&str, &[u8])]) -> Repo {
+    let mut files: Vec<RepoFile> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let path = p.file_name().unwrap().to_string_lossy().into_owned();
+            let lfs = [".bin", ".safetensors", ".model", ".h5"]
+                .iter()
+                .any(|x| path.ends_with(x));
+            RepoFile {
+                bytes: std::fs::read(&p).unwrap(),
+                path,
+                lfs,
+            }
+        })
+        .collect();
+    for (path, bytes) in extra {
+        files.push(RepoFile {
+            path: path.to_string(),
+            bytes: bytes.to_vec(),
+            lfs: true,
+        });
+    }
+    Repo {
+        kind: "models",
+        id: id.into(),
+        commit: COMMIT.into(),
+        files,
     }
 }
