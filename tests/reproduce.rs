@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hub_server::{repo_of, Faults, HubServer, COMMIT};
+use hub_server::{model_hub, Faults, COMMIT};
 
 const SUBSETS: [&str; 3] = ["unsafes", "safe_unsafes", "safe_safes"];
 
@@ -260,39 +260,13 @@ fn devices_share_the_models_and_finished_models_are_deleted() {
     assert!(text(&again.stdout).contains("not needed"));
 }
 
-/// The stand-in Hub serves three of table2's repos (and the base and tower they name).
-fn hub() -> HubServer {
-    HubServer::start(
-        vec![
-            repo_of(
-                "ys-zong/llava-v1.5-7b-Mixed",
-                &demo_src("llava-v1.5-tiny"),
-                &[],
-            ),
-            repo_of(
-                "openai/clip-vit-large-patch14-336",
-                &demo_src("clip-vit-tiny-patch14-336"),
-                &[],
-            ),
-            repo_of(
-                "ys-zong/llava-v1.5-7b-Mixed-lora",
-                &fixture("llava-lora"),
-                &[],
-            ),
-            repo_of("lmsys/vicuna-7b-v1.5", &fixture("vicuna-tiny"), &[]),
-            repo_of("ys-zong/llava-v1.5-13b-Mixed-lora", &fixture("zip64"), &[]),
-        ],
-        vec![],
-        Faults::default(),
-    )
-}
-
 /// `--dry-run` of table2 lists the fourteen models pending and asks the Hub nothing;
 /// `table2` prepares what the Hub has (pinned to its commit), reports each model missing
 /// there as failed, and a second dry run shows the three done.
 #[test]
 fn table2_against_the_hub_stand_in() {
-    let server = hub();
+    // It serves three of table2's repos (and the base and tower they name).
+    let server = model_hub(Faults::default());
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let with_hub = |args: &[&str]| {

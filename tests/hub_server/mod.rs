@@ -463,3 +463,35 @@ pub fn repo_of(id: &str, dir: &Path, extra: &[(&str, &[u8])]) -> Repo {
         files,
     }
 }
+
+/// The stand-in Hub of the model tests (prepare, reproduce): models/demo-src and
+/// tests/data/checkpoints (see its README) under the real repo ids they stand in for.
+pub fn model_hub(faults: Faults) -> HubServer {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixture = |name: &str| root.join("tests/data/checkpoints").join(name);
+    let demo = |name: &str| root.join("models/demo-src").join(name);
+    let decoy: &[u8] = b"not meant to be downloaded";
+    HubServer::start(
+        vec![
+            repo_of("ys-zong/llava-v1.5-7b-Mixed", &demo("llava-v1.5-tiny"), &[]),
+            // The real tower repo also holds .bin, TensorFlow and Flax copies.
+            repo_of(
+                "openai/clip-vit-large-patch14-336",
+                &demo("clip-vit-tiny-patch14-336"),
+                &[("pytorch_model.bin", decoy), ("tf_model.h5", decoy)],
+            ),
+            repo_of(
+                "ys-zong/llava-v1.5-7b-Mixed-lora",
+                &fixture("llava-lora"),
+                &[],
+            ),
+            repo_of("lmsys/vicuna-7b-v1.5", &fixture("vicuna-tiny"), &[]),
+            // A "-lora" repo that ships merged full weights.
+            repo_of("ys-zong/llava-v1.5-13b-Mixed-lora", &fixture("zip64"), &[]),
+            repo_of("llava-hf/llava-1.5-7b-hf", &fixture("llava-hf"), &[]),
+            repo_of("tester/hf-lora", &fixture("hf-lora"), &[]),
+        ],
+        vec![],
+        faults,
+    )
+}
