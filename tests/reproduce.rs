@@ -4,6 +4,8 @@
 //! finish; `--devices` and `--delete-models-after`; `table2` and `--dry-run` against the
 //! local Hub stand-in (tests/hub_server), never the real Hub.
 
+#[path = "common/chat_server.rs"]
+mod chat_server;
 mod common;
 mod hub_server;
 
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use chat_server::{completion, ChatServer};
 use common::*;
 use hub_server::{model_hub, Faults, COMMIT};
 
@@ -341,4 +344,77 @@ fn table2_against_the_hub_stand_in() {
         assert!(!line.contains("pending"), "{table}");
     }
     assert!(server.log().is_empty());
+}
+
+/// With a judge model set, each model's safe_safes answers are judged (here by a local
+/// chat server that prefers the model's answer) and the win rate reaches the
+/// leaderboard; a rerun asks the judge nothing again.
+#[test]
+fn the_judge_runs_when_configured_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A reference answer for each safe_safes image of the mini test set, in file order.
+    let meta = json(&mini_meta());
+    let reference: Vec<serde_json::Value> = meta
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["safe"] == true)
+        .map(|e| serde_json::json!({"image": e["image"], "instruction": "q", "response": "r"}))
+        .collect();
+    std::fs::write(
+        dir.join("reference.json"),
+        serde_json::Value::Array(reference.clone()).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("m.toml"),
+        format!(
+            "[[model]]\nname = \"hf\"\ncheckpoint = {:?}\ndtype = \"fp32\"\n",
+            fixture("llava-hf")
+        ),
+    )
+    .unwrap();
+    let server = ChatServer::start(|_, _| completion("m"));
+    let with_judge = || {
+        let mut cmd = reproduce(dir, "m.toml", &["--subset", "safe_safes"]);
+        cmd.args([
+            "--judge-model",
+            "judge-x",
+            "--judge-reference",
+            "reference.json",
+        ])
+        .args(["--judge-base-url", &server.base_url])
+        .env("OPENAI_API_KEY", "sk-test");
+        cmd
+    };
+    let out = run_ok(&mut with_judge());
+    assert!(
+        text(&out.stdout).contains("Winning rate of hf: 1.0"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(server.requests().len(), reference.len());
+    let board = json(&dir.join("results/leaderboard.json"));
+    let row = board["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["engine"] == "hf")
+        .unwrap()
+        .clone();
+    assert_eq!(row["helpfulness"]["win_rate"], 100.0, "{row}");
+    let again = run_ok(&mut with_judge());
+    assert_eq!(
+        server.requests().len(),
+        reference.len(),
+        "the rerun asked again"
+    );
+    let table = text(&again.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("hf ") && l.trim_end().ends_with("done")),
+        "{table}"
+    );
 }
