@@ -1,9 +1,13 @@
 //! `vlguard-ort reproduce`: a small table on the CPU from local checkpoints (the demo model
 //! source models/demo-src and the llava-hf fixture of tests/data/checkpoints) on the mini
 //! test set, killed mid-way and rerun; a model that cannot load reported while the others
-//! finish; `--devices` and `--delete-models-after`; `table2` and `--dry-run` against the
-//! local Hub stand-in (tests/hub_server), never the real Hub.
+//! finish; `--devices` and `--delete-models-after`; the judge stage against a local chat
+//! server; `table2` and `--dry-run` against the local Hub stand-in (tests/hub_server),
+//! never the real Hub.
 
+// Both helpers include tests/common/http_head.rs as a module of their own: two copies of
+// one small parser, each used by its own server only.
+#[allow(clippy::duplicate_mod)]
 #[path = "common/chat_server.rs"]
 mod chat_server;
 mod common;
@@ -386,6 +390,15 @@ fn the_judge_runs_when_configured_and_resumes() {
         ])
         .args(["--judge-base-url", &server.base_url])
         .env("OPENAI_API_KEY", "sk-test");
+        for proxy in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+        ] {
+            cmd.env_remove(proxy);
+        }
         cmd
     };
     let out = run_ok(&mut with_judge());
