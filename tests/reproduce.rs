@@ -187,6 +187,11 @@ fn killed_table_resumes_to_the_answers_of_separate_runs() {
     assert!(summary["onnxruntime"]["build"]
         .as_str()
         .is_some_and(|b| b.contains("ORT Build Info")));
+    let version = summary["onnxruntime"]["version"].as_str().unwrap();
+    assert!(
+        version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+        "ONNX Runtime version {version:?}"
+    );
     assert_eq!(summary["dataset"]["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(summary["flags"]["limit"], 4);
     let by_name = |name: &str| -> serde_json::Value {

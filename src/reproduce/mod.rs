@@ -318,7 +318,8 @@ fn judge_args(args: &ReproduceArgs, model: &str) -> crate::judge::JudgeArgs {
 /// What became of one model in this invocation.
 struct Outcome {
     device: i32,
-    result: Result<stages::Done, String>,
+    /// The stage that failed and why.
+    result: Result<stages::Done, (stages::Stage, String)>,
 }
 
 pub fn command(args: &ReproduceArgs) -> Result<ExitCode, Error> {
@@ -340,14 +341,47 @@ pub fn command(args: &ReproduceArgs) -> Result<ExitCode, Error> {
     );
     let weights_lock = Mutex::new(());
     let outcomes = devices::each_on_devices(models.len(), &args.devices.0, |i, device| {
-        let result = stages::process(&settings, &models[i], device, &weights_lock)
-            .map_err(|e| crate::util::error_chain(&e));
-        if let Err(why) = &result {
+        let place = format!("[{}/{}]", i + 1, models.len());
+        // A panic (a bug) in one model's stages is that model's failure, not the table's.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stages::process(&settings, &models[i], &place, device, &weights_lock)
+        }));
+        let result = match result {
+            Ok(result) => result.map_err(|e| (e.stage(), crate::util::error_chain(&e))),
+            Err(panic) => Err((
+                stages::Stage::Weights,
+                format!("panicked: {}", panic_text(panic.as_ref())),
+            )),
+        };
+        if let Err((_, why)) = &result {
             eprintln!("reproduce: {} FAILED: {why}", models[i].name);
         }
         Outcome { device, result }
     });
     finish(&settings, &models, &outcomes, started_at)
+}
+
+/// The table cell of the stage that failed: a run failure shows on the first subset
+/// not done.
+fn failed_cell(st: &mut status::ModelStatus, stage: stages::Stage) -> &mut State {
+    use stages::Stage;
+    match stage {
+        Stage::Weights | Stage::Delete => &mut st.model,
+        Stage::Score => &mut st.score,
+        Stage::Judge => &mut st.judge,
+        Stage::Run => match st.runs.iter().position(|(_, s)| !s.is_done()) {
+            Some(i) => &mut st.runs[i].1,
+            None => &mut st.model,
+        },
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// The leaderboard, reproduce.json, the final table and the exit code.
@@ -365,8 +399,8 @@ fn finish(
     for (model, outcome) in models.iter().zip(outcomes) {
         let mut st = status::status(settings, model);
         let (word, error) = match &outcome.result {
-            Err(why) => {
-                st.model = State::Failed(why.clone());
+            Err((stage, why)) => {
+                *failed_cell(&mut st, *stage) = State::Failed(why.clone());
                 ("failed", Some(why.clone()))
             }
             Ok(_) if st.all_done() => ("done", None),

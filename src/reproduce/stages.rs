@@ -41,19 +41,59 @@ pub enum StageError {
     Score(#[from] crate::score::Error),
     #[error("judge: {0}")]
     Judge(#[from] crate::judge::Error),
-    #[error("{what} {path}: {source}")]
+    #[error("{stage}: {what} {path}: {source}")]
     Io {
+        stage: Stage,
         what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
 }
 
-fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StageError + 'a {
+fn io<'a>(
+    stage: Stage,
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StageError + 'a {
     move |source| StageError::Io {
+        stage,
         what,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// The stages, for the cell a failure is shown in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Weights,
+    Run,
+    Score,
+    Judge,
+    Delete,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Weights => "weights",
+            Stage::Run => "run",
+            Stage::Score => "score",
+            Stage::Judge => "judge",
+            Stage::Delete => "delete",
+        })
+    }
+}
+
+impl StageError {
+    pub fn stage(&self) -> Stage {
+        match self {
+            StageError::Prepare(_) | StageError::Hub(_) | StageError::Export(_) => Stage::Weights,
+            StageError::Run(_) => Stage::Run,
+            StageError::Score(_) => Stage::Score,
+            StageError::Judge(_) => Stage::Judge,
+            StageError::Io { stage, .. } => *stage,
+        }
     }
 }
 
@@ -97,12 +137,13 @@ pub struct Done {
 pub fn process(
     settings: &Settings,
     model: &Model,
+    place: &str,
     device: i32,
     weights_lock: &Mutex<()>,
 ) -> Result<Done, StageError> {
     let mut done = Done::default();
     let status = status::status(settings, model);
-    let say = |what: &str| eprintln!("reproduce: {} (device {device}): {what}", model.name);
+    let say = |what: &str| eprintln!("reproduce {place} {} (device {device}): {what}", model.name);
     if !status.runs_done() {
         {
             // One download / export at a time: they are disk, network and memory bound,
@@ -253,9 +294,13 @@ fn record_source(
     };
     let path = SourceRecord::path(settings, model);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+        std::fs::create_dir_all(parent).map_err(io(Stage::Weights, "cannot create", parent))?;
     }
-    crate::formats::write_pretty_json(&path, &record).map_err(io("cannot write", &path))
+    crate::formats::write_pretty_json(&path, &record).map_err(io(
+        Stage::Weights,
+        "cannot write",
+        &path,
+    ))
 }
 
 /// Removes `.NAME.partial-PID` folders (an export's staging) of processes that are gone:
@@ -328,10 +373,13 @@ fn score(settings: &Settings, model: &Model) -> Result<(), StageError> {
         let path = status::score_path(settings, model, subset);
         let text = crate::util::to_python_json(&report, 2).map_err(crate::score::Error::from)?;
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+            std::fs::create_dir_all(parent).map_err(io(Stage::Score, "cannot create", parent))?;
         }
-        crate::util::write_atomic(&path, format!("{text}\n").as_bytes())
-            .map_err(io("cannot write", &path))?;
+        crate::util::write_atomic(&path, format!("{text}\n").as_bytes()).map_err(io(
+            Stage::Score,
+            "cannot write",
+            &path,
+        ))?;
     }
     Ok(())
 }
@@ -359,7 +407,7 @@ fn delete_model(settings: &Settings, model: &Model) -> Result<bool, StageError> 
     }
     let mut deleted = false;
     for folder in folders.into_iter().filter(|f| f.exists()) {
-        std::fs::remove_dir_all(&folder).map_err(io("cannot delete", &folder))?;
+        std::fs::remove_dir_all(&folder).map_err(io(Stage::Delete, "cannot delete", &folder))?;
         eprintln!("reproduce: {}: deleted {}", model.name, folder.display());
         deleted = true;
     }

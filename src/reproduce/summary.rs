@@ -263,6 +263,8 @@ pub struct Summary {
 #[derive(Debug, Serialize)]
 pub struct OrtRecord {
     pub library: Option<String>,
+    /// The library's own version (`OrtGetApiBase()->GetVersionString()`).
+    pub version: Option<String>,
     /// ONNX Runtime's build string (version, git commit).
     pub build: Option<String>,
     pub error: Option<String>,
@@ -357,14 +359,39 @@ pub fn model_record(
 pub fn ort_record(ort_lib: Option<&Path>) -> OrtRecord {
     match crate::engine::ort_lib::init(ort_lib) {
         Ok(path) => OrtRecord {
+            version: ort_version(&path),
             library: Some(path.display().to_string()),
             build: Some(ort::info().to_string()),
             error: None,
         },
         Err(e) => OrtRecord {
             library: None,
+            version: None,
             build: None,
             error: Some(e.to_string()),
         },
+    }
+}
+
+/// The version string of the ONNX Runtime library at `path` (already loaded by `init`, so
+/// opening it again only takes another reference).
+fn ort_version(path: &Path) -> Option<String> {
+    type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
+    // SAFETY: the library is the one `ort` loaded (same path); `OrtGetApiBase` is its
+    // exported entry point with this signature, and it returns a static, valid base
+    // whose `GetVersionString` returns a static NUL-terminated string.
+    unsafe {
+        let lib = libloading::Library::new(path).ok()?;
+        let get: libloading::Symbol<GetApiBase> = lib.get(b"OrtGetApiBase").ok()?;
+        let base = get();
+        if base.is_null() {
+            return None;
+        }
+        let text = ((*base).GetVersionString)();
+        (!text.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(text)
+                .to_string_lossy()
+                .into_owned()
+        })
     }
 }
