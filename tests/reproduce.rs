@@ -229,7 +229,8 @@ fn killed_table_resumes_to_the_answers_of_separate_runs() {
         board.contains("| demo (LLaVA-v1.5-7B) | unsafes |"),
         "{board}"
     );
-    assert!(dir.join("results/leaderboard.html").is_file());
+    let page = std::fs::read_to_string(dir.join("results/leaderboard.html")).unwrap();
+    assert!(page.contains("<td>demo (LLaVA-v1.5-7B)</td>"), "{page}");
     assert!(json(&dir.join("results/leaderboard.json"))["paper_comparison"].is_array());
 }
 
@@ -434,5 +435,30 @@ fn the_judge_runs_when_configured_and_resumes() {
             .lines()
             .any(|l| l.starts_with("hf ") && l.trim_end().ends_with("done")),
         "{table}"
+    );
+}
+
+/// A kept model folder exported otherwise than its entry now asks (here fp32, then fp16)
+/// is not used for the entry's answers: the model fails with the reason and the remedy.
+#[test]
+fn a_kept_model_of_another_dtype_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let entry = |dtype: &str| {
+        let toml = format!(
+            "[[model]]\nname = \"hf\"\ncheckpoint = {:?}\ndtype = \"{dtype}\"\n",
+            fixture("llava-hf")
+        );
+        std::fs::write(dir.join("m.toml"), toml).unwrap();
+    };
+    let args = ["--limit", "1", "--subset", "unsafes"];
+    entry("fp32");
+    run_ok(&mut reproduce(dir, "m.toml", &args));
+    entry("fp16");
+    let more = ["--limit", "2", "--subset", "unsafes"];
+    let (stdout, _) = failed(&reproduce(dir, "m.toml", &more).output().unwrap());
+    assert!(
+        stdout.contains("hf failed: weights: models/hf was exported as fp32 with the plain decoder, the entry asks for fp16"),
+        "{stdout}"
     );
 }

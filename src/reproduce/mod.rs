@@ -152,6 +152,8 @@ pub enum Error {
     Judge(#[from] crate::judge::Error),
     #[error(transparent)]
     Summary(#[from] summary::SummaryError),
+    #[error(transparent)]
+    Lock(#[from] crate::results::Error),
 }
 
 /// The flags that shape the table's numbers, as recorded in reproduce.json.
@@ -335,6 +337,8 @@ pub fn command(args: &ReproduceArgs) -> Result<ExitCode, Error> {
         print!("{table}");
         return Ok(ExitCode::SUCCESS);
     }
+    // One reproduce per results folder: a second one would race it on the same files.
+    let _lock = crate::results::Lock::acquire(&settings.out.join("reproduce/reproduce.lock"))?;
     eprint!(
         "reproduce: {} model(s), status at start:\n{table}",
         models.len()

@@ -35,6 +35,12 @@ pub enum StageError {
     Hub(#[from] fetch::Error),
     #[error("weights: {0}")]
     Export(#[from] crate::export::ExportError),
+    #[error("weights: {dir} was exported as {found}, the entry asks for {wanted}: give the entry another name, or delete that folder and the model's results")]
+    Mismatch {
+        dir: PathBuf,
+        found: String,
+        wanted: String,
+    },
     #[error("run: {0}")]
     Run(#[from] crate::run::Error),
     #[error("score: {0}")]
@@ -88,7 +94,10 @@ impl std::fmt::Display for Stage {
 impl StageError {
     pub fn stage(&self) -> Stage {
         match self {
-            StageError::Prepare(_) | StageError::Hub(_) | StageError::Export(_) => Stage::Weights,
+            StageError::Prepare(_)
+            | StageError::Hub(_)
+            | StageError::Export(_)
+            | StageError::Mismatch { .. } => Stage::Weights,
             StageError::Run(_) => Stage::Run,
             StageError::Score(_) => Stage::Score,
             StageError::Judge(_) => Stage::Judge,
@@ -176,7 +185,7 @@ pub fn process(
 fn weights(settings: &Settings, model: &Model) -> Result<bool, StageError> {
     let dir = status::model_dir(settings, model);
     let force = match Manifest::load(&dir) {
-        Ok((manifest, _)) => match crate::engine::verify::verify(&dir, &manifest.files) {
+        Ok((manifest, _)) => match check_kept(&dir, &manifest, model)? {
             Ok(()) => {
                 if SourceRecord::read(settings, model).is_none() {
                     record_source(settings, model, None)?;
@@ -247,6 +256,27 @@ fn weights(settings: &Settings, model: &Model) -> Result<bool, StageError> {
         }
     }
     Ok(true)
+}
+
+/// A kept model folder must be what the entry asks for (its answers are journaled under
+/// this export's hash) and verify against its manifest (`Ok(Err)`: export it again).
+fn check_kept(
+    dir: &Path,
+    manifest: &Manifest,
+    model: &Model,
+) -> Result<Result<(), crate::engine::verify::VerifyError>, StageError> {
+    let found = (manifest.dtype, manifest.decoder.flavour);
+    if found != (model.dtype, model.flavour) {
+        let show = |(d, f): (crate::export::Dtype, crate::export::Flavour)| {
+            format!("{} with the {} decoder", d.as_str(), f.as_str())
+        };
+        return Err(StageError::Mismatch {
+            dir: dir.to_path_buf(),
+            found: show(found),
+            wanted: show((model.dtype, model.flavour)),
+        });
+    }
+    Ok(crate::engine::verify::verify(dir, &manifest.files))
 }
 
 fn hub(settings: &Settings) -> Result<Hub, fetch::Error> {

@@ -178,7 +178,7 @@ fn judge_state(settings: &Settings, model: &Model) -> State {
     let Some(judge) = &settings.judge else {
         return State::Off("off");
     };
-    let Some(&(_, total)) = settings
+    let Some(&(_, answers)) = settings
         .subsets
         .iter()
         .find(|(s, _)| *s == Subset::SafeSafes)
@@ -188,6 +188,8 @@ fn judge_state(settings: &Settings, model: &Model) -> State {
     if settings.limit.is_some() {
         return State::Off("off (--limit)");
     }
+    // One verdict per answer, two with --swap (both seat orders).
+    let total = answers * if judge.swap { 2 } else { 1 };
     let out = judge_out(settings, model);
     let summary = out.with_file_name(format!("{}.summary.json", model.name));
     if let Ok(s) = crate::formats::read::<JudgeSummary>(&summary, JudgeSummary::WHAT) {
