@@ -94,6 +94,13 @@ pub struct ReproduceArgs {
     /// Execution provider: auto tries TensorRT, then CUDA, then CPU.
     #[arg(long, value_enum, default_value = "auto", env = "VLGUARD_EP")]
     pub ep: EpChoice,
+    /// run's --vision-thread: the vision tower on a thread of its own (auto: with a GPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub vision_thread: Toggle,
+    /// Folder holding TensorRT 10's libraries (run's --trt-lib-dir); each model's engine
+    /// cache is MODEL/trt-cache.
+    #[arg(long, env = "VLGUARD_TRT_LIB_DIR", value_name = "DIR")]
+    pub trt_lib_dir: Option<PathBuf>,
     /// ONNX Runtime intra-op threads per model (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -278,7 +285,7 @@ impl Settings {
             device_id: device,
             batch_size: a.batch_size,
             batching: a.batching,
-            vision_thread: Toggle::Auto,
+            vision_thread: a.vision_thread,
             keep_finished_rows: false,
             max_image_bytes: crate::preprocess::DEFAULT_MAX_IMAGE_BYTES,
             max_new_tokens: a.max_new_tokens,
@@ -286,7 +293,7 @@ impl Settings {
             fresh: false,
             shard: None,
             trt_cache: None,
-            trt_lib_dir: None,
+            trt_lib_dir: a.trt_lib_dir.clone(),
             threads: a.threads,
             ort_lib: a.ort_lib.clone(),
         }

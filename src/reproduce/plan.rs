@@ -200,11 +200,16 @@ fn entry_model(entry: EntryToml, folder: &Path, defaults: Defaults) -> Result<Mo
                 return Err("`vision_tower` goes with `checkpoint`; `prepare` fetches the tower its config names".into());
             }
             let target = crate::prepare::resolve(&prepare).map_err(|e| e.to_string())?;
+            // A base that is a folder beside the TOML file is that folder; else a repo id.
+            let base = entry.base.map(|b| match folder.join(&b) {
+                dir if !Path::new(&b).is_absolute() && dir.is_dir() => dir.display().to_string(),
+                _ => b,
+            });
             let source = Source::Hub {
                 prepare,
                 repo: target.repo,
                 revision: entry.revision.unwrap_or_else(|| "main".into()),
-                base: entry.base,
+                base,
             };
             (source, target.name)
         }
@@ -311,9 +316,26 @@ checkpoint = "ckpt/llava"
 vision_tower = "/abs/clip"
 decoder = "fused"
 paper = "LLaVA-v1.5-7B"
+
+[[model]]
+prepare = "someone/lora-a"
+base = "basedir"
+
+[[model]]
+prepare = "someone/lora-b"
+base = "lmsys/vicuna-7b-v1.5"
 "#,
         );
+        std::fs::create_dir(dir.path().join("basedir")).unwrap();
         let models = load(&path, DEFAULTS).unwrap();
+        let base = |m: &Model| match &m.source {
+            Source::Hub { base, .. } => base.clone(),
+            Source::Local { .. } => None,
+        };
+        let basedir = dir.path().join("basedir").display().to_string();
+        assert_eq!(base(&models[2]), Some(basedir));
+        assert_eq!(base(&models[3]).as_deref(), Some("lmsys/vicuna-7b-v1.5"));
+        assert_eq!(models[3].name, "lora-b");
         assert_eq!(models[0].name, "llava15-7b-mixed");
         assert_eq!(models[0].dtype, Dtype::Fp32);
         assert_eq!(models[0].paper.as_deref(), Some("LLaVA-v1.5-7B-Mixed"));
