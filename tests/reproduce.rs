@@ -214,6 +214,12 @@ fn killed_table_resumes_to_the_answers_of_separate_runs() {
         assert_eq!(m["source"]["kind"], "local");
         assert_eq!(m["execution_providers"]["decoder"], "CPUExecutionProvider");
     }
+    assert_eq!(
+        by_name("demo")["exported_now"],
+        false,
+        "kept from the first run"
+    );
+    assert_eq!(by_name("hf")["exported_now"], true);
     let broken = by_name("broken");
     assert_eq!(broken["status"], "failed");
     assert!(broken["error"].as_str().unwrap().contains("config.json"));

@@ -372,6 +372,24 @@ pub fn command(args: &ReproduceArgs) -> Result<ExitCode, Error> {
     finish(&settings, &models, &outcomes, started_at)
 }
 
+/// The stages left, for a model that did not fail but is not done (sample errors the
+/// run recorded, judge requests that failed): a rerun tries them again.
+fn not_done(st: &status::ModelStatus) -> String {
+    let mut left: Vec<String> = st
+        .runs
+        .iter()
+        .filter(|(_, s)| !s.is_done())
+        .map(|(subset, s)| format!("run {subset} {}", s.text()))
+        .collect();
+    if !st.score.is_done() {
+        left.push(format!("score {}", st.score.text()));
+    }
+    if !matches!(st.judge, State::Done | State::Off(_)) {
+        left.push(format!("judge {}", st.judge.text()));
+    }
+    format!("not done: {}; rerun to try again", left.join(", "))
+}
+
 /// The table cell of the stage that failed: a run failure shows on the first subset
 /// not done.
 fn failed_cell(st: &mut status::ModelStatus, stage: stages::Stage) -> &mut State {
@@ -415,22 +433,18 @@ fn finish(
                 ("failed", Some(why.clone()))
             }
             Ok(_) if st.all_done() => ("done", None),
-            Ok(done) => (
-                "incomplete",
-                Some(format!(
-                    "{} sample error(s); rerun to try them again",
-                    done.sample_errors
-                )),
-            ),
+            Ok(_) => ("incomplete", Some(not_done(&st))),
         };
         all_ok &= word == "done";
-        records.push(summary::model_record(
-            settings,
-            model,
-            word.into(),
+        let done = outcome.result.as_ref().ok();
+        let fate = summary::Fate {
+            status: word,
             error,
-            Some(outcome.device),
-        ));
+            device: outcome.device,
+            exported_now: done.is_some_and(|d| d.exported_now),
+            deleted: done.is_some_and(|d| d.deleted),
+        };
+        records.push(summary::model_record(settings, model, fate));
         statuses.push(st);
     }
     let leaderboard = match &comparisons {

@@ -283,7 +283,12 @@ pub struct ModelRecord {
     /// done, failed, or incomplete (sample errors left).
     pub status: String,
     pub error: Option<String>,
-    pub device: Option<i32>,
+    /// The device it ran on in this invocation.
+    pub device: i32,
+    /// Whether this invocation exported (or prepared) it; false when the folder was kept.
+    pub exported_now: bool,
+    /// Whether this invocation deleted its folder (--delete-models-after).
+    pub deleted: bool,
     pub dtype: String,
     pub decoder: String,
     pub source: Option<SourceRecord>,
@@ -305,14 +310,19 @@ pub struct SubsetRecord {
     pub asr: Option<f64>,
 }
 
+/// What became of a model in this invocation.
+#[derive(Debug)]
+pub struct Fate {
+    /// done, failed or incomplete.
+    pub status: &'static str,
+    pub error: Option<String>,
+    pub device: i32,
+    pub exported_now: bool,
+    pub deleted: bool,
+}
+
 /// What reproduce.json keeps of one model, read from its run manifests.
-pub fn model_record(
-    settings: &Settings,
-    model: &Model,
-    status: String,
-    error: Option<String>,
-    device: Option<i32>,
-) -> ModelRecord {
+pub fn model_record(settings: &Settings, model: &Model, fate: Fate) -> ModelRecord {
     let mut subsets = BTreeMap::new();
     let mut providers = BTreeMap::new();
     let mut hashes: Vec<String> = Vec::new();
@@ -339,9 +349,11 @@ pub fn model_record(
     hashes.dedup();
     ModelRecord {
         name: model.name.clone(),
-        status,
-        error,
-        device,
+        status: fate.status.into(),
+        error: fate.error,
+        device: fate.device,
+        exported_now: fate.exported_now,
+        deleted: fate.deleted,
         dtype: model.dtype.as_str().into(),
         decoder: model.flavour.as_str().into(),
         source: SourceRecord::read(settings, model),
