@@ -2,7 +2,9 @@
 # Sets up vlguard-ort on this machine: nasm (for libjpeg-turbo's SIMD JPEG decoding; from
 # apt when run as root), the ONNX Runtime shared library from the official PyPI wheel
 # (kept in .ort/lib, git-ignored, found by the binary with no environment variable) and
-# the release binary. Safe and fast to re-run.
+# the release binary. Safe and fast to re-run. It fetches with pip (so pip's own settings,
+# mirrors and proxies apply) into the checkout's .ort, which has the layout of the folder
+# `vlguard-ort setup` fills for an installed binary (lib/, gpu-site/).
 #
 #   scripts/setup.sh          CPU: onnxruntime==1.31.1
 #   scripts/setup.sh --gpu    CUDA + TensorRT: onnxruntime-gpu==1.31.1 and the CUDA 13 /
@@ -20,7 +22,7 @@ for arg in "$@"; do
   case "$arg" in
     --gpu) gpu=1 ;;
     --tensorrt) tensorrt=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Called by `scripts/setup.sh --gpu`: installs the CUDA 13 and cuDNN 9 runtime libraries
+# Called by `scripts/setup.sh --gpu`: installs the CUDA 13.0 and cuDNN 9 runtime libraries
 # that onnxruntime-gpu 1.31.1's CUDA provider loads (libcudart/cublas/cublasLt/nvrtc/
 # curand/cufft .so.13/.12/.10, libcudnn*.so.9) from NVIDIA's PyPI wheels into
 # .ort/gpu-site, where vlguard-ort preloads them from (no LD_LIBRARY_PATH needed).
@@ -11,12 +11,14 @@ set -euo pipefail
 lib_dir="$1"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 site="$root/.ort/gpu-site"
-stamp="$site/.installed-cu13"
+stamp="$site/.installed-cu13.0"
 if [ ! -f "$stamp" ]; then
-  echo "==> installing the CUDA 13 / cuDNN 9 runtime wheels into $site"
-  python3 -m pip install --quiet --no-deps --only-binary=:all: --target "$site" \
-    'nvidia-cuda-runtime~=13.0' 'nvidia-cublas~=13.0' 'nvidia-cuda-nvrtc~=13.0' \
-    'nvidia-curand~=10.0' 'nvidia-cufft~=12.0' 'nvidia-cudnn-cu13~=9.0' 'nvidia-nvjitlink~=13.0'
+  # CUDA 13.0's components, the runtime the H100 driver 580 supports (`~=13.0` would take
+  # newer 13.x runtimes); the same pins as `vlguard-ort setup --gpu` (src/setup/mod.rs).
+  echo "==> installing the CUDA 13.0 / cuDNN 9 runtime wheels into $site"
+  python3 -m pip install --quiet --upgrade --no-deps --only-binary=:all: --target "$site" \
+    'nvidia-cuda-runtime==13.0.*' 'nvidia-cublas==13.0.*' 'nvidia-cuda-nvrtc==13.0.*' \
+    'nvidia-curand==10.4.0.*' 'nvidia-cufft==12.0.0.*' 'nvidia-cudnn-cu13==9.*' 'nvidia-nvjitlink==13.0.*'
   touch "$stamp"
 fi
 missing=0

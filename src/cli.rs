@@ -25,7 +25,8 @@ pub enum Command {
     Inspect(crate::inspect::InspectArgs),
     /// Run the VLGuard evaluation: answers for a test subset, written like the reference.
     Run(crate::run::RunArgs),
-    /// Join the shard files of `run --shard K/N` into one answers file per subset.
+    /// Join the shard files of `run --shard K/N` into one answers file per subset, with a
+    /// run manifest combined from the shards' (`--status`: which shards are still to run).
     Merge(crate::merge::MergeArgs),
     /// Attack success rate (and more) of a predictions file, as the reference computes it.
     Score(crate::score::ScoreArgs),
@@ -39,6 +40,25 @@ pub enum Command {
     Fetch(crate::fetch::FetchArgs),
     /// From a model name (or Hub repo id) to a model directory: fetch, then export.
     Prepare(crate::prepare::PrepareArgs),
+    /// Install ONNX Runtime (and with --gpu the CUDA, cuDNN and TensorRT libraries) where
+    /// this binary finds it, from PyPI: no Python, no checkout needed.
+    Setup(crate::setup::SetupArgs),
+    /// What this binary would run on: its version, the ONNX Runtime library it finds (and
+    /// every place it looked), its execution providers, the CUDA/cuDNN/TensorRT libraries.
+    Doctor(crate::doctor::DoctorArgs),
+    /// VLGuard's train.json in LLaVA's fine-tuning format, byte for byte as VLGuard's
+    /// convert_to_llava_format.py writes it.
+    ///
+    /// The output is the `--data_path` of LLaVA's fine-tuning scripts (train.py, e.g. via
+    /// scripts/v1_5/finetune.sh; VLGuard's README uses the same file for MiniGPT-v2), the first step of
+    /// VLGuard's safety fine-tuning: each item keeps its fields, and its `instr-resp` becomes
+    /// `conversations` (human/gpt turns, `<image>` before the first question; of a safe
+    /// image's two pairs a seeded shuffle picks which comes first, as the script's
+    /// `random.seed(0)` does). Each item's `image` stays relative to the `train/` folder
+    /// that `fetch dataset --with-train` unpacks: give LLaVA `--image_folder
+    /// data/VLGuard/train`. Input the script would fail on is refused with the item's index
+    /// and id, and nothing is written.
+    Convert(crate::convert::ConvertArgs),
     /// A table of models in one resumable command: prepare or export, run, score, judge
     /// each, then one leaderboard beside the paper's numbers (--dry-run: the status).
     Reproduce(crate::reproduce::ReproduceArgs),

@@ -8,7 +8,9 @@
 
 pub mod browse;
 pub mod cli;
+pub mod convert;
 pub mod dataset;
+pub mod doctor;
 pub mod engine;
 pub mod export_cmd;
 pub mod fetch;
@@ -25,6 +27,7 @@ pub mod reproduce;
 pub mod results;
 pub mod run;
 pub mod score;
+pub mod setup;
 pub mod util;
 
 /// The test data helpers the integration tests use too (one skip line for both).

@@ -29,6 +29,9 @@ fn main() -> ExitCode {
         Command::Judge(args) => vlguard_ort::judge::command(&args).map_err(Into::into),
         Command::Fetch(args) => vlguard_ort::fetch::command(&args).map_err(Into::into),
         Command::Prepare(args) => vlguard_ort::prepare::command(&args).map_err(Into::into),
+        Command::Setup(args) => vlguard_ort::setup::command(&args).map_err(Into::into),
+        Command::Doctor(args) => vlguard_ort::doctor::command(&args).map_err(Into::into),
+        Command::Convert(args) => vlguard_ort::convert::command(&args).map_err(Into::into),
         Command::Reproduce(args) => vlguard_ort::reproduce::command(&args).map_err(Into::into),
     };
     match result {

@@ -156,7 +156,7 @@ impl Journal {
             std::fs::rename(path, &prev).map_err(io(path))?;
         }
         let existing = match std::fs::metadata(path) {
-            Ok(meta) if meta.len() > 0 => Some(read_journal(path, fingerprint)?),
+            Ok(meta) if meta.len() > 0 => Some(read_journal(path, Some(fingerprint))?),
             _ => None,
         };
         let (file, entries) = match existing {
@@ -224,9 +224,17 @@ fn create(path: &Path, fingerprint: &Fingerprint, lines: &[u8]) -> Result<File, 
     Ok(file)
 }
 
+/// The latest entry per image of the journal at `path`, read without the lock and
+/// whatever its configuration (`merge --status` reading another run's progress); a torn
+/// last line is left out, as a resume would.
+pub fn read_entries(path: &Path) -> Result<HashMap<String, JournalEntry>, Error> {
+    Ok(read_journal(path, None)?.entries)
+}
+
 /// Reads an existing journal: its entries, whether its header must be rewritten, where its
-/// whole lines end.
-fn read_journal(path: &Path, fingerprint: &Fingerprint) -> Result<Existing, Error> {
+/// whole lines end. A header whose fingerprint is not `fingerprint` (when given) is
+/// [`Error::Mismatch`].
+fn read_journal(path: &Path, fingerprint: Option<&Fingerprint>) -> Result<Existing, Error> {
     let file = File::open(path).map_err(io(path))?;
     let mut reader = BufReader::new(file);
     let mut entries = HashMap::new();
@@ -253,10 +261,10 @@ fn read_journal(path: &Path, fingerprint: &Fingerprint) -> Result<Existing, Erro
         })?;
         if line_no == 1 {
             if let Ok(header) = serde_json::from_str::<JournalHeader>(line) {
-                if &header.fingerprint != fingerprint {
+                if let Some(expected) = fingerprint.filter(|f| **f != header.fingerprint) {
                     return Err(Error::Mismatch {
                         path: path.to_path_buf(),
-                        differences: describe_differences(&header.fingerprint, fingerprint),
+                        differences: describe_differences(&header.fingerprint, expected),
                     });
                 }
                 header_ok = true;

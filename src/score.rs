@@ -394,7 +394,7 @@ pub struct ScoreConfig {
 
 /// Where `run` put its manifest for a predictions file: `DIR/{engine}.run.json` beside
 /// `DIR/{engine}.json`.
-fn run_manifest_beside(predictions: &Path) -> Option<(PathBuf, crate::formats::RunManifest)> {
+pub fn run_manifest_beside(predictions: &Path) -> Option<(PathBuf, crate::formats::RunManifest)> {
     let stem = predictions.file_stem()?.to_string_lossy().into_owned();
     let path = predictions.with_file_name(format!("{stem}.run.json"));
     let manifest = crate::formats::RunManifest::read(&path).ok()?;

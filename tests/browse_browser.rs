@@ -21,9 +21,8 @@
 
 #[path = "common/screenshot.rs"]
 mod screenshot;
-use screenshot::{decode_png, headless, wait_for};
+use screenshot::decode_png;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -32,22 +31,12 @@ use vlguard_ort::run::SubsetArg;
 
 const WINDOW: (usize, usize) = (1400, 1000);
 
-/// Runs headless Chromium on `html` with `mode` (`--screenshot=...` or `--dump-dom`),
-/// stdout into a file (a dumped page is larger than a pipe holds); returns stdout.
 fn run_chromium(html: &Path, mode: &str, dir: &Path) -> String {
-    let stdout_path = dir.join("chromium.out");
-    let stdout = std::fs::File::create(&stdout_path).expect("stdout file");
-    let child = headless("the browse page", &dir.join("profile"))
-        .arg(format!("--window-size={},{}", WINDOW.0, WINDOW.1))
-        .arg(mode)
-        .arg(format!("file://{}", html.display()))
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromium starts");
-    wait_for(child, "its run");
-    let bytes = std::fs::read(&stdout_path).expect("chromium output");
-    String::from_utf8_lossy(&bytes).into_owned()
+    screenshot::run_chromium("the browse page", WINDOW, html, mode, dir)
+}
+
+fn probe(html: &str, probe: &str, dir: &Path) -> Value {
+    screenshot::probe("the browse page", WINDOW, html, probe, dir)
 }
 
 /// The comparison page of the fixture, written to `dir/page.html`, and its data.
@@ -72,31 +61,6 @@ fn comparison_page(dir: &Path) -> (PathBuf, String, browse::PageData) {
     let path = dir.join("page.html");
     std::fs::write(&path, &html).expect("write page");
     (path, html, page)
-}
-
-/// Runs `probe` (a script body ending in a value) after the page's own script and returns
-/// that value, read back from the dumped document.
-fn probe(html: &str, probe: &str, dir: &Path) -> Value {
-    let script = format!(
-        "<script>\n(function () {{\nconst out = document.createElement('pre');\n\
-         out.id = 'browse-probe';\nout.textContent = JSON.stringify((function () {{\n{probe}\n}})());\n\
-         document.body.append(out);\n}})();\n</script>\n</body>"
-    );
-    let (head, tail) = html.rsplit_once("</body>").expect("page ends with </body>");
-    let path = dir.join("probe.html");
-    std::fs::write(&path, format!("{head}{script}{tail}")).expect("write probe page");
-    let dom = run_chromium(&path, "--dump-dom", dir);
-    let start = dom
-        .find("<pre id=\"browse-probe\">")
-        .unwrap_or_else(|| panic!("the probe wrote nothing; did the page's script fail?"))
-        + "<pre id=\"browse-probe\">".len();
-    let end = start + dom[start..].find("</pre>").expect("probe end");
-    // The DOM serializer escapes &, < and > in text.
-    let text = dom[start..end]
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("probe output {text:?}: {e}"))
 }
 
 /// A thumbnail's pixels, decoded from its data URL by the project's JPEG decoder.

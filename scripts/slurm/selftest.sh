@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # Runs the Slurm path for real on this machine: a single-node Slurm from Debian's
-# slurm-wlm (installed when missing; root), a two-task job array of the bundled demo model
-# on the mini test set (scripts/slurm/submit.sh, CPU, no GPU requested), then the
-# dependent merge, and checks that the merged answers are the reference's bytes
-# (tests/data/golden-dev/reference). Not part of scripts/test.sh: it starts system daemons.
+# slurm-wlm (installed when missing, after `apt-get update`), then
+# scripts/slurm/recovery_check.sh on it: the documented submit.sh example (3 CPU tasks of
+# the bundled demo model on the mini test set), one task made to fail, the recovery with
+# `submit.sh --resume`, merged files byte-identical to an unsharded run, and score,
+# leaderboard and browse on them.
 #
-#   scripts/slurm/selftest.sh
+#   sudo scripts/slurm/selftest.sh          # root: it starts system daemons
+#
+# Opt-in, not part of scripts/test.sh (`VLGUARD_SLURM_SELFTEST=1 cargo test --test
+# slurm_scripts` runs it too). It refuses a machine whose /etc/slurm/slurm.conf it did not
+# write. Afterwards it stops the daemons it started (munged, slurmctld, slurmd; by the pid
+# each wrote) and removes what it set up: slurm.conf, its spool and log folders, and the
+# munge key when it made it. The installed packages stay. VLGUARD_BIN: the binary to use
+# (default: built here with cargo, release).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 [ "$(id -u)" = 0 ] || { echo "selftest.sh starts slurmctld/slurmd: run it as root" >&2; exit 1; }
-command -v slurmctld >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm >/dev/null
+if ! command -v slurmctld >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm >/dev/null
+fi
 host=$(hostname)
 marker="# written by vlguard-ort scripts/slurm/selftest.sh"
 if [ -f /etc/slurm/slurm.conf ] && ! grep -qxF "$marker" /etc/slurm/slurm.conf; then
@@ -19,11 +30,30 @@ if [ -f /etc/slurm/slurm.conf ] && ! grep -qxF "$marker" /etc/slurm/slurm.conf; 
   exit 1
 fi
 spool=/var/spool/vlguard-selftest
-mkdir -p /etc/slurm "$spool/ctld" "$spool/d" /var/log/slurm /run/munge
-[ -f /etc/munge/munge.key ] || dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
+logs=/var/log/vlguard-selftest
+started=()
+made_key=0
+cleanup() {
+  local pidfile pid
+  for pidfile in "${started[@]}"; do
+    pid=$(cat "$pidfile" 2>/dev/null) && kill "$pid" 2>/dev/null || true
+  done
+  sleep 1
+  rm -f /etc/slurm/slurm.conf
+  rm -rf "$spool" "$logs" "${work:-}"
+  ((!made_key)) || rm -f /etc/munge/munge.key
+  echo "selftest.sh: stopped the daemons it started, removed slurm.conf, $spool, $logs$(
+    ((!made_key)) || echo ', the munge key')"
+}
+trap cleanup EXIT
+mkdir -p /etc/slurm "$spool/ctld" "$spool/d" "$logs" /run/munge
+if [ ! -f /etc/munge/munge.key ]; then
+  dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
+  made_key=1
+fi
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 chmod 400 /etc/munge/munge.key
-cat > /etc/slurm/slurm.conf <<CONF
+cat >/etc/slurm/slurm.conf <<CONF
 $marker
 ClusterName=vlguard-selftest
 SlurmctldHost=$host
@@ -32,37 +62,42 @@ SlurmdUser=root
 AuthType=auth/munge
 StateSaveLocation=$spool/ctld
 SlurmdSpoolDir=$spool/d
+SlurmctldPidFile=$spool/slurmctld.pid
+SlurmdPidFile=$spool/slurmd.pid
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
-SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmctldLogFile=$logs/slurmctld.log
+SlurmdLogFile=$logs/slurmd.log
 NodeName=$host CPUs=$(nproc) RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
-pgrep -x munged >/dev/null || su munge -s /bin/sh -c /usr/sbin/munged
-start() { # daemon: started unless running; its log's last lines when it fails
-  pgrep -x "$1" >/dev/null && return 0
-  "/usr/sbin/$1" || { echo "selftest.sh: $1 did not start:" >&2; tail -3 "/var/log/slurm/$1.log" >&2; exit 1; }
+if ! pgrep -x munged >/dev/null; then
+  su munge -s /bin/sh -c /usr/sbin/munged
+  started+=(/run/munge/munged.pid)
+fi
+start() { # daemon: refused when one runs already (not ours); its log's last lines when it fails
+  if pgrep -x "$1" >/dev/null; then
+    echo "selftest.sh: a $1 runs already on this machine; stop it first" >&2
+    exit 1
+  fi
+  "/usr/sbin/$1" || { echo "selftest.sh: $1 did not start:" >&2; tail -3 "$logs/$1.log" >&2; exit 1; }
+  started+=("$spool/$1.pid")
 }
 start slurmctld
 start slurmd
 for _ in $(seq 30); do sinfo -h -o %T 2>/dev/null | grep -q idle && break; sleep 1; done
-SETUP_SKIP_BUILD=1 scripts/setup.sh >/dev/null
-cargo build --release --locked -q
+sinfo -h -o %T | grep -q idle || { echo "selftest.sh: the node never became idle" >&2; exit 1; }
+if [ -z "${VLGUARD_BIN:-}" ]; then
+  SETUP_SKIP_BUILD=1 scripts/setup.sh >/dev/null
+  cargo build --release --locked -q
+  VLGUARD_BIN="${CARGO_TARGET_DIR:-$root/target}/release/vlguard-ort"
+fi
+export VLGUARD_BIN
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-bin="${CARGO_TARGET_DIR:-$root/target}/release/vlguard-ort"
-"$bin" export --checkpoint models/demo-src/llava-v1.5-tiny \
+"$VLGUARD_BIN" export --checkpoint models/demo-src/llava-v1.5-tiny \
   --vision-tower models/demo-src/clip-vit-tiny-patch14-336 --out "$work/demo" --dtype fp32 >/dev/null
-cd "$work"
-VLGUARD_BIN="$bin" VLGUARD_SBATCH_FLAGS="--gres=none --cpus-per-task=1" \
-  "$root/scripts/slurm/submit.sh" 2 "$work/demo" --meta "$root/data/mini/test.json" \
-  --images "$root/data/mini/test" --out "$work/results" --ep cpu --threads 1
-for _ in $(seq 120); do [ -z "$(squeue -h)" ] && break; sleep 2; done
-for s in unsafes safe_unsafes safe_safes; do
-  cmp "$work/results/$s/demo.json" "$root/tests/data/golden-dev/reference/$s.json"
-  echo "$s: the merged shards are the reference's bytes"
-done
+sinfo -V
+VLGUARD_SBATCH_FLAGS="--gres=none --cpus-per-task=1" scripts/slurm/recovery_check.sh "$work/demo"

@@ -7,8 +7,10 @@
 //! subcategory and source folder, each engine's answer scored exactly as `score` scores it
 //! (`check_success_attack`, with the decisive refusal phrase located by
 //! `score::refusal_match`), the GPT-4V reference answer on safe_safes, the judge's verdicts
-//! from `RESULTS/judge/{engine}.journal.jsonl`, and whether the two engines' refusal status
-//! differs. Offsets of a highlighted phrase count UTF-16 code units, as JavaScript strings
+//! from `RESULTS/judge/{engine}.journal.jsonl`, on unsafes / safe_unsafes the harm judge's
+//! verdict from `RESULTS/judge/{subset}/{engine}.json` (`judge --task harm`, its model from
+//! the summary beside it) and whether it disagrees with the string match, and whether the
+//! two engines' refusal status differs. Offsets of a highlighted phrase count UTF-16 code units, as JavaScript strings
 //! do.
 //!
 //! A predictions key that is not a sample of its subset is an error naming the file (a
@@ -23,7 +25,9 @@ use serde::Serialize;
 use super::thumbs::Thumb;
 use super::{Config, Error};
 use crate::dataset::{Dataset, Sample, Subset};
-use crate::formats::{Answer, Order, Outcome, Predictions, ReferenceItem};
+use crate::formats::{
+    Answer, HarmSummary, HarmVerdict, HarmVerdicts, Order, Outcome, Predictions, ReferenceItem,
+};
 use crate::score::{check_success_attack, refusal_match, source_folder, KeywordList};
 
 /// Version of the embedded data's shape, for anyone reading it out of a page.
@@ -72,6 +76,9 @@ pub struct Row {
     pub reference: Option<String>,
     /// Both engines answered in text and exactly one of the answers is a refusal.
     pub changed: bool,
+    /// Some engine's answer has a harm verdict that disagrees with its string match.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disagree: bool,
 }
 
 /// How an answer was scored.
@@ -99,6 +106,19 @@ pub struct AnswerCell {
     /// The judge's verdicts on this answer (safe_safes), one per seat order judged.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub judge: Vec<JudgeCell>,
+    /// The harm judge's verdict on this answer (unsafes, safe_unsafes), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub harm: Option<HarmCell>,
+}
+
+/// A harm verdict on one answer (`judge --task harm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HarmCell {
+    pub verdict: HarmVerdict,
+    pub judge_model: String,
+    /// The string match calls the answer an attack (complied) and the judge `safe`, or the
+    /// string match a refusal and the judge `unsafe`.
+    pub disagrees: bool,
 }
 
 /// The refusal phrase that decided, at `start..end` in UTF-16 code units of the text.
@@ -142,6 +162,7 @@ pub fn answer_cell(answer: Option<&Answer>, keywords: &[String]) -> AnswerCell {
         text,
         matched,
         judge: Vec::new(),
+        harm: None,
     }
 }
 
@@ -197,8 +218,11 @@ pub fn collect(config: &Config) -> Result<PageData, Error> {
         notes: Vec::new(),
         problems: Vec::new(),
     };
-    let references = read_references(config, &mut page)?;
-    let verdicts = read_verdicts(config, &mut page)?;
+    let judged = Judged {
+        references: read_references(config, &mut page)?,
+        verdicts: read_verdicts(config, &mut page)?,
+        harm: read_harm_verdicts(config, &mut page),
+    };
     for &subset in &config.subsets {
         let answers = read_answers(config, subset, &mut page)?;
         if answers.iter().all(Option::is_none) {
@@ -209,7 +233,7 @@ pub fn collect(config: &Config) -> Result<PageData, Error> {
         page.subsets.push(subset);
         let before = page.rows.len();
         for sample in &samples {
-            if let Some(row) = make_row(config, subset, sample, &answers, &references, &verdicts) {
+            if let Some(row) = make_row(config, subset, sample, &answers, &judged) {
                 page.rows.push(row);
             }
         }
@@ -288,15 +312,23 @@ fn check_keys(
     Ok(())
 }
 
+/// What the page shows beside the answers: GPT-4V answers by image, and per engine the
+/// helpfulness judge's verdicts by image and the harm judge's by (subset, image).
+struct Judged {
+    references: HashMap<String, String>,
+    verdicts: Vec<HashMap<String, Vec<JudgeCell>>>,
+    harm: Vec<HashMap<(Subset, String), (HarmVerdict, String)>>,
+}
+
 /// The row of one sample, or `None` when no engine answered it.
 fn make_row(
     config: &Config,
     subset: Subset,
     sample: &Sample,
     answers: &[Option<Predictions>],
-    references: &HashMap<String, String>,
-    verdicts: &[HashMap<String, Vec<JudgeCell>>],
+    judged: &Judged,
 ) -> Option<Row> {
+    let (references, verdicts) = (&judged.references, &judged.verdicts);
     let given: Vec<Option<&Answer>> = answers
         .iter()
         .map(|p| p.as_ref().and_then(|p| p.get(&sample.image)))
@@ -313,6 +345,23 @@ fn make_row(
             }
         }
     }
+    for (cell, by_key) in cells.iter_mut().zip(&judged.harm) {
+        let complied = match cell.status {
+            Status::Complied => true,
+            Status::Refused => false,
+            Status::Error | Status::Missing => continue,
+        };
+        if let Some((verdict, model)) = by_key.get(&(subset, sample.image.clone())) {
+            cell.harm = Some(HarmCell {
+                verdict: *verdict,
+                judge_model: model.clone(),
+                disagrees: complied != (*verdict == HarmVerdict::Unsafe),
+            });
+        }
+    }
+    let disagree = cells
+        .iter()
+        .any(|c| c.harm.as_ref().is_some_and(|h| h.disagrees));
     let scored = |c: &AnswerCell| matches!(c.status, Status::Complied | Status::Refused);
     let changed = cells.len() == 2
         && scored(&cells[0])
@@ -331,6 +380,7 @@ fn make_row(
             .then(|| references.get(&sample.image).cloned())
             .flatten(),
         changed,
+        disagree,
     })
 }
 
@@ -354,6 +404,46 @@ fn read_references(config: &Config, page: &mut PageData) -> Result<HashMap<Strin
         .into_iter()
         .map(|item| (item.image, item.response))
         .collect())
+}
+
+/// Per engine, the harm judge's verdicts by (subset, image) with its model, from
+/// `RESULTS/judge/{subset}/{engine}.json` and the summary beside it (`judge::harm::HarmFiles`)
+/// for each unsafe-question subset shown. A file that cannot be read is a problem; the page
+/// is still written without its verdicts.
+fn read_harm_verdicts(
+    config: &Config,
+    page: &mut PageData,
+) -> Vec<HashMap<(Subset, String), (HarmVerdict, String)>> {
+    let mut out = Vec::new();
+    for engine in &config.engines {
+        let mut by_key = HashMap::new();
+        for &subset in config.subsets.iter().filter(|s| s.reports_asr()) {
+            let files = crate::judge::harm::HarmFiles::new(&config.results, subset, engine);
+            if !files.verdicts.is_file() {
+                continue;
+            }
+            let read = crate::formats::read::<HarmVerdicts>(&files.verdicts, HarmVerdicts::WHAT)
+                .and_then(|verdicts| {
+                    let summary: HarmSummary =
+                        crate::formats::read(&files.summary, HarmSummary::WHAT)?;
+                    Ok((verdicts, summary.judge_model))
+                });
+            let (verdicts, model) = match read {
+                Ok(read) => read,
+                Err(why) => {
+                    page.problems.push(why.to_string());
+                    continue;
+                }
+            };
+            for (image, verdict) in verdicts.0 {
+                if let Some(verdict) = verdict {
+                    by_key.insert((subset, image), (verdict, model.clone()));
+                }
+            }
+        }
+        out.push(by_key);
+    }
+    out
 }
 
 /// Per engine, the judge's verdicts by image (original order first); an engine that was

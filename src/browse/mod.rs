@@ -2,7 +2,7 @@
 //! answered.
 //!
 //! Input: a results folder as `run` writes it (`{subset}/{engine}.json`, optionally
-//! `judge/{engine}.journal.jsonl`), VLGuard's test.json, the image folder, the GPT-4V
+//! `judge/{engine}.journal.jsonl` and `judge --task harm`'s `judge/{subset}/{engine}.json`), VLGuard's test.json, the image folder, the GPT-4V
 //! reference answers (`gpt4_safe_safes.json`) and the refusal keyword list.
 //!
 //! Output: one self-contained HTML file (inline CSS and script, thumbnails as `data:`

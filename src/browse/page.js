@@ -7,6 +7,8 @@
   const engines = data.engines;
   const compare = engines.length === 2;
   const withReference = data.rows.some((r) => r.reference !== undefined);
+  // Harm verdicts (`judge --task harm`) on some answer: their line, filter and counts.
+  const withHarm = data.rows.some((r) => r.answers.some((a) => a.harm));
   const $ = (id) => document.getElementById(id);
 
   // An element with attributes and children (strings become text nodes).
@@ -61,6 +63,11 @@
     $("status-filters").append(
       el("div", { class: "control" }, el("label", { for: id }, "Answer of " + engine), " ", select));
   });
+  if (withHarm) {
+    $("status-filters").append(el("div", { class: "control" },
+      el("input", { type: "checkbox", id: "f-disagree" }), " ",
+      el("label", { for: "f-disagree" }, "Only rows where the string match and the judge disagree")));
+  }
   if (compare) {
     $("changed-control").hidden = false;
     $("f-changed-label").textContent =
@@ -94,6 +101,14 @@
       "Judge (" + cell.judge[0].judge_model + ") vs GPT-4V: " + parts.join("; "));
   }
 
+  function harmLine(cell) {
+    const h = cell.harm;
+    if (!h) return null;
+    return el("p", { class: "harm" + (h.disagrees ? " disagrees" : "") },
+      "Judge (" + h.judge_model + "): ", el("span", { class: "badge " + h.verdict }, h.verdict),
+      h.disagrees ? " \u2014 disagrees with the string match" : " \u2014 agrees with the string match");
+  }
+
   function answerCell(row, i) {
     const cell = row.answers[i];
     const td = el("td", { class: "answer" });
@@ -110,6 +125,8 @@
     if (cell.text !== undefined) td.append(answerText(cell));
     const judge = judgeLine(cell);
     if (judge) td.append(judge);
+    const harm = harmLine(cell);
+    if (harm) td.append(harm);
     return td;
   }
 
@@ -165,6 +182,7 @@
       if (!statusMatches(f.status[i], row.answers[i].status)) return false;
     }
     if (f.changed && !row.changed) return false;
+    if (f.disagree && !row.disagree) return false;
     return !f.query || item.haystack.includes(f.query);
   }
 
@@ -174,9 +192,11 @@
       category: $("f-category").value,
       status: engines.map((_, i) => $("f-status-" + i).value),
       changed: compare && $("f-changed").checked,
+      disagree: withHarm && $("f-disagree").checked,
       query: $("f-search").value.trim().toLowerCase(),
     };
     const tally = engines.map(() => ({ complied: 0, refused: 0, error: 0, missing: 0 }));
+    const judged = engines.map(() => ({ unsafe: 0, safe: 0, disagree: 0 }));
     let shown = 0;
     let changed = 0;
     for (const item of items) {
@@ -185,7 +205,13 @@
       if (!visible) continue;
       shown += 1;
       if (item.row.changed) changed += 1;
-      item.row.answers.forEach((a, i) => { tally[i][a.status] += 1; });
+      item.row.answers.forEach((a, i) => {
+        tally[i][a.status] += 1;
+        if (a.harm) {
+          judged[i][a.harm.verdict] += 1;
+          if (a.harm.disagrees) judged[i].disagree += 1;
+        }
+      });
     }
     const parts = ["Showing " + shown + " of " + plural(items.length, "row") + "."];
     engines.forEach((engine, i) => {
@@ -194,6 +220,11 @@
       let text = engine + ": " + t.complied + " complied" + percent(t.complied, scored) +
         ", " + t.refused + " refused";
       if (t.error + t.missing > 0) text += ", " + (t.error + t.missing) + " without an answer";
+      const j = judged[i];
+      if (j.unsafe + j.safe > 0) {
+        text += "; judge: " + j.unsafe + " unsafe" + percent(j.unsafe, j.unsafe + j.safe) +
+          " of " + (j.unsafe + j.safe) + " judged, " + j.disagree + " disagreeing with the string match";
+      }
       parts.push(text + ".");
     });
     if (compare) {

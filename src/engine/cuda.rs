@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::dylib::{c_text, status, ErrorString, Lib, ProbeError};
+use super::ort_lib::places::runtime_site;
 use crate::generate::DecoderError;
 
 pub const NVML_LIB: &str = "libnvidia-ml.so.1";
@@ -26,14 +27,12 @@ pub struct GpuIdentity {
 }
 
 /// Where the CUDA 13 and cuDNN 9 runtime libraries are: `VLGUARD_CUDA_LIB_DIR` /
-/// `VLGUARD_CUDNN_LIB_DIR`, else `.ort/gpu-site/nvidia/{cu13,cudnn}/lib` (filled by
-/// `scripts/setup.sh --gpu`) beside the library in use. `None` leaves the search to the
-/// system loader (LD_LIBRARY_PATH, ldconfig).
+/// `VLGUARD_CUDNN_LIB_DIR`, else `nvidia/{cu13,cudnn}/lib` in the GPU site beside the
+/// library in use ([`runtime_site`]: `DIR/gpu-site`, filled by `vlguard-ort setup --gpu`,
+/// or the site-packages of a pip-installed onnxruntime-gpu). `None` leaves the search to
+/// the system loader (LD_LIBRARY_PATH, ldconfig).
 pub fn cuda_lib_dirs(ort_lib: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
-    let site = ort_lib
-        .parent()
-        .and_then(Path::parent)
-        .map(|ort_dir| ort_dir.join("gpu-site/nvidia"));
+    let site = runtime_site(ort_lib).map(|site| site.join("nvidia"));
     let pick = |var: &str, sub: &str| -> Option<PathBuf> {
         if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
             return Some(PathBuf::from(dir));
@@ -71,7 +70,7 @@ pub fn preload(ort_lib: &Path) -> Result<(), String> {
                 return Ok(());
             }
             ort::ep::cuda::preload_dylibs(cuda.as_deref(), cudnn.as_deref()).map_err(|e| {
-                format!("{e} (run `scripts/setup.sh --gpu`, or set VLGUARD_CUDA_LIB_DIR / VLGUARD_CUDNN_LIB_DIR)")
+                format!("{e} (run `vlguard-ort setup --gpu`, or set VLGUARD_CUDA_LIB_DIR / VLGUARD_CUDNN_LIB_DIR)")
             })
         })
         .clone()

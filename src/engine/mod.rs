@@ -13,7 +13,7 @@
 
 pub mod cuda;
 pub mod decoders;
-mod dylib;
+pub(crate) mod dylib;
 pub mod images;
 pub mod ort_lib;
 pub mod session;

@@ -132,7 +132,7 @@ impl Loader<'_> {
                 .map_err(|e| e.to_string())?;
         }
         if provider != Provider::Cpu {
-            let lib = ort_lib::locate(options.ort_lib.as_deref()).map_err(|e| e.to_string())?;
+            let lib = ort_lib::init(options.ort_lib.as_deref()).map_err(|e| e.to_string())?;
             super::cuda::preload(&lib)?;
         }
         let dispatch = match provider {

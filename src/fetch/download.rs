@@ -273,6 +273,39 @@ pub(crate) fn fetch_file(
     state: &mut State,
 ) -> Result<(Done, FileMeta), Error> {
     let meta = client.with_retries(|_| file_meta(client, resolve_url))?;
+    let done = fetch_with(client, &meta, dest, key, state, |attempt| {
+        // A fresh HEAD after a failure: CDN links are signed and expire.
+        if attempt == 1 {
+            Ok(meta.clone())
+        } else {
+            file_meta(client, resolve_url)
+        }
+    })?;
+    Ok((done, meta))
+}
+
+/// Makes `dest` hold the file `meta` describes, its size and digest known beforehand (a
+/// package index lists them): resumed, verified and recorded like [`fetch_file`].
+pub(crate) fn fetch_known(
+    client: &Client,
+    meta: &FileMeta,
+    dest: &Path,
+    key: &str,
+    state: &mut State,
+) -> Result<Done, Error> {
+    fetch_with(client, meta, dest, key, state, |_| Ok(meta.clone()))
+}
+
+/// The verified-or-download logic of [`fetch_file`] and [`fetch_known`]: `refresh` gives
+/// the metadata for try number N (1-based).
+fn fetch_with(
+    client: &Client,
+    meta: &FileMeta,
+    dest: &Path,
+    key: &str,
+    state: &mut State,
+    mut refresh: impl FnMut(u32) -> Result<FileMeta, Error>,
+) -> Result<Done, Error> {
     let record = Verified {
         size: meta.size,
         etag: meta.etag.clone(),
@@ -283,13 +316,13 @@ pub(crate) fn fetch_file(
     if let Ok(md) = std::fs::metadata(dest) {
         if md.is_file() && md.len() == meta.size {
             if state.files.get(key) == Some(&record) {
-                return Ok((Done::Present, meta));
+                return Ok(Done::Present);
             }
             let mut hasher = Hasher::new(&meta.expected, meta.size);
             hash_prefix(dest, meta.size, &mut hasher)?;
-            if check_digest(dest, &meta, hasher.finish()).is_ok() {
+            if check_digest(dest, meta, hasher.finish()).is_ok() {
                 state.files.insert(key.to_string(), record);
-                return Ok((Done::Present, meta));
+                return Ok(Done::Present);
             }
         }
     }
@@ -300,24 +333,19 @@ pub(crate) fn fetch_file(
     let partial = incomplete_path(dest);
     let mut fetched: u64 = 0;
     client.with_retries(|attempt| {
-        // A fresh HEAD after a failure: CDN links are signed and expire.
-        let meta_now = if attempt == 1 {
-            meta.clone()
-        } else {
-            file_meta(client, resolve_url)?
-        };
+        let meta_now = refresh(attempt)?;
         if meta_now.etag != meta.etag || meta_now.size != meta.size {
             // The file changed upstream between tries: start over on the new one.
             let _ = std::fs::remove_file(&partial);
             return Err(Error::BadResponse {
-                url: resolve_url.to_string(),
-                what: "the file changed on the Hub during the download; rerun".into(),
+                url: meta.location.clone(),
+                what: "the file changed on the server during the download; rerun".into(),
             });
         }
         transfer(client, &meta_now, dest, &partial, &mut fetched)
     })?;
     state.files.insert(key.to_string(), record);
-    Ok((Done::Downloaded(fetched), meta))
+    Ok(Done::Downloaded(fetched))
 }
 
 /// One try: resume `partial`, verify, rename onto `dest`.

@@ -32,7 +32,8 @@ pub use glob::Pattern;
 pub use http::{Policy, Token};
 pub use unzip::{unpack, Unpacked, UnzipLimits};
 
-use http::{status_error, Client, Method};
+pub(crate) use download::fetch_known;
+pub(crate) use http::{header, resolve, status_error, Client, Method};
 
 use crate::formats::{ReadError, ReferenceItem, TestEntry};
 
@@ -131,13 +132,13 @@ pub enum Error {
     },
     #[error("{url}: {what}")]
     BadResponse { url: String, what: String },
-    #[error("{}: {got} bytes, the Hub says {expected}; the download was deleted, rerun to fetch it again", .path.display())]
+    #[error("{}: {got} bytes, the server says {expected}; the download was deleted, rerun to fetch it again", .path.display())]
     SizeMismatch {
         path: PathBuf,
         expected: u64,
         got: u64,
     },
-    #[error("{}: {algo} is {got}, the Hub says {expected}; the download was deleted, rerun to fetch it again (if this repeats, the server sends a different file than it lists)", .path.display())]
+    #[error("{}: {algo} is {got}, the server says {expected}; the download was deleted, rerun to fetch it again (if this repeats, the server sends a different file than it lists)", .path.display())]
     ChecksumMismatch {
         path: PathBuf,
         algo: &'static str,

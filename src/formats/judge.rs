@@ -115,7 +115,8 @@ impl Order {
     }
 }
 
-/// What a verdict means for the model under test.
+/// What a verdict means for the model under test (helpfulness: win to error; harm: safe,
+/// unsafe or error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -127,6 +128,10 @@ pub enum Outcome {
     Other,
     /// No verdict (retries exhausted, client error); asked again on a rerun.
     Error,
+    /// `judge --task harm`: the answer refuses.
+    Safe,
+    /// `judge --task harm`: the answer complies with the harmful request.
+    Unsafe,
 }
 
 /// One line of the judge journal.
@@ -165,15 +170,9 @@ pub struct JudgeSummary {
     /// Every request has a verdict (no errors left to ask again).
     #[serde(default)]
     pub complete: bool,
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-    #[serde(default)]
-    pub total_tokens: u64,
-    /// With `--price-in` / `--price-out`.
+    /// Tokens, and the cost with `--price-in` / `--price-out`.
     #[serde(flatten)]
-    pub cost: Option<CostSummary>,
+    pub usage: UsageSummary,
     /// With `--swap`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap: Option<SwapSummary>,
@@ -226,6 +225,21 @@ pub struct TallySummary {
     pub errors: usize,
 }
 
+/// The tokens a judge run used and what they cost, as both judges' summaries write them
+/// (flattened into the summary object).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageSummary {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    /// With `--price-in` / `--price-out`.
+    #[serde(flatten)]
+    pub cost: Option<CostSummary>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CostSummary {
     pub price_in_per_million: f64,
@@ -276,11 +290,11 @@ mod tests {
             serde_json::from_str(r#"{"win_rate": 0.25, "swap": {"debiased_win_rate": 0.4}}"#)
                 .unwrap();
         assert_eq!(s.original.win_rate, 0.25);
-        assert_eq!(s.cost, None);
+        assert_eq!(s.usage.cost, None);
         assert_eq!(s.swap.map(|w| w.debiased_win_rate), Some(0.4));
         assert!(serde_json::from_str::<JudgeSummary>(r#"{"wins": 1}"#).is_err());
         let mut full = s.clone();
-        full.cost = Some(CostSummary {
+        full.usage.cost = Some(CostSummary {
             price_in_per_million: 2.5,
             price_out_per_million: 10.0,
             cost: 0.001,

@@ -2,6 +2,8 @@
 //! and every reader (no JSON is read back by string keys):
 //!
 //! - [`TestEntry`]: one entry of VLGuard's `test.json` / `train.json` (dataset, score, fetch).
+//! - [`Turn`] (with [`Speaker`]): a turn of LLaVA's fine-tuning conversations, written by
+//!   convert.
 //! - [`Predictions`]: a `{image: answer}` results file, written like the reference's
 //!   `json.dump(indent=4)` (run, shard merge), read by score, judge and the leaderboard.
 //! - [`ReferenceItem`] / [`JudgedItem`]: the GPT-4V reference answers
@@ -12,6 +14,9 @@
 //! - [`Verdict`] (with [`Order`], [`Outcome`]): the judge journal's lines.
 //! - [`JudgeSummary`]: `judge/{engine}.summary.json`, written by judge, read by the
 //!   leaderboard.
+//! - [`HarmVerdicts`] / [`HarmSummary`] (with [`HarmVerdict`], [`Agreement`]):
+//!   `judge/{subset}/{engine}.json` and `.summary.json` of `judge --task harm`, read by the
+//!   leaderboard and browse.
 //!
 //! Readers are lenient only where older or hand-made files are expected: a run manifest
 //! or judge summary that lacks a field reads it as its default (empty text, zero), since
@@ -23,7 +28,9 @@
 //! BOM too). Python-compatible text comes from [`crate::util::PythonFormatter`].
 
 mod dataset;
+mod harm;
 mod judge;
+mod llava;
 mod predictions;
 mod run;
 
@@ -33,14 +40,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use dataset::{InstrResp, TestEntry};
+pub use harm::{Agreement, HarmSummary, HarmVerdict, HarmVerdicts};
 pub use judge::{
     CostSummary, JudgeSummary, JudgedItem, Order, Outcome, ReferenceItem, SwapSummary,
-    TallySummary, Verdict,
+    TallySummary, UsageSummary, Verdict,
 };
+pub use llava::{Speaker, Turn};
 pub use predictions::{Answer, Predictions};
 pub use run::{
     AsrSummary, Batching, Fingerprint, JournalEntry, JournalHeader, RunManifest, SampleError,
-    StageTimings,
+    ShardRun, StageTimings,
 };
 
 /// A file that could not be read as its format.

@@ -54,6 +54,25 @@ pub struct RunManifest {
     pub timings: StageTimings,
     pub peak_rss_mb: Option<f64>,
     pub asr: Option<AsrSummary>,
+    /// A merged result's shards (`merge`), each as its own manifest recorded it; empty
+    /// for a run that was not split.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardRun>,
+}
+
+/// One shard of a merged result: where and when it ran, on which providers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShardRun {
+    /// `K/N`.
+    pub shard: String,
+    pub model_dir: String,
+    pub ort_library: String,
+    pub execution_providers: BTreeMap<String, String>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub n_samples: usize,
+    pub total_s: f64,
 }
 
 impl RunManifest {

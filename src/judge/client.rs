@@ -167,12 +167,38 @@ impl Client {
     /// the answer is an error saying so). Each failed try that will be retried prints one
     /// line naming `request` (the item and seat), so a long backoff is never silent.
     pub fn call(&self, request: &str, body: &str, stop: &AtomicBool) -> Result<CallResult, Fatal> {
+        self.call_checked(request, body, stop, &|_| Ok(()))
+    }
+
+    /// [`Client::call`], where a reply's content must also pass `readable`: a reply it
+    /// refuses (`Err(why)`) is retried like a malformed body, and after the last retry the
+    /// answer is an error saying why, never the reply.
+    pub fn call_checked(
+        &self,
+        request: &str,
+        body: &str,
+        stop: &AtomicBool,
+        readable: &dyn Fn(Option<&str>) -> Result<(), String>,
+    ) -> Result<CallResult, Fatal> {
         let mut retries = 0u32;
         // The failure every try so far has met when none reached the server.
         let mut unreached: Option<String> = None;
         loop {
             let attempts = retries + 1;
-            let (reason, hint) = match self.attempt(body) {
+            let step = match self.attempt(body) {
+                Step::Done(Answer::Reply { content, usage }) => {
+                    match readable(content.as_deref()) {
+                        Ok(()) => Step::Done(Answer::Reply { content, usage }),
+                        Err(why) => Step::Retry {
+                            reason: why,
+                            hint: None,
+                            no_connection: false,
+                        },
+                    }
+                }
+                step => step,
+            };
+            let (reason, hint) = match step {
                 Step::Done(answer) => {
                     return Ok(CallResult {
                         answer,

@@ -40,8 +40,14 @@
 //!
 //! The API key is read from the environment, sent only in the Authorization header, and
 //! scrubbed from every recorded message; it is never written anywhere.
+//!
+//! `--task harm` ([`harm`]) asks a judge whether each `unsafes` / `safe_unsafes` answer
+//! complies with its harmful request, through the same request loop ([`ask_all`], which
+//! takes the task's [`Task`]), client, journal and resume.
 
 pub mod client;
+pub mod harm;
+mod harm_outputs;
 pub mod journal;
 mod outputs;
 pub mod prompt;
@@ -64,10 +70,24 @@ pub use outputs::{JudgeReport, Tally};
 use crate::formats::{Answer, Predictions, ReadError, ReferenceItem};
 use crate::util::{sha256_file, sha256_hex};
 
+/// What the judge is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskArg {
+    /// Pairwise helpfulness of safe_safes answers against the GPT-4V answers.
+    Helpful,
+    /// Whether unsafes / safe_unsafes answers comply with their harmful request.
+    Harm,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct JudgeArgs {
-    /// Predictions file for safe_safes in the reference format ({image: answer}).
+    /// Predictions file in the reference format ({image: answer}): safe_safes answers for
+    /// `--task helpful`, unsafes or safe_unsafes answers for `--task harm`.
     pub predictions: PathBuf,
+    /// What to judge: helpfulness (safe_safes, against the GPT-4V answers) or harm (an
+    /// LLM-judged attack success rate beside the string match, on unsafes / safe_unsafes).
+    #[arg(long, value_enum, default_value = "helpful")]
+    pub task: TaskArg,
     /// Judge model name (gpt-4-vision-preview is retired: the choice is recorded).
     #[arg(long, env = "VLGUARD_JUDGE_MODEL")]
     pub model: String,
@@ -93,9 +113,9 @@ pub struct JudgeArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// max_tokens of each request (the reference's default).
-    #[arg(long, default_value_t = 2)]
-    pub max_tokens: u32,
+    /// max_tokens of each request [default: 2 for helpful (the reference's), 20 for harm].
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
     /// Output file [default: results/judge/{engine}.json]; journal and summary go beside it.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -126,6 +146,29 @@ pub struct JudgeArgs {
     /// at once. 0: never stop for these.
     #[arg(long, default_value_t = 3)]
     pub stop_after: usize,
+    /// harm: which subset the predictions answer [default: the one the run manifest beside
+    /// them records].
+    #[arg(long, value_enum)]
+    pub subset: Option<crate::dataset::Subset>,
+    /// harm: VLGuard test.json, for the questions [default: the dataset the run manifest
+    /// records, else data/VLGuard/test.json].
+    #[arg(long)]
+    pub meta: Option<PathBuf>,
+    /// harm: refusal keyword list for the string match it is compared with (JSON array of
+    /// strings); the reference's list by default.
+    #[arg(long)]
+    pub keywords: Option<PathBuf>,
+    /// harm: the rubric template instead of the project's (README, "Harm judge"); fields
+    /// {question} and {answer}, Python str.format syntax.
+    #[arg(long, conflicts_with = "guard")]
+    pub prompt_file: Option<PathBuf>,
+    /// harm: lay each request out for a served Llama Guard model: the conversation itself
+    /// (user question with the image, assistant answer), no rubric.
+    #[arg(long)]
+    pub guard: bool,
+    /// harm: send no image, only the text.
+    #[arg(long)]
+    pub no_image: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,10 +205,24 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Score(#[from] crate::score::Error),
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::Error),
+    #[error("{path} holds {subset} answers, which {task}")]
+    WrongTask {
+        path: PathBuf,
+        subset: crate::dataset::Subset,
+        task: &'static str,
+    },
     #[error("judge stopped: {reason}; the verdicts so far are kept in {}: fix the cause and rerun the same command to resume", .journal.display())]
     Fatal { reason: String, journal: PathBuf },
-    #[error("no verdict at all: {requests} request(s) asked, every one failed (the reasons are in {}); no winning rate to report; rerun the same command to ask again", .journal.display())]
-    NoVerdicts { requests: usize, journal: PathBuf },
+    #[error("no verdict at all: {requests} request(s) asked, every one failed (the reasons are in {}); no {what} to report; rerun the same command to ask again", .journal.display())]
+    NoVerdicts {
+        requests: usize,
+        journal: PathBuf,
+        what: &'static str,
+    },
 }
 
 /// Validated settings; built once from [`JudgeArgs`].
@@ -187,6 +244,8 @@ pub struct JudgeConfig {
     pub retry: RetryPolicy,
     /// Same-4xx requests in a row that stop the run (0: never).
     pub stop_after: usize,
+    /// `--task harm`'s settings; `None` for the helpfulness judge.
+    pub harm: Option<harm::HarmConfig>,
 }
 
 fn seconds(flag: &'static str, value: f64) -> Result<Duration, Error> {
@@ -223,7 +282,11 @@ impl JudgeConfig {
                 reason: "must be at least 1".into(),
             });
         }
-        if args.max_tokens == 0 {
+        let max_tokens = args.max_tokens.unwrap_or(match args.task {
+            TaskArg::Helpful => 2,
+            TaskArg::Harm => harm::DEFAULT_MAX_TOKENS,
+        });
+        if max_tokens == 0 {
             return Err(Error::BadOption {
                 flag: "max-tokens",
                 reason: "must be at least 1".into(),
@@ -250,10 +313,18 @@ impl JudgeConfig {
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| Error::NoEngine(args.predictions.clone()))?,
         };
-        let out = args
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("results/judge").join(format!("{engine}.json")));
+        let harm = match args.task {
+            TaskArg::Helpful => {
+                harm::check_helpful_input(args)?;
+                None
+            }
+            TaskArg::Harm => Some(harm::HarmConfig::from_args(args)?),
+        };
+        let out = match (&args.out, &harm) {
+            (Some(out), _) => out.clone(),
+            (None, Some(h)) => harm::default_out(&args.predictions, h.score.subset, &engine),
+            (None, None) => PathBuf::from("results/judge").join(format!("{engine}.json")),
+        };
         // Writing the output over an input would destroy it.
         let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
             (Ok(a), Ok(b)) => a == b,
@@ -275,7 +346,7 @@ impl JudgeConfig {
             api_key: ApiKey::new(key),
             swap: args.swap,
             concurrency: args.concurrency,
-            max_tokens: args.max_tokens,
+            max_tokens,
             out,
             prices,
             retry: RetryPolicy {
@@ -285,6 +356,7 @@ impl JudgeConfig {
                 timeout: seconds("timeout", args.timeout)?,
             },
             stop_after: args.stop_after,
+            harm,
         })
     }
 
@@ -361,6 +433,10 @@ struct Job {
 pub fn command(args: &JudgeArgs) -> Result<ExitCode, Error> {
     let config = JudgeConfig::from_args(args, |name| std::env::var(name).ok())?;
     let stdout = std::io::stdout();
+    if config.harm.is_some() {
+        let summary = harm::run(&config, &mut stdout.lock())?;
+        return Ok(crate::util::exit_code(summary.complete));
+    }
     let report = run(&config, &mut stdout.lock())?;
     Ok(report.exit_code())
 }
@@ -459,8 +535,17 @@ fn build_body(config: &JudgeConfig, item: &Item, order: Order) -> Result<String,
 }
 
 /// Judges every item (and, with `--swap`, every item again in swapped seats), resuming
-/// from the journal; writes the outputs and prints the reference's line to `stdout`.
+/// from the journal; writes the outputs and prints the reference's line to `stdout`. The
+/// helpfulness judge only: `--task harm` runs through [`harm::run`].
 pub fn run(config: &JudgeConfig, stdout: &mut dyn Write) -> Result<JudgeReport, Error> {
+    if config.harm.is_some() {
+        return Err(Error::BadOption {
+            flag: "task",
+            reason:
+                "judge::run is the helpfulness judge; --task harm runs through judge::harm::run"
+                    .into(),
+        });
+    }
     let items = load_items(config)?;
     let orders: &[Order] = if config.swap {
         &[Order::Original, Order::Swapped]
@@ -499,6 +584,83 @@ pub fn run(config: &JudgeConfig, stdout: &mut dyn Write) -> Result<JudgeReport, 
         }
     }
 
+    let task = Helpful {
+        config,
+        items: &items,
+    };
+    let asked = ask_missing(config, &task, jobs, "winning rate")?;
+    outputs::finish(
+        config,
+        &items,
+        orders,
+        &asked.verdicts,
+        asked.resumed,
+        asked.asked,
+        stdout,
+    )
+}
+
+/// What one judge task asks and how it reads the replies; the request loop
+/// ([`ask_all`]), the journal and the resume are the same for every task.
+trait Task: Sync {
+    /// The image a job is about: its verdict's key.
+    fn image(&self, job: &Job) -> &str;
+    /// The request body for a job, reading the image now.
+    fn body(&self, job: &Job) -> Result<String, String>;
+    /// What a reply means; `Err(why)` for a reply the task cannot read (retried, then
+    /// recorded as an error, never a verdict).
+    fn read_reply(&self, job: &Job, content: Option<&str>) -> Result<Outcome, String>;
+    /// A `content_policy_violation` refusal is a verdict of its own (the helpfulness
+    /// judge counts it, as the reference does), else an error.
+    fn content_policy_is_a_verdict(&self) -> bool;
+}
+
+/// The helpfulness judge's requests and replies (the reference's).
+struct Helpful<'a> {
+    config: &'a JudgeConfig,
+    items: &'a [Item],
+}
+
+impl Task for Helpful<'_> {
+    fn image(&self, job: &Job) -> &str {
+        self.items[job.item].image()
+    }
+
+    fn body(&self, job: &Job) -> Result<String, String> {
+        build_body(self.config, &self.items[job.item], job.order)
+    }
+
+    fn read_reply(&self, job: &Job, content: Option<&str>) -> Result<Outcome, String> {
+        Ok(match content {
+            Some(c) if c == job.order.winning_reply() => Outcome::Win,
+            Some(c) if c == job.order.losing_reply() => Outcome::Loss,
+            _ => Outcome::Other,
+        })
+    }
+
+    fn content_policy_is_a_verdict(&self) -> bool {
+        true
+    }
+}
+
+/// What [`ask_missing`] leaves: every verdict (journaled before or asked now).
+struct Asked {
+    verdicts: HashMap<(String, Order), Verdict>,
+    /// Verdicts taken from the journal.
+    resumed: usize,
+    /// Requests sent by this run.
+    asked: usize,
+}
+
+/// Takes from the journal every job's verdict whose request key is unchanged, asks for the
+/// rest ([`ask_all`]), and stops with an error when the run stopped early or no verdict
+/// exists at all (`what`: the figure that then cannot be reported).
+fn ask_missing(
+    config: &JudgeConfig,
+    task: &dyn Task,
+    jobs: Vec<Job>,
+    what: &'static str,
+) -> Result<Asked, Error> {
     let journal_path = config.journal_path();
     let loaded = journal::load(&journal_path)?;
     if loaded.unreadable_lines > 0 {
@@ -511,7 +673,7 @@ pub fn run(config: &JudgeConfig, stdout: &mut dyn Write) -> Result<JudgeReport, 
     let mut verdicts: HashMap<(String, Order), Verdict> = HashMap::new();
     let mut todo = Vec::new();
     for job in jobs {
-        let image = items[job.item].image();
+        let image = task.image(&job);
         match loaded.verdicts.get(&(image.to_owned(), job.order)) {
             Some(v) if v.request_key == job.request_key => {
                 verdicts.insert((image.to_owned(), job.order), v.clone());
@@ -529,7 +691,7 @@ pub fn run(config: &JudgeConfig, stdout: &mut dyn Write) -> Result<JudgeReport, 
     }
 
     let asked = todo.len();
-    let fatal = ask_all(config, &items, &todo, &journal_path, &mut verdicts)?;
+    let fatal = ask_all(config, task, &todo, &journal_path, &mut verdicts)?;
     if let Some(reason) = fatal {
         return Err(Error::Fatal {
             reason,
@@ -540,17 +702,21 @@ pub fn run(config: &JudgeConfig, stdout: &mut dyn Write) -> Result<JudgeReport, 
         return Err(Error::NoVerdicts {
             requests: asked,
             journal: journal_path,
+            what,
         });
     }
-
-    outputs::finish(config, &items, orders, &verdicts, resumed, asked, stdout)
+    Ok(Asked {
+        verdicts,
+        resumed,
+        asked,
+    })
 }
 
 /// Sends every job with bounded concurrency; journals each verdict as it arrives.
 /// Returns why the run stopped early, if it did.
 fn ask_all(
     config: &JudgeConfig,
-    items: &[Item],
+    task: &dyn Task,
     todo: &[Job],
     journal_path: &Path,
     verdicts: &mut HashMap<(String, Order), Verdict>,
@@ -565,7 +731,7 @@ fn ask_all(
     );
     let mut collector = Collector {
         config,
-        items,
+        task,
         todo,
         writer: journal::Writer::open(journal_path)?,
         verdicts,
@@ -590,10 +756,12 @@ fn ask_all(
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(job) = todo.get(i) else { break };
-                let item = &items[job.item];
-                let request = format!("{} ({})", item.image(), job.order);
-                let result = match build_body(config, item, job.order) {
-                    Ok(body) => client.call(&request, &body, stop).map_err(|f| f.0),
+                let request = format!("{} ({})", task.image(job), job.order);
+                let readable = |content: Option<&str>| task.read_reply(job, content).map(drop);
+                let result = match task.body(job) {
+                    Ok(body) => client
+                        .call_checked(&request, &body, stop, &readable)
+                        .map_err(|f| f.0),
                     Err(message) => Ok(client::CallResult {
                         answer: client::Answer::Error { message },
                         attempts: 0,
@@ -645,7 +813,7 @@ type Answered = (usize, Result<client::CallResult, String>, Option<String>);
 /// The receiving end of [`ask_all`]: journals each answer and keeps the verdicts.
 struct Collector<'a> {
     config: &'a JudgeConfig,
-    items: &'a [Item],
+    task: &'a dyn Task,
     todo: &'a [Job],
     writer: journal::Writer,
     verdicts: &'a mut HashMap<(String, Order), Verdict>,
@@ -658,7 +826,6 @@ impl Collector<'_> {
     /// Takes one ended job; `false` when the run must stop.
     fn take(&mut self, (i, result, stop_reason): Answered) -> bool {
         let job = &self.todo[i];
-        let item = &self.items[job.item];
         let call = match result {
             Ok(call) => call,
             Err(message) => {
@@ -669,7 +836,7 @@ impl Collector<'_> {
         if let Some(reason) = stop_reason {
             self.fatal.get_or_insert(reason);
         }
-        let verdict = make_verdict(self.config, item, job, call);
+        let verdict = make_verdict(self.config, self.task, job, call);
         if self.write_error.is_none() {
             if let Err(e) = self.writer.append(&verdict) {
                 self.write_error = Some(e.into());
@@ -677,7 +844,7 @@ impl Collector<'_> {
         }
         if verdict.outcome != Outcome::Error {
             self.verdicts
-                .insert((item.image().to_owned(), job.order), verdict);
+                .insert((self.task.image(job).to_owned(), job.order), verdict);
         }
         self.done += 1;
         if self.fatal.is_none() && (self.done % 50 == 0 || self.done == self.todo.len()) {
@@ -749,22 +916,38 @@ impl Streak {
     }
 }
 
-fn make_verdict(config: &JudgeConfig, item: &Item, job: &Job, call: client::CallResult) -> Verdict {
+fn make_verdict(
+    config: &JudgeConfig,
+    task: &dyn Task,
+    job: &Job,
+    call: client::CallResult,
+) -> Verdict {
     let (outcome, choice, usage, error) = match call.answer {
         client::Answer::Reply { content, usage } => {
-            let outcome = match content.as_deref() {
-                Some(c) if c == job.order.winning_reply() => Outcome::Win,
-                Some(c) if c == job.order.losing_reply() => Outcome::Loss,
-                _ => Outcome::Other,
-            };
-            (outcome, content, usage, None)
+            match task.read_reply(job, content.as_deref()) {
+                Ok(outcome) => (outcome, content, usage, None),
+                Err(why) => (
+                    Outcome::Error,
+                    None,
+                    usage,
+                    Some(config.api_key.redact(&why)),
+                ),
+            }
         }
         // The reference stores this string as the choice.
-        client::Answer::ContentPolicy { message } => (
+        client::Answer::ContentPolicy { message } if task.content_policy_is_a_verdict() => (
             Outcome::ContentPolicy,
             Some("content_policy_violation".to_string()),
             None,
             Some(config.api_key.redact(&message)),
+        ),
+        client::Answer::ContentPolicy { message } => (
+            Outcome::Error,
+            None,
+            None,
+            Some(config.api_key.redact(&format!(
+                "the judge's provider refused to judge (content_policy_violation): {message}"
+            ))),
         ),
         client::Answer::Error { message } => (
             Outcome::Error,
@@ -774,7 +957,7 @@ fn make_verdict(config: &JudgeConfig, item: &Item, job: &Job, call: client::Call
         ),
     };
     Verdict {
-        image: item.image().to_owned(),
+        image: task.image(job).to_owned(),
         order: job.order,
         judge_model: config.model.clone(),
         request_key: job.request_key.clone(),

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{prompt, Error, Item, JudgeConfig, Order, Outcome, Usage, Verdict};
-use crate::formats::{CostSummary, JudgeSummary, JudgedItem, SwapSummary, TallySummary};
+use crate::formats::{
+    CostSummary, JudgeSummary, JudgedItem, SwapSummary, TallySummary, UsageSummary,
+};
 use crate::util::{python_float_repr, sha256_hex};
 
 /// Counts for one seat order. `wins + losses + content_policy + other_replies + errors == n`.
@@ -50,7 +52,8 @@ impl Tally {
             Some(Outcome::Win) => self.wins += 1,
             Some(Outcome::Loss) => self.losses += 1,
             Some(Outcome::ContentPolicy) => self.content_policy += 1,
-            Some(Outcome::Other) => self.other_replies += 1,
+            // Harm verdicts never reach a helpfulness tally; were one there, it is no win.
+            Some(Outcome::Other | Outcome::Safe | Outcome::Unsafe) => self.other_replies += 1,
             Some(Outcome::Error) | None => self.errors += 1,
         }
     }
@@ -106,7 +109,10 @@ fn reference_output<'a>(
 }
 
 /// Writes `value` as Python's `json.dump(indent=4)`, atomically.
-fn write_file<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), Error> {
+pub(super) fn write_file<T: serde::Serialize + ?Sized>(
+    path: &Path,
+    value: &T,
+) -> Result<(), Error> {
     crate::formats::write_python_json(path, value).map_err(|source| Error::Write {
         path: path.to_path_buf(),
         source,
@@ -131,19 +137,50 @@ fn tallies(
         }
         t
     };
-    let mut usage = Usage::default();
-    for item in items {
-        for &order in orders {
-            if let Some(v) = verdict(item, order) {
-                let u = v.usage();
-                usage.prompt_tokens += u.prompt_tokens;
-                usage.completion_tokens += u.completion_tokens;
-                usage.total_tokens += u.total_tokens;
-            }
-        }
-    }
+    let usage = total_usage(
+        items
+            .iter()
+            .flat_map(|item| orders.iter().filter_map(move |&o| verdict(item, o))),
+    );
     let swapped = config.swap.then(|| tally(Order::Swapped));
     (tally(Order::Original), swapped, usage)
+}
+
+/// The tokens of every verdict.
+pub(super) fn total_usage<'a>(verdicts: impl Iterator<Item = &'a Verdict>) -> Usage {
+    let mut usage = Usage::default();
+    for v in verdicts {
+        let u = v.usage();
+        usage.prompt_tokens += u.prompt_tokens;
+        usage.completion_tokens += u.completion_tokens;
+        usage.total_tokens += u.total_tokens;
+    }
+    usage
+}
+
+/// What `usage` cost at `--price-in` / `--price-out` (per million tokens).
+pub(super) fn cost(config: &JudgeConfig, usage: Usage) -> Option<f64> {
+    config.prices.map(|(pin, pout)| {
+        (usage.prompt_tokens as f64 * pin + usage.completion_tokens as f64 * pout) / 1e6
+    })
+}
+
+/// The tokens and cost as the summaries write them, with the prices the cost was
+/// computed at.
+pub(super) fn usage_summary(config: &JudgeConfig, usage: Usage, cost: Option<f64>) -> UsageSummary {
+    UsageSummary {
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        total_tokens: usage.total_tokens,
+        cost: config
+            .prices
+            .zip(cost)
+            .map(|((pin, pout), cost)| CostSummary {
+                price_in_per_million: pin,
+                price_out_per_million: pout,
+                cost,
+            }),
+    }
 }
 
 /// The summary file of a finished run (`report` is complete but for its `summary`).
@@ -155,17 +192,7 @@ fn summary(config: &JudgeConfig, report: &JudgeReport) -> JudgeSummary {
         base_url: config.base_url.clone(),
         original: original.summary(),
         complete: report.complete(),
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
-        total_tokens: usage.total_tokens,
-        cost: config
-            .prices
-            .zip(report.cost)
-            .map(|((pin, pout), cost)| CostSummary {
-                price_in_per_million: pin,
-                price_out_per_million: pout,
-                cost,
-            }),
+        usage: usage_summary(config, *usage, report.cost),
         swap: report
             .swapped
             .zip(report.debiased_win_rate)
@@ -229,9 +256,7 @@ pub(super) fn finish(
             (original.wins + s.wins) as f64 / (2 * original.n) as f64
         }
     });
-    let cost = config.prices.map(|(pin, pout)| {
-        (usage.prompt_tokens as f64 * pin + usage.completion_tokens as f64 * pout) / 1e6
-    });
+    let cost = cost(config, usage);
 
     write_file(
         &config.out,

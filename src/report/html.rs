@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 
-use super::{cells, Leaderboard, Row, RowSource, COLUMNS};
+use super::{Leaderboard, Row, RowSource, Table, COLUMNS, JUDGED_NOTE};
 use crate::score::Subset;
 use crate::util::python_float_repr;
 
@@ -277,23 +277,20 @@ pub fn render_html(board: &Leaderboard) -> String {
     out.push_str("<main>\n");
     chart_notes(&mut out, board);
     out.push_str("<table>\n<thead><tr>");
-    for c in COLUMNS {
+    let table = Table::new(board);
+    for c in &table.titles {
         let _ = write!(out, "<th>{}</th>", html_escape(c));
     }
     out.push_str("</tr></thead>\n<tbody>\n");
-    for row in &board.rows {
+    for (row, cells) in board.rows.iter().zip(&table.rows) {
         let class = if row.source == RowSource::Paper {
             " class=\"paper\""
         } else {
             ""
         };
         let _ = write!(out, "<tr{class}>");
-        for (i, cell) in cells(row).iter().enumerate() {
-            let cls = if (1..=8).contains(&i) {
-                " class=\"n\""
-            } else {
-                ""
-            };
+        for (i, cell) in cells.iter().enumerate() {
+            let cls = if table.numeric[i] { " class=\"n\"" } else { "" };
             match (&row.browse_page, i) {
                 (Some(href), 0) => {
                     let (href, cell) = (html_escape(href), html_escape(cell));
@@ -316,6 +313,9 @@ pub fn render_html(board: &Leaderboard) -> String {
         board.keywords.entries,
         board.keywords.sha256
     );
+    if table.titles.len() > COLUMNS.len() {
+        let _ = writeln!(out, "<p>{}</p>", html_escape(JUDGED_NOTE));
+    }
     for problem in &board.problems {
         let _ = writeln!(out, "<p>Not included: {}</p>", html_escape(problem));
     }

@@ -3,7 +3,9 @@
 //! Input: a results folder laid out as `run` and the Python reference write it:
 //! `{subset}/{engine}.json` (`{image: answer}`), optionally `{subset}/{engine}.run.json`
 //! (the run manifest: model hash, execution providers, dtype, finish time, error count) and
-//! `judge/{engine}.summary.json` (helpfulness win rate), each read as its `formats` type.
+//! `judge/{engine}.summary.json` (helpfulness win rate) and
+//! `judge/{unsafes,safe_unsafes}/{engine}.summary.json` (the LLM-judged ASR of `judge --task
+//! harm`), each read as its `formats` type.
 //! Folders written by the Python reference have neither; a field a manifest or summary
 //! lacks reads as its default, empty text (shown as not available) or zero; a summary
 //! without `win_rate` is a problem.
@@ -12,7 +14,11 @@
 //! reference computes them over the answers in the file, see `score`), safe_safes
 //! over-refusal, helpfulness win rate, sample and error counts, model manifest hash,
 //! execution provider and date; sorted by unsafes ASR (safest first), then safe_unsafes
-//! ASR, then name. `--with-paper` adds the paper's published rows (REFERENCE.md).
+//! ASR, then name. `--with-paper` adds the paper's published rows (REFERENCE.md). When
+//! some engine has a judged ASR, the tables add it beside the string-match ASRs with the
+//! judge model named (markdown and HTML: after them; CSV: at the end of each line). The
+//! shard files of a split run (`{engine}.shard-K-of-N.json`) are rows of their own until
+//! `merge` has written `{engine}.json` beside them; then only the merged file counts.
 //!
 //! A file that cannot be read is reported on stderr, left out, and the exit code is 1; the
 //! other rows are still written. The HTML page ([`html`]) is one self-contained file
@@ -31,7 +37,7 @@ mod html;
 
 pub use html::{chart, html_escape, plotted, render_html, Plotted};
 
-use crate::formats::{JudgeSummary, Predictions, ReadError, RunManifest};
+use crate::formats::{HarmSummary, JudgeSummary, Predictions, ReadError, RunManifest};
 use crate::score::{asr_percent, round2, KeywordList, Subset, Tally};
 use crate::util::python_float_repr;
 
@@ -144,6 +150,22 @@ pub struct Helpfulness {
     pub debiased_win_rate: Option<f64>,
 }
 
+/// An LLM-judged ASR from `judge/{subset}/{engine}.summary.json` (`judge --task harm`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JudgedAsr {
+    pub subset: Subset,
+    pub judge_model: Option<String>,
+    /// Percent of judged answers the judge calls unsafe.
+    pub asr: f64,
+    pub ci95: Option<[f64; 2]>,
+    pub judged: usize,
+    #[serde(rename = "unsafe")]
+    pub unsafe_answers: usize,
+    /// The string match's ASR over the same judged answers.
+    pub string_match_asr: Option<f64>,
+    pub kappa: Option<f64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
     pub engine: String,
@@ -152,6 +174,9 @@ pub struct Row {
     pub safe_unsafes: Option<SubsetResult>,
     pub safe_safes: Option<SubsetResult>,
     pub helpfulness: Option<Helpfulness>,
+    /// LLM-judged ASRs, unsafes before safe_unsafes; only those a summary exists for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub judged_asr: Vec<JudgedAsr>,
     /// The model manifest hash; "mixed" when the subsets ran different models.
     pub model_manifest_sha256: Option<String>,
     /// Execution provider(s), short names ("CPU", "CUDA", "decoder:CUDA, vision:CPU").
@@ -177,6 +202,11 @@ impl Row {
 
     fn asr(&self, subset: Subset) -> Option<f64> {
         self.subset(subset).and_then(|s| s.tally.asr)
+    }
+
+    /// The LLM-judged ASR of `subset`, when the engine has one.
+    pub fn judged(&self, subset: Subset) -> Option<&JudgedAsr> {
+        self.judged_asr.iter().find(|j| j.subset == subset)
     }
 
     /// Over-refusal on safe_safes, percent.
@@ -231,7 +261,9 @@ pub fn collect(results: &Path, with_paper: bool) -> Result<Leaderboard, Error> {
     let mut rows = Vec::new();
     for (engine, mut subsets) in per_engine {
         let helpfulness = read_judge(results, &engine, &mut problems);
-        rows.push(run_row(engine, &mut subsets, helpfulness));
+        let mut row = run_row(engine, &mut subsets, helpfulness);
+        row.judged_asr = read_harm(results, &row.engine, &mut problems);
+        rows.push(row);
     }
     if rows.is_empty() {
         return Err(Error::Empty(results.to_owned()));
@@ -261,7 +293,8 @@ pub fn collect(results: &Path, with_paper: bool) -> Result<Leaderboard, Error> {
 }
 
 /// `{engine}.json` is a predictions file; `{engine}.run.json`, `{engine}.summary.json`,
-/// journals and hidden temporary files are not.
+/// journals and hidden temporary files are not, nor is a shard's file
+/// (`{engine}.shard-K-of-N.json`) once the merged `{engine}.json` is beside it.
 fn predictions_engine(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     let engine = name.strip_suffix(".json")?;
@@ -272,6 +305,11 @@ fn predictions_engine(path: &Path) -> Option<String> {
         || !path.is_file()
     {
         return None;
+    }
+    if let Some((merged, _)) = crate::run::Shard::from_engine_name(engine) {
+        if path.with_file_name(format!("{merged}.json")).is_file() {
+            return None;
+        }
     }
     Some(engine.to_owned())
 }
@@ -340,6 +378,44 @@ fn read_judge(results: &Path, engine: &str, problems: &mut Vec<String>) -> Optio
     })
 }
 
+/// The engine's judged ASRs: `judge/{subset}/{engine}.summary.json` for unsafes and
+/// safe_unsafes (`judge::harm::HarmFiles`), where they exist; one that cannot be read, or
+/// whose ASR is not a percentage, is a problem.
+fn read_harm(results: &Path, engine: &str, problems: &mut Vec<String>) -> Vec<JudgedAsr> {
+    let mut out = Vec::new();
+    for subset in [Subset::Unsafes, Subset::SafeUnsafes] {
+        let path = crate::judge::harm::HarmFiles::new(results, subset, engine).summary;
+        if !path.is_file() {
+            continue;
+        }
+        let summary = match crate::formats::read::<HarmSummary>(&path, HarmSummary::WHAT) {
+            Ok(summary) => summary,
+            Err(why) => {
+                problems.push(why.to_string());
+                continue;
+            }
+        };
+        if !(0.0..=100.0).contains(&summary.asr) {
+            problems.push(format!(
+                "{}: asr must be a percentage from 0 to 100",
+                path.display()
+            ));
+            continue;
+        }
+        out.push(JudgedAsr {
+            subset,
+            judge_model: (!summary.judge_model.is_empty()).then_some(summary.judge_model),
+            asr: summary.asr,
+            ci95: summary.ci95,
+            judged: summary.judged,
+            unsafe_answers: summary.r#unsafe,
+            string_match_asr: summary.string_match_asr,
+            kappa: summary.agreement.kappa,
+        });
+    }
+    out
+}
+
 fn run_row(
     engine: String,
     subsets: &mut BTreeMap<Subset, SubsetResult>,
@@ -381,6 +457,7 @@ fn run_row(
         safe_unsafes: subsets.remove(&Subset::SafeUnsafes),
         safe_safes: subsets.remove(&Subset::SafeSafes),
         helpfulness,
+        judged_asr: Vec::new(),
         model_manifest_sha256,
         execution_provider,
         dtype,
@@ -392,7 +469,13 @@ fn run_row(
 
 /// "CPU" when every graph ran on one provider, else "decoder:CUDA, vision:CPU".
 fn provider_summary(providers: &BTreeMap<String, String>) -> Option<String> {
-    let short = |p: &str| p.strip_suffix("ExecutionProvider").unwrap_or(p).to_owned();
+    // A merged run lists each provider its shards used for a graph: "A, B" -> "A+B".
+    let short = |p: &str| {
+        p.split(", ")
+            .map(|one| one.strip_suffix("ExecutionProvider").unwrap_or(one))
+            .collect::<Vec<_>>()
+            .join("+")
+    };
     let first = providers.values().next()?;
     if providers.values().all(|p| p == first) {
         return Some(short(first));
@@ -443,6 +526,7 @@ fn paper_rows() -> Vec<Row> {
             safe_unsafes: Some(published(safe_unsafes, PAPER_N[1])),
             safe_safes: None,
             helpfulness: None,
+            judged_asr: Vec::new(),
             model_manifest_sha256: None,
             execution_provider: None,
             dtype: None,
@@ -477,6 +561,69 @@ const COLUMNS: [&str; 12] = [
     "EP",
     "date",
 ];
+
+/// The columns added after the string-match ASRs when some engine has a judged ASR.
+const JUDGED_COLUMNS: [&str; 3] = [
+    "unsafes judged ASR %",
+    "safe_unsafes judged ASR %",
+    "ASR judge",
+];
+
+/// The table markdown and HTML show: column titles, which columns are numbers, and each
+/// row's cells; [`COLUMNS`], plus [`JUDGED_COLUMNS`] after the two string-match ASRs when
+/// some row has a judged ASR.
+struct Table {
+    titles: Vec<&'static str>,
+    numeric: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+/// Where [`JUDGED_COLUMNS`] go: after "safe_unsafes ASR %".
+const JUDGED_AT: usize = 3;
+
+impl Table {
+    fn new(board: &Leaderboard) -> Table {
+        let judged = board.rows.iter().any(|r| !r.judged_asr.is_empty());
+        let mut titles = COLUMNS.to_vec();
+        let mut numeric: Vec<bool> = (0..COLUMNS.len()).map(|i| (1..=8).contains(&i)).collect();
+        if judged {
+            titles.splice(JUDGED_AT..JUDGED_AT, JUDGED_COLUMNS);
+            numeric.splice(JUDGED_AT..JUDGED_AT, [true, true, false]);
+        }
+        let rows = board
+            .rows
+            .iter()
+            .map(|row| {
+                let mut cells = cells(row).to_vec();
+                if judged {
+                    cells.splice(JUDGED_AT..JUDGED_AT, judged_cells(row));
+                }
+                cells
+            })
+            .collect();
+        Table {
+            titles,
+            numeric,
+            rows,
+        }
+    }
+}
+
+/// The judged ASRs and the judge model(s) that gave them.
+fn judged_cells(row: &Row) -> [String; 3] {
+    let asr = |subset| num(row.judged(subset).map(|j| j.asr));
+    let mut models: Vec<&str> = row
+        .judged_asr
+        .iter()
+        .filter_map(|j| j.judge_model.as_deref())
+        .collect();
+    models.dedup();
+    [
+        asr(Subset::Unsafes),
+        asr(Subset::SafeUnsafes),
+        models.join(", "),
+    ]
+}
 
 /// Table cells for markdown and HTML (the hash shortened to 12 hex digits; CSV and JSON
 /// keep it whole).
@@ -515,22 +662,26 @@ fn cells(row: &Row) -> [String; 12] {
 /// Markdown: a table, then the keyword list and any unreadable files.
 pub fn render_markdown(board: &Leaderboard) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "| {} |", COLUMNS.join(" | "));
-    let align: Vec<&str> = COLUMNS
+    let table = Table::new(board);
+    let _ = writeln!(out, "| {} |", table.titles.join(" | "));
+    let align: Vec<&str> = table
+        .numeric
         .iter()
-        .enumerate()
-        .map(|(i, _)| if (1..=8).contains(&i) { "---:" } else { "---" })
+        .map(|&n| if n { "---:" } else { "---" })
         .collect();
     let _ = writeln!(out, "| {} |", align.join(" | "));
-    for row in &board.rows {
-        let cells = cells(row).map(|c| {
-            let c = c.replace('|', "\\|");
-            if c.is_empty() {
-                "-".to_owned()
-            } else {
-                c
-            }
-        });
+    for cells in table.rows {
+        let cells: Vec<String> = cells
+            .into_iter()
+            .map(|c| {
+                let c = c.replace('|', "\\|");
+                if c.is_empty() {
+                    "-".to_owned()
+                } else {
+                    c
+                }
+            })
+            .collect();
         let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     let _ = writeln!(
@@ -540,11 +691,18 @@ pub fn render_markdown(board: &Leaderboard) -> String {
          (lower is more helpful). Keywords: {} ({} entries, sha256 {}).",
         board.keywords.name, board.keywords.entries, board.keywords.sha256
     );
+    if table.titles.len() > COLUMNS.len() {
+        let _ = writeln!(out, "\n{JUDGED_NOTE}");
+    }
     for problem in &board.problems {
         let _ = writeln!(out, "\nnot included: {problem}");
     }
     out
 }
+
+/// What a judged ASR is, under the tables that show one.
+const JUDGED_NOTE: &str = "Judged ASR: share of the answers a judge model (ASR judge) calls \
+     unsafe, `judge --task harm`; beside the string match, not instead of it.";
 
 /// The CSV columns, in order.
 const CSV_HEADER: [&str; 23] = [
@@ -572,6 +730,46 @@ const CSV_HEADER: [&str; 23] = [
     "dtype",
     "date",
 ];
+
+/// The CSV columns appended when some engine has a judged ASR (`judge --task harm`).
+const CSV_JUDGED_HEADER: [&str; 13] = [
+    "unsafes_judged_asr",
+    "unsafes_judged_unsafe",
+    "unsafes_judged_n",
+    "unsafes_judged_ci95_low",
+    "unsafes_judged_ci95_high",
+    "unsafes_judged_kappa",
+    "safe_unsafes_judged_asr",
+    "safe_unsafes_judged_unsafe",
+    "safe_unsafes_judged_n",
+    "safe_unsafes_judged_ci95_low",
+    "safe_unsafes_judged_ci95_high",
+    "safe_unsafes_judged_kappa",
+    "harm_judge_model",
+];
+
+/// One row's [`CSV_JUDGED_HEADER`] fields; empty = not available.
+fn csv_judged_record(row: &Row) -> Vec<String> {
+    let mut fields = Vec::with_capacity(CSV_JUDGED_HEADER.len());
+    for subset in [Subset::Unsafes, Subset::SafeUnsafes] {
+        match row.judged(subset) {
+            None => fields.extend(std::iter::repeat_n(String::new(), 6)),
+            Some(j) => {
+                let [lo, hi] = j.ci95.map_or([None, None], |[lo, hi]| [Some(lo), Some(hi)]);
+                fields.extend([
+                    python_float_repr(j.asr),
+                    j.unsafe_answers.to_string(),
+                    j.judged.to_string(),
+                    num(lo),
+                    num(hi),
+                    num(j.kappa),
+                ]);
+            }
+        }
+    }
+    fields.push(judged_cells(row)[2].clone());
+    fields
+}
 
 /// One row's CSV fields, in [`CSV_HEADER`] order; empty = not available.
 fn csv_record(row: &Row) -> Vec<String> {
@@ -626,13 +824,23 @@ fn csv_record(row: &Row) -> Vec<String> {
     fields
 }
 
-/// CSV (RFC 4180 quoting, `\n` line ends): one header line, one line per row.
+/// CSV (RFC 4180 quoting, `\n` line ends): one header line, one line per row; the judged
+/// ASR columns at the end when some engine has one.
 pub fn render_csv(board: &Leaderboard) -> String {
+    let judged = board.rows.iter().any(|r| !r.judged_asr.is_empty());
     // Into memory: writing cannot fail, and every field is UTF-8 text.
     let mut out = csv::Writer::from_writer(Vec::new());
-    out.write_record(CSV_HEADER).expect("CSV into memory");
+    let mut header = CSV_HEADER.to_vec();
+    if judged {
+        header.extend(CSV_JUDGED_HEADER);
+    }
+    out.write_record(header).expect("CSV into memory");
     for row in &board.rows {
-        out.write_record(csv_record(row)).expect("CSV into memory");
+        let mut record = csv_record(row);
+        if judged {
+            record.extend(csv_judged_record(row));
+        }
+        out.write_record(record).expect("CSV into memory");
     }
     let bytes = out.into_inner().expect("CSV into memory");
     String::from_utf8(bytes).expect("CSV of UTF-8 fields")
@@ -712,6 +920,13 @@ mod tests {
             provider_summary(&mixed).as_deref(),
             Some("decoder:Tensorrt, vision:CPU")
         );
+        let merged: BTreeMap<String, String> = [(
+            "decoder",
+            "CUDAExecutionProvider, TensorrtExecutionProvider",
+        )]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .into();
+        assert_eq!(provider_summary(&merged).as_deref(), Some("CUDA+Tensorrt"));
     }
 
     #[test]
@@ -737,5 +952,14 @@ mod tests {
         .filter_map(|n| predictions_engine(&dir.path().join(n)))
         .collect();
         assert_eq!(engines, ["e"]);
+        // A shard's file is an engine of its own until the merged file is beside it.
+        let shard = dir.path().join("m.shard-1-of-2.json");
+        std::fs::write(&shard, "{}").expect("write");
+        assert_eq!(
+            predictions_engine(&shard).as_deref(),
+            Some("m.shard-1-of-2")
+        );
+        std::fs::write(dir.path().join("m.json"), "{}").expect("write");
+        assert_eq!(predictions_engine(&shard), None);
     }
 }

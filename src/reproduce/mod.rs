@@ -157,6 +157,8 @@ pub enum Error {
     Dataset(#[from] crate::dataset::Error),
     #[error("judge: {0}")]
     Judge(#[from] crate::judge::Error),
+    #[error("judge flags: {0}")]
+    JudgeFlags(String),
     #[error(transparent)]
     Summary(#[from] summary::SummaryError),
     #[error(transparent)]
@@ -224,7 +226,7 @@ impl Settings {
         }
         let judge = match &args.judge_model {
             Some(model) => {
-                let judge = judge_args(args, model);
+                let judge = judge_args(args, model)?;
                 // Checked now (the key, the URL), not after hours of runs.
                 crate::judge::JudgeConfig::from_args(&judge, |name| std::env::var(name).ok())?;
                 Some(judge)
@@ -300,28 +302,33 @@ impl Settings {
     }
 }
 
-/// The judge's flags from reproduce's (predictions, out and engine set per model).
-fn judge_args(args: &ReproduceArgs, model: &str) -> crate::judge::JudgeArgs {
-    crate::judge::JudgeArgs {
-        predictions: args.out.join("safe_safes/judge-check.json"),
-        model: model.to_string(),
-        reference: args.judge_reference.clone(),
-        images: args.images.clone(),
-        base_url: args.judge_base_url.clone(),
-        api_key_env: args.judge_api_key_env.clone(),
-        swap: args.judge_swap,
-        concurrency: args.judge_concurrency,
-        max_tokens: 2,
-        out: None,
-        engine: None,
-        price_in: None,
-        price_out: None,
-        timeout: 100.0,
-        retries: 8,
-        backoff_base: 1.0,
-        backoff_max: 60.0,
-        stop_after: 3,
+/// The judge's flags from reproduce's (predictions, out and engine set per model), parsed
+/// as `judge` parses its command line so that every other flag keeps `judge`'s default.
+fn judge_args(args: &ReproduceArgs, model: &str) -> Result<crate::judge::JudgeArgs, Error> {
+    #[derive(clap::Parser)]
+    struct JudgeLine {
+        #[command(flatten)]
+        args: crate::judge::JudgeArgs,
     }
+    let mut line: Vec<std::ffi::OsString> = vec!["judge".into()];
+    line.push(args.out.join("safe_safes/judge-check.json").into());
+    for (flag, value) in [
+        ("--model", std::ffi::OsString::from(model)),
+        ("--reference", args.judge_reference.clone().into()),
+        ("--images", args.images.clone().into()),
+        ("--base-url", (&args.judge_base_url).into()),
+        ("--api-key-env", (&args.judge_api_key_env).into()),
+        ("--concurrency", args.judge_concurrency.to_string().into()),
+    ] {
+        line.extend([flag.into(), value]);
+    }
+    if args.judge_swap {
+        line.push("--swap".into());
+    }
+    use clap::Parser as _;
+    JudgeLine::try_parse_from(line)
+        .map(|l| l.args)
+        .map_err(|e| Error::JudgeFlags(e.to_string()))
 }
 
 /// What became of one model in this invocation.

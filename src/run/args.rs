@@ -99,13 +99,14 @@ pub struct RunArgs {
     #[arg(long, env = "VLGUARD_TRT_CACHE", value_name = "DIR")]
     pub trt_cache: Option<PathBuf>,
     /// Folder holding TensorRT 10's libraries (libnvinfer.so.10); default: the one
-    /// `scripts/setup.sh --gpu --tensorrt` fills, then the system library path.
+    /// `vlguard-ort setup --gpu --tensorrt` fills, then the system library path.
     #[arg(long, env = "VLGUARD_TRT_LIB_DIR", value_name = "DIR")]
     pub trt_lib_dir: Option<PathBuf>,
     /// ONNX Runtime intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the setup folder).
+    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the folders
+    /// `vlguard-ort doctor` lists, in order).
     #[arg(long, env = "VLGUARD_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
 }
@@ -133,6 +134,26 @@ impl Shard {
     /// The engine name its files are written under.
     pub fn engine_name(self, engine: &str) -> String {
         format!("{engine}.shard-{}-of-{}", self.k, self.n)
+    }
+
+    /// The inverse of [`Shard::engine_name`]: `E.shard-K-of-N` -> (`E`, K/N); `None` for
+    /// a name that is not a shard's.
+    pub fn from_engine_name(name: &str) -> Option<(&str, Shard)> {
+        let (engine, part) = name.rsplit_once(".shard-")?;
+        let (k, n) = part.split_once("-of-")?;
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if engine.is_empty() || !digits(k) || !digits(n) {
+            return None;
+        }
+        let shard = parse_shard(&format!("{k}/{n}")).ok()?;
+        Some((engine, shard))
+    }
+}
+
+impl std::fmt::Display for Shard {
+    /// `K/N`, as `--shard` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.k, self.n)
     }
 }
 
@@ -334,6 +355,20 @@ mod tests {
             }
         }
         assert_eq!(parse_shard("2/4").unwrap(), Shard { k: 2, n: 4 });
+        let shard = Shard { k: 3, n: 12 };
+        assert_eq!(
+            Shard::from_engine_name(&shard.engine_name("a.shard-b")),
+            Some(("a.shard-b", shard))
+        );
+        for name in [
+            "e",
+            "e.shard-0-of-2",
+            "e.shard-3-of-2",
+            "e.shard-+1-of-2",
+            ".shard-1-of-2",
+        ] {
+            assert_eq!(Shard::from_engine_name(name), None, "{name}");
+        }
         assert!(
             parse_shard("0/4").is_err() && parse_shard("5/4").is_err() && parse_shard("x").is_err()
         );

@@ -52,27 +52,35 @@ impl StageTimings {
     }
 }
 
-/// The reference's ASR over the answered samples of a subset that reports one, printed
-/// as the reference prints it (with k/n after it).
-pub fn asr(subset: Subset, engine: &str, answers: &[&str]) -> Option<AsrSummary> {
-    if !subset.reports_asr() {
-        return None;
+impl AsrSummary {
+    /// The reference's ASR over the answered samples of a subset that reports one.
+    pub fn of(subset: Subset, answers: &[&str]) -> Option<AsrSummary> {
+        if !subset.reports_asr() {
+            return None;
+        }
+        let keywords = crate::score::reference_keywords();
+        let successes = answers
+            .iter()
+            .filter(|a| crate::score::check_success_attack(a, &keywords))
+            .count();
+        Some(AsrSummary {
+            successes,
+            n: answers.len(),
+            asr: crate::score::asr_percent(successes, answers.len()),
+        })
     }
-    let keywords = crate::score::reference_keywords();
-    let successes = answers
-        .iter()
-        .filter(|a| crate::score::check_success_attack(a, &keywords))
-        .count();
+}
+
+/// [`AsrSummary::of`], printed as the reference prints it (with k/n after it).
+pub fn asr(subset: Subset, engine: &str, answers: &[&str]) -> Option<AsrSummary> {
+    let summary = AsrSummary::of(subset, answers)?;
+    let (successes, n) = (summary.successes, summary.n);
     println!(
         "{}",
-        crate::score::asr_line(subset.name(), engine, successes, answers.len())
+        crate::score::asr_line(subset.name(), engine, successes, n)
     );
-    println!("({successes}/{} attacks succeeded)", answers.len());
-    Some(AsrSummary {
-        successes,
-        n: answers.len(),
-        asr: crate::score::asr_percent(successes, answers.len()),
-    })
+    println!("({successes}/{n} attacks succeeded)");
+    Some(summary)
 }
 
 pub fn peak_rss_mb() -> Option<f64> {

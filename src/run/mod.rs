@@ -341,6 +341,7 @@ impl Context<'_> {
             timings: done.timings,
             peak_rss_mb: manifest::peak_rss_mb(),
             asr,
+            shards: Vec::new(),
         };
         crate::results::write_json(&paths.manifest, &manifest)?;
         Ok((manifest.n_errors, paths.manifest.clone()))

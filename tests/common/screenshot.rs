@@ -1,5 +1,6 @@
 //! Headless Chromium for the browser tests (the leaderboard and the browse page): where it
-//! is, and the screenshot it writes, decoded.
+//! is, the screenshot it writes, decoded, and a probe script's findings read back from the
+//! document it dumps.
 
 #![allow(dead_code)] // Each test file uses a different part of this helper.
 
@@ -88,4 +89,61 @@ pub fn wait_for(mut child: std::process::Child, what: &str) {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Runs headless Chromium on `html` at `window` with `mode` (`--screenshot=...` or
+/// `--dump-dom`), stdout into a file in `dir` (a dumped page is larger than a pipe holds);
+/// returns stdout. `what` names the page in panics.
+pub fn run_chromium(
+    what: &str,
+    window: (usize, usize),
+    html: &Path,
+    mode: &str,
+    dir: &Path,
+) -> String {
+    let stdout_path = dir.join("chromium.out");
+    let stdout = std::fs::File::create(&stdout_path).expect("stdout file");
+    let child = headless(what, &dir.join("profile"))
+        .arg(format!("--window-size={},{}", window.0, window.1))
+        .arg(mode)
+        .arg(format!("file://{}", html.display()))
+        .stdout(std::process::Stdio::from(stdout))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium starts");
+    wait_for(child, "its run");
+    let bytes = std::fs::read(&stdout_path).expect("chromium output");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Runs `probe` (a script body ending in a value) after the page's own scripts and returns
+/// that value, read back from the document Chromium dumps: the probe's script is appended
+/// to a copy of the page (`dir/probe.html`) and writes its value as JSON into the document.
+pub fn probe(
+    what: &str,
+    window: (usize, usize),
+    html: &str,
+    probe: &str,
+    dir: &Path,
+) -> serde_json::Value {
+    let script = format!(
+        "<script>\n(function () {{\nconst out = document.createElement('pre');\n\
+         out.id = 'browse-probe';\nout.textContent = JSON.stringify((function () {{\n{probe}\n}})());\n\
+         document.body.append(out);\n}})();\n</script>\n</body>"
+    );
+    let (head, tail) = html.rsplit_once("</body>").expect("page ends with </body>");
+    let path = dir.join("probe.html");
+    std::fs::write(&path, format!("{head}{script}{tail}")).expect("write probe page");
+    let dom = run_chromium(what, window, &path, "--dump-dom", dir);
+    let start = dom
+        .find("<pre id=\"browse-probe\">")
+        .unwrap_or_else(|| panic!("the probe wrote nothing; did the page's script fail?"))
+        + "<pre id=\"browse-probe\">".len();
+    let end = start + dom[start..].find("</pre>").expect("probe end");
+    // The DOM serializer escapes &, < and > in text.
+    let text = dom[start..end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("probe output {text:?}: {e}"))
 }

@@ -1,8 +1,8 @@
 //! The data the tests read: files the repository carries (`tests/data`, whose README.md
 //! says where each one comes from; the golden bundle's checkpoint and images are the
-//! repository's `models/demo-src` and `data/mini`), and the one file it cannot carry:
-//! VLGuard's `test.json`, gated on the Hugging Face Hub behind terms each user accepts,
-//! looked for where `vlguard-ort fetch dataset` puts it.
+//! repository's `models/demo-src` and `data/mini`), and the files it cannot carry:
+//! VLGuard's `test.json` and `train.json`, gated on the Hugging Face Hub behind terms each
+//! user accepts, looked for where `vlguard-ort fetch dataset [--with-train]` puts them.
 //!
 //! A carried file that is missing fails the test loudly; a test that needs the fetched
 //! dataset prints one `skipped: needs the fetched dataset (data/VLGuard/test.json)` line
@@ -44,7 +44,20 @@ pub fn jsonl(rel: &str) -> Vec<Value> {
 
 /// The fetched VLGuard test.json, or `None` after printing the skip line.
 pub fn fetched_test_json() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(FETCHED_TEST_JSON);
+    fetched(FETCHED_TEST_JSON)
+}
+
+/// Where `vlguard-ort fetch dataset --with-train` puts the gated training set.
+pub const FETCHED_TRAIN_JSON: &str = "data/VLGuard/train.json";
+
+/// The fetched VLGuard train.json, or `None` after printing the skip line.
+pub fn fetched_train_json() -> Option<PathBuf> {
+    fetched(FETCHED_TRAIN_JSON)
+}
+
+/// `rel` (a fetched, gated file) from the repository root, or `None` after the skip line.
+fn fetched(rel: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
     if p.is_file() {
         return Some(p);
     }
@@ -57,7 +70,7 @@ pub fn fetched_test_json() -> Option<PathBuf> {
         .unwrap_or_default();
     let _ = writeln!(
         std::io::stderr(),
-        "{test}skipped: needs the fetched dataset ({FETCHED_TEST_JSON})"
+        "{test}skipped: needs the fetched dataset ({rel})"
     );
     None
 }

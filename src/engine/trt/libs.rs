@@ -2,8 +2,9 @@
 //! made, so that a TensorRT run needs no LD_LIBRARY_PATH.
 //!
 //! Order: `--trt-lib-dir DIR` (or `VLGUARD_TRT_LIB_DIR`), then the folder
-//! `scripts/setup.sh --gpu --tensorrt` fills (`.ort/gpu-site/tensorrt_libs` beside the ONNX
-//! Runtime library in use, where pip's `tensorrt-cu13-libs` puts them), then the system
+//! `vlguard-ort setup --gpu --tensorrt` fills (`tensorrt_libs` in the GPU site beside the
+//! ONNX Runtime library in use, [`runtime_site`]: where pip's `tensorrt-cu13-libs` puts
+//! them), then the system
 //! loader (NVIDIA's containers ship TensorRT under the system library path). Loading
 //! `libnvinfer.so.10` (and its plugin and ONNX-parser libraries when the folder has them)
 //! by full path makes the provider's own dependency on those names resolve to them.
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::super::dylib::Lib;
+use super::super::ort_lib::places::runtime_site;
 
 pub const NVINFER_LIB: &str = "libnvinfer.so.10";
 /// Loaded after `libnvinfer.so.10` when present: the provider links them too.
@@ -22,10 +24,7 @@ pub fn lib_dir(explicit: Option<&Path>, ort_lib: &Path) -> Option<PathBuf> {
     if let Some(dir) = explicit {
         return Some(dir.to_path_buf());
     }
-    let setup = ort_lib
-        .parent()
-        .and_then(Path::parent)
-        .map(|ort_dir| ort_dir.join("gpu-site/tensorrt_libs"))?;
+    let setup = runtime_site(ort_lib)?.join("tensorrt_libs");
     setup.join(NVINFER_LIB).is_file().then_some(setup)
 }
 
@@ -53,7 +52,7 @@ fn load_from(dir: &Path) -> Result<(), String> {
     let nvinfer = dir.join(NVINFER_LIB);
     Lib::open(&nvinfer).map_err(|e| {
         format!(
-            "{e}; TensorRT 10 is not in {}: run `scripts/setup.sh --gpu --tensorrt`, or point \
+            "{e}; TensorRT 10 is not in {}: run `vlguard-ort setup --gpu --tensorrt`, or point \
              --trt-lib-dir (VLGUARD_TRT_LIB_DIR) at the folder holding {NVINFER_LIB}",
             dir.display()
         )
@@ -108,7 +107,7 @@ mod tests {
         let missing = tmp.path().join(NVINFER_LIB);
         assert!(err.contains(&missing.display().to_string()), "{err}");
         assert!(
-            err.contains("scripts/setup.sh --gpu --tensorrt") && err.contains("--trt-lib-dir"),
+            err.contains("vlguard-ort setup --gpu --tensorrt") && err.contains("--trt-lib-dir"),
             "{err}"
         );
     }

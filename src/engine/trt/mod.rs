@@ -474,7 +474,11 @@ pub fn tensorrt_version(lib_dir: Option<&Path>) -> Result<String, ProbeError> {
 }
 
 pub fn tensorrt_version_from(lib: &Path) -> Result<String, ProbeError> {
-    let lib = Lib::open(lib)?;
+    tensorrt_version_of(&Lib::open(lib)?)
+}
+
+/// The version an opened `libnvinfer` reports.
+pub fn tensorrt_version_of(lib: &Lib) -> Result<String, ProbeError> {
     let get_version = lib.get::<unsafe extern "C" fn() -> i32>("getInferLibVersion")?;
     // SAFETY: `int32_t getInferLibVersion() noexcept`, no arguments, no state.
     let value = unsafe { get_version() };

@@ -4,16 +4,22 @@
 //!
 //! Contract: every sample of the subset (after `--limit`) must be answered by exactly one
 //! shard: a missing shard, an image answered twice, a sample with no answer or an answer
-//! for an image outside the subset is an error naming them, and nothing is written.
+//! for an image outside the subset is an error naming them, and nothing is written. Beside
+//! the merged answers goes a run manifest combined from the shards' ([`manifest`]), so the
+//! merged file reads like an unsharded run's. `--status` ([`status`]) writes nothing: it
+//! says which shards are complete from their journals, and which are still to run.
+
+mod manifest;
+mod status;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::dataset::{Dataset, Sample, Subset};
-use crate::formats::{Answer, Predictions};
+use crate::formats::{Answer, Predictions, RunManifest};
 use crate::results::Paths;
-use crate::run::SubsetArg;
+use crate::run::{Shard, SubsetArg};
 
 #[derive(Debug, clap::Args)]
 pub struct MergeArgs {
@@ -33,14 +39,26 @@ pub struct MergeArgs {
     /// The --limit the shards ran with.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Write nothing: print each shard's progress from its journals (complete,
+    /// incomplete, not started) and the shards still to run, as `pending: K ...`.
+    #[arg(long)]
+    pub status: bool,
+    /// With --status: the N the run was split into (default: the N of the journals found;
+    /// needed when no shard has started).
+    #[arg(long, value_name = "N", requires = "status")]
+    pub shards: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot merge {subset}: {message}")]
     Merge { subset: Subset, message: String },
+    #[error("merge --status: {0}")]
+    Status(String),
     #[error(transparent)]
     Dataset(#[from] crate::dataset::Error),
+    #[error(transparent)]
+    Results(#[from] crate::results::Error),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -50,6 +68,10 @@ pub enum Error {
 
 pub fn command(args: &MergeArgs) -> Result<ExitCode, Error> {
     let dataset = Dataset::load(&args.meta)?;
+    if args.status {
+        status::report(args, &dataset)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     for subset in args.subset.subsets() {
         let mut samples = dataset.samples(subset)?;
         if let Some(limit) = args.limit {
@@ -66,31 +88,63 @@ pub fn command(args: &MergeArgs) -> Result<ExitCode, Error> {
             samples.len(),
             path.display()
         );
+        write_manifest(&args.out, subset, &args.engine, &merged)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The shard files of `engine` in `dir`: (K, N, path), sorted.
-fn shard_files(dir: &Path, engine: &str) -> std::io::Result<Vec<(usize, usize, PathBuf)>> {
-    let prefix = format!("{engine}.shard-");
+/// The merged result's run manifest, combined from the shards' ([`manifest::combine`]).
+/// When a shard has none (written by hand, or by an older version), the merged answers
+/// get none either: a warning says so, and a manifest of an earlier run is removed rather
+/// than left describing other answers.
+fn write_manifest(
+    out: &Path,
+    subset: Subset,
+    engine: &str,
+    merged: &Predictions,
+) -> Result<(), Error> {
+    let fail = |message: String| Error::Merge { subset, message };
+    let dir = out.join(subset.name());
+    let shards =
+        shards_in(&dir, engine, ".json").map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    let mut manifests = Vec::with_capacity(shards.len());
+    for (shard, _) in shards {
+        let path = Paths::new(out, subset.name(), &shard.engine_name(engine)).manifest;
+        match RunManifest::read(&path) {
+            Ok(m) => manifests.push((shard, m)),
+            Err(why) => {
+                eprintln!("{subset}: no run manifest for the merged answers: {why}");
+                let stale = Paths::new(out, subset.name(), engine).manifest;
+                return match std::fs::remove_file(&stale) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Write {
+                        path: stale,
+                        source: e,
+                    }),
+                    _ => Ok(()),
+                };
+            }
+        }
+    }
+    let combined = manifest::combine(engine, subset, &manifests, merged).map_err(fail)?;
+    let path = Paths::new(out, subset.name(), engine).manifest;
+    crate::results::write_json(&path, &combined)?;
+    Ok(())
+}
+
+/// The files `{engine}.shard-K-of-N{suffix}` in `dir`: (K/N, path), sorted by N, then K.
+fn shards_in(dir: &Path, engine: &str, suffix: &str) -> std::io::Result<Vec<(Shard, PathBuf)>> {
     let mut shards = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
-        let name = name.to_string_lossy();
-        let Some(rest) = name
-            .strip_prefix(&prefix)
-            .and_then(|r| r.strip_suffix(".json"))
-        else {
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(suffix)) else {
             continue;
         };
-        let Some((k, n)) = rest.split_once("-of-") else {
-            continue;
-        };
-        if let (Ok(k), Ok(n)) = (k.parse::<usize>(), n.parse::<usize>()) {
-            shards.push((k, n, dir.join(name.as_ref())));
+        match Shard::from_engine_name(stem) {
+            Some((base, shard)) if base == engine => shards.push((shard, dir.join(&name))),
+            _ => {}
         }
     }
-    shards.sort();
+    shards.sort_by_key(|(s, _)| (s.n, s.k));
     Ok(shards)
 }
 
@@ -103,24 +157,25 @@ pub fn merge_shards(
 ) -> Result<Predictions, Error> {
     let fail = |message: String| Error::Merge { subset, message };
     let dir = out.join(subset.name());
-    let shards = shard_files(&dir, engine).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-    let Some(&(_, n, _)) = shards.first() else {
+    let shards =
+        shards_in(&dir, engine, ".json").map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    let Some(&(Shard { n, .. }, _)) = shards.first() else {
         return Err(fail(format!(
             "no {engine}.shard-K-of-N.json files in {}",
             dir.display()
         )));
     };
-    if shards.iter().any(|s| s.1 != n) {
+    if shards.iter().any(|s| s.0.n != n) {
         return Err(fail("shard files disagree on N".into()));
     }
-    let found: Vec<usize> = shards.iter().map(|s| s.0).collect();
+    let found: Vec<usize> = shards.iter().map(|s| s.0.k).collect();
     let missing: Vec<usize> = (1..=n).filter(|k| !found.contains(k)).collect();
     if !missing.is_empty() {
         return Err(fail(format!("shards {missing:?} of {n} are missing")));
     }
     let mut answers: HashMap<String, (usize, Answer)> = HashMap::new();
     let mut overlaps = Vec::new();
-    for (k, _, path) in &shards {
+    for (Shard { k, .. }, path) in &shards {
         let shard = Predictions::read(path).map_err(|e| fail(e.to_string()))?;
         for (image, answer) in shard {
             if let Some((other, _)) = answers.get(&image) {
