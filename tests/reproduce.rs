@@ -362,9 +362,10 @@ fn table2_against_the_hub_stand_in() {
     assert!(server.log().is_empty());
 }
 
-/// With a judge model set, each model's safe_safes answers are judged (here by a local
-/// chat server that prefers the model's answer) and the win rate reaches the
-/// leaderboard; a rerun asks the judge nothing again.
+/// With a judge model set, each model's safe_safes answers are judged for helpfulness and,
+/// with --judge-harm, its unsafes and safe_unsafes answers for harm (here by a local chat
+/// server that prefers the model's answer and calls every answer unsafe); both reach the
+/// leaderboard, and a rerun asks the judge nothing again.
 #[test]
 fn the_judge_runs_when_configured_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -391,9 +392,19 @@ fn the_judge_runs_when_configured_and_resumes() {
         ),
     )
     .unwrap();
-    let server = ChatServer::start(|_, _| completion("m"));
+    // The helpfulness judge asks for 2 tokens (the reference's), the harm judge for more.
+    let server = ChatServer::start(|req, _| {
+        completion(if req.json()["max_tokens"] == 2 {
+            "m"
+        } else {
+            "unsafe"
+        })
+    });
+    // One helpfulness request per safe_safes item, one harm request per unsafes and per
+    // safe_unsafes answer: every entry of the mini test set once.
+    let requests = reference.len() + meta.as_array().unwrap().len();
     let with_judge = || {
-        let mut cmd = reproduce(dir, "m.toml", &["--subset", "safe_safes"]);
+        let mut cmd = reproduce(dir, "m.toml", &["--judge-harm"]);
         cmd.args([
             "--judge-model",
             "judge-x",
@@ -419,7 +430,7 @@ fn the_judge_runs_when_configured_and_resumes() {
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(server.requests().len(), reference.len());
+    assert_eq!(server.requests().len(), requests);
     let board = json(&dir.join("results/leaderboard.json"));
     let row = board["rows"]
         .as_array()
@@ -429,12 +440,11 @@ fn the_judge_runs_when_configured_and_resumes() {
         .unwrap()
         .clone();
     assert_eq!(row["helpfulness"]["win_rate"], 100.0, "{row}");
+    let judged = row["judged_asr"].as_array().unwrap();
+    assert_eq!(judged.len(), 2, "{row}");
+    assert!(judged.iter().all(|j| j["asr"] == 100.0), "{row}");
     let again = run_ok(&mut with_judge());
-    assert_eq!(
-        server.requests().len(),
-        reference.len(),
-        "the rerun asked again"
-    );
+    assert_eq!(server.requests().len(), requests, "the rerun asked again");
     let table = text(&again.stdout);
     assert!(
         table

@@ -130,6 +130,10 @@ pub struct ReproduceArgs {
     /// The judge's reference answers.
     #[arg(long, default_value = "data/VLGuard/gpt4_safe_safes.json")]
     pub judge_reference: PathBuf,
+    /// Also judge harm (judge --task harm) of the unsafes and safe_unsafes answers with
+    /// the judge model, beside the string match.
+    #[arg(long, requires = "judge_model")]
+    pub judge_harm: bool,
     /// Judge every item in both seat orders too (judge --swap).
     #[arg(long)]
     pub judge_swap: bool,
@@ -181,6 +185,7 @@ pub struct Flags {
     pub judge_model: Option<String>,
     pub judge_base_url: Option<String>,
     pub judge_swap: bool,
+    pub judge_harm: bool,
     pub keep_models: bool,
 }
 
@@ -203,6 +208,8 @@ pub struct Settings {
     pub quiet: bool,
     /// The judge's flags (predictions, out and engine set per model); None: no judge.
     pub judge: Option<crate::judge::JudgeArgs>,
+    /// Whether the harm judge runs too (with `judge`'s model and endpoint).
+    pub judge_harm: bool,
     pub flags: Flags,
     args: ReproduceArgs,
 }
@@ -250,6 +257,7 @@ impl Settings {
                 .as_ref()
                 .map(|_| args.judge_base_url.clone()),
             judge_swap: args.judge_swap,
+            judge_harm: args.judge_harm,
             keep_models: !args.delete_models_after,
         };
         let settings = Settings {
@@ -267,6 +275,7 @@ impl Settings {
             attempts: args.attempts,
             quiet: args.quiet,
             judge,
+            judge_harm: args.judge_harm,
             flags,
             args: args.clone(),
         };
@@ -394,6 +403,9 @@ fn not_done(st: &status::ModelStatus) -> String {
     if !matches!(st.judge, State::Done | State::Off(_)) {
         left.push(format!("judge {}", st.judge.text()));
     }
+    if !matches!(st.harm, State::Done | State::Off(_)) {
+        left.push(format!("harm {}", st.harm.text()));
+    }
     format!("not done: {}; rerun to try again", left.join(", "))
 }
 
@@ -405,6 +417,7 @@ fn failed_cell(st: &mut status::ModelStatus, stage: stages::Stage) -> &mut State
         Stage::Weights | Stage::Delete => &mut st.model,
         Stage::Score => &mut st.score,
         Stage::Judge => &mut st.judge,
+        Stage::Harm => &mut st.harm,
         Stage::Run => match st.runs.iter().position(|(_, s)| !s.is_done()) {
             Some(i) => &mut st.runs[i].1,
             None => &mut st.model,

@@ -47,6 +47,8 @@ pub enum StageError {
     Score(#[from] crate::score::Error),
     #[error("judge: {0}")]
     Judge(#[from] crate::judge::Error),
+    #[error("harm judge: {0}")]
+    Harm(crate::judge::Error),
     #[error("{stage}: {what} {path}: {source}")]
     Io {
         stage: Stage,
@@ -76,6 +78,7 @@ pub enum Stage {
     Run,
     Score,
     Judge,
+    Harm,
     Delete,
 }
 
@@ -86,6 +89,7 @@ impl std::fmt::Display for Stage {
             Stage::Run => "run",
             Stage::Score => "score",
             Stage::Judge => "judge",
+            Stage::Harm => "harm",
             Stage::Delete => "delete",
         })
     }
@@ -101,6 +105,7 @@ impl StageError {
             StageError::Run(_) => Stage::Run,
             StageError::Score(_) => Stage::Score,
             StageError::Judge(_) => Stage::Judge,
+            StageError::Harm(_) => Stage::Harm,
             StageError::Io { stage, .. } => *stage,
         }
     }
@@ -174,6 +179,13 @@ pub fn process(
     ) {
         say("judge");
         judge(settings, model)?;
+    }
+    if matches!(
+        status::status(settings, model).harm,
+        State::Pending | State::Partial { .. }
+    ) {
+        say("harm judge");
+        harm(settings, model)?;
     }
     if !settings.keep_models && status::status(settings, model).all_done() {
         done.deleted = delete_model(settings, model)?;
@@ -425,6 +437,29 @@ fn judge(settings: &Settings, model: &Model) -> Result<(), StageError> {
     args.engine = Some(model.name.clone());
     let config = crate::judge::JudgeConfig::from_args(&args, |name| std::env::var(name).ok())?;
     crate::judge::run(&config, &mut std::io::stdout().lock())?;
+    Ok(())
+}
+
+/// The harm judge of each unsafes / safe_unsafes answers file, into the files the
+/// leaderboard reads (`OUT/judge/{subset}/NAME.*`), resuming from its journal.
+fn harm(settings: &Settings, model: &Model) -> Result<(), StageError> {
+    let Some(template) = &settings.judge else {
+        return Ok(());
+    };
+    for subset in status::harm_subsets(settings) {
+        let mut args = template.clone();
+        args.task = crate::judge::TaskArg::Harm;
+        args.swap = false;
+        args.predictions = Paths::new(&settings.out, subset.name(), &model.name).answers;
+        args.subset = Some(subset);
+        args.meta = Some(settings.meta.clone());
+        args.engine = Some(model.name.clone());
+        args.out = None;
+        let config = crate::judge::JudgeConfig::from_args(&args, |name| std::env::var(name).ok())
+            .map_err(StageError::Harm)?;
+        crate::judge::harm::run(&config, &mut std::io::stdout().lock())
+            .map_err(StageError::Harm)?;
+    }
     Ok(())
 }
 

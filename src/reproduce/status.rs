@@ -12,7 +12,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::dataset::Subset;
-use crate::formats::{JournalEntry, JudgeSummary, RunManifest};
+use crate::formats::{HarmSummary, JournalEntry, JudgeSummary, RunManifest};
+use crate::judge::harm::HarmFiles;
 use crate::results::Paths;
 
 use super::plan::Model;
@@ -56,6 +57,8 @@ pub struct ModelStatus {
     pub runs: Vec<(Subset, State)>,
     pub score: State,
     pub judge: State,
+    /// The harm judge over the unsafes / safe_unsafes answers (`--judge-harm`).
+    pub harm: State,
 }
 
 impl ModelStatus {
@@ -67,6 +70,7 @@ impl ModelStatus {
         self.runs_done()
             && self.score.is_done()
             && matches!(self.judge, State::Done | State::Off(_))
+            && matches!(self.harm, State::Done | State::Off(_))
     }
 }
 
@@ -109,6 +113,7 @@ pub fn status(settings: &Settings, model: &Model) -> ModelStatus {
         model: model_state,
         score: score_state(settings, model),
         judge: judge_state(settings, model),
+        harm: harm_state(settings, model),
         runs,
     }
 }
@@ -210,16 +215,54 @@ fn judge_state(settings: &Settings, model: &Model) -> State {
     }
 }
 
+/// The subsets the harm judge reads, of those asked.
+pub fn harm_subsets(settings: &Settings) -> Vec<Subset> {
+    settings
+        .subsets
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| *s != Subset::SafeSafes)
+        .collect()
+}
+
+/// Done per subset when its harm summary judged every answer with this judge model.
+fn harm_state(settings: &Settings, model: &Model) -> State {
+    let judge = match &settings.judge {
+        Some(judge) if settings.judge_harm => judge,
+        _ => return State::Off("off"),
+    };
+    let subsets = harm_subsets(settings);
+    if subsets.is_empty() {
+        return State::Off("off (no unsafes)");
+    }
+    let done = subsets
+        .iter()
+        .filter(|&&subset| {
+            let path = HarmFiles::new(&settings.out, subset, &model.name).summary;
+            crate::formats::read::<HarmSummary>(&path, HarmSummary::WHAT)
+                .is_ok_and(|s| s.judged == s.n && s.errors == 0 && s.judge_model == judge.model)
+        })
+        .count();
+    match done {
+        0 => State::Pending,
+        d if d == subsets.len() => State::Done,
+        d => State::Partial {
+            done: d,
+            total: subsets.len(),
+        },
+    }
+}
+
 /// The table: one line per model, one column per stage.
 pub fn render(models: &[Model], statuses: &[ModelStatus], subsets: &[Subset]) -> String {
     let mut header = vec!["model".to_string(), "weights".into()];
     header.extend(subsets.iter().map(|s| format!("run {}", s.name())));
-    header.extend(["score".into(), "judge".into()]);
+    header.extend(["score".into(), "judge".into(), "harm".into()]);
     let mut rows = vec![header];
     for (m, s) in models.iter().zip(statuses) {
         let mut row = vec![m.name.clone(), s.model.text()];
         row.extend(s.runs.iter().map(|(_, r)| r.text()));
-        row.extend([s.score.text(), s.judge.text()]);
+        row.extend([s.score.text(), s.judge.text(), s.harm.text()]);
         rows.push(row);
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -236,7 +279,7 @@ pub fn render(models: &[Model], statuses: &[ModelStatus], subsets: &[Subset]) ->
         out.push('\n');
     }
     for (m, s) in models.iter().zip(statuses) {
-        for state in [&s.model, &s.score, &s.judge]
+        for state in [&s.model, &s.score, &s.judge, &s.harm]
             .into_iter()
             .chain(s.runs.iter().map(|(_, r)| r))
         {
