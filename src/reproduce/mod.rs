@@ -104,7 +104,8 @@ pub struct ReproduceArgs {
     /// ONNX Runtime intra-op threads per model (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the setup folder).
+    /// ONNX Runtime shared library (default: $ORT_DYLIB_PATH, then the folders
+    /// `vlguard-ort doctor` lists, in order).
     #[arg(long, env = "VLGUARD_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
     /// Hub address; set it to use a mirror.
