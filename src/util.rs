@@ -277,6 +277,22 @@ pub fn rfc3339_from_unix(secs: u64) -> String {
     )
 }
 
+/// The error and its causes, each cause added only when the message above it does not
+/// already quote it (many messages embed their source's text).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

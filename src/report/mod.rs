@@ -35,7 +35,7 @@ use serde::Serialize;
 
 mod html;
 
-pub use html::{chart, plotted, render_html, Plotted};
+pub use html::{chart, html_escape, plotted, render_html, Plotted};
 
 use crate::formats::{HarmSummary, JudgeSummary, Predictions, ReadError, RunManifest};
 use crate::score::{asr_percent, round2, KeywordList, Subset, Tally};
