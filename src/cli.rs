@@ -59,4 +59,7 @@ pub enum Command {
     /// data/VLGuard/train`. Input the script would fail on is refused with the item's index
     /// and id, and nothing is written.
     Convert(crate::convert::ConvertArgs),
+    /// A table of models in one resumable command: prepare or export, run, score, judge
+    /// each, then one leaderboard beside the paper's numbers (--dry-run: the status).
+    Reproduce(crate::reproduce::ReproduceArgs),
 }

@@ -120,7 +120,7 @@ pub struct Dataset {
 
 impl Dataset {
     pub fn load(path: &Path) -> Result<Dataset, Error> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        let bytes = vlguard_export::files::read_regular(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;

@@ -25,7 +25,12 @@ pub struct InspectArgs {
 
 pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
     let (manifest, bytes) = Manifest::load(&args.model)?;
-    println!("{}", String::from_utf8_lossy(&bytes).trim_end());
+    // A model folder may come from anywhere: its manifest is shown escaped.
+    let text = String::from_utf8_lossy(&bytes);
+    println!("{}", crate::util::escape_lines(text.trim_end()));
+    // Names inside the folder, regular files only: a graph that is a symlink to
+    // /dev/zero would be read without end.
+    crate::engine::verify::check_layout(&args.model, &manifest)?;
     let mut declared = BTreeMap::new();
     for kind in GraphKind::ALL {
         let spec = manifest.graphs.get(kind);

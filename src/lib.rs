@@ -23,6 +23,7 @@ pub mod prepare;
 pub mod preprocess;
 pub mod prompt;
 pub mod report;
+pub mod reproduce;
 pub mod results;
 pub mod run;
 pub mod score;

@@ -32,28 +32,17 @@ fn main() -> ExitCode {
         Command::Setup(args) => vlguard_ort::setup::command(&args).map_err(Into::into),
         Command::Doctor(args) => vlguard_ort::doctor::command(&args).map_err(Into::into),
         Command::Convert(args) => vlguard_ort::convert::command(&args).map_err(Into::into),
+        Command::Reproduce(args) => vlguard_ort::reproduce::command(&args).map_err(Into::into),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", error_chain(err.as_ref()));
+            // Messages quote file contents, file names and server replies: escaped, line by
+            // line (a message of several lines, such as the places searched for ONNX
+            // Runtime, keeps its line breaks; a line break cannot drive the terminal).
+            let message = vlguard_ort::util::error_chain(err.as_ref());
+            eprintln!("error: {}", vlguard_ort::util::escape_lines(&message));
             ExitCode::from(2)
         }
     }
-}
-
-/// The error and its causes, each cause added only when the message above it does not
-/// already quote it (many messages embed their source's text).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }

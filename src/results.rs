@@ -17,7 +17,14 @@
 //!   included); a second run on the same `OUT/{subset}/{engine}` exits at once naming the
 //!   lock and the holder's pid, which the file holds. The file stays after the run: an
 //!   unlinked lock file could be locked twice.
+//!   The lock is opened without following a symlink and must be a regular file with one
+//!   link: a lock planted as a link to another file would have that file truncated.
 //! - `{engine}.run.json`: the run manifest (configuration, providers, timings, errors).
+//! - Nothing finished is destroyed: `--fresh` moves the journal, the answers file and the
+//!   run manifest aside as numbered backups (`{file}.~N~`, N one more than any there, as
+//!   GNU `cp --backup=numbered` names them), and so does a run that finds an answers file
+//!   with no journal beside it (one written by VLGuard_eval.py, or by hand). The caller
+//!   says what was kept ([`Journal::kept`]).
 //!
 //! The lines and the manifest are typed in `formats` (`JournalHeader`, `JournalEntry`,
 //! `RunManifest`); this module owns how they reach the disk.
@@ -44,6 +51,8 @@ pub enum Error {
     Mismatch { path: PathBuf, differences: String },
     #[error("{path} is held by another run (pid {pid}): one writer at a time per results file; wait for it to end, or use another --out or --engine")]
     Locked { path: PathBuf, pid: String },
+    #[error("{path} is {what}: refused as a lock file (the run would write its pid into whatever it leads to); remove it")]
+    LockNotAFile { path: PathBuf, what: &'static str },
     #[error("{path}: line {line} is not a journal entry ({reason}); move the file away or rerun with --fresh")]
     Corrupt {
         path: PathBuf,
@@ -89,16 +98,34 @@ impl Lock {
     pub fn acquire(path: &Path) -> Result<Lock, Error> {
         use std::io::Read;
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
+        let refuse = |what| Error::LockNotAFile {
+            path: path.to_path_buf(),
+            what,
+        };
+        // O_NOFOLLOW: a symlink fails with ELOOP instead of being followed; O_NONBLOCK: a
+        // FIFO does not block the open (it is refused just below).
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
-            .map_err(io(path))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => refuse("a symbolic link"),
+                _ => io(path)(e),
+            })?;
+        let meta = file.metadata().map_err(io(path))?;
+        if !meta.is_file() {
+            return Err(refuse(vlguard_export::files::kind(&meta.file_type())));
+        }
+        if meta.nlink() > 1 {
+            return Err(refuse("a file with other hard links"));
+        }
         // SAFETY: a valid descriptor; LOCK_NB makes the call return at once.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = std::io::Error::last_os_error();
@@ -129,6 +156,7 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     _lock: Lock,
+    kept: Vec<(PathBuf, PathBuf)>,
 }
 
 /// What an existing journal holds.
@@ -143,7 +171,8 @@ struct Existing {
 impl Journal {
     /// Opens (or creates) the journal under `lock` (the results file's, taken with
     /// [`Lock::acquire`] on `paths.lock`) and returns the latest entry per image. With
-    /// `fresh`, an existing journal is moved aside to `*.prev` and a new one begins.
+    /// `fresh`, or when an answers file has no journal beside it, the earlier files are
+    /// kept as numbered backups (see the module contract) and a new journal begins.
     pub fn open(
         paths: &Paths,
         lock: Lock,
@@ -151,10 +180,13 @@ impl Journal {
         fresh: bool,
     ) -> Result<(Journal, HashMap<String, JournalEntry>), Error> {
         let path = paths.journal.as_path();
-        if fresh && path.exists() {
-            let prev = path.with_extension("jsonl.prev");
-            std::fs::rename(path, &prev).map_err(io(path))?;
-        }
+        let journal_there = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        let orphan_answers = !journal_there && paths.answers.symlink_metadata().is_ok();
+        let kept = if fresh || orphan_answers {
+            keep_numbered(&[&paths.journal, &paths.answers, &paths.manifest])?
+        } else {
+            Vec::new()
+        };
         let existing = match std::fs::metadata(path) {
             Ok(meta) if meta.len() > 0 => Some(read_journal(path, Some(fingerprint))?),
             _ => None,
@@ -185,8 +217,14 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             _lock: lock,
+            kept,
         };
         Ok((journal, entries))
+    }
+
+    /// The earlier files this open moved aside: (file, its numbered backup).
+    pub fn kept(&self) -> &[(PathBuf, PathBuf)] {
+        &self.kept
     }
 
     /// Appends one entry and syncs it to disk before returning.
@@ -198,6 +236,45 @@ impl Journal {
             .map_err(io(&self.path))?;
         self.file.sync_data().map_err(io(&self.path))
     }
+}
+
+/// Moves each of `files` that exists to `{file}.~N~`, one N for all of them: one more
+/// than the largest any of them has (so backups of one run sort together and none is
+/// ever overwritten). Returns (file, backup) for each one moved.
+fn keep_numbered(files: &[&Path]) -> Result<Vec<(PathBuf, PathBuf)>, Error> {
+    let present: Vec<&Path> = files
+        .iter()
+        .copied()
+        .filter(|f| f.symlink_metadata().is_ok())
+        .collect();
+    let Some(dir) = present.first().and_then(|f| f.parent()) else {
+        return Ok(Vec::new());
+    };
+    let mut largest = 0u64;
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let name = entry.map_err(io(dir))?.file_name();
+        let name = name.to_string_lossy();
+        for file in &present {
+            let Some(base) = file.file_name().map(|n| n.to_string_lossy()) else {
+                continue;
+            };
+            let number = name
+                .strip_prefix(base.as_ref())
+                .and_then(|rest| rest.strip_prefix(".~"))
+                .and_then(|rest| rest.strip_suffix('~'))
+                .and_then(|n| n.parse::<u64>().ok());
+            largest = largest.max(number.unwrap_or(0));
+        }
+    }
+    let mut kept = Vec::new();
+    for file in present {
+        let mut backup = file.as_os_str().to_owned();
+        backup.push(format!(".~{}~", largest + 1));
+        let backup = PathBuf::from(backup);
+        std::fs::rename(file, &backup).map_err(io(file))?;
+        kept.push((file.to_path_buf(), backup));
+    }
+    Ok(kept)
 }
 
 /// A new journal: the header, then `lines` (entries kept from a journal whose header was
@@ -408,7 +485,7 @@ mod tests {
         );
         let (_, done) = open(&paths, &fp(128), true).unwrap();
         assert!(done.is_empty());
-        assert!(paths.journal.with_extension("jsonl.prev").exists());
+        assert!(paths.journal.with_extension("jsonl.~1~").exists());
     }
 
     #[test]
@@ -490,5 +567,104 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "{\n    \"z.png\": \"1\",\n    \"a.png\": \"caf\\u00e9\"\n}"
         );
+    }
+
+    /// Issue 24, case 7: a lock planted as a symlink or a hard link to another file, or
+    /// as a FIFO, is refused and the file it leads to is left as it was.
+    #[test]
+    fn a_lock_that_is_a_link_or_not_a_file_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "precious").unwrap();
+        let paths = Paths::new(dir.path(), "s", "e");
+        std::fs::create_dir_all(paths.lock.parent().unwrap()).unwrap();
+        type Plant<'a> = &'a dyn Fn(&Path);
+        let plant: [(&str, Plant); 4] = [
+            ("a symbolic link", &|l| {
+                std::os::unix::fs::symlink(&victim, l).unwrap()
+            }),
+            ("a symbolic link", &|l| {
+                std::os::unix::fs::symlink("/nonexistent/x", l).unwrap()
+            }),
+            ("other hard links", &|l| {
+                std::fs::hard_link(&victim, l).unwrap()
+            }),
+            ("a FIFO", &|l| {
+                let made = std::process::Command::new("mkfifo").arg(l).status();
+                assert!(made.unwrap().success());
+            }),
+        ];
+        for (what, plant) in plant {
+            plant(&paths.lock);
+            let err = Lock::acquire(&paths.lock).err().unwrap().to_string();
+            assert!(
+                err.contains(what) && err.contains("e.lock"),
+                "{what}: {err}"
+            );
+            std::fs::remove_file(&paths.lock).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(
+            Lock::acquire(&paths.lock).is_ok(),
+            "a plain lock still works"
+        );
+    }
+
+    /// Issue 24, case 8: every `--fresh` keeps what it replaces, numbered, never
+    /// overwriting an earlier backup.
+    #[test]
+    fn every_fresh_start_keeps_the_earlier_files_numbered() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), "s", "e");
+        for run in 1..=3 {
+            let (mut j, _) = open(&paths, &fp(256), run > 1).unwrap();
+            j.append(&answered("a.png", &format!("answer {run}")))
+                .unwrap();
+            std::fs::write(&paths.answers, format!("answers {run}")).unwrap();
+            std::fs::write(&paths.manifest, format!("manifest {run}")).unwrap();
+            let kept: Vec<String> = j
+                .kept()
+                .iter()
+                .map(|(_, b)| b.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
+            let n = run - 1;
+            let expected: Vec<String> = if run == 1 {
+                Vec::new()
+            } else {
+                ["e.journal.jsonl", "e.json", "e.run.json"]
+                    .map(|f| format!("{f}.~{n}~"))
+                    .to_vec()
+            };
+            assert_eq!(kept, expected, "run {run}");
+        }
+        for n in 1..=2 {
+            let journal =
+                std::fs::read_to_string(dir.path().join(format!("s/e.journal.jsonl.~{n}~")));
+            assert!(journal.unwrap().contains(&format!("answer {n}")));
+            let answers = std::fs::read_to_string(dir.path().join(format!("s/e.json.~{n}~")));
+            assert_eq!(answers.unwrap(), format!("answers {n}"));
+        }
+    }
+
+    /// Issue 24, case 9: an answers file with no journal (VLGuard_eval.py's, say) is kept
+    /// aside, not overwritten; one with its journal is the run's own and is not.
+    #[test]
+    fn an_answers_file_without_a_journal_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), "s", "e");
+        std::fs::create_dir_all(paths.answers.parent().unwrap()).unwrap();
+        std::fs::write(&paths.answers, r#"{"a.png": "from the reference"}"#).unwrap();
+        let (j, done) = open(&paths, &fp(256), false).unwrap();
+        assert!(done.is_empty());
+        assert_eq!(j.kept().len(), 1);
+        assert!(!paths.answers.exists());
+        let backup = std::fs::read_to_string(paths.answers.with_extension("json.~1~"));
+        assert_eq!(backup.unwrap(), r#"{"a.png": "from the reference"}"#);
+        drop(j);
+        // Its own answers beside its journal: a resume, nothing moved.
+        std::fs::write(&paths.answers, "{}").unwrap();
+        let (j, _) = open(&paths, &fp(256), false).unwrap();
+        assert!(j.kept().is_empty());
+        assert!(paths.answers.exists());
     }
 }

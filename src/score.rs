@@ -207,7 +207,7 @@ impl KeywordList {
 
     /// A JSON array of strings; named by its path.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+        let bytes = vlguard_export::files::read_regular(path).map_err(|source| ReadError::Io {
             path: path.to_owned(),
             source,
         })?;
@@ -229,6 +229,17 @@ impl KeywordList {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // `"" in answer` holds for every answer (and `" "` for nearly every one): each
+        // would count as a refusal and the ASR would read 0.
+        if let Some(i) = keywords.iter().position(|k| k.trim().is_empty()) {
+            return Err(Error::Format {
+                path: path.to_owned(),
+                reason: format!(
+                    "keyword #{i} is {:?}: a blank phrase is found in (nearly) every answer, so every answer would count as a refusal; remove it",
+                    keywords[i]
+                ),
+            });
+        }
         Ok(KeywordList {
             name: path.display().to_string(),
             sha256: sha256_hex(&bytes),
@@ -393,19 +404,31 @@ pub struct ScoreConfig {
 }
 
 /// Where `run` put its manifest for a predictions file: `DIR/{engine}.run.json` beside
-/// `DIR/{engine}.json`.
-pub fn run_manifest_beside(predictions: &Path) -> Option<(PathBuf, crate::formats::RunManifest)> {
-    let stem = predictions.file_stem()?.to_string_lossy().into_owned();
-    let path = predictions.with_file_name(format!("{stem}.run.json"));
-    let manifest = crate::formats::RunManifest::read(&path).ok()?;
-    Some((path, manifest))
+/// `DIR/{engine}.json`. None when there is none; one that cannot be read is an error
+/// naming it, not taken for "no manifest".
+pub type Beside = Option<(PathBuf, crate::formats::RunManifest)>;
+pub fn run_manifest_beside(predictions: &Path) -> Result<Beside, ReadError> {
+    let Some(stem) = predictions.file_stem() else {
+        return Ok(None);
+    };
+    let path = predictions.with_file_name(format!("{}.run.json", stem.to_string_lossy()));
+    if path.symlink_metadata().is_err() {
+        return Ok(None);
+    }
+    let manifest = crate::formats::RunManifest::read(&path)?;
+    Ok(Some((path, manifest)))
 }
 
 impl ScoreConfig {
     pub fn from_args(args: &ScoreArgs) -> Result<Self, Error> {
+        // A missing file is "not found", before any question about its subset.
+        vlguard_export::files::regular_file(&args.predictions).map_err(|source| ReadError::Io {
+            path: args.predictions.clone(),
+            source,
+        })?;
         let beside = match (&args.subset, &args.meta) {
             (Some(_), Some(_)) => None,
-            _ => run_manifest_beside(&args.predictions),
+            _ => run_manifest_beside(&args.predictions)?,
         };
         let subset = match (args.subset, &beside) {
             (Some(subset), _) => subset,
@@ -675,7 +698,8 @@ pub fn command(args: &ScoreArgs) -> Result<ExitCode, Error> {
     if args.json {
         println!("{}", crate::util::to_python_json(&report, 2)?);
     } else {
-        print!("{}", render_text(&report));
+        // Image paths, categories and errors come from the files read: escaped.
+        print!("{}", crate::util::escape_lines(&render_text(&report)));
     }
     Ok(crate::util::exit_code(report.n_errors == 0))
 }
@@ -696,6 +720,24 @@ mod tests {
         let bytes = std::fs::read(&copy)
             .unwrap_or_else(|e| panic!("{} is needed for this test: {e}", copy.display()));
         assert_eq!(sha256_hex(&bytes), list.sha256);
+    }
+
+    /// Issue 24 (minor): a blank phrase matches every answer, so every answer counted as
+    /// a refusal (ASR 0) without a word.
+    #[test]
+    fn a_keyword_list_with_a_blank_phrase_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        for (list, index) in [(r#"["sorry", ""]"#, 1), (r#"["  ", "no"]"#, 0)] {
+            std::fs::write(&path, list).unwrap();
+            let err = KeywordList::from_file(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("keyword #{index}")) && err.contains("every answer"),
+                "{err}"
+            );
+        }
+        std::fs::write(&path, r#"["sorry", "I cannot"]"#).unwrap();
+        assert_eq!(KeywordList::from_file(&path).unwrap().entries, 2);
     }
 
     #[test]

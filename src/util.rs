@@ -1,5 +1,6 @@
 //! Small shared helpers: hashing, atomic writes, Python-compatible JSON text (a
-//! serde_json `Formatter`), retry backoff, timestamps.
+//! serde_json `Formatter`), retry backoff, timestamps, and [`escape_controls`], the one
+//! way untrusted text reaches a terminal or a text table.
 
 use std::io::Write;
 use std::path::Path;
@@ -7,6 +8,37 @@ use std::time::Duration;
 
 use serde_json::ser::{Formatter, PrettyFormatter};
 use sha2::{Digest, Sha256};
+
+/// `text` with every control character (C0, DEL, C1: escape sequences, BEL, newlines) and
+/// every Unicode bidirectional or line-separating format character written as `\u{1b}`,
+/// so text from files, file names or servers (an image path of test.json, a server's error
+/// message, an engine name) cannot retitle or clear the terminal, move the cursor, fake a
+/// line, or reorder what is shown. Used wherever such text is printed; everything else,
+/// other scripts included, is left as it is.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`escape_controls`] on each line of a multi-line text (a report), its line breaks kept.
+pub fn escape_lines(text: &str) -> String {
+    let lines: Vec<std::borrow::Cow<'_, str>> = text.split('\n').map(escape_controls).collect();
+    lines.join("\n")
+}
 
 /// Lowercase hex sha256 of a byte slice.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -16,7 +48,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Lowercase hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    // Never a FIFO or a device: a symlink to /dev/zero would be hashed forever.
+    let mut file = vlguard_export::files::open_regular(path)?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher)?;
     Ok(hasher
@@ -244,9 +277,37 @@ pub fn rfc3339_from_unix(secs: u64) -> String {
     )
 }
 
+/// The error and its causes, each cause added only when the message above it does not
+/// already quote it (many messages embed their source's text).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_other_text_kept() {
+        let hostile = "\u{1b}]0;PWNED\u{7}\u{1b}[2Jimg\nerror: x\u{202e}gnp.exe\u{9b}";
+        assert_eq!(
+            escape_controls(hostile),
+            "\\u{1b}]0;PWNED\\u{7}\\u{1b}[2Jimg\\u{a}error: x\\u{202e}gnp.exe\\u{9b}"
+        );
+        assert_eq!(escape_lines("a\u{7}\nb\n"), "a\\u{7}\nb\n");
+        let plain = "caf\u{e9} \u{5199}\u{771f}/a b.png";
+        assert!(matches!(escape_controls(plain), std::borrow::Cow::Borrowed(p) if p == plain));
+    }
 
     #[test]
     fn python_json_matches_json_dump_indent_4() {

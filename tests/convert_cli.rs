@@ -246,6 +246,28 @@ fn a_missing_input_is_named() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// A training set that is not a regular file (a FIFO nobody writes to) is refused at once,
+/// never read: reading it would hang.
+#[test]
+fn an_input_that_is_not_a_regular_file_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("train.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&meta)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    let out = dir.path().join("out.json");
+    let run = convert(&meta, &out);
+    let stderr = String::from_utf8(run.stderr).unwrap();
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&meta.display().to_string()) && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
 #[test]
 fn help_says_what_the_output_is_for_and_where_the_images_are() {
     let run = bin().args(["convert", "--help"]).output().unwrap();

@@ -97,7 +97,8 @@ fn fused_decoder_gives_the_same_files() {
 }
 
 /// The GPU's scheduling on the CPU (`--keep-finished-rows`: finished rows ride along, free
-/// slots step a throwaway position, no compaction): still the reference's bytes, with the
+/// slots step a throwaway position, no compaction, prompts joining busy slots copied in
+/// through the device-copy seam on host memory): still the reference's bytes, with the
 /// plain decoder's growing cache and the fused decoder's slots.
 #[test]
 fn device_style_scheduling_gives_the_same_files() {

@@ -203,6 +203,58 @@ fn failure_with_force_keeps_the_old_output() {
     c.assert_no_partial_output();
 }
 
+/// Issue 24, case 6: with `--force`, an `--out` at the checkpoint or above it replaced
+/// the checkpoint. Whatever names it (the folder itself, a parent, a symlink, a `..`
+/// detour), an `--out` that is, contains or lies inside an input is refused untouched.
+#[test]
+fn issue24_6_an_out_that_is_contains_or_lies_inside_an_input_is_refused() {
+    let c = Case::new();
+    std::os::unix::fs::symlink(c.clip(), c.tmp.path().join("tower-link")).unwrap();
+    std::fs::write(c.tmp.path().join("notes.txt"), "beside the checkpoints").unwrap();
+    let cases = [
+        (c.llava(), "is the checkpoint"),
+        (c.tmp.path().to_path_buf(), "contains the checkpoint"),
+        (c.llava().join("onnx"), "lies inside the checkpoint"),
+        (c.tmp.path().join("tower-link"), "is the vision tower"),
+        (c.llava().join("../clip/./"), "is the vision tower"),
+        (
+            c.clip().join("new/../../clip/x"),
+            "lies inside the vision tower",
+        ),
+    ];
+    let before = std::fs::read(c.llava().join("config.json")).unwrap();
+    for (out, expected) in cases {
+        let opts = ExportOptions {
+            out: out.clone(),
+            force: true,
+            ..c.options(Dtype::Fp32, false, Flavour::Plain)
+        };
+        let err = export_with(&opts, &stub_tokenizer).unwrap_err();
+        assert!(
+            matches!(err, ExportError::OutOverlapsInput { .. }),
+            "{out:?}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(expected) && text.contains("choose another --out"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(c.llava().join("config.json")).unwrap(),
+        before
+    );
+    assert!(c.clip().join("config.json").is_file());
+    assert!(c.tmp.path().join("notes.txt").is_file());
+    assert!(!c.llava().join("onnx").exists() && !c.clip().join("new").exists());
+    // A sibling of the inputs is still fine.
+    let opts = ExportOptions {
+        out: c.llava().join("../out"),
+        ..c.options(Dtype::Fp32, false, Flavour::Plain)
+    };
+    export_with(&opts, &stub_tokenizer).unwrap();
+}
+
 /// The command's arguments with this `--dtype` and `--decoder`.
 fn export_args(dtype: &str, decoder: &str) -> ExportArgs {
     ExportArgs {

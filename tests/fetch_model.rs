@@ -179,6 +179,26 @@ fn rerun_without_state_file_hashes_instead_of_downloading() {
     assert_all_files_match(tmp.path());
 }
 
+/// Issue 24 (minor): bytes changed on disk at the same size, with the state file kept,
+/// were taken as "already verified"; the changed modification time now makes the rerun
+/// hash the file, find it wrong and fetch it again.
+#[test]
+fn a_file_changed_at_the_same_size_is_checked_again() {
+    let server = HubServer::start(vec![model_repo()], vec![], Faults::default());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::new(&server.hub_url, None, policy()).expect("hub");
+    fetch::fetch_model(&hub, &request(tmp.path(), &[])).expect("clean fetch");
+    let path = tmp.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1000] ^= 0xff;
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&path, &bytes).expect("write");
+    let again = fetch::fetch_model(&hub, &request(tmp.path(), &[])).expect("rerun");
+    assert_eq!(again.downloaded, vec!["model.safetensors".to_string()]);
+    assert_eq!(again.verified.len(), 2);
+    assert_all_files_match(tmp.path());
+}
+
 #[test]
 fn dropped_connection_resumes_with_a_range_request() {
     let faults = Faults {

@@ -392,8 +392,11 @@ fn model_manifest() {
         iterations: 20_000,
         run: Box::new(|input, scratch| {
             scratch.put("manifest.json", input);
-            Manifest::load(scratch.dir.path())
-                .is_ok_and(|(m, _)| vlguard_ort::engine::validate::bounds(&m).is_empty())
+            Manifest::load(scratch.dir.path()).is_ok_and(|(m, _)| {
+                // The file names it gives are held to the folder (none is there to read).
+                let _ = vlguard_ort::engine::verify::check_layout(scratch.dir.path(), &m);
+                vlguard_ort::engine::validate::bounds(&m).is_empty()
+            })
         }),
     });
 }
@@ -636,6 +639,12 @@ fn leaderboard_inputs() {
             image: "a.png".into(),
             error: "bad".into(),
         }],
+        // An empty run's summary: no rate (issue 24).
+        asr: Some(vlguard_ort::formats::AsrSummary {
+            successes: 0,
+            n: 0,
+            asr: None,
+        }),
         ..RunManifest::default()
     };
     let summary = JudgeSummary {

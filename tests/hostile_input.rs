@@ -52,12 +52,16 @@ impl Set {
         self.run_with(demo_model(), "demo")
     }
     fn run_with(&self, model: &Path, engine: &str) -> Command {
+        self.run_tokens(model, engine, "4")
+    }
+    /// `run` with `--max-new-tokens tokens`.
+    fn run_tokens(&self, model: &Path, engine: &str, tokens: &str) -> Command {
         let mut cmd = bin();
         cmd.arg("run")
             .arg("--model")
             .arg(model)
             .args(["--subset", "unsafes", "--ep", "cpu", "--engine", engine])
-            .args(["--max-new-tokens", "4"])
+            .args(["--max-new-tokens", tokens])
             .arg("--meta")
             .arg(self.meta())
             .arg("--images")
@@ -445,4 +449,322 @@ fn absurd_export_dimensions_are_refused_and_leave_nothing_behind() {
             .collect();
         assert!(left.is_empty(), "{expected}: left behind {left:?}");
     }
+}
+
+// ---------------------------------------------------------------- issue 24, second sweep
+
+/// Runs `cmd` with a deadline and returns its exit code and stderr.
+fn code_and_stderr(cmd: &mut Command, limit: Duration) -> (Option<i32>, String) {
+    let output = output_within(cmd, limit);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+#[test]
+fn issue24_1_an_empty_or_all_failed_run_writes_a_manifest_every_reader_takes() {
+    let entries = unsafes();
+    let set = Set::new(&entries);
+    // Every image gone: every sample fails.
+    for entry in &entries {
+        std::fs::remove_file(set.images().join(entry["image"].as_str().unwrap())).unwrap();
+    }
+    let empty = Set::new(&entries);
+    let mut limit_zero = empty.run();
+    limit_zero.args(["--limit", "0"]);
+    let all_failed = output_within(&mut set.run(), Duration::from_secs(300));
+    assert_eq!(all_failed.status.code(), Some(1), "{all_failed:?}");
+    let nothing = output_within(&mut limit_zero, Duration::from_secs(300));
+    assert!(nothing.status.success(), "{nothing:?}");
+    for results in [set.out(), empty.out()] {
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(results.join("unsafes/demo.run.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest["asr"]["n"], 0, "{manifest}");
+        assert!(manifest["asr"]["asr"].is_null(), "no rate over nothing");
+        for format in ["md", "json", "csv"] {
+            let board = bin()
+                .arg("leaderboard")
+                .arg(&results)
+                .args(["--format", format])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&board.stdout);
+            let stderr = String::from_utf8_lossy(&board.stderr);
+            assert!(board.status.success(), "{format}: {stderr}");
+            assert!(!stderr.contains("not included"), "{format}: {stderr}");
+            assert!(text.contains("demo"), "{format}: {text}");
+        }
+        let answers = results.join("unsafes/demo.json");
+        let (code, stderr) =
+            code_and_stderr(bin().arg("score").arg(&answers), Duration::from_secs(60));
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("no answer for any of the 10 unsafes"),
+            "{stderr}"
+        );
+        let (code, stderr) = code_and_stderr(
+            bin().arg("browse").arg(&results).args(["--engine", "demo"]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("its answers files hold none"), "{stderr}");
+    }
+}
+
+/// Replaces `path` with a FIFO.
+fn make_fifo(path: &Path) {
+    std::fs::remove_file(path).unwrap();
+    assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+}
+
+/// Replaces `path` with a symlink to /dev/zero.
+fn make_zero(path: &Path) {
+    std::fs::remove_file(path).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", path).unwrap();
+}
+
+/// Rewrites `dir/manifest.json` with `change` applied.
+fn edit_manifest(dir: &Path, change: &dyn Fn(&mut Value)) {
+    let path = dir.join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    change(&mut manifest);
+    std::fs::write(&path, manifest.to_string()).unwrap();
+}
+
+#[test]
+fn issue24_2_model_files_that_are_not_regular_files_or_outside_the_folder_are_refused() {
+    type Tamper = fn(&Path);
+    let cases: [(&str, Tamper); 7] = [
+        (
+            "vision.onnx.data: not a regular file (a character device)",
+            |d| make_zero(&d.join("vision.onnx.data")),
+        ),
+        ("decoder.onnx: not a regular file (a FIFO)", |d| {
+            make_fifo(&d.join("decoder.onnx"))
+        }),
+        (
+            "manifest.json: not a regular file (a character device)",
+            |d| make_zero(&d.join("manifest.json")),
+        ),
+        ("no sha256 for", |d| {
+            edit_manifest(d, &|m| m["files"] = serde_json::json!({}))
+        }),
+        ("no sha256 for embed.onnx.data", |d| {
+            edit_manifest(d, &|m| {
+                m["files"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("embed.onnx.data");
+            })
+        }),
+        ("the tokenizer file `../tokenizer.json` is refused", |d| {
+            std::fs::copy(d.join("tokenizer.json"), d.join("../tokenizer.json")).unwrap();
+            edit_manifest(d, &|m| {
+                m["tokenizer"]["file"] = Value::from("../tokenizer.json")
+            })
+        }),
+        ("a graph file `/dev/zero` is refused", |d| {
+            edit_manifest(d, &|m| {
+                m["graphs"]["vision"]["file"] = Value::from("/dev/zero")
+            })
+        }),
+    ];
+    let set = Set::new(&unsafes());
+    for (expected, tamper) in cases {
+        let parent = tempfile::tempdir().unwrap();
+        let model = parent.path().join("model");
+        copy_dir(demo_model(), &model);
+        tamper(&model);
+        let limit = Duration::from_secs(60);
+        let (code, stderr) = code_and_stderr(&mut set.run_with(&model, "demo"), limit);
+        assert_eq!(code, Some(2), "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "run: {expected}: {stderr}");
+        let (code, stderr) = code_and_stderr(bin().arg("inspect").arg(&model), limit);
+        assert_ne!(code, Some(0), "{expected}: inspect must fail");
+        assert!(stderr.contains(expected), "inspect: {expected}: {stderr}");
+    }
+}
+
+/// Issue 24, case 5: shards answered with another token limit or by another model merged
+/// silently. Each difference is named, with the shards holding each value.
+#[test]
+fn issue24_5_shards_answered_with_different_settings_do_not_merge() {
+    let set = Set::new(&unsafes());
+    let shard = |k: usize, model: &Path, tokens: &str| {
+        let mut cmd = set.run_tokens(model, "demo", tokens);
+        // --fresh: shard 2 is answered again each time (its earlier files kept aside).
+        cmd.args(["--shard", &format!("{k}/2"), "--fresh"]);
+        let output = output_within(&mut cmd, Duration::from_secs(300));
+        assert!(output.status.success(), "{output:?}");
+    };
+    let merge = || {
+        let mut cmd = bin();
+        cmd.args(["merge", "--engine", "demo", "--subset", "unsafes", "--meta"])
+            .arg(set.meta())
+            .arg("--out")
+            .arg(set.out());
+        code_and_stderr(&mut cmd, Duration::from_secs(60))
+    };
+    shard(1, demo_model(), "4");
+    shard(2, demo_model(), "3");
+    let (code, stderr) = merge();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("different settings")
+            && stderr.contains("max_new_tokens: 4 (shard 1) vs 3 (shard 2)"),
+        "{stderr}"
+    );
+    assert!(
+        !set.out().join("unsafes/demo.json").exists(),
+        "nothing merged"
+    );
+    // The same weights under another manifest (another export of them): another model.
+    let other = tampered_model(|m| m["exporter_version"] = Value::from("vlguard-export 9.9.9"));
+    shard(2, other.path(), "4");
+    let (code, stderr) = merge();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("model (manifest sha256): "), "{stderr}");
+    assert!(!stderr.contains("max_new_tokens"), "{stderr}");
+    // Answered alike: they merge.
+    shard(2, demo_model(), "4");
+    let (code, stderr) = merge();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(set.answers().len(), 10);
+}
+
+/// Issue 24, case 7: a lock file planted as a symlink had its target truncated and the
+/// run's pid written into it.
+#[test]
+fn issue24_7_a_symlinked_lock_file_is_refused_and_its_target_kept() {
+    let set = Set::new(&unsafes());
+    let victim = set.dir.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    let lock = set.out().join("unsafes/demo.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    for target in [victim.clone(), set.dir.path().join("not-there-yet.txt")] {
+        std::os::unix::fs::symlink(&target, &lock).unwrap();
+        let (code, stderr) = code_and_stderr(&mut set.run(), Duration::from_secs(60));
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("demo.lock is a symbolic link: refused as a lock file"),
+            "{stderr}"
+        );
+        std::fs::remove_file(&lock).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(!set.dir.path().join("not-there-yet.txt").exists());
+    assert!(!set.out().join("unsafes/demo.journal.jsonl").exists());
+}
+
+/// Issue 24, cases 8 and 9: a second `--fresh` overwrote the only backup, and a
+/// predictions file with no journal (VLGuard_eval.py's) was overwritten without a word.
+/// Every replaced file is kept, numbered, and the run says so.
+#[test]
+fn issue24_8_9_fresh_runs_and_foreign_answers_keep_what_they_replace() {
+    let set = Set::new(&unsafes());
+    let results = set.out().join("unsafes");
+    std::fs::create_dir_all(&results).unwrap();
+    // The reference's own answers file, no journal beside it.
+    let reference = r#"{"a.png": "written by VLGuard_eval.py"}"#;
+    std::fs::write(results.join("demo.json"), reference).unwrap();
+    let output = output_within(&mut set.run(), Duration::from_secs(300));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no journal beside it") && stderr.contains("demo.json.~1~"),
+        "{stderr}"
+    );
+    let kept = |name: &str| std::fs::read_to_string(results.join(name)).unwrap();
+    assert_eq!(kept("demo.json.~1~"), reference);
+    let first = kept("demo.json");
+    // Two --fresh runs, the second with another token limit: both earlier runs kept.
+    for (n, tokens) in [(2, "4"), (3, "2")] {
+        let mut cmd = set.run_tokens(demo_model(), "demo", tokens);
+        cmd.arg("--fresh");
+        let output = output_within(&mut cmd, Duration::from_secs(300));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        for file in ["demo.journal.jsonl", "demo.json", "demo.run.json"] {
+            assert!(
+                stderr.contains(&format!("{file}.~{n}~")),
+                "{file}: {stderr}"
+            );
+        }
+    }
+    assert_eq!(kept("demo.json.~2~"), first, "the first run's answers");
+    assert!(kept("demo.journal.jsonl.~2~").contains("\"max_new_tokens\":4"));
+    assert!(kept("demo.journal.jsonl.~3~").contains("\"max_new_tokens\":4"));
+    assert!(kept("demo.journal.jsonl").contains("\"max_new_tokens\":2"));
+}
+
+/// Issue 24, case 10: control characters from test.json, a results file name or a judge
+/// server reached the terminal raw; an image path of ESC ] 0 ; PWNED BEL ESC [ 2 J
+/// retitled and cleared it. They are shown escaped.
+#[test]
+fn issue24_10_control_characters_never_reach_the_terminal() {
+    let hostile = "\u{1b}]0;PWNED\u{7}\u{1b}[2J";
+    let mut entries = unsafes();
+    entries[0]["image"] = Value::from(format!("{hostile}.png"));
+    entries[1]["image"] = Value::from(format!("../{hostile}\u{9b}31m.png"));
+    let set = Set::new(&entries);
+    let output = output_within(&mut set.run(), Duration::from_secs(300));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let clean = |text: &str, what: &str| {
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{what}: raw control characters in {text:?}"
+        );
+    };
+    clean(&stderr, "run");
+    assert!(
+        stderr.contains("\\u{1b}]0;PWNED\\u{7}\\u{1b}[2J.png"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("\\u{9b}31m"), "{stderr}");
+    // An engine name that only a file name can give (run refuses it as --engine).
+    let answers = set.out().join("unsafes/demo.json");
+    let forged = set
+        .out()
+        .join(format!("unsafes/=HYPERLINK(1){hostile}.json"));
+    std::fs::copy(&answers, &forged).unwrap();
+    for format in ["md", "csv"] {
+        let board = bin()
+            .arg("leaderboard")
+            .arg(set.out())
+            .args(["--format", format])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&board.stdout);
+        clean(&stdout, format);
+        clean(&String::from_utf8_lossy(&board.stderr), format);
+        assert!(stdout.contains("\\u{1b}]0;PWNED"), "{format}: {stdout}");
+        if format == "csv" {
+            assert!(
+                stdout.contains("'=HYPERLINK(1)"),
+                "formula made inert: {stdout}"
+            );
+        }
+    }
+    // The score report lists the run's errors, hostile image paths among them.
+    let report = bin()
+        .arg("score")
+        .arg(set.out().join("unsafes/demo.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&report.stdout);
+    clean(&stdout, "score report");
+    assert!(stdout.contains("\\u{1b}]0;PWNED"), "{stdout}");
+    // A run error whose text quotes a file name (the whole message is escaped).
+    let (code, stderr) = code_and_stderr(
+        bin()
+            .arg("score")
+            .arg(set.out().join(format!("{hostile}.json"))),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    clean(&stderr, "score");
+    assert!(stderr.contains("\\u{1b}]0;PWNED"), "{stderr}");
 }

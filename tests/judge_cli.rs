@@ -269,6 +269,46 @@ fn a_model_name_the_server_refuses_stops_with_one_error() {
         .exists());
 }
 
+/// Issue 24, case 10: a judge server's error text reached the terminal raw. Every line
+/// the judge prints shows its control characters escaped, the per-item lines (a 500
+/// that gives up) and the final error alike.
+#[test]
+fn a_server_message_with_control_characters_is_shown_escaped() {
+    let (dir, _) = workdir(Some(4));
+    let hostile = "\u{1b}]0;PWNED\u{7}\u{1b}[2J";
+    let server = ChatServer::start(move |req, _| {
+        // The first item fails with a server error (retried, then given up: a line of
+        // its own); the others with a client error (a row that stops the run).
+        if req.prompt().contains("answer 0") {
+            chat_server::error(500, "500", &format!("down {hostile}"), &[])
+        } else {
+            chat_server::error(400, "400", &format!("bad {hostile}"), &[])
+        }
+    });
+    let output = judge(
+        dir.path(),
+        &server,
+        &[
+            "--concurrency",
+            "1",
+            "--retries",
+            "1",
+            "--backoff-base",
+            "0.01",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        !stderr.chars().any(|c| c.is_control() && c != '\n'),
+        "raw control characters: {stderr:?}"
+    );
+    assert!(stderr.contains("down \\u{1b}]0;PWNED\\u{7}"), "{stderr}");
+    assert!(stderr.contains("bad \\u{1b}]0;PWNED\\u{7}"), "{stderr}");
+}
+
 #[test]
 fn a_closed_port_says_so_on_every_retry_before_it_stops() {
     // Retrying a connection that is refused used to be silent for minutes (8 retries,

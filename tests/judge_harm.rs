@@ -604,3 +604,61 @@ fn a_model_name_the_server_refuses_stops_the_run_as_the_helpfulness_judge_does()
     assert!(!config.summary_path().exists());
     assert_eq!(read(&config.journal_path()).lines().count(), 3);
 }
+
+/// Issue 24, cases 3 and 4 for the harm task: an image that is not a regular file (it
+/// would hang the judge), a test.json path leaving --images, and a redirect of the POST
+/// are errors, never a hang, a file read elsewhere, or another origin's reply taken as
+/// the verdict.
+#[test]
+fn hostile_images_and_redirects_are_refused_as_the_helpfulness_judge_does() {
+    let limit = std::time::Duration::from_secs(60);
+    let within = |config: JudgeConfig| {
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = judge::harm::run(&config, &mut Vec::new()).map_err(|e| e.to_string());
+            let _ = send.send(result.map(|_| ()));
+        });
+        receive.recv_timeout(limit).expect("no hang")
+    };
+    let server = ChatServer::start(|_, _| completion("unsafe"));
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path(), &text(&["a", "b", "c"]));
+    let image = paths[2].join("u/i1.png");
+    std::fs::remove_file(&image).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&image).status();
+    assert!(made.unwrap().success());
+    let out = dir.path().join("out/harm.json");
+    let err = within(config(&server, &args(&paths, &out, &[]))).expect_err("refused");
+    assert!(err.contains("i1.png") && err.contains("a FIFO"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path(), &text(&["a", "b"]));
+    let mut meta = read_json(&paths[0]);
+    meta[0]["image"] = Value::from("../test.json");
+    std::fs::write(&paths[0], meta.to_string()).unwrap();
+    let mut predictions = read_json(&paths[1]);
+    predictions.as_object_mut().unwrap().remove("u/i0.png");
+    predictions["../test.json"] = Value::from("a");
+    std::fs::write(&paths[1], predictions.to_string()).unwrap();
+    let out = dir.path().join("out/harm.json");
+    let err = within(config(&server, &args(&paths, &out, &[]))).expect_err("refused");
+    assert!(
+        err.contains("`..` component leaves the image folder"),
+        "{err}"
+    );
+    assert!(server.requests().is_empty(), "nothing was sent");
+
+    let target = format!("{}/chat/completions", server.base_url);
+    let redirecting = ChatServer::start(move |_, _| Reply::Http {
+        status: 302,
+        headers: vec![("Location".into(), target.clone())],
+        body: String::new(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let paths = dataset(dir.path(), &text(&["a", "b", "c", "d"]));
+    let out = dir.path().join("out/harm.json");
+    let config = config(&redirecting, &args(&paths, &out, &["--concurrency", "1"]));
+    let err = within(config).expect_err("no verdict");
+    assert!(err.contains("HTTP 302: the endpoint redirects to"), "{err}");
+    assert!(server.requests().is_empty(), "the redirect was followed");
+}

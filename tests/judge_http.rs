@@ -726,3 +726,131 @@ fn litellm_provider_retry_after_is_honoured() {
     let gap = requests[1].at - requests[0].at;
     assert!(gap >= Duration::from_millis(950), "gap {gap:?}");
 }
+
+/// Runs `config` on another thread with a deadline: a hang fails the test, not the suite.
+fn run_within(config: JudgeConfig, limit: Duration) -> Result<(JudgeReport, String), String> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdout = Vec::new();
+        let result = judge::run(&config, &mut stdout)
+            .map(|report| (report, String::from_utf8_lossy(&stdout).into_owned()))
+            .map_err(|e| e.to_string());
+        let _ = send.send(result);
+    });
+    receive
+        .recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("judge did not finish within {limit:?} (a hang)"))
+}
+
+/// Issue 24, case 3: a FIFO as a reference image hung the judge before any request. Any
+/// image that is not a regular file, or that leaves --images, is an error naming it,
+/// before anything is sent.
+#[test]
+fn issue24_3_reference_images_that_are_not_regular_files_are_refused_unread() {
+    type Plant = fn(&Path);
+    let cases: [(&str, Plant); 3] = [
+        ("not a regular file (a FIFO)", |p| {
+            let made = std::process::Command::new("mkfifo").arg(p).status();
+            assert!(made.unwrap().success());
+        }),
+        ("not a regular file (a character device)", |p| {
+            std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+        }),
+        ("not a regular file (a directory)", |p| {
+            std::fs::create_dir(p).unwrap()
+        }),
+    ];
+    let server = ChatServer::start(|_, _| completion("m"));
+    for (expected, plant) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = synthetic(dir.path(), 3, |i| format!("P{i}"));
+        let image = paths[2].join("img/i1.png");
+        std::fs::remove_file(&image).unwrap();
+        plant(&image);
+        let out = dir.path().join("out/model-x.json");
+        let config = config(&server, &synthetic_args(&paths, &out));
+        let err = run_within(config, Duration::from_secs(60)).expect_err("refused");
+        assert!(err.contains("i1.png") && err.contains(expected), "{err}");
+    }
+    // A reference path that leaves the image folder.
+    let dir = tempfile::tempdir().unwrap();
+    let paths = synthetic(dir.path(), 2, |i| format!("P{i}"));
+    let mut reference: Value = read_json(&paths[0]);
+    reference[0]["image"] = Value::from("../reference.json");
+    std::fs::write(&paths[0], reference.to_string()).unwrap();
+    let mut predictions: Value = read_json(&paths[1]);
+    predictions["../reference.json"] = Value::from("P0");
+    std::fs::write(&paths[1], predictions.to_string()).unwrap();
+    let out = dir.path().join("out/model-x.json");
+    let config = config(&server, &synthetic_args(&paths, &out));
+    let err = run_within(config, Duration::from_secs(60)).expect_err("refused");
+    assert!(
+        err.contains("`..` component leaves the image folder"),
+        "{err}"
+    );
+    assert!(server.requests().is_empty(), "nothing was sent");
+}
+
+/// Issue 24, case 4: a 302 turned the POST into a GET to another origin, whose answer
+/// was taken as the verdict (`Winning rate: 1.0`). No redirect is followed: each is an
+/// error for its request naming the target, and a row of them stops the run.
+#[test]
+fn issue24_4_a_redirect_of_the_post_is_never_followed() {
+    // What a redirect would reach: a "judge" that says the model won.
+    let elsewhere = ChatServer::start(|_, _| completion("m"));
+    let target = format!("{}/chat/completions", elsewhere.base_url);
+    for status in [301, 302, 303, 307, 308] {
+        let location = target.clone();
+        let server = ChatServer::start(move |_, _| Reply::Http {
+            status,
+            headers: vec![("Location".into(), location.clone())],
+            body: String::new(),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let paths = synthetic(dir.path(), 4, |i| format!("P{i}"));
+        let out = dir.path().join("out/model-x.json");
+        let mut args = synthetic_args(&paths, &out);
+        args.extend(["--concurrency", "1"]);
+        let config = config(&server, &args);
+        let summary = config.summary_path();
+        let err = run_within(config, Duration::from_secs(60)).expect_err("no verdict");
+        assert!(
+            err.contains(&format!(
+                "HTTP {status}: the endpoint redirects to {target}"
+            )) && err.contains("3 requests in a row"),
+            "{status}: {err}"
+        );
+        assert_eq!(server.requests().len(), 3, "{status}");
+        assert!(!summary.exists() && !out.exists(), "{status}: no rate");
+    }
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+}
+
+/// Issue 24 (minor): a password in --base-url was printed and stored in the journal and
+/// the summary.
+#[test]
+fn a_password_in_the_base_url_stays_out_of_every_file() {
+    let server = ChatServer::start(|req, _| match item_of(req) {
+        0 => error(400, "bad", "refused", &[]),
+        _ => completion("m"),
+    });
+    let with_password = server
+        .base_url
+        .replacen("http://", "http://judge:hunter2@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let paths = synthetic(dir.path(), 3, |i| format!("P{i}"));
+    let out = dir.path().join("out/model-x.json");
+    let mut argv = vec!["vlguard-ort", "judge", "--base-url", &with_password];
+    argv.extend(synthetic_args(&paths, &out));
+    let Command::Judge(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not the judge command")
+    };
+    let config = JudgeConfig::from_args(&args, |_| Some(KEY.to_string())).unwrap();
+    let _ = run_within(config, Duration::from_secs(60));
+    let summary = read(&out.with_file_name("model-x.summary.json"));
+    assert!(summary.contains("judge:<redacted>@"), "{summary}");
+    for entry in std::fs::read_dir(out.parent().unwrap()).unwrap() {
+        let text = read(&entry.unwrap().path());
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

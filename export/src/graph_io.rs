@@ -89,7 +89,7 @@ pub enum GraphIoError {
 /// Reads the declared inputs and outputs of the model at `path` (its weights stay on disk:
 /// the exporter writes them as external data).
 pub fn read_file(path: &Path) -> Result<GraphIo, GraphIoError> {
-    let bytes = std::fs::read(path).map_err(|source| GraphIoError::Io {
+    let bytes = crate::files::read_regular(path).map_err(|source| GraphIoError::Io {
         path: path.to_path_buf(),
         source,
     })?;

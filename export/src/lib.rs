@@ -18,6 +18,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod files;
 pub mod graph_io;
 pub mod graphs;
 pub mod layout;
@@ -96,6 +97,13 @@ pub enum ExportError {
     OutNotEmpty { out: PathBuf },
     #[error("{out} exists and is not a directory")]
     OutNotDir { out: PathBuf },
+    #[error("--out {out} {relation} the {what} {input}: the export would replace what it reads; choose another --out")]
+    OutOverlapsInput {
+        out: PathBuf,
+        relation: &'static str,
+        what: &'static str,
+        input: PathBuf,
+    },
     #[error("{path}: `{field}` {message}")]
     Bound {
         path: PathBuf,
@@ -168,6 +176,7 @@ pub fn export_with(
     tokenize: TokenizerFn,
 ) -> Result<ExportReport, ExportError> {
     let started = Instant::now();
+    check_apart(opts)?;
     check_out(&opts.out, opts.force)?;
 
     // Configs first: a bad config fails before anything is written.
@@ -481,6 +490,70 @@ fn decoder_spec(llava: &LlavaConfig, flavour: Flavour) -> DecoderSpec {
         rms_norm_eps: l.rms_norm_eps,
         flavour,
     }
+}
+
+/// `out` must not be, contain or lie inside an input folder: with `--force` the staged
+/// folder replaces `out` whole, so an `out` at or above the checkpoint deleted it (and
+/// anything beside it). Compared as real paths (symlinks and `..` resolved).
+fn check_apart(opts: &ExportOptions) -> Result<(), ExportError> {
+    let out = real_path(&opts.out);
+    let inputs = [
+        ("checkpoint", Some(&opts.checkpoint)),
+        ("vision tower", opts.vision_tower.as_ref()),
+        ("base checkpoint", opts.base.as_ref()),
+    ];
+    for (what, input) in inputs {
+        let Some(input) = input else { continue };
+        let real = real_path(input);
+        let relation = if real == out {
+            "is"
+        } else if real.starts_with(&out) {
+            "contains"
+        } else if out.starts_with(&real) {
+            "lies inside"
+        } else {
+            continue;
+        };
+        return Err(ExportError::OutOverlapsInput {
+            out: opts.out.clone(),
+            relation,
+            what,
+            input: input.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// `path` made absolute with symlinks resolved as far as it exists; the rest (not there
+/// yet, so no links in it) appended with `.` and `..` applied.
+fn real_path(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    let mut real = loop {
+        if let Ok(real) = existing.canonicalize() {
+            break real;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            // Nothing of it exists (not even `/`): compared as written.
+            _ => return absolute,
+        }
+    };
+    for name in rest.iter().rev() {
+        match Path::new(name).components().next() {
+            Some(Component::ParentDir) => {
+                real.pop();
+            }
+            Some(Component::CurDir) | None => {}
+            _ => real.push(name),
+        }
+    }
+    real
 }
 
 fn check_out(out: &Path, force: bool) -> Result<(), ExportError> {

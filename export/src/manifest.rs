@@ -322,7 +322,7 @@ impl Manifest {
     /// Reads `DIR/manifest.json` and checks its format version.
     pub fn load(dir: &Path) -> Result<(Manifest, Vec<u8>), ManifestError> {
         let path = dir.join(MANIFEST_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| ManifestError::Io {
+        let bytes = crate::files::read_regular(&path).map_err(|source| ManifestError::Io {
             path: path.display().to_string(),
             source,
         })?;

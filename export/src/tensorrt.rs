@@ -224,7 +224,7 @@ pub enum CheckError {
 
 /// [`check`] on the graph file at `path`.
 pub fn check_file(path: &Path) -> Result<Vec<Finding>, CheckError> {
-    let bytes = std::fs::read(path).map_err(|source| CheckError::Io {
+    let bytes = crate::files::read_regular(path).map_err(|source| CheckError::Io {
         path: path.to_path_buf(),
         source,
     })?;

@@ -247,7 +247,7 @@ pub fn collect(config: &Config) -> Result<PageData, Error> {
         }
     }
     if page.rows.is_empty() {
-        return Err(Error::NoAnswers {
+        return Err(Error::EmptyAnswers {
             results: config.results.clone(),
             engine: config.engines[0].clone(),
         });

@@ -107,6 +107,11 @@ pub enum Error {
     )]
     NoAnswers { results: PathBuf, engine: String },
     #[error(
+        "no answer from {engine} under {}: its answers files hold none (an empty subset, or every sample failed: its run manifest says why)",
+        results.display()
+    )]
+    EmptyAnswers { results: PathBuf, engine: String },
+    #[error(
         "{}: {} key(s) are not {subset} images of {}: {}",
         path.display(),
         keys.len(),
@@ -276,7 +281,15 @@ fn run_manifest(
 ) -> Option<crate::formats::RunManifest> {
     subsets.iter().chain(&Subset::ALL).find_map(|subset| {
         let path = crate::results::Paths::new(results, subset.name(), engine).manifest;
-        crate::formats::RunManifest::read(&path).ok()
+        path.symlink_metadata().ok()?;
+        // One that cannot be read is said, as the leaderboard says it, not passed over.
+        crate::formats::RunManifest::read(&path)
+            .map_err(|why| {
+                let why = why.to_string();
+                let why = crate::util::escape_controls(&why);
+                eprintln!("warning: {why}; its --meta and --images are not used");
+            })
+            .ok()
     })
 }
 
@@ -307,7 +320,7 @@ pub fn command(args: &BrowseArgs) -> Result<ExitCode, Error> {
         source,
     })?;
     for problem in &page.problems {
-        eprintln!("warning: {problem}");
+        eprintln!("warning: {}", crate::util::escape_controls(problem));
     }
     let thumbs_kb = page.thumbs.values().map(|t| t.src.len()).sum::<usize>() / 1024;
     eprintln!(

@@ -159,10 +159,11 @@ impl Summary {
 }
 
 pub fn command(args: &ConvertArgs) -> Result<ExitCode, Error> {
-    let bytes = std::fs::read(&args.meta).map_err(|source| ReadError::Io {
-        path: args.meta.clone(),
-        source,
-    })?;
+    let bytes =
+        vlguard_export::files::read_regular(&args.meta).map_err(|source| ReadError::Io {
+            path: args.meta.clone(),
+            source,
+        })?;
     let (text, summary) = convert(&args.meta, &bytes)?;
     crate::util::write_atomic(&args.out, text.as_bytes()).map_err(|source| Error::Write {
         path: args.out.clone(),

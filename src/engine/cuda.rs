@@ -204,14 +204,42 @@ impl DeviceMemory {
     }
 }
 
-/// Device-to-device copies through the CUDA runtime ONNX Runtime's CUDA provider loads
-/// (`libcudart.so.13`): `cudaMemcpy` on the legacy stream, then `cudaDeviceSynchronize`,
-/// so a copy is complete before the next session run starts on ONNX Runtime's stream
-/// (a run has synchronised its own stream when it returns: its logits are on the host).
+/// Row copies between two caches, as the fused decoder refills a busy slot: on a GPU
+/// through the CUDA runtime ONNX Runtime's CUDA provider loads (`libcudart.so.13`), with
+/// host memory standing in on a CPU run that replays the GPU's scheduling
+/// (`--keep-finished-rows`), so that run takes this same path.
+///
+/// On the GPU the copies are queued with `cudaMemcpyAsync` on a non-blocking stream of
+/// this struct's own and [`DeviceCopy::finish`] waits for that stream alone
+/// (`cudaStreamSynchronize`), as ONNX Runtime's own GPU data transfer does on its stream:
+/// `cudaDeviceSynchronize` would also wait for the vision tower's session running on its
+/// own thread, stalling every refill for a whole vision batch. Ordering needs nothing
+/// more: the prompt's session run has synchronised its stream when it returns (its logits
+/// are on the host), and `finish` returns before the next run starts.
 pub struct DeviceCopy {
+    backend: Backend,
+}
+
+enum Backend {
+    Cuda(CudaCopy),
+    Host,
+}
+
+/// A `cudaStream_t`.
+struct Stream(*mut c_void);
+
+// SAFETY: a CUDA stream handle is not tied to the host thread that created it (the
+// runtime API takes it from any thread); it is only used through `&DeviceCopy` calls that
+// the decoder makes one at a time.
+unsafe impl Send for Stream {}
+
+struct CudaCopy {
     set_device: unsafe extern "C" fn(c_int) -> c_int,
-    memcpy: unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int,
-    synchronize: unsafe extern "C" fn() -> c_int,
+    memcpy_async:
+        unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, *mut c_void) -> c_int,
+    stream_synchronize: unsafe extern "C" fn(*mut c_void) -> c_int,
+    stream_destroy: unsafe extern "C" fn(*mut c_void) -> c_int,
+    stream: Stream,
     device_id: c_int,
     /// Holds the library (never unloaded: see [`Lib`]).
     _lib: Lib,
@@ -219,28 +247,57 @@ pub struct DeviceCopy {
 
 /// cudaMemcpyKind::cudaMemcpyDeviceToDevice (driver_types.h).
 const CUDA_MEMCPY_DEVICE_TO_DEVICE: c_int = 3;
+/// cudaStreamNonBlocking (driver_types.h): no implicit synchronisation with the legacy
+/// default stream.
+const CUDA_STREAM_NON_BLOCKING: c_uint = 1;
+
+type CreateStream = unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int;
 
 impl DeviceCopy {
+    /// Copies on CUDA device `device_id` through `cudart`, on a stream created here.
     pub fn load(cudart: &std::path::Path, device_id: i32) -> Result<DeviceCopy, String> {
         let lib = Lib::open(cudart).map_err(|e| e.to_string())?;
         // The symbols with their C prototypes from cuda_runtime_api.h.
         let symbols = || -> Result<_, ProbeError> {
             Ok((
                 lib.get::<unsafe extern "C" fn(c_int) -> c_int>("cudaSetDevice")?,
-                lib.get::<unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> c_int>(
-                    "cudaMemcpy",
-                )?,
-                lib.get::<unsafe extern "C" fn() -> c_int>("cudaDeviceSynchronize")?,
+                lib.get::<CreateStream>("cudaStreamCreateWithFlags")?,
+                lib.get("cudaMemcpyAsync")?,
+                lib.get("cudaStreamSynchronize")?,
+                lib.get("cudaStreamDestroy")?,
             ))
         };
-        let (set_device, memcpy, synchronize) = symbols().map_err(|e| e.to_string())?;
+        let (set_device, create, memcpy_async, stream_synchronize, stream_destroy) =
+            symbols().map_err(|e| e.to_string())?;
+        let mut stream: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `cudaError_t cudaSetDevice(int)`, then `cudaError_t
+        // cudaStreamCreateWithFlags(cudaStream_t*, unsigned int)` writing one handle.
+        unsafe {
+            Self::check("cudaSetDevice", set_device(device_id)).map_err(|e| e.0)?;
+            Self::check(
+                "cudaStreamCreateWithFlags",
+                create(&mut stream, CUDA_STREAM_NON_BLOCKING),
+            )
+            .map_err(|e| e.0)?;
+        }
         Ok(DeviceCopy {
-            set_device,
-            memcpy,
-            synchronize,
-            device_id,
-            _lib: lib,
+            backend: Backend::Cuda(CudaCopy {
+                set_device,
+                memcpy_async,
+                stream_synchronize,
+                stream_destroy,
+                stream: Stream(stream),
+                device_id,
+                _lib: lib,
+            }),
         })
+    }
+
+    /// Copies between host addresses: a CPU run taking the GPU's refill path.
+    pub fn host() -> DeviceCopy {
+        DeviceCopy {
+            backend: Backend::Host,
+        }
     }
 
     fn check(what: &str, code: c_int) -> Result<(), DecoderError> {
@@ -252,29 +309,58 @@ impl DeviceCopy {
         }
     }
 
-    /// Copies `bytes` bytes from `src` to `dst` on the device.
+    /// Queues a copy of `bytes` bytes from `src` to `dst` (device addresses; host
+    /// addresses for [`DeviceCopy::host`]); complete once [`DeviceCopy::finish`] returns.
     ///
     /// # Safety
-    /// `dst` and `src` are device addresses of `bytes` valid bytes each, not overlapping.
+    /// `dst` and `src` are addresses of `bytes` valid bytes each, not overlapping, in the
+    /// memory this copier works on, and stay valid until `finish` returns.
     pub unsafe fn copy(
         &self,
         dst: *mut c_void,
         src: *const c_void,
         bytes: usize,
     ) -> Result<(), DecoderError> {
-        // SAFETY: per this function's contract.
-        unsafe {
-            Self::check("cudaSetDevice", (self.set_device)(self.device_id))?;
-            Self::check(
-                "cudaMemcpy",
-                (self.memcpy)(dst, src, bytes, CUDA_MEMCPY_DEVICE_TO_DEVICE),
-            )
+        match &self.backend {
+            // SAFETY: per this function's contract.
+            Backend::Host => unsafe {
+                std::ptr::copy_nonoverlapping(src.cast::<u8>(), dst.cast::<u8>(), bytes);
+                Ok(())
+            },
+            // SAFETY: per this function's contract; the stream is this struct's own.
+            Backend::Cuda(cuda) => unsafe {
+                Self::check("cudaSetDevice", (cuda.set_device)(cuda.device_id))?;
+                Self::check(
+                    "cudaMemcpyAsync",
+                    (cuda.memcpy_async)(
+                        dst,
+                        src,
+                        bytes,
+                        CUDA_MEMCPY_DEVICE_TO_DEVICE,
+                        cuda.stream.0,
+                    ),
+                )
+            },
         }
     }
 
+    /// Waits for the queued copies (this copier's stream only).
     pub fn finish(&self) -> Result<(), DecoderError> {
-        // SAFETY: no arguments; waits for the device's pending work.
-        Self::check("cudaDeviceSynchronize", unsafe { (self.synchronize)() })
+        match &self.backend {
+            Backend::Host => Ok(()),
+            // SAFETY: `cudaError_t cudaStreamSynchronize(cudaStream_t)` on our own stream.
+            Backend::Cuda(cuda) => Self::check("cudaStreamSynchronize", unsafe {
+                (cuda.stream_synchronize)(cuda.stream.0)
+            }),
+        }
+    }
+}
+
+impl Drop for CudaCopy {
+    fn drop(&mut self) {
+        // SAFETY: `cudaError_t cudaStreamDestroy(cudaStream_t)` on the stream created in
+        // `load`; pending copies complete first (the runtime's documented behaviour).
+        unsafe { (self.stream_destroy)(self.stream.0) };
     }
 }
 
@@ -314,6 +400,58 @@ mod tests {
                 message: "invalid device ordinal".into()
             }
         );
+    }
+
+    #[test]
+    fn device_copy_queues_on_its_own_stream_and_never_waits_for_the_whole_device() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stub = crate::engine::dylib::stub::stub_library(tmp.path());
+        // The stub's cudaMemcpyAsync copies host memory, on its stream only.
+        let copier = DeviceCopy::load(&stub, 1).unwrap();
+        let src: Vec<u8> = (0..64).collect();
+        let mut dst = vec![0u8; 64];
+        // SAFETY: two live buffers of 32 bytes from offset 16 and 0.
+        unsafe {
+            copier
+                .copy(dst.as_mut_ptr().cast(), src[16..].as_ptr().cast(), 32)
+                .unwrap()
+        };
+        let lib = Lib::open(&stub).unwrap();
+        let counter = |name| {
+            let f = lib.get::<unsafe extern "C" fn() -> c_int>(name).unwrap();
+            // SAFETY: the stub's `int name(void)` counters.
+            unsafe { f() }
+        };
+        assert_eq!(
+            counter("stub_pending_copies"),
+            1,
+            "queued, not yet waited for"
+        );
+        copier.finish().unwrap();
+        assert_eq!(
+            counter("stub_pending_copies"),
+            0,
+            "finish waited for the stream"
+        );
+        assert_eq!(counter("stub_device_syncs"), 0, "no cudaDeviceSynchronize");
+        assert_eq!(&dst[..32], &src[16..48]);
+        assert_eq!(dst[32..], [0u8; 32]);
+        // Another device: cudaSetDevice's error, before any stream exists.
+        let err = DeviceCopy::load(&stub, 0)
+            .err()
+            .expect("device 0 is invalid");
+        assert_eq!(err, "cudaSetDevice failed with CUDA error 101");
+    }
+
+    #[test]
+    fn host_copy_moves_the_bytes() {
+        let copier = DeviceCopy::host();
+        let src = [1.5f32, 2.5, 3.5];
+        let mut dst = [0f32; 3];
+        // SAFETY: 8 bytes of two live arrays.
+        unsafe { copier.copy(dst.as_mut_ptr().cast(), src[1..].as_ptr().cast(), 8) }.unwrap();
+        copier.finish().unwrap();
+        assert_eq!(dst, [2.5, 3.5, 0.0]);
     }
 
     #[test]

@@ -112,7 +112,9 @@ pub mod stub {
 
     /// Stand-ins for libnvinfer, libcudart and NVML with the C prototypes of their headers:
     /// device 1 is an "NVIDIA H100 80GB HBM3" (sm 9.0) at PCI 0000:1C:00.0, any other
-    /// device is cudaErrorInvalidDevice (101), TensorRT reports 10.9.0.
+    /// device is cudaErrorInvalidDevice (101), TensorRT reports 10.9.0. Its one stream's
+    /// `cudaMemcpyAsync` copies host memory and counts as pending until
+    /// `cudaStreamSynchronize`; `stub_device_syncs` counts `cudaDeviceSynchronize` calls.
     const STUB_C: &str = r#"
     #include <stdio.h>
     #include <string.h>
@@ -142,6 +144,28 @@ pub mod stub {
     return 0;
     }
     const char *nvmlErrorString(int code) { return code == 6 ? "Not Found" : "error"; }
+    int cudaSetDevice(int device) { return device == 1 ? 0 : 101; }
+    static int stream_tag, pending_copies, device_syncs;
+    int cudaStreamCreateWithFlags(void **stream, unsigned int flags) {
+    if (flags != 1) return 1;
+    *stream = &stream_tag;
+    return 0;
+    }
+    int cudaMemcpyAsync(void *dst, const void *src, size_t n, int kind, void *stream) {
+    if (stream != &stream_tag || kind != 3) return 1;
+    memcpy(dst, src, n);
+    pending_copies++;
+    return 0;
+    }
+    int cudaStreamSynchronize(void *stream) {
+    if (stream != &stream_tag) return 1;
+    pending_copies = 0;
+    return 0;
+    }
+    int cudaStreamDestroy(void *stream) { return stream == &stream_tag ? 0 : 1; }
+    int cudaDeviceSynchronize(void) { device_syncs++; return 0; }
+    int stub_pending_copies(void) { return pending_copies; }
+    int stub_device_syncs(void) { return device_syncs; }
     "#;
 
     /// Compiles [`STUB_C`] with the system C compiler (the build already needs one for

@@ -85,8 +85,9 @@ pub struct EngineOptions {
     /// The folder holding TensorRT 10's libraries (`--trt-lib-dir`); `None`: the setup
     /// folder, then the system loader ([`trt::libs::lib_dir`]).
     pub trt_lib_dir: Option<PathBuf>,
-    /// Keep finished rows in the batch even on the CPU, as a GPU does (replays the device
-    /// scheduling on a machine without one).
+    /// Keep finished rows in the batch even on the CPU, as a GPU does, and refill busy
+    /// slots through the device-copy seam on host memory (replays the device scheduling
+    /// and its code path on a machine without one).
     pub keep_finished_rows: bool,
 }
 
@@ -154,7 +155,7 @@ impl Engine {
     pub fn open(options: &EngineOptions) -> Result<Engine, Error> {
         let (manifest, bytes) = Manifest::load(&options.model_dir)?;
         check_fields(&options.model_dir, validate::bounds(&manifest))?;
-        verify::verify(&options.model_dir, &manifest.files)?;
+        verify::verify(&options.model_dir, &manifest)?;
         let manifest_sha256 = crate::util::sha256_hex(&bytes);
         let (lib, env) = ort_lib::environment(options.ort_lib.as_deref())?;
         // TensorRT may run: sessions get the engine folder keyed by model, GPU and
@@ -262,6 +263,11 @@ fn open_decoder(
         );
     }
     let (allocator, device_copy) = match device {
+        // Replaying a GPU's scheduling: refills take the device-copy path, on host memory.
+        None if options.keep_finished_rows => (
+            ort::memory::Allocator::default(),
+            Some(cuda::DeviceCopy::host()),
+        ),
         None => (ort::memory::Allocator::default(), None),
         Some(memory) => {
             let allocator =

@@ -135,36 +135,48 @@ impl Loader<'_> {
             let lib = ort_lib::init(options.ort_lib.as_deref()).map_err(|e| e.to_string())?;
             super::cuda::preload(&lib)?;
         }
-        let dispatch = match provider {
-            Provider::Cuda => Some(
-                ort::ep::CUDA::default()
+        let mut dispatch = Vec::new();
+        for &registered in registered_with(provider) {
+            dispatch.push(match registered {
+                Provider::Cuda => ort::ep::CUDA::default()
                     .with_device_id(options.device_id)
                     // fp32 graphs must stay fp32 (TF32 matmuls flip greedy near-ties).
                     .with_tf32(false)
                     .build()
                     .error_on_failure(),
-            ),
-            // fp16 per the manifest, this graph's optimisation profile, engine and timing
-            // caches in the keyed folder.
-            Provider::TensorRt => Some({
-                trt::libs::preload(self.trt_lib_dir.as_deref())?;
-                trt::execution_provider(
-                    self.manifest,
-                    kind,
-                    path,
-                    options.device_id,
-                    &options.trt_limits,
-                    self.trt_dir.as_deref(),
-                )?
-            }),
-            Provider::Cpu => None,
-        };
-        if let Some(dispatch) = dispatch {
+                // fp16 models only, this graph's optimisation profile, engine and timing
+                // caches in the keyed folder.
+                Provider::TensorRt => {
+                    trt::libs::preload(self.trt_lib_dir.as_deref())?;
+                    trt::execution_provider(
+                        self.manifest,
+                        kind,
+                        path,
+                        options.device_id,
+                        &options.trt_limits,
+                        self.trt_dir.as_deref(),
+                    )?
+                }
+                Provider::Cpu => continue,
+            });
+        }
+        if !dispatch.is_empty() {
             builder = builder
-                .with_execution_providers([dispatch])
+                .with_execution_providers(dispatch)
                 .map_err(|e| e.to_string())?;
         }
         builder.commit_from_file(path).map_err(|e| e.to_string())
+    }
+}
+
+/// The providers registered on a session for `provider`, in priority order: TensorRT
+/// comes with CUDA behind it, so a node TensorRT rejects runs on the GPU (its cache in
+/// device memory) rather than on the CPU; ONNX Runtime's CPU provider is always last.
+pub fn registered_with(provider: Provider) -> &'static [Provider] {
+    match provider {
+        Provider::TensorRt => &[Provider::TensorRt, Provider::Cuda],
+        Provider::Cuda => &[Provider::Cuda],
+        Provider::Cpu => &[],
     }
 }
 
@@ -258,4 +270,19 @@ pub fn to_f32(value: &DynValue, what: &str) -> Result<Vec<f32>, DecoderError> {
     Err(DecoderError(format!(
         "{what} is neither float32 nor float16"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensorrt_is_registered_with_cuda_behind_it() {
+        assert_eq!(
+            registered_with(Provider::TensorRt),
+            [Provider::TensorRt, Provider::Cuda]
+        );
+        assert_eq!(registered_with(Provider::Cuda), [Provider::Cuda]);
+        assert!(registered_with(Provider::Cpu).is_empty());
+    }
 }

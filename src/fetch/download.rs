@@ -7,8 +7,9 @@
 //! `NAME.incomplete` beside the target; an existing one is resumed with
 //! `Range: bytes=N-`. Size and digest are checked while streaming; only a verified file is
 //! renamed onto `NAME`. `.fetch-state.json` in the target directory records each verified
-//! file's size and etag, so a rerun skips it after one HEAD (a file found without a record
-//! is hashed once instead of downloaded).
+//! file's size, etag and modification time, so a rerun skips it after one HEAD; a file
+//! found without a record, or changed since (same size, other bytes: its mtime moved), is
+//! hashed once instead of downloaded.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -208,6 +209,16 @@ fn hash_prefix(path: &Path, len: u64, hasher: &mut Hasher) -> Result<(), Error> 
 pub struct Verified {
     pub size: u64,
     pub etag: String,
+    /// Modification time of the file as verified (ns since the epoch); absent in older
+    /// records, which are then hashed once more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i128>,
+}
+
+/// A file's modification time in ns since the epoch.
+fn mtime_ns(meta: &std::fs::Metadata) -> Option<i128> {
+    use std::os::unix::fs::MetadataExt;
+    Some(i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()))
 }
 
 /// `.fetch-state.json`: what earlier runs verified in a target directory.
@@ -306,15 +317,18 @@ fn fetch_with(
     state: &mut State,
     mut refresh: impl FnMut(u32) -> Result<FileMeta, Error>,
 ) -> Result<Done, Error> {
-    let record = Verified {
+    let record = |md: Option<std::fs::Metadata>| Verified {
         size: meta.size,
         etag: meta.etag.clone(),
+        mtime_ns: md.as_ref().and_then(mtime_ns),
     };
 
-    // A rerun: trust our own record when the size on disk still agrees; otherwise hash
-    // what is there once rather than download it again.
+    // A rerun: trust our own record when the file on disk is as it was verified (size
+    // and modification time); otherwise hash what is there once rather than download it
+    // again.
     if let Ok(md) = std::fs::metadata(dest) {
         if md.is_file() && md.len() == meta.size {
+            let record = record(Some(md));
             if state.files.get(key) == Some(&record) {
                 return Ok(Done::Present);
             }
@@ -344,7 +358,9 @@ fn fetch_with(
         }
         transfer(client, &meta_now, dest, &partial, &mut fetched)
     })?;
-    state.files.insert(key.to_string(), record);
+    state
+        .files
+        .insert(key.to_string(), record(std::fs::metadata(dest).ok()));
     Ok(Done::Downloaded(fetched))
 }
 

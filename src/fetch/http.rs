@@ -150,11 +150,19 @@ impl Client {
         if let Some(accept) = accept {
             req = req.header("Accept", accept);
         }
-        req.call().map_err(|e| Error::Unreachable {
-            host: host_of(url).to_string(),
-            detail: e.to_string(),
-            attempts: 1,
-            via: super::VIA_ENDPOINT,
+        req.call().map_err(|e| match e {
+            // An answer came, but not one HTTP allows (`Content-Length: -5`): the server,
+            // not the network, is at fault, and no retry changes it.
+            ureq::Error::Protocol(_) | ureq::Error::Http(_) => Error::BadResponse {
+                url: url.to_string(),
+                what: format!("the server's reply is not valid HTTP ({e})"),
+            },
+            e => Error::Unreachable {
+                host: host_of(url).to_string(),
+                detail: e.to_string(),
+                attempts: 1,
+                via: super::VIA_ENDPOINT,
+            },
         })
     }
 
@@ -471,5 +479,24 @@ mod tests {
         let token = Token::new("hf_secret123".into()).expect("non-empty");
         assert!(!format!("{token:?}").contains("secret"));
         assert!(Token::new("  ".into()).is_none());
+    }
+
+    /// Issue 24 (minor): a reply with `Content-Length: -5` is the server's fault, named
+    /// as such, not "cannot reach ... check the network".
+    #[test]
+    fn a_reply_that_is_not_valid_http_is_a_bad_response() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/f", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n");
+        });
+        let client = Client::new(None, &url, Policy::default());
+        let err = client.send(Method::Head, &url, None).unwrap_err();
+        assert!(matches!(err, Error::BadResponse { .. }), "{err:?}");
+        assert!(err.to_string().contains("not valid HTTP"), "{err}");
     }
 }

@@ -78,7 +78,8 @@ pub enum ReadError {
 /// Reads and parses the whole file at `path`; `what` names the format in errors
 /// ("a predictions file {image: answer}").
 pub fn read<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<T, ReadError> {
-    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+    // Regular files only: a FIFO or /dev/zero named like a results file would hang.
+    let bytes = vlguard_export::files::read_regular(path).map_err(|source| ReadError::Io {
         path: path.to_owned(),
         source,
     })?;

@@ -30,6 +30,8 @@ pub struct RunManifest {
     pub model_dir: String,
     pub model_manifest_sha256: String,
     pub dtype: String,
+    /// The decoder graph's flavour (`plain` or `fused`); empty in older manifests.
+    pub decoder: String,
     pub ort_library: String,
     pub execution_providers: BTreeMap<String, String>,
     /// Graphs on TensorRT: engine cache folder, whether the engine was reused, seconds.
@@ -91,12 +93,14 @@ pub struct SampleError {
     pub error: String,
 }
 
-/// The reference's ASR over the answers of the run's subset.
+/// The reference's ASR over the answers of the run's subset. `asr` is `null` when there
+/// is no answer to take a share of (`n` is 0: an empty subset, or every sample failed),
+/// where the reference prints `nan`; every reader takes that as "no rate".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AsrSummary {
     pub successes: usize,
     pub n: usize,
-    pub asr: f64,
+    pub asr: Option<f64>,
 }
 
 /// Seconds per stage of this invocation (resumed samples cost nothing).

@@ -16,6 +16,10 @@
 //! - A body whose `error.code` is `content_policy_violation` (any status but 429, as the
 //!   reference checks it) is a content-policy verdict.
 //! - 401, 403, 404 are fatal; any other 4xx is an error for that item, not retried.
+//! - No redirect is followed: a 301/302/303 would turn the POST into a GET to wherever it
+//!   points (whose answer was once taken as the verdict), and a 307/308 would resend the
+//!   prompt and image elsewhere. A 3xx is an error for that request naming the target (so
+//!   `--stop-after` 3xx in a row stop the run): point `--base-url` at the final address.
 //! - A request that ends in a failure no retry fixes carries a [`DeadEnd`]: a 4xx
 //!   (above), or no connection on every try (refused, unknown host). The caller decides
 //!   when a run of them stops the whole run.
@@ -26,27 +30,54 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A secret that prints as `<redacted>` and can scrub itself out of any text.
+/// A secret that prints as `<redacted>` and can scrub itself out of any text, along with
+/// any other secret the run holds (a password in `--base-url`).
 #[derive(Clone)]
-pub struct ApiKey(String);
+pub struct ApiKey {
+    key: String,
+    others: Vec<String>,
+}
 
 impl ApiKey {
     pub fn new(key: String) -> Self {
-        Self(key)
-    }
-
-    /// `text` with every occurrence of the key replaced by `<redacted>`.
-    pub fn redact(&self, text: &str) -> String {
-        if self.0.is_empty() {
-            text.to_string()
-        } else {
-            text.replace(&self.0, "<redacted>")
+        Self {
+            key,
+            others: Vec::new(),
         }
     }
 
-    fn bearer(&self) -> String {
-        format!("Bearer {}", self.0)
+    /// The same key, also scrubbing `secret` (the password of `http://user:PASS@host`)
+    /// out of every message and file.
+    pub fn also_hiding(mut self, secret: &str) -> Self {
+        if !secret.is_empty() {
+            self.others.push(secret.to_string());
+        }
+        self
     }
+
+    /// `text` with every occurrence of the key (and the other secrets) replaced by
+    /// `<redacted>`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for secret in std::iter::once(&self.key).chain(&self.others) {
+            if !secret.is_empty() {
+                text = text.replace(secret.as_str(), "<redacted>");
+            }
+        }
+        text
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.key)
+    }
+}
+
+/// The password of a URL's `user:password@` part, if it has one.
+pub fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    userinfo.split_once(':').map(|(_, password)| password)
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -149,6 +180,7 @@ impl Client {
     pub fn new(base_url: &str, key: ApiKey, policy: RetryPolicy) -> Self {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_redirects(0)
             .timeout_global(Some(policy.timeout))
             .build();
         Self {
@@ -248,7 +280,8 @@ impl Client {
             if !stop.load(Ordering::Relaxed) {
                 let tries = self.policy.max_retries.saturating_add(1);
                 let line = retry_line(request, attempts, tries, &reason, delay);
-                eprintln!("{}", self.key.redact(&line));
+                let line = self.key.redact(&line);
+                eprintln!("{}", crate::util::escape_controls(&line));
             }
             if !sleep_unless_stopped(delay, stop) {
                 let message = self
@@ -292,6 +325,16 @@ impl Client {
             }
         };
         let status = response.status().as_u16();
+        if (300..400).contains(&status) {
+            let target = response
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("nowhere (no Location header)");
+            return Step::Refused(format!(
+                "HTTP {status}: the endpoint redirects to {target}; a chat-completions POST is not followed (point --base-url at the final address)"
+            ));
+        }
         let hint = retry_after(response.headers(), SystemTime::now());
         let text = match response.body_mut().read_to_string() {
             Ok(t) => t,
@@ -591,7 +634,14 @@ mod tests {
 
     #[test]
     fn key_is_redacted() {
-        let key = ApiKey::new("sk-secret".into());
+        let key = ApiKey::new("sk-secret".into()).also_hiding("hunter2");
+        assert_eq!(
+            key.redact("http://me:hunter2@h/v1 sk-secret"),
+            "http://me:<redacted>@h/v1 <redacted>"
+        );
+        assert_eq!(url_password("https://me:hunter2@h:8/v1"), Some("hunter2"));
+        assert_eq!(url_password("https://me@h/v1"), None);
+        assert_eq!(url_password("https://h/v1?x=a:b@c"), None);
         assert_eq!(key.redact("bad key sk-secret!"), "bad key <redacted>!");
         assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
     }

@@ -137,6 +137,8 @@ pub fn check_helpful_input(args: &JudgeArgs) -> Result<(), Error> {
     let subset = match args.subset {
         Some(subset) => Some(subset),
         None => crate::score::run_manifest_beside(&args.predictions)
+            .ok()
+            .flatten()
             .and_then(|(_, manifest)| manifest.subset.parse::<Subset>().ok()),
     };
     match subset {
@@ -227,7 +229,14 @@ fn load_items(config: &JudgeConfig, harm: &HarmConfig) -> Result<Loaded, Error> 
                 crate::formats::TestEntry::question_field(score.subset)
             ),
         })?;
-        let image_path = config.images.join(&entry.image);
+        // test.json is data: its paths stay under --images, as run's and judge's do.
+        let image_path =
+            crate::preprocess::image_under(&config.images, &entry.image).map_err(|e| {
+                Error::Shape {
+                    path: score.meta_path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         let mime = match harm.with_image {
             true => super::mime_type(&image_path).ok_or_else(|| Error::ImageType {
                 path: image_path.clone(),
@@ -338,7 +347,7 @@ impl Task for Harm<'_> {
         let item = &self.items[job.item];
         let url = match self.harm.with_image {
             true => {
-                let bytes = std::fs::read(&item.image_path)
+                let bytes = vlguard_export::files::read_regular(&item.image_path)
                     .map_err(|e| format!("cannot read image {}: {e}", item.image_path.display()))?;
                 let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
                 Some(format!("data:{};base64,{b64}", item.mime))

@@ -124,9 +124,13 @@ pub(super) fn finish(
     };
     write_file(&config.out, &HarmVerdicts(verdicts))?;
     write_file(&config.summary_path(), &summary)?;
-    writeln!(stdout, "{}", line(&summary)).map_err(|source| Error::Write {
-        path: PathBuf::from("<stdout>"),
-        source,
+    // The engine name comes from a file name.
+    let printed = line(&summary);
+    writeln!(stdout, "{}", crate::util::escape_controls(&printed)).map_err(|source| {
+        Error::Write {
+            path: PathBuf::from("<stdout>"),
+            source,
+        }
     })?;
     if !summary.complete {
         eprintln!(

@@ -273,7 +273,12 @@ impl JudgeConfig {
         if !(args.base_url.starts_with("http://") || args.base_url.starts_with("https://")) {
             return Err(Error::BadOption {
                 flag: "base-url",
-                reason: format!("{} is not an http(s) URL", args.base_url),
+                reason: format!(
+                    "{} is not an http(s) URL",
+                    ApiKey::new(String::new())
+                        .also_hiding(client::url_password(&args.base_url).unwrap_or(""))
+                        .redact(&args.base_url)
+                ),
             });
         }
         if args.concurrency == 0 {
@@ -343,7 +348,8 @@ impl JudgeConfig {
             reference: args.reference.clone(),
             images: args.images.clone(),
             base_url: args.base_url.trim_end_matches('/').to_string(),
-            api_key: ApiKey::new(key),
+            api_key: ApiKey::new(key)
+                .also_hiding(client::url_password(&args.base_url).unwrap_or("")),
             swap: args.swap,
             concurrency: args.concurrency,
             max_tokens,
@@ -476,7 +482,12 @@ fn load_items(config: &JudgeConfig) -> Result<Vec<Item>, Error> {
                 continue;
             }
         };
-        let image_path = config.images.join(image);
+        // The reference file is data: its paths stay under --images, as run's do.
+        let image_path =
+            crate::preprocess::image_under(&config.images, image).map_err(|e| Error::Shape {
+                path: config.reference.clone(),
+                reason: format!("item {index}: {e}"),
+            })?;
         let mime = mime_type(&image_path).ok_or_else(|| Error::ImageType {
             path: image_path.clone(),
         })?;
@@ -524,7 +535,7 @@ impl Item {
 /// The request body for one job, reading the image now.
 fn build_body(config: &JudgeConfig, item: &Item, order: Order) -> Result<String, String> {
     let prompt = item.prompt(order).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(&item.image_path)
+    let bytes = vlguard_export::files::read_regular(&item.image_path)
         .map_err(|e| format!("cannot read image {}: {e}", item.image_path.display()))?;
     let data_url = format!(
         "data:{};base64,{}",
@@ -877,7 +888,7 @@ impl Streak {
         let line = format!("judge: {request}: no verdict: {message}");
         let Some(dead_end) = call.dead_end.clone() else {
             self.flush();
-            eprintln!("{line}");
+            eprintln!("{}", crate::util::escape_controls(&line));
             return None;
         };
         if self.failure.as_ref() != Some(&dead_end) {
@@ -909,7 +920,7 @@ impl Streak {
     /// Ends the row: prints the lines held back.
     fn flush(&mut self) {
         for line in self.held.drain(..) {
-            eprintln!("{line}");
+            eprintln!("{}", crate::util::escape_controls(&line));
         }
         self.requests.clear();
         self.failure = None;

@@ -189,7 +189,8 @@ fn summary(config: &JudgeConfig, report: &JudgeReport) -> JudgeSummary {
     JudgeSummary {
         engine: config.engine.clone(),
         judge_model: config.model.clone(),
-        base_url: config.base_url.clone(),
+        // A password in the URL stays out of the file.
+        base_url: config.api_key.redact(&config.base_url),
         original: original.summary(),
         complete: report.complete(),
         usage: usage_summary(config, *usage, report.cost),
@@ -231,6 +232,8 @@ fn print_rates(
         lines.push(rate("Debiased winning rate", debiased));
     }
     for line in lines {
+        // The engine name comes from a file name.
+        let line = crate::util::escape_controls(&line);
         writeln!(stdout, "{line}").map_err(|source| Error::Write {
             path: PathBuf::from("<stdout>"),
             source,

@@ -19,7 +19,7 @@ use crate::formats::{AsrSummary, Predictions, RunManifest, ShardRun, StageTiming
 use crate::run::Shard;
 
 /// The merged manifest of `shards` (each with its part, in shard order), whose answers
-/// joined are `merged`; `Err` names the field the shards disagree on.
+/// joined are `merged`.
 pub fn combine(
     engine: &str,
     subset: Subset,
@@ -29,27 +29,8 @@ pub fn combine(
     let Some((_, first)) = shards.first() else {
         return Err("no shard manifests to combine".into());
     };
-    type Field = fn(&RunManifest) -> String;
-    let required: [(&str, Field); 5] = [
-        ("the model (model_manifest_sha256)", |m| {
-            m.model_manifest_sha256.clone()
-        }),
-        ("the dataset (dataset_sha256)", |m| m.dataset_sha256.clone()),
-        ("the subset", |m| m.subset.clone()),
-        ("max_new_tokens", |m| m.max_new_tokens.to_string()),
-        ("--limit", |m| format!("{:?}", m.limit)),
-    ];
-    for (what, field) in required {
-        let want = field(first);
-        if let Some((shard, m)) = shards.iter().find(|(_, m)| field(m) != want) {
-            return Err(format!(
-                "the shards disagree on {what}: shard {} has {want}, shard {} has {}",
-                shards[0].0,
-                shard,
-                field(m)
-            ));
-        }
-    }
+    // The shards agree on everything that changes answers: `merge_shards` refused them
+    // otherwise (`same_settings`) before any answer was joined.
     let manifests: Vec<&RunManifest> = shards.iter().map(|(_, m)| m).collect();
     let sum = |f: fn(&RunManifest) -> usize| manifests.iter().map(|m| f(m)).sum::<usize>();
     let answers: Vec<&str> = merged.iter().filter_map(|(_, a)| a.text()).collect();
@@ -232,18 +213,6 @@ mod tests {
             (asr.successes, asr.n),
             (3, 5),
             "3 of 5 answers do not refuse"
-        );
-    }
-
-    #[test]
-    fn shards_of_different_models_are_refused() {
-        let mut shards = [shard(1, &[], 1.0), shard(2, &[], 1.0)];
-        shards[1].1.model_manifest_sha256 = "other".into();
-        let err = combine("e", Subset::Unsafes, &shards, &answers()).unwrap_err();
-        assert_eq!(
-            err,
-            "the shards disagree on the model (model_manifest_sha256): \
-             shard 1/2 has m, shard 2/2 has other"
         );
     }
 }

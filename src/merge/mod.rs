@@ -4,8 +4,14 @@
 //!
 //! Contract: every sample of the subset (after `--limit`) must be answered by exactly one
 //! shard: a missing shard, an image answered twice, a sample with no answer or an answer
-//! for an image outside the subset is an error naming them, and nothing is written. Beside
-//! the merged answers goes a run manifest combined from the shards' ([`manifest`]), so the
+//! for an image outside the subset is an error naming them, and nothing is written. The
+//! shards must also have been answered alike: their run manifests
+//! (`{engine}.shard-K-of-N.run.json`) must agree on everything that changes answers (the
+//! model's manifest hash, its dtype and decoder, the dataset's hash, `--max-new-tokens`,
+//! `--limit`, the tool version); a difference is an error naming the field and which
+//! shards hold which value. A shard without a manifest is refused when others have one;
+//! when none has one (files made by hand) the merge goes on with a warning. Beside the
+//! merged answers goes a run manifest combined from the shards' ([`manifest`]), so the
 //! merged file reads like an unsharded run's. `--status` ([`status`]) writes nothing: it
 //! says which shards are complete from their journals, and which are still to run.
 
@@ -173,6 +179,7 @@ pub fn merge_shards(
     if !missing.is_empty() {
         return Err(fail(format!("shards {missing:?} of {n} are missing")));
     }
+    same_settings(&shards).map_err(fail)?;
     let mut answers: HashMap<String, (usize, Answer)> = HashMap::new();
     let mut overlaps = Vec::new();
     for (Shard { k, .. }, path) in &shards {
@@ -216,6 +223,89 @@ pub fn merge_shards(
     Ok(merged)
 }
 
+/// A run manifest field as text.
+type Field = fn(&RunManifest) -> String;
+
+/// The run manifest fields that change answers, by name.
+const SETTINGS: [(&str, Field); 7] = [
+    ("model (manifest sha256)", |m| {
+        m.model_manifest_sha256.clone()
+    }),
+    ("dtype", |m| m.dtype.clone()),
+    ("decoder", |m| m.decoder.clone()),
+    ("dataset (test.json sha256)", |m| m.dataset_sha256.clone()),
+    ("max_new_tokens", |m| m.max_new_tokens.to_string()),
+    ("limit", |m| {
+        m.limit.map_or("none".into(), |l| l.to_string())
+    }),
+    ("tool version", |m| m.tool_version.clone()),
+];
+
+/// `Err` naming every setting the shards' run manifests disagree on (see the module
+/// contract).
+fn same_settings(shards: &[(Shard, PathBuf)]) -> Result<(), String> {
+    let mut manifests = Vec::new();
+    let mut without = Vec::new();
+    for (Shard { k, .. }, path) in shards {
+        let manifest_path = path.with_extension("run.json");
+        if manifest_path.symlink_metadata().is_err() {
+            without.push(k.to_string());
+            continue;
+        }
+        let manifest = RunManifest::read(&manifest_path).map_err(|e| e.to_string())?;
+        manifests.push((*k, manifest));
+    }
+    if manifests.is_empty() {
+        eprintln!(
+            "warning: no shard has a run manifest beside it: their settings cannot be compared"
+        );
+        return Ok(());
+    }
+    if !without.is_empty() {
+        return Err(format!(
+            "shard(s) {} have no run manifest beside them, so what answered them cannot be compared with the others",
+            without.join(", ")
+        ));
+    }
+    let mut differences = Vec::new();
+    for (name, field) in SETTINGS {
+        // Each value with the shards that hold it, in shard order.
+        let mut values: Vec<(String, Vec<String>)> = Vec::new();
+        for (k, manifest) in &manifests {
+            let value = field(manifest);
+            match values.iter_mut().find(|(v, _)| *v == value) {
+                Some((_, ks)) => ks.push(k.to_string()),
+                None => values.push((value, vec![k.to_string()])),
+            }
+        }
+        if values.len() > 1 {
+            let held: Vec<String> = values
+                .iter()
+                .map(|(v, ks)| format!("{} (shard {})", shown(v), ks.join(", ")))
+                .collect();
+            differences.push(format!("{name}: {}", held.join(" vs ")));
+        }
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the shards were answered with different settings, so their answers do not belong in one file: {}; rerun the odd shards with the others' settings",
+        differences.join("; ")
+    ))
+}
+
+/// A setting's value as shown: hashes shortened, empty as `-`.
+fn shown(value: &str) -> String {
+    match value {
+        "" => "-".into(),
+        v if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            format!("{}...", &v[..12])
+        }
+        v => v.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +335,65 @@ mod tests {
         std::fs::write(sub.join("e.shard-2-of-2.json"), r#"{"c": "3"}"#).unwrap();
         let merged = merge_shards(dir.path(), Subset::Unsafes, "e", &samples).unwrap();
         assert_eq!(merged.images().collect::<Vec<_>>(), vec!["a", "b", "c"]);
+    }
+
+    /// Shard files `{"a": .., "b": ..}` and `{"c": ..}` with run manifests made by `manifest`.
+    fn two_shards(dir: &Path, manifest: impl Fn(usize) -> RunManifest) {
+        let sub = dir.join("unsafes");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("e.shard-1-of-2.json"), r#"{"a": "1", "b": "2"}"#).unwrap();
+        std::fs::write(sub.join("e.shard-2-of-2.json"), r#"{"c": "3"}"#).unwrap();
+        for k in 1..=2 {
+            let path = sub.join(format!("e.shard-{k}-of-2.run.json"));
+            crate::formats::write_pretty_json(&path, &manifest(k)).unwrap();
+        }
+    }
+
+    fn settings(tokens: usize, model: &str) -> RunManifest {
+        RunManifest {
+            model_manifest_sha256: model.repeat(64),
+            dataset_sha256: "d".repeat(64),
+            max_new_tokens: tokens,
+            dtype: "fp16".into(),
+            decoder: "plain".into(),
+            tool_version: "0.1.0".into(),
+            ..RunManifest::default()
+        }
+    }
+
+    #[test]
+    fn shards_answered_with_different_settings_are_refused_naming_them() {
+        let samples: Vec<Sample> = ["a", "b", "c"].map(|i| Sample::new(i, "q")).to_vec();
+        let merge = |dir: &Path| merge_shards(dir, Subset::Unsafes, "e", &samples);
+        let dir = tempfile::tempdir().unwrap();
+        two_shards(dir.path(), |_| settings(256, "a"));
+        assert!(merge(dir.path()).is_ok(), "the same settings merge");
+        let dir = tempfile::tempdir().unwrap();
+        two_shards(dir.path(), |k| {
+            settings(if k == 1 { 256 } else { 128 }, "a")
+        });
+        let err = merge(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("different settings")
+                && err.contains("max_new_tokens: 256 (shard 1) vs 128 (shard 2)"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        two_shards(dir.path(), |k| {
+            let mut m = settings(256, if k == 1 { "a" } else { "b" });
+            m.dtype = if k == 1 { "fp16" } else { "fp32" }.into();
+            m
+        });
+        let err = merge(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "model (manifest sha256): aaaaaaaaaaaa... (shard 1) vs bbbbbbbbbbbb... (shard 2)"
+            ) && err.contains("dtype: fp16 (shard 1) vs fp32 (shard 2)"),
+            "{err}"
+        );
+        // One manifest removed: what answered that shard is unknown.
+        std::fs::remove_file(dir.path().join("unsafes/e.shard-2-of-2.run.json")).unwrap();
+        let err = merge(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("shard(s) 2 have no run manifest"), "{err}");
     }
 }

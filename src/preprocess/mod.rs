@@ -108,7 +108,7 @@ pub fn read_image(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Error> {
     if !meta.is_file() {
         return Err(Error::NotAFile {
             path: path.to_path_buf(),
-            kind: file_kind(&meta.file_type()),
+            kind: vlguard_export::files::kind(&meta.file_type()),
         });
     }
     if meta.len() > max_bytes {
@@ -145,18 +145,6 @@ pub fn read_image(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Error> {
         });
     }
     Ok(bytes)
-}
-
-fn file_kind(kind: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    match kind {
-        k if k.is_dir() => "a directory",
-        k if k.is_fifo() => "a FIFO",
-        k if k.is_char_device() => "a character device",
-        k if k.is_block_device() => "a block device",
-        k if k.is_socket() => "a socket",
-        _ => "not a regular file",
-    }
 }
 
 /// Decodes an image file like Pillow's `Image.open(path).convert('RGB')`.

@@ -90,7 +90,7 @@ pub fn plotted(board: &Leaderboard) -> Vec<Plotted<'_>> {
         .collect()
 }
 
-fn html_escape(s: &str) -> String {
+pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -35,7 +35,7 @@ use serde::Serialize;
 
 mod html;
 
-pub use html::{chart, plotted, render_html, Plotted};
+pub use html::{chart, html_escape, plotted, render_html, Plotted};
 
 use crate::formats::{HarmSummary, JudgeSummary, Predictions, ReadError, RunManifest};
 use crate::score::{asr_percent, round2, KeywordList, Subset, Tally};
@@ -670,11 +670,12 @@ pub fn render_markdown(board: &Leaderboard) -> String {
         .map(|&n| if n { "---:" } else { "---" })
         .collect();
     let _ = writeln!(out, "| {} |", align.join(" | "));
+    // Engine names come from file names, the other cells from run manifests.
     for cells in table.rows {
         let cells: Vec<String> = cells
             .into_iter()
             .map(|c| {
-                let c = c.replace('|', "\\|");
+                let c = crate::util::escape_controls(&c).replace('|', "\\|");
                 if c.is_empty() {
                     "-".to_owned()
                 } else {
@@ -695,9 +696,23 @@ pub fn render_markdown(board: &Leaderboard) -> String {
         let _ = writeln!(out, "\n{JUDGED_NOTE}");
     }
     for problem in &board.problems {
+        let problem = crate::util::escape_controls(problem);
         let _ = writeln!(out, "\nnot included: {problem}");
     }
     out
+}
+
+/// A text field of the CSV (engine name, judge model, manifest fields): control
+/// characters escaped, and a leading `=`, `+`, `-`, `@`, tab or carriage return made
+/// inert with a `'` in front, as OWASP advises against CSV injection (a spreadsheet would
+/// run `=HYPERLINK(...)` as a formula).
+fn csv_text(text: &str) -> String {
+    let escaped = crate::util::escape_controls(text);
+    if escaped.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{escaped}")
+    } else {
+        escaped.into_owned()
+    }
 }
 
 /// What a judged ASR is, under the tables that show one.
@@ -767,7 +782,7 @@ fn csv_judged_record(row: &Row) -> Vec<String> {
             }
         }
     }
-    fields.push(judged_cells(row)[2].clone());
+    fields.push(csv_text(&judged_cells(row)[2]));
     fields
 }
 
@@ -798,7 +813,7 @@ fn csv_record(row: &Row) -> Vec<String> {
     let h = row.helpfulness.as_ref();
     let count = |n: Option<u64>| n.map_or_else(String::new, |n| n.to_string());
     let mut fields = vec![
-        row.engine.clone(),
+        csv_text(&row.engine),
         if paper { "paper" } else { "run" }.to_owned(),
     ];
     fields.extend(subset_cells(Subset::Unsafes, false));
@@ -810,17 +825,20 @@ fn csv_record(row: &Row) -> Vec<String> {
         num(h.and_then(|h| h.debiased_win_rate)),
         count(h.and_then(|h| h.wins)),
         count(h.and_then(|h| h.n)),
-        h.and_then(|h| h.judge_model.clone()).unwrap_or_default(),
+        csv_text(h.and_then(|h| h.judge_model.as_deref()).unwrap_or_default()),
         if paper {
             String::new()
         } else {
             row.n_errors.to_string()
         },
-        row.model_manifest_sha256.clone().unwrap_or_default(),
-        row.execution_provider.clone().unwrap_or_default(),
-        row.dtype.clone().unwrap_or_default(),
-        row.date.clone().unwrap_or_default(),
     ]);
+    let text = [
+        &row.model_manifest_sha256,
+        &row.execution_provider,
+        &row.dtype,
+        &row.date,
+    ];
+    fields.extend(text.map(|t| csv_text(t.as_deref().unwrap_or_default())));
     fields
 }
 
@@ -883,7 +901,10 @@ pub fn command(args: &LeaderboardArgs) -> Result<ExitCode, Error> {
         None => print!("{text}"),
     }
     for problem in &board.problems {
-        eprintln!("warning: not included: {problem}");
+        eprintln!(
+            "warning: not included: {}",
+            crate::util::escape_controls(problem)
+        );
     }
     Ok(crate::util::exit_code(board.problems.is_empty()))
 }
@@ -938,6 +959,7 @@ mod tests {
             "e.summary.json",
             ".e.json.tmp1",
             "e.jsonl",
+            "e.shard-1-of-2.json",
         ] {
             std::fs::write(dir.path().join(name), "{}").expect("write");
         }
@@ -947,6 +969,7 @@ mod tests {
             "e.summary.json",
             ".e.json.tmp1",
             "e.jsonl",
+            "e.shard-1-of-2.json",
         ]
         .iter()
         .filter_map(|n| predictions_engine(&dir.path().join(n)))

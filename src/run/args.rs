@@ -70,8 +70,10 @@ pub struct RunArgs {
     /// would fight over the same cores).
     #[arg(long, value_enum, default_value = "auto")]
     pub vision_thread: Toggle,
-    /// Finished rows stay in the batch (computed, ignored) even on the CPU, as on a GPU:
-    /// replays the device scheduling on a machine without one (tests, debugging).
+    /// Finished rows stay in the batch (computed, ignored) even on the CPU, as on a GPU,
+    /// and prompts join busy slots through the GPU's row-copy path on host memory:
+    /// replays the device scheduling on a machine without one (tests, the device check's
+    /// rehearsal).
     #[arg(long)]
     pub keep_finished_rows: bool,
     /// Largest image file read, in bytes; a larger file (or anything that is not a
@@ -277,24 +279,31 @@ impl RunConfig {
             return Err(Error::MaxTokens);
         }
         let model = args.model.clone();
-        if !model
-            .join(vlguard_export::manifest::MANIFEST_FILE)
-            .is_file()
-        {
+        // Missing: the export's hint; there but not a regular file: the load says what
+        // it is (it reads regular files only).
+        if !model.join(vlguard_export::manifest::MANIFEST_FILE).exists() {
             return Err(Error::Model(model));
         }
         if !args.images.is_dir() {
-            return Err(Error::Images(args.images.clone()));
+            return Err(match args.images.exists() {
+                true => Error::ImagesNotDir(args.images.clone()),
+                false => Error::Images(args.images.clone()),
+            });
         }
         let engine_name = match &args.engine {
             Some(name) => name.clone(),
             None => {
                 let dir = std::fs::canonicalize(&model).unwrap_or_else(|_| model.clone());
-                let name = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "model".into());
-                parse_engine_name(&name).map_err(Error::EngineName)?
+                let name = dir.file_name().unwrap_or("model".as_ref());
+                // Lossy names would collide: two folders whose names are not UTF-8 both
+                // became `\u{fffd}` and wrote the same results file.
+                let name = name.to_str().ok_or_else(|| {
+                    Error::EngineName(format!(
+                        "engine name `{}` is refused: the model folder's name is not UTF-8",
+                        name.to_string_lossy()
+                    ))
+                })?;
+                parse_engine_name(name).map_err(Error::EngineName)?
             }
         };
         Ok(RunConfig {

@@ -66,7 +66,7 @@ impl AsrSummary {
         Some(AsrSummary {
             successes,
             n: answers.len(),
-            asr: crate::score::asr_percent(successes, answers.len()),
+            asr: (!answers.is_empty()).then(|| crate::score::asr_percent(successes, answers.len())),
         })
     }
 }

@@ -44,6 +44,10 @@ pub enum Error {
     MaxTokens,
     #[error("image folder {0} does not exist (fetch the dataset with `vlguard-ort fetch dataset`, or pass --images)")]
     Images(PathBuf),
+    #[error(
+        "--images {0} is not a folder (it names the folder test.json's image paths are under)"
+    )]
+    ImagesNotDir(PathBuf),
     #[error("model directory {0} has no manifest.json (export one with `vlguard-ort export`)")]
     Model(PathBuf),
     #[error("--batching continuous needs a model exported with --decoder fused ({0} has the plain decoder, or no CUDA runtime to refill slots on the GPU)")]
@@ -156,6 +160,18 @@ fn run_subset(
         dataset_sha256: cx.dataset.sha256.clone(),
     };
     let (journal, entries) = Journal::open(&paths, lock, &fingerprint, cx.config.fresh)?;
+    for (file, backup) in journal.kept() {
+        let why = if cx.config.fresh {
+            "--fresh"
+        } else {
+            "an answers file with no journal beside it (not written by this tool, or its journal is gone)"
+        };
+        eprintln!(
+            "{subset}: {why}: kept {} as {}",
+            file.display(),
+            backup.display()
+        );
+    }
     let (pending, questions) = cx.pending(&samples, &entries);
     let n_resumed = samples.len() - pending.len();
     if n_resumed > 0 {
@@ -298,7 +314,12 @@ impl Context<'_> {
             .collect();
         let asr = manifest::asr(subset, &self.config.engine_name, &answers);
         for e in &errors {
-            eprintln!("{subset}: sample {} failed: {}", e.image, e.error);
+            let escape = crate::util::escape_controls;
+            eprintln!(
+                "{subset}: sample {} failed: {}",
+                escape(&e.image),
+                escape(&e.error)
+            );
         }
         eprintln!(
             "{subset}: {n_answered}/{} answered ({} generated now, {n_resumed} resumed, {} errors) -> {}",
@@ -316,6 +337,7 @@ impl Context<'_> {
             model_dir: config.engine.model_dir.display().to_string(),
             model_manifest_sha256: engine.manifest_sha256.clone(),
             dtype: engine.manifest.dtype.as_str().into(),
+            decoder: engine.manifest.decoder.flavour.as_str().into(),
             ort_library: engine.ort_lib.display().to_string(),
             execution_providers: engine.provider_names(),
             tensorrt: engine

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
@@ -441,4 +442,72 @@ fn route(req: &Request, listener: &'static str, inner: &Arc<Mutex<Inner>>) -> Re
             .header("ETag", format!("\"{etag}\""))
             .header("X-Repo-Commit", commit)
     }
+}
+
+/// The commit every repo of [`repo_of`] is served at.
+pub const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+/// Every file of `dir` as a repo; weights and tokenizer files as LFS (as on the Hub).
+pub fn repo_of(id: &str, dir: &Path, extra: &[(&str, &[u8])]) -> Repo {
+    let mut files: Vec<RepoFile> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let path = p.file_name().unwrap().to_string_lossy().into_owned();
+            let lfs = [".bin", ".safetensors", ".model", ".h5"]
+                .iter()
+                .any(|x| path.ends_with(x));
+            RepoFile {
+                bytes: std::fs::read(&p).unwrap(),
+                path,
+                lfs,
+            }
+        })
+        .collect();
+    for (path, bytes) in extra {
+        files.push(RepoFile {
+            path: path.to_string(),
+            bytes: bytes.to_vec(),
+            lfs: true,
+        });
+    }
+    Repo {
+        kind: "models",
+        id: id.into(),
+        commit: COMMIT.into(),
+        files,
+    }
+}
+
+/// The stand-in Hub of the model tests (prepare, reproduce): models/demo-src and
+/// tests/data/checkpoints (see its README) under the real repo ids they stand in for.
+pub fn model_hub(faults: Faults) -> HubServer {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixture = |name: &str| root.join("tests/data/checkpoints").join(name);
+    let demo = |name: &str| root.join("models/demo-src").join(name);
+    let decoy: &[u8] = b"not meant to be downloaded";
+    HubServer::start(
+        vec![
+            repo_of("ys-zong/llava-v1.5-7b-Mixed", &demo("llava-v1.5-tiny"), &[]),
+            // The real tower repo also holds .bin, TensorFlow and Flax copies.
+            repo_of(
+                "openai/clip-vit-large-patch14-336",
+                &demo("clip-vit-tiny-patch14-336"),
+                &[("pytorch_model.bin", decoy), ("tf_model.h5", decoy)],
+            ),
+            repo_of(
+                "ys-zong/llava-v1.5-7b-Mixed-lora",
+                &fixture("llava-lora"),
+                &[],
+            ),
+            repo_of("lmsys/vicuna-7b-v1.5", &fixture("vicuna-tiny"), &[]),
+            // A "-lora" repo that ships merged full weights.
+            repo_of("ys-zong/llava-v1.5-13b-Mixed-lora", &fixture("zip64"), &[]),
+            repo_of("llava-hf/llava-1.5-7b-hf", &fixture("llava-hf"), &[]),
+            repo_of("tester/hf-lora", &fixture("hf-lora"), &[]),
+        ],
+        vec![],
+        faults,
+    )
 }

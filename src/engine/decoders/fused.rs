@@ -10,7 +10,8 @@
 //! (`seqlens_k = length - 1`) and prompts are right-padded, so rows of a batch may hold
 //! different numbers of tokens, and a slot can take a new prompt while the others go on:
 //! the prompt runs on a cache of its own whose rows are then copied into the slots
-//! ([`FixedCache::copy_rows_from`]; on a GPU through the CUDA runtime, [`DeviceCopy`]). A
+//! ([`FixedCache::copy_rows_from`]; on a GPU through the CUDA runtime, [`DeviceCopy`],
+//! which a CPU run with `--keep-finished-rows` takes too, on host memory). A
 //! free slot or a finished row riding along steps a throwaway position 0.
 
 use std::time::Instant;
@@ -205,8 +206,9 @@ fn alloc_tensor(
     result.map_err(|e| DecoderError(format!("cannot allocate the decoder cache {shape:?}: {e}")))
 }
 
-/// Row copies between two `[rows, ...]` buffers of the same row size: slices on the
-/// host, `cudaMemcpy` between the rows' device addresses on a GPU.
+/// Row copies between two `[rows, ...]` buffers of the same row size: through `device`
+/// between the rows' addresses when given (on a GPU; host memory standing in on a CPU run
+/// replaying a GPU's scheduling), else slices of host buffers.
 fn copy_rows(
     src: &DynTensor,
     dst: &mut DynTensor,
@@ -216,7 +218,8 @@ fn copy_rows(
 ) -> Result<(), DecoderError> {
     let failed = |e: ort::Error| DecoderError(format!("cannot copy cache rows: {e}"));
     let per_row = src.shape().num_elements() / src_rows.max(1);
-    if src.memory_info().allocation_device() == AllocationDevice::CPU {
+    let on_host = src.memory_info().allocation_device() == AllocationDevice::CPU;
+    if on_host && device.is_none() {
         if *src.data_type() == TensorElementType::Float16 {
             let (_, s) = src.try_extract_tensor::<f16>().map_err(failed)?;
             let (_, d) = dst.try_extract_tensor_mut::<f16>().map_err(failed)?;

@@ -29,6 +29,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use ort::ep::ArbitrarilyConfigurableExecutionProvider;
+
 use vlguard_export::manifest::{names, Flavour, GraphKind, Manifest};
 
 use super::cuda::{gpu_identity, GpuIdentity};
@@ -402,8 +404,19 @@ impl BuildTimer {
     }
 }
 
-/// The TensorRT provider for graph `kind`, stored at `path`: fp16 when the manifest says so,
-/// this graph's profile, and the engine and timing caches in `cache_dir` when given.
+/// Why TensorRT does not take fp32 models: its builder turns TF32 on for fp32 layers and
+/// ONNX Runtime's TensorRT provider has no option to turn it off (it only adds the
+/// FP16/BF16/INT8 flags), while TF32 matmuls flip greedy near-ties (25/30 golden answers
+/// on CUDA with TF32, 30/30 without).
+pub const FP32_REFUSED: &str = "TensorRT runs fp32 graphs with TF32 matmuls (its builder's \
+    default, which ONNX Runtime's TensorRT provider cannot turn off), and TF32 changes greedy \
+    answers: use --ep cuda for an fp32 model (TF32 off), or export with --dtype fp16 for TensorRT";
+
+/// The TensorRT provider for graph `kind`, stored at `path`, for fp16 models only
+/// ([`FP32_REFUSED`]): fp16 on with ONNX Runtime's layer-norm fp32 fallback, this graph's
+/// profile, initializers handed over in memory (`trt_load_user_initializer`: a 7B decoder
+/// over 2 GB otherwise meets protobuf's size limit), and the engine and timing caches in
+/// `cache_dir` when given.
 pub fn execution_provider(
     manifest: &Manifest,
     kind: GraphKind,
@@ -419,11 +432,16 @@ pub fn execution_provider(
                 .into(),
         );
     }
+    if manifest.dtype != vlguard_export::manifest::Dtype::Fp16 {
+        return Err(FP32_REFUSED.into());
+    }
     warn_unparsable(path);
     let profile = profile(manifest, kind, limits).map_err(|e| e.to_string())?;
     let mut trt = ort::ep::TensorRT::default()
         .with_device_id(device_id)
-        .with_fp16(manifest.dtype == vlguard_export::manifest::Dtype::Fp16)
+        .with_fp16(true)
+        .with_layer_norm_fp32_fallback(true)
+        .with_arbitrary_config("trt_load_user_initializer", "true")
         .with_profile_min_shapes(&profile.min)
         .with_profile_opt_shapes(&profile.opt)
         .with_profile_max_shapes(&profile.max);

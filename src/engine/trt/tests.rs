@@ -13,6 +13,19 @@ fn limits(batch: usize, text: usize, new: usize) -> Limits {
 }
 
 #[test]
+fn an_fp32_model_is_refused_because_tensorrt_would_run_it_in_tf32() {
+    let mut m = demo();
+    m.dtype = vlguard_export::manifest::Dtype::Fp32;
+    for kind in GraphKind::ALL {
+        let path = Path::new("model").join(&m.graphs.get(kind).file);
+        let err = execution_provider(&m, kind, &path, 0, &Limits::new(4, 256), None)
+            .err()
+            .expect("fp32 is refused");
+        assert!(err.contains("TF32") && err.contains("--ep cuda"), "{err}");
+    }
+}
+
+#[test]
 fn a_fused_decoder_is_refused_with_the_way_out() {
     let mut m = demo();
     m.decoder.flavour = Flavour::Fused;
