@@ -1,9 +1,12 @@
-//! `vlguard-ort setup` against a local stand-in of PyPI's JSON API and file server
-//! (tests/hub_server's static routes), and the installed binary that uses what it put
-//! there: a download dropped mid-wheel and resumed with Range by the rerun, a rerun that
+//! `vlguard-ort setup` against a local stand-in of a package index's Simple API and file
+//! server (tests/hub_server's static routes): project pages as PEP 691 JSON (with PEP 700
+//! sizes and URLs relative to the page) or as PEP 503 HTML (sizes by HEAD), like PyPI and
+//! the mirrors and private indexes pip talks to. And the installed binary that uses what it
+//! put there: a download dropped mid-wheel and resumed with Range by the rerun, a rerun that
 //! says "already installed" without a request, a wrong sha256 refused, a wheel for another
 //! platform refused, `--gpu` taking the CUDA 13.0 runtime (not a newer 13.x) and TensorRT
-//! from a PEP 503 simple page, an unreachable index naming its setting. Never the real index.
+//! from NVIDIA's index, an unreachable or wrong index naming its setting. Never the real
+//! index.
 //!
 //! The ONNX Runtime wheel served is made here: a zip holding the library the tests already
 //! use (found as the binary finds it) as `onnxruntime/capi/libonnxruntime.so.1.31.1`, so
@@ -39,27 +42,34 @@ fn real_library() -> &'static Path {
     ort_library().expect("ONNX Runtime for the tests (run scripts/setup.sh)")
 }
 
-/// One file entry of PyPI's JSON API, its URL relative to the JSON page.
-fn file_entry(name: &str, bytes: &[u8], sha256: &str) -> serde_json::Value {
-    serde_json::json!({
-        "filename": name,
-        "url": format!("/packages/{name}"),
-        "digests": { "sha256": sha256 },
-        "size": bytes.len(),
-        "packagetype": "bdist_wheel",
-        "yanked": false
-    })
+/// How the stand-in's project pages answer.
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    /// PEP 691 JSON with PEP 700 sizes; file URLs relative to the page (`../../packages/..`).
+    Json,
+    /// PEP 503 HTML, `#sha256=` on each link, no sizes; URLs absolute paths (`/packages/..`).
+    Html,
 }
 
-/// Static routes for `package` at `version`: its version JSON (`exact`) or project JSON
-/// listing `versions`, and each wheel.
+/// One listed file: its name, bytes and the sha256 the page gives.
+struct Listed {
+    name: String,
+    size: usize,
+    sha256: String,
+}
+
+/// A stand-in index: project pages at `/simple/PACKAGE/` in `form`, wheels at `/packages/NAME`.
 struct Index {
+    form: Form,
+    pages: Vec<(String, Vec<Listed>)>,
     statics: Vec<(String, Vec<u8>)>,
 }
 
 impl Index {
-    fn new() -> Index {
+    fn new(form: Form) -> Index {
         Index {
+            form,
+            pages: Vec::new(),
             statics: Vec::new(),
         }
     }
@@ -76,55 +86,99 @@ impl Index {
         )
     }
 
-    /// `/pypi/PACKAGE/VERSION/json` with one wheel for this machine and one for Windows.
-    fn exact(
+    /// `package` with a release per `(version, wheel)`, each with a wheel for this machine,
+    /// the first also with one for Windows; `listed_sha` instead of the wheel's own sha256.
+    fn project(
         mut self,
         package: &str,
-        version: &str,
-        wheel: Vec<u8>,
+        releases: &[(&str, Vec<u8>)],
         listed_sha: Option<String>,
     ) -> Index {
-        let name = Index::wheel_name(package, version);
-        let sha = listed_sha.unwrap_or_else(|| sha256_hex(&wheel));
-        let windows = format!(
-            "{}-{version}-cp312-cp312-win_amd64.whl",
-            package.replace('-', "_")
-        );
-        let json = serde_json::json!({
-            "info": { "name": package, "version": version },
-            "urls": [file_entry(&windows, b"x", &sha256_hex(b"x")), file_entry(&name, &wheel, &sha)]
-        });
-        self.statics.push((
-            format!("/pypi/{package}/{version}/json"),
-            json.to_string().into_bytes(),
-        ));
-        self.statics.push((format!("/packages/{name}"), wheel));
-        self
-    }
-
-    /// `/pypi/PACKAGE/json` with a release per `(version, wheel)`.
-    fn series(mut self, package: &str, releases: &[(&str, Vec<u8>)]) -> Index {
-        let mut listed = serde_json::Map::new();
+        let mut files = Vec::new();
         for (version, wheel) in releases {
+            if files.is_empty() {
+                let windows = format!(
+                    "{}-{version}-cp312-cp312-win_amd64.whl",
+                    package.replace('-', "_")
+                );
+                files.push(Listed {
+                    name: windows,
+                    size: 1,
+                    sha256: sha256_hex(b"x"),
+                });
+            }
             let name = Index::wheel_name(package, version);
-            listed.insert(
-                version.to_string(),
-                serde_json::json!([file_entry(&name, wheel, &sha256_hex(wheel))]),
-            );
+            files.push(Listed {
+                name: name.clone(),
+                size: wheel.len(),
+                sha256: listed_sha.clone().unwrap_or_else(|| sha256_hex(wheel)),
+            });
             self.statics
                 .push((format!("/packages/{name}"), wheel.clone()));
         }
-        let json =
-            serde_json::json!({ "info": { "name": package }, "urls": [], "releases": listed });
-        self.statics.push((
-            format!("/pypi/{package}/json"),
-            json.to_string().into_bytes(),
-        ));
+        self.pages.push((package.to_string(), files));
         self
     }
 
     fn start(self, faults: Faults) -> HubServer {
-        HubServer::start(Vec::new(), self.statics, faults)
+        let mut statics = self.statics;
+        let mut types = Vec::new();
+        for (package, files) in &self.pages {
+            let path = format!("/simple/{package}/");
+            let (body, content_type) = page(self.form, package, files);
+            statics.push((path.clone(), body));
+            types.push((path, content_type));
+        }
+        let server = HubServer::start(Vec::new(), statics, faults);
+        for (path, content_type) in types {
+            server.set_content_type(&path, content_type);
+        }
+        server
+    }
+}
+
+/// A project page in `form`, with its Content-Type.
+fn page(form: Form, package: &str, files: &[Listed]) -> (Vec<u8>, &'static str) {
+    match form {
+        Form::Json => {
+            let files: Vec<serde_json::Value> = files
+                .iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "filename": f.name,
+                        "url": format!("../../packages/{}", f.name),
+                        "hashes": { "sha256": f.sha256 },
+                        "requires-python": ">=3.10",
+                        "size": f.size,
+                        "yanked": false
+                    })
+                })
+                .collect();
+            let json = serde_json::json!({
+                "meta": { "api-version": "1.1" },
+                "name": package,
+                "files": files
+            });
+            (
+                json.to_string().into_bytes(),
+                "application/vnd.pypi.simple.v1+json",
+            )
+        }
+        Form::Html => {
+            let links: String = files
+                .iter()
+                .map(|f| {
+                    format!(
+                        "<a href=\"/packages/{0}#sha256={1}\" data-requires-python=\"&gt;=3.10\">{0}</a><br />\n",
+                        f.name, f.sha256
+                    )
+                })
+                .collect();
+            let html = format!(
+                "<!DOCTYPE html>\n<html><head><title>Links for {package}</title></head><body>\n{links}</body></html>"
+            );
+            (html.into_bytes(), "text/html")
+        }
     }
 }
 
@@ -143,7 +197,7 @@ fn ort_wheel(lib: &[u8]) -> Vec<u8> {
 /// `vlguard-ort setup ARGS` against `server`, with a clean environment under `home`.
 fn setup(bin: &Path, server: &HubServer, home: &Path, args: &[&str]) -> Command {
     let mut cmd = isolated(bin, home);
-    cmd.env("VLGUARD_PYPI_URL", format!("{}/pypi", server.hub_url))
+    cmd.env("VLGUARD_PYPI_URL", format!("{}/simple", server.hub_url))
         .args(["setup", "--quiet"])
         .args(args);
     cmd
@@ -181,8 +235,13 @@ fn an_installed_binary_sets_up_and_runs_from_anywhere() {
         drop_after: [(wheel_path.clone(), 1 << 20)].into(),
         ..Faults::default()
     };
-    let server = Index::new()
-        .exact("onnxruntime", "1.31.1", wheel.clone(), None)
+    let older = ort_wheel(b"1.31.0: not this one");
+    let server = Index::new(Form::Json)
+        .project(
+            "onnxruntime",
+            &[("1.31.0", older), ("1.31.1", wheel.clone())],
+            None,
+        )
         .start(faults);
     let tmp = tempfile::tempdir().unwrap();
     let bin = installed_binary(&tmp.path().join("x"));
@@ -192,6 +251,15 @@ fn an_installed_binary_sets_up_and_runs_from_anywhere() {
     // One try: the dropped connection fails it, leaving the partial wheel.
     let err = fails(setup(&bin, &server, &home, &["--attempts", "1"]).current_dir(tmp.path()));
     assert!(err.contains("rerun to resume"), "{err}");
+    let asked = server.log();
+    assert_eq!(asked[0].path, "/simple/onnxruntime/", "{asked:?}");
+    assert!(
+        asked[0]
+            .accept
+            .as_deref()
+            .is_some_and(|a| a.starts_with("application/vnd.pypi.simple.v1+json")),
+        "the page is asked for as PEP 691 JSON: {asked:?}"
+    );
     let wheel_name = Index::wheel_name("onnxruntime", "1.31.1");
     let partial = user_dir.join(format!("wheels/{wheel_name}.incomplete"));
     assert_eq!(
@@ -282,8 +350,8 @@ fn an_installed_binary_sets_up_and_runs_from_anywhere() {
 #[test]
 fn a_wrong_digest_is_refused() {
     let wheel = ort_wheel(b"not the library");
-    let server = Index::new()
-        .exact("onnxruntime", "1.31.1", wheel, Some("ab".repeat(32)))
+    let server = Index::new(Form::Json)
+        .project("onnxruntime", &[("1.31.1", wheel)], Some("ab".repeat(32)))
         .start(Faults::default());
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ort");
@@ -300,27 +368,43 @@ fn a_wrong_digest_is_refused() {
     assert!(!dir.join("lib").exists() && !dir.join("installed.json").exists());
 }
 
-/// Only a Windows wheel: refused naming what the index has; an unreachable index names the
-/// setting that points at it.
+/// Only a Windows wheel: refused naming what the index has; an index address that is not a
+/// Simple API base (PyPI's old JSON API `/pypi`) and an unreachable index name the setting.
 #[test]
 fn no_fitting_wheel_and_no_index_say_what_to_do() {
-    let json = serde_json::json!({
-        "urls": [file_entry("onnxruntime-1.31.1-cp312-cp312-win_amd64.whl", b"x", &sha256_hex(b"x"))]
-    });
+    let windows = Listed {
+        name: "onnxruntime-1.31.1-cp312-cp312-win_amd64.whl".into(),
+        size: 1,
+        sha256: sha256_hex(b"x"),
+    };
+    let (html, content_type) = page(Form::Html, "onnxruntime", &[windows]);
     let server = HubServer::start(
         Vec::new(),
-        vec![(
-            "/pypi/onnxruntime/1.31.1/json".into(),
-            json.to_string().into_bytes(),
-        )],
+        vec![("/simple/onnxruntime/".into(), html)],
         Faults::default(),
     );
+    server.set_content_type("/simple/onnxruntime/", content_type);
     let tmp = tempfile::tempdir().unwrap();
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_vlguard-ort"));
     let err = fails(&mut setup(&bin, &server, tmp.path(), &[]));
     assert!(
         err.contains(&format!(
             "error: no manylinux {ARCH} wheel of onnxruntime==1.31.1 in the index (files: onnxruntime-1.31.1-cp312-cp312-win_amd64.whl)"
+        )),
+        "{err}"
+    );
+    let old_api = format!("{}/pypi", server.hub_url);
+    let err = fails(&mut setup(
+        &bin,
+        &server,
+        tmp.path(),
+        &["--index-url", &old_api],
+    ));
+    assert!(
+        err.contains(&format!(
+            "error: {old_api}/onnxruntime/: not found (404): the index has no page for onnxruntime; \
+             VLGUARD_PYPI_URL (--index-url) must be a package index's Simple API base, as pip's \
+             --index-url (e.g. https://pypi.org/simple)"
         )),
         "{err}"
     );
@@ -331,7 +415,7 @@ fn no_fitting_wheel_and_no_index_say_what_to_do() {
         "--attempts",
         "1",
         "--index-url",
-        "http://127.0.0.1:9/pypi",
+        "http://127.0.0.1:9/simple",
     ]));
     assert!(
         err.contains("cannot reach 127.0.0.1:9")
@@ -340,10 +424,10 @@ fn no_fitting_wheel_and_no_index_say_what_to_do() {
     );
 }
 
-/// `--gpu`: onnxruntime-gpu and the CUDA runtime wheels into `gpu-site/nvidia/...`, the
-/// CUDA 13.0 release chosen over a newer 13.1 one; `--tensorrt` with NVIDIA's index
-/// unreachable keeps them and says what to do; with the index (a simple page) it adds
-/// `gpu-site/tensorrt_libs`.
+/// `--gpu`: onnxruntime-gpu and the CUDA runtime wheels (from HTML pages, sizes by HEAD) into
+/// `gpu-site/nvidia/...`, the CUDA 13.0 release chosen over a newer 13.1 one; `--tensorrt`
+/// with NVIDIA's index unreachable keeps them and says what to do; with the index (an HTML
+/// page served without a Content-Type) it adds `gpu-site/tensorrt_libs`.
 #[test]
 fn gpu_wheels_land_where_the_run_looks() {
     let stub = |path: &str| zip_of(&[(path, b"placeholder"), ("nvidia/__init__.py", b"")]);
@@ -354,14 +438,15 @@ fn gpu_wheels_land_where_the_run_looks() {
             b"placeholder",
         ),
     ]);
-    let mut index = Index::new()
-        .exact("onnxruntime-gpu", "1.31.1", gpu_ort, None)
-        .series(
+    let mut index = Index::new(Form::Html)
+        .project("onnxruntime-gpu", &[("1.31.1", gpu_ort)], None)
+        .project(
             "nvidia-cuda-runtime",
             &[
                 ("13.0.96", stub("nvidia/cu13/lib/libcudart.so.13")),
                 ("13.1.80", stub("nvidia/cu13/lib/libcudart.so.13.1-too-new")),
             ],
+            None,
         );
     for (package, version, file) in [
         (
@@ -395,7 +480,7 @@ fn gpu_wheels_land_where_the_run_looks() {
             "nvidia/cudnn/lib/libcudnn.so.9",
         ),
     ] {
-        index = index.series(package, &[(version, stub(file))]);
+        index = index.project(package, &[(version, stub(file))], None);
     }
     let trt_wheel = zip_of(&[("tensorrt_libs/libnvinfer.so.10", b"placeholder")]);
     let trt_name = format!("tensorrt_cu13_libs-10.13.3.9-py2.py3-none-manylinux_2_28_{ARCH}.whl");
@@ -413,6 +498,36 @@ fn gpu_wheels_land_where_the_run_looks() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ort");
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_vlguard-ort"));
+
+    // --dry-run: what would be installed, nothing downloaded.
+    let out = printed(&run_ok(
+        setup(&bin, &server, tmp.path(), &["--gpu", "--dry-run", "--dir"]).arg(&dir),
+    ));
+    let cudart = Index::wheel_name("nvidia-cuda-runtime", "13.0.96");
+    let sized_by_head = server
+        .log()
+        .iter()
+        .any(|l| l.method == "HEAD" && l.path.ends_with(&cudart));
+    assert!(
+        sized_by_head,
+        "the size comes from a HEAD: {:?}",
+        server.log()
+    );
+    assert!(
+        out.contains(&format!(
+            "nvidia-cuda-runtime 13.0.96: would install {cudart} ("
+        )) && out.contains(&format!("from {}/packages/{cudart}", server.hub_url)),
+        "{out}"
+    );
+    assert_eq!(out.matches("would install").count(), 8, "{out}");
+    assert!(
+        !server
+            .log()
+            .iter()
+            .any(|l| l.method == "GET" && l.path.starts_with("/packages/")),
+        "a dry run downloads nothing"
+    );
+    assert!(!dir.exists(), "a dry run writes nothing");
 
     let err = fails(
         setup(

@@ -3,11 +3,14 @@
 //! LFS file, not on the CDN's answer) and so the token never follows a redirect to another
 //! origin; status codes mapped to errors that say what to do; bounded retries with
 //! exponential backoff for what a retry can fix (no connection, a dropped transfer, 5xx, 429).
+//! TLS trusts the machine's CA certificates, as curl and pip do ([`root_certs`]).
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use ureq::http::{HeaderMap, Response};
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 use super::Error;
 
@@ -93,6 +96,7 @@ impl Client {
             .user_agent(concat!("vlguard-ort/", env!("CARGO_PKG_VERSION")))
             .timeout_connect(Some(policy.connect_timeout))
             .timeout_per_read(Some(policy.read_timeout))
+            .tls_config(TlsConfig::builder().root_certs(root_certs()).build())
             .build();
         Client {
             agent: ureq::Agent::new_with_config(config),
@@ -120,32 +124,33 @@ impl Client {
         url: &str,
         range_from: Option<u64>,
     ) -> Result<Response<ureq::Body>, Error> {
-        let mut headers: Vec<(&str, String)> = Vec::new();
+        self.request(method, url, range_from, None)
+    }
+
+    /// [`Client::send`] with an `Accept` header when one is given.
+    fn request(
+        &self,
+        method: Method,
+        url: &str,
+        range_from: Option<u64>,
+        accept: Option<&str>,
+    ) -> Result<Response<ureq::Body>, Error> {
+        let mut req = match method {
+            Method::Get => self.agent.get(url),
+            Method::Head => self.agent.head(url),
+        };
         if let Some(token) = &self.token {
             if self.is_hub(url) {
-                headers.push(("Authorization", format!("Bearer {}", token.0)));
+                req = req.header("Authorization", format!("Bearer {}", token.0));
             }
         }
         if let Some(from) = range_from {
-            headers.push(("Range", format!("bytes={from}-")));
+            req = req.header("Range", format!("bytes={from}-"));
         }
-        let result = match method {
-            Method::Get => {
-                let mut req = self.agent.get(url);
-                for (k, v) in &headers {
-                    req = req.header(*k, v);
-                }
-                req.call()
-            }
-            Method::Head => {
-                let mut req = self.agent.head(url);
-                for (k, v) in &headers {
-                    req = req.header(*k, v);
-                }
-                req.call()
-            }
-        };
-        result.map_err(|e| match e {
+        if let Some(accept) = accept {
+            req = req.header("Accept", accept);
+        }
+        req.call().map_err(|e| match e {
             // An answer came, but not one HTTP allows (`Content-Length: -5`): the server,
             // not the network, is at fault, and no retry changes it.
             ureq::Error::Protocol(_) | ureq::Error::Http(_) => Error::BadResponse {
@@ -168,9 +173,28 @@ impl Client {
         method: Method,
         url: &str,
     ) -> Result<(String, Response<ureq::Body>), Error> {
+        self.follow(method, url, None)
+    }
+
+    /// [`Client::send_following`] asking for one of the media types in `accept` (content
+    /// negotiation, e.g. a package index's JSON or HTML page), on every hop.
+    pub(crate) fn get_accepting(
+        &self,
+        url: &str,
+        accept: &str,
+    ) -> Result<(String, Response<ureq::Body>), Error> {
+        self.follow(Method::Get, url, Some(accept))
+    }
+
+    fn follow(
+        &self,
+        method: Method,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<(String, Response<ureq::Body>), Error> {
         let mut url = url.to_string();
         for _ in 0..MAX_REDIRECTS {
-            let resp = self.send(method, &url, None)?;
+            let resp = self.request(method, &url, None, accept)?;
             match redirect_target(&url, &resp) {
                 Some(next) => url = next,
                 None => return Ok((url, resp)),
@@ -205,6 +229,29 @@ impl Client {
     }
 }
 
+/// The CA certificates TLS trusts: the machine's (`SSL_CERT_FILE` / `SSL_CERT_DIR`, else
+/// the system bundle), so a TLS-inspecting proxy's or an in-house index's CA works as it
+/// does for curl and pip; Mozilla's roots, built in, where the machine has none (a minimal
+/// container without ca-certificates). Read once per process.
+fn root_certs() -> RootCerts {
+    static ROOTS: OnceLock<RootCerts> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let certs: Vec<Certificate<'static>> = found
+                .certs
+                .iter()
+                .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+                .collect();
+            if certs.is_empty() {
+                RootCerts::WebPki
+            } else {
+                RootCerts::from(certs)
+            }
+        })
+        .clone()
+}
+
 pub(crate) const MAX_REDIRECTS: usize = 10;
 
 /// Where a 3xx answer points, resolved against the request URL; `None` for other answers.
@@ -219,8 +266,9 @@ pub(crate) fn redirect_target(url: &str, resp: &Response<ureq::Body>) -> Option<
 /// Resolves a `Location` value against the URL it came from.
 pub(crate) fn resolve(base: &str, location: &str) -> String {
     if location.contains("://") {
-        location.to_string()
-    } else if let Some(rest) = location.strip_prefix("//") {
+        return location.to_string();
+    }
+    let joined = if let Some(rest) = location.strip_prefix("//") {
         let scheme = base.split("://").next().unwrap_or("https");
         format!("{scheme}://{rest}")
     } else if location.starts_with('/') {
@@ -237,7 +285,36 @@ pub(crate) fn resolve(base: &str, location: &str) -> String {
             ""
         };
         format!("{}{sep}{location}", &base[..dir_end])
+    };
+    remove_dot_segments(joined)
+}
+
+/// `a/./b/../c` as `a/c` in a URL's path (RFC 3986 section 5.2.4), as package indexes'
+/// relative links (`../../packages/...`) need.
+fn remove_dot_segments(url: String) -> String {
+    let start = origin(&url).len();
+    let end = url[start..]
+        .find(['?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let segments: Vec<&str> = url[start..end].split('/').collect();
+    if !segments.iter().any(|s| *s == "." || *s == "..") {
+        return url;
     }
+    let mut out: Vec<&str> = Vec::new();
+    for (i, segment) in segments.iter().enumerate().skip(1) {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+        if last && (*segment == "." || *segment == "..") {
+            out.push("");
+        }
+    }
+    format!("{}/{}{}", &url[..start], out.join("/"), &url[end..])
 }
 
 /// `scheme://host[:port]` of a URL.
@@ -369,6 +446,16 @@ mod tests {
             "http://127.0.0.1:8080/datasets/a/b/resolve/main/other.zip"
         );
         assert_eq!(resolve("http://h:1", "x"), "http://h:1/x");
+        let rfc = "http://a/b/c/d;p?q";
+        assert_eq!(resolve(rfc, "../../g"), "http://a/g");
+        assert_eq!(resolve(rfc, "./g"), "http://a/b/c/g");
+        assert_eq!(resolve(rfc, ".."), "http://a/b/");
+        assert_eq!(resolve(rfc, "/./g"), "http://a/g");
+        assert_eq!(resolve(rfc, "../../../g"), "http://a/g");
+        assert_eq!(
+            resolve("https://i/simple/pkg/", "../../packages/x.whl#sha256=ab"),
+            "https://i/packages/x.whl#sha256=ab"
+        );
         assert_eq!(
             origin("https://huggingface.co/api/models"),
             "https://huggingface.co"

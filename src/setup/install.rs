@@ -7,10 +7,20 @@
 
 use std::path::{Path, PathBuf};
 
-use super::index::Choice;
 use super::record::Package;
 use super::SetupError;
 use crate::fetch::{fetch_known, unpack, Client, Done, Expected, FileMeta, State};
+
+/// The wheel chosen for a package ([`super::index::choose`]): where it is, what it weighs
+/// and its sha256.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub version: String,
+    pub filename: String,
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+}
 
 /// Which files of a wheel are kept, and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,27 +44,26 @@ pub fn install(
     extract: Extract,
 ) -> Result<Package, SetupError> {
     let wheels = dir.join(WHEELS_DIR);
-    let file = &choice.file;
-    let dest = wheels.join(&file.filename);
+    let dest = wheels.join(&choice.filename);
     let meta = FileMeta {
-        size: file.size,
-        etag: file.digests.sha256.clone(),
-        expected: Expected::Sha256(file.digests.sha256.clone()),
-        location: file.url.clone(),
+        size: choice.size,
+        etag: choice.sha256.clone(),
+        expected: Expected::Sha256(choice.sha256.clone()),
+        location: choice.url.clone(),
         commit: None,
     };
     let mut state = State::load(&wheels);
-    let done = fetch_known(client, &meta, &dest, &file.filename, &mut state)?;
+    let done = fetch_known(client, &meta, &dest, &choice.filename, &mut state)?;
     let how = match done {
         Done::Present => "already downloaded".to_string(),
-        Done::Downloaded(n) if n == file.size => "downloaded".to_string(),
+        Done::Downloaded(n) if n == choice.size => "downloaded".to_string(),
         Done::Downloaded(n) => format!("resumed: {n} bytes downloaded"),
     };
     eprintln!(
         "setup: {} ({} bytes, {how}, sha256 checked)",
-        file.filename, file.size
+        choice.filename, choice.size
     );
-    let staging = wheels.join(format!("{}.unpacked", file.filename));
+    let staging = wheels.join(format!("{}.unpacked", choice.filename));
     unpack(&dest, &staging, &client.policy.unzip)?;
     let files = match extract {
         Extract::Runtime => take_runtime(&staging, dir),
@@ -72,12 +81,12 @@ pub fn install(
         });
     }
     std::fs::remove_file(&dest).map_err(io(&dest))?;
-    state.files.remove(&file.filename);
+    state.files.remove(&choice.filename);
     state.save(&wheels)?;
     Ok(Package {
         version: choice.version.clone(),
-        wheel: file.filename.clone(),
-        sha256: file.digests.sha256.clone(),
+        wheel: choice.filename.clone(),
+        sha256: choice.sha256.clone(),
         files,
     })
 }

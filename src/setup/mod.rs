@@ -2,11 +2,12 @@
 //! for a GPU the CUDA 13.0 / cuDNN 9 runtime, and TensorRT 10) where the binary finds it,
 //! from an installed binary with no checkout and no Python.
 //!
-//! Wheels come from PyPI's JSON API (`--index-url` / `VLGUARD_PYPI_URL`, default
-//! https://pypi.org/pypi), which lists each file's URL, size and sha256; TensorRT from
-//! NVIDIA's own index (`--nvidia-index-url` / `VLGUARD_NVIDIA_INDEX_URL`, a PEP 503 simple
-//! page), the only place its libraries are published. Downloads resume and are verified
-//! ([`install`]). The folder (default: the per-user folder,
+//! Wheels come from a package index's standard Simple API ([`index`]; `--index-url` /
+//! `VLGUARD_PYPI_URL`, default https://pypi.org/simple, the same setting as pip's
+//! `--index-url`, so a mirror or private index works), which lists each file's URL and
+//! sha256; TensorRT from NVIDIA's own index (`--nvidia-index-url` /
+//! `VLGUARD_NVIDIA_INDEX_URL`), the only place its libraries are published. Downloads
+//! resume and are verified ([`install`]); `--dry-run` stops after choosing. The folder (default: the per-user folder,
 //! `$XDG_DATA_HOME/vlguard-ort` or `~/.local/share/vlguard-ort`) gets `lib/` and `gpu-site/`,
 //! the layout the library search reads ([`crate::engine::ort_lib::places`]), and
 //! `installed.json` ([`record`]), so a rerun installs nothing that is already there and
@@ -21,7 +22,8 @@ mod record;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use index::{Choice, Pin};
+use index::Pin;
+use install::Choice;
 use install::Extract;
 use record::Installed;
 
@@ -30,7 +32,7 @@ use crate::fetch::{header, Client, Method, Policy};
 
 /// The ONNX Runtime this binary speaks (C API 31).
 pub const ORT_VERSION: &str = "1.31.1";
-pub const DEFAULT_INDEX: &str = "https://pypi.org/pypi";
+pub const DEFAULT_INDEX: &str = "https://pypi.org/simple";
 pub const DEFAULT_NVIDIA_INDEX: &str = "https://pypi.nvidia.com";
 
 #[derive(Debug, clap::Args)]
@@ -46,10 +48,11 @@ pub struct SetupArgs {
     /// ~/.local/share/vlguard-ort].
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// PyPI's JSON API (a mirror of it also works).
+    /// Package index: its Simple API base, as pip's --index-url (a mirror or private
+    /// index; project pages at URL/NAME/).
     #[arg(long, env = "VLGUARD_PYPI_URL", default_value = DEFAULT_INDEX)]
     pub index_url: String,
-    /// NVIDIA's package index (PEP 503 simple pages), for --tensorrt.
+    /// NVIDIA's package index (Simple API base), for --tensorrt.
     #[arg(long, env = "VLGUARD_NVIDIA_INDEX_URL", default_value = DEFAULT_NVIDIA_INDEX)]
     pub nvidia_index_url: String,
     /// Tries per request and per file before giving up (a dropped transfer resumes).
@@ -58,6 +61,10 @@ pub struct SetupArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Ask the index which wheels fit and print them (version, file, size, address);
+    /// download and install nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +73,12 @@ pub enum SetupError {
     Fetch(#[from] crate::fetch::Error),
     #[error("{url}: {what}")]
     Index { url: String, what: String },
+    #[error("{url}: not found (404): the index has no page for {package}; {setting} must be a package index's Simple API base, as pip's --index-url (e.g. {DEFAULT_INDEX})")]
+    NoProject {
+        url: String,
+        package: &'static str,
+        setting: &'static str,
+    },
     #[error("no manylinux {arch} wheel of {package} in the index (files: {seen})")]
     NoWheel {
         package: String,
@@ -145,13 +158,11 @@ const TENSORRT: Wanted = wanted(
     Extract::Site("tensorrt_libs"),
 );
 
-/// Where a package's wheels are listed.
+/// A package index: its Simple API base and the setting that names it.
 #[derive(Debug, Clone, Copy)]
-enum Index<'a> {
-    /// PyPI's JSON API base (`https://pypi.org/pypi`).
-    Json(&'a str),
-    /// A PEP 503 simple index base (`https://pypi.nvidia.com`).
-    Simple(&'a str),
+struct Source<'a> {
+    base: &'a str,
+    setting: &'static str,
 }
 
 fn checked_url<'a>(flag: &'static str, url: &'a str) -> Result<&'a str, SetupError> {
@@ -184,25 +195,40 @@ pub fn command(args: &SetupArgs) -> Result<ExitCode, SetupError> {
     let client = Client::new(None, index, policy);
     let mut record = Installed::load(&dir);
     let packages: &[Wanted] = if args.gpu { &GPU } else { &CPU };
+    let pypi = Source {
+        base: index,
+        setting: "VLGUARD_PYPI_URL (--index-url)",
+    };
     for w in packages {
-        ensure(&client, &dir, &mut record, w, Index::Json(index))
-            .map_err(|e| via(e, "VLGUARD_PYPI_URL (--index-url)"))?;
+        ensure(&client, &dir, &mut record, w, pypi, args.dry_run)
+            .map_err(|e| via(e, pypi.setting))?;
     }
     if args.tensorrt {
         let nvidia_client = Client::new(None, nvidia, client.policy.clone());
+        let source = Source {
+            base: nvidia,
+            setting: "VLGUARD_NVIDIA_INDEX_URL (--nvidia-index-url)",
+        };
         ensure(
             &nvidia_client,
             &dir,
             &mut record,
             &TENSORRT,
-            Index::Simple(nvidia),
+            source,
+            args.dry_run,
         )
-        .map_err(|e| SetupError::TensorRt {
-            reason: via(e, "VLGUARD_NVIDIA_INDEX_URL (--nvidia-index-url)").to_string(),
-            index: nvidia.to_string(),
+        .map_err(|e| match via(e, source.setting) {
+            // Nothing was installed: the advice about what works would not hold.
+            e if args.dry_run => e,
+            e => SetupError::TensorRt {
+                reason: e.to_string(),
+                index: nvidia.to_string(),
+            },
         })?;
     }
-    report_search(&dir);
+    if !args.dry_run {
+        report_search(&dir);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -219,13 +245,15 @@ fn via(err: SetupError, setting: &'static str) -> SetupError {
     }
 }
 
-/// Installs `w` into `dir` unless the record says it is there and complete.
+/// Installs `w` into `dir` unless the record says it is there and complete (`dry_run`:
+/// says which wheel it would install).
 fn ensure(
     client: &Client,
     dir: &Path,
     record: &mut Installed,
     w: &Wanted,
-    index: Index,
+    source: Source,
+    dry_run: bool,
 ) -> Result<(), SetupError> {
     // The GPU build of ONNX Runtime runs on the CPU too: it satisfies a CPU setup.
     let accepted: &[&str] = match w.package {
@@ -242,7 +270,14 @@ fn ensure(
             return Ok(());
         }
     }
-    let choice = resolve(client, w, index)?;
+    let choice = resolve(client, w, source)?;
+    if dry_run {
+        println!(
+            "{} {}: would install {} ({} bytes) from {}",
+            w.package, choice.version, choice.filename, choice.size, choice.url
+        );
+        return Ok(());
+    }
     let package = install::install(client, dir, &choice, w.extract)?;
     println!(
         "{} {}: installed {} into {}",
@@ -262,32 +297,31 @@ fn ensure(
 }
 
 /// The wheel of `w` that fits this machine, with its size and sha256.
-fn resolve(client: &Client, w: &Wanted, index: Index) -> Result<Choice, SetupError> {
-    let arch = index::arch();
-    match index {
-        Index::Json(base) => {
-            let url = match w.pin {
-                Pin::Exact(v) => format!("{base}/{}/{v}/json", w.package),
-                Pin::Series(_) => format!("{base}/{}/json", w.package),
-            };
-            let project = index::get_json(client, &url)?;
-            let mut choice = index::choose(w.package, w.pin, &project, arch)?;
-            // PyPI gives absolute URLs; a mirror may give them relative to the page.
-            choice.file.url = crate::fetch::resolve(&url, &choice.file.url);
-            Ok(choice)
-        }
-        Index::Simple(base) => {
-            let url = format!("{base}/{}/", w.package);
-            let html = index::get_bytes(client, &url)?;
-            let project = index::parse_simple(&String::from_utf8_lossy(&html), &url);
-            let mut choice = index::choose(w.package, w.pin, &project, arch)?;
-            choice.file.size = content_length(client, &choice.file.url)?;
-            Ok(choice)
-        }
-    }
+fn resolve(client: &Client, w: &Wanted, source: Source) -> Result<Choice, SetupError> {
+    let url = format!("{}/{}/", source.base, w.package);
+    let page = index::read_page(client, &url).map_err(|e| match e {
+        SetupError::Fetch(crate::fetch::Error::NotFound { url, .. }) => SetupError::NoProject {
+            url,
+            package: w.package,
+            setting: source.setting,
+        },
+        other => other,
+    })?;
+    let found = index::choose(w.package, w.pin, &page, index::arch())?;
+    let size = match found.file.size {
+        Some(size) => size,
+        None => content_length(client, &found.file.url)?,
+    };
+    Ok(Choice {
+        version: found.version,
+        filename: found.file.filename.clone(),
+        url: found.file.url.clone(),
+        sha256: found.sha256.to_string(),
+        size,
+    })
 }
 
-/// The size of the file at `url` (a HEAD; simple indexes do not list sizes).
+/// The size of the file at `url` (a HEAD, for an index that does not list sizes).
 fn content_length(client: &Client, url: &str) -> Result<u64, SetupError> {
     let (final_url, resp) = client.with_retries(|_| client.send_following(Method::Head, url))?;
     header(resp.headers(), "content-length")

@@ -3,7 +3,7 @@
 //! `/{datasets/}REPO/resolve/REV/PATH` (plain files: 200 with the git blob sha1 as ETag;
 //! LFS files: 302 to a separate "CDN" listener with `X-Linked-Etag` = sha256 and
 //! `X-Linked-Size`), byte ranges (206 / 416), `X-Error-Code` on 401/404, plus static routes
-//! (the GitHub raw file). Faults on demand: a connection dropped mid-body (once), a wrong
+//! (the GitHub raw file, a package index's pages, with a Content-Type when set). Faults on demand: a connection dropped mid-body (once), a wrong
 //! advertised digest, a 500 forever, a required token. Every request is logged.
 //! One request per connection (`Connection: close`), one thread per connection.
 
@@ -59,6 +59,7 @@ pub struct Logged {
     pub path: String,
     pub range: Option<String>,
     pub authorization: Option<String>,
+    pub accept: Option<String>,
     pub status: u16,
     /// Body bytes sent (fewer than the body when a drop was injected).
     pub body_bytes: usize,
@@ -67,6 +68,8 @@ pub struct Logged {
 struct Inner {
     repos: Vec<Repo>,
     statics: HashMap<String, Vec<u8>>,
+    /// Static path -> its `Content-Type` (none sent otherwise).
+    content_types: HashMap<String, String>,
     faults: Faults,
     log: Vec<Logged>,
     hub_url: String,
@@ -108,6 +111,7 @@ impl HubServer {
         let inner = Arc::new(Mutex::new(Inner {
             repos,
             statics: statics.into_iter().collect(),
+            content_types: HashMap::new(),
             faults,
             log: Vec::new(),
             hub_url: hub_url.clone(),
@@ -135,6 +139,13 @@ impl HubServer {
 
     pub fn clear_log(&self) {
         lock(&self.inner).log.clear();
+    }
+
+    /// Serves the static route `path` with this `Content-Type`.
+    pub fn set_content_type(&self, path: &str, content_type: &str) {
+        lock(&self.inner)
+            .content_types
+            .insert(path.to_string(), content_type.to_string());
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -250,6 +261,7 @@ fn handle(mut stream: TcpStream, listener: &'static str, inner: &Arc<Mutex<Inner
         path: req.path.clone(),
         range: req.headers.get("range").cloned(),
         authorization: req.headers.get("authorization").cloned(),
+        accept: req.headers.get("accept").cloned(),
         status: reply.status,
         body_bytes: n,
     });
@@ -324,7 +336,11 @@ fn route(req: &Request, listener: &'static str, inner: &Arc<Mutex<Inner>>) -> Re
     }
 
     if let Some(bytes) = inner.statics.get(&path).cloned() {
-        return serve_bytes(req, &mut inner, &path, &bytes);
+        let reply = serve_bytes(req, &mut inner, &path, &bytes);
+        return match inner.content_types.get(&path) {
+            Some(t) => reply.header("Content-Type", t.clone()),
+            None => reply,
+        };
     }
 
     if let Some(want) = &inner.faults.require_token {
