@@ -83,7 +83,7 @@ pub fn command(args: &MergeArgs) -> Result<ExitCode, Error> {
         if let Some(limit) = args.limit {
             samples.truncate(limit);
         }
-        let merged = merge_shards(&args.out, subset, &args.engine, &samples)?;
+        let (merged, manifests) = merge_shards(&args.out, subset, &args.engine, &samples)?;
         let path = Paths::new(&args.out, subset.name(), &args.engine).answers;
         merged.write(&path).map_err(|source| Error::Write {
             path: path.clone(),
@@ -94,45 +94,40 @@ pub fn command(args: &MergeArgs) -> Result<ExitCode, Error> {
             samples.len(),
             path.display()
         );
-        write_manifest(&args.out, subset, &args.engine, &merged)?;
+        write_manifest(
+            &args.out,
+            subset,
+            &args.engine,
+            &merged,
+            manifests.as_deref(),
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The merged result's run manifest, combined from the shards' ([`manifest::combine`]).
-/// When a shard has none (written by hand, or by an older version), the merged answers
-/// get none either: a warning says so, and a manifest of an earlier run is removed rather
-/// than left describing other answers.
+/// The merged result's run manifest, combined from the shards' ([`manifest::combine`]),
+/// which [`merge_shards`] read. When the shards have none (written by hand, or by an older
+/// version), the merged answers get none either: a warning says so, and a manifest of an
+/// earlier run is removed rather than left describing other answers.
 fn write_manifest(
     out: &Path,
     subset: Subset,
     engine: &str,
     merged: &Predictions,
+    manifests: Option<&[(Shard, RunManifest)]>,
 ) -> Result<(), Error> {
-    let fail = |message: String| Error::Merge { subset, message };
-    let dir = out.join(subset.name());
-    let shards =
-        shards_in(&dir, engine, ".json").map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-    let mut manifests = Vec::with_capacity(shards.len());
-    for (shard, _) in shards {
-        let path = Paths::new(out, subset.name(), &shard.engine_name(engine)).manifest;
-        match RunManifest::read(&path) {
-            Ok(m) => manifests.push((shard, m)),
-            Err(why) => {
-                eprintln!("{subset}: no run manifest for the merged answers: {why}");
-                let stale = Paths::new(out, subset.name(), engine).manifest;
-                return match std::fs::remove_file(&stale) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Write {
-                        path: stale,
-                        source: e,
-                    }),
-                    _ => Ok(()),
-                };
-            }
-        }
-    }
-    let combined = manifest::combine(engine, subset, &manifests, merged).map_err(fail)?;
     let path = Paths::new(out, subset.name(), engine).manifest;
+    let Some(manifests) = manifests else {
+        eprintln!("{subset}: no run manifest for the merged answers: the shards have none");
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::Write { path, source: e })
+            }
+            _ => Ok(()),
+        };
+    };
+    let combined = manifest::combine(engine, subset, manifests, merged)
+        .map_err(|message| Error::Merge { subset, message })?;
     crate::results::write_json(&path, &combined)?;
     Ok(())
 }
@@ -154,13 +149,17 @@ fn shards_in(dir: &Path, engine: &str, suffix: &str) -> std::io::Result<Vec<(Sha
     Ok(shards)
 }
 
-/// Reads the shard files of one subset and returns `{image: answer}` in subset order.
+/// The run manifests of a subset's shards, read once.
+pub type ShardManifests = Vec<(Shard, RunManifest)>;
+
+/// Reads the shard files of one subset and returns `{image: answer}` in subset order, with
+/// the shards' run manifests (`None` when no shard has one).
 pub fn merge_shards(
     out: &Path,
     subset: Subset,
     engine: &str,
     samples: &[Sample],
-) -> Result<Predictions, Error> {
+) -> Result<(Predictions, Option<ShardManifests>), Error> {
     let fail = |message: String| Error::Merge { subset, message };
     let dir = out.join(subset.name());
     let shards =
@@ -179,7 +178,10 @@ pub fn merge_shards(
     if !missing.is_empty() {
         return Err(fail(format!("shards {missing:?} of {n} are missing")));
     }
-    same_settings(&shards).map_err(fail)?;
+    let manifests = shard_manifests(&shards).map_err(fail)?;
+    if let Some(manifests) = &manifests {
+        same_settings(manifests).map_err(fail)?;
+    }
     let mut answers: HashMap<String, (usize, Answer)> = HashMap::new();
     let mut overlaps = Vec::new();
     for (Shard { k, .. }, path) in &shards {
@@ -220,7 +222,7 @@ pub fn merge_shards(
             extra.join(", ")
         )));
     }
-    Ok(merged)
+    Ok((merged, manifests))
 }
 
 /// A run manifest field as text.
@@ -241,25 +243,26 @@ const SETTINGS: [(&str, Field); 7] = [
     ("tool version", |m| m.tool_version.clone()),
 ];
 
-/// `Err` naming every setting the shards' run manifests disagree on (see the module
-/// contract).
-fn same_settings(shards: &[(Shard, PathBuf)]) -> Result<(), String> {
+/// The run manifests beside the shard files (`{engine}.shard-K-of-N.run.json`): `None`,
+/// with a warning, when no shard has one (files made by hand); `Err` when only some have
+/// one, or one cannot be read.
+fn shard_manifests(shards: &[(Shard, PathBuf)]) -> Result<Option<ShardManifests>, String> {
     let mut manifests = Vec::new();
     let mut without = Vec::new();
-    for (Shard { k, .. }, path) in shards {
+    for (shard, path) in shards {
         let manifest_path = path.with_extension("run.json");
         if manifest_path.symlink_metadata().is_err() {
-            without.push(k.to_string());
+            without.push(shard.k.to_string());
             continue;
         }
         let manifest = RunManifest::read(&manifest_path).map_err(|e| e.to_string())?;
-        manifests.push((*k, manifest));
+        manifests.push((*shard, manifest));
     }
     if manifests.is_empty() {
         eprintln!(
             "warning: no shard has a run manifest beside it: their settings cannot be compared"
         );
-        return Ok(());
+        return Ok(None);
     }
     if !without.is_empty() {
         return Err(format!(
@@ -267,15 +270,21 @@ fn same_settings(shards: &[(Shard, PathBuf)]) -> Result<(), String> {
             without.join(", ")
         ));
     }
+    Ok(Some(manifests))
+}
+
+/// `Err` naming every setting the shards' run manifests disagree on (see the module
+/// contract).
+fn same_settings(manifests: &[(Shard, RunManifest)]) -> Result<(), String> {
     let mut differences = Vec::new();
     for (name, field) in SETTINGS {
         // Each value with the shards that hold it, in shard order.
         let mut values: Vec<(String, Vec<String>)> = Vec::new();
-        for (k, manifest) in &manifests {
+        for (shard, manifest) in manifests {
             let value = field(manifest);
             match values.iter_mut().find(|(v, _)| *v == value) {
-                Some((_, ks)) => ks.push(k.to_string()),
-                None => values.push((value, vec![k.to_string()])),
+                Some((_, ks)) => ks.push(shard.k.to_string()),
+                None => values.push((value, vec![shard.k.to_string()])),
             }
         }
         if values.len() > 1 {
@@ -333,7 +342,7 @@ mod tests {
             .to_string();
         assert!(err.contains("1 samples have no answer: c"), "{err}");
         std::fs::write(sub.join("e.shard-2-of-2.json"), r#"{"c": "3"}"#).unwrap();
-        let merged = merge_shards(dir.path(), Subset::Unsafes, "e", &samples).unwrap();
+        let (merged, _) = merge_shards(dir.path(), Subset::Unsafes, "e", &samples).unwrap();
         assert_eq!(merged.images().collect::<Vec<_>>(), vec!["a", "b", "c"]);
     }
 
