@@ -2,9 +2,10 @@
 # Two builds of vlguard-ort on the same model folders, runs alternated (A, B, A, B, ...):
 # tokens/s, per-stage seconds, loop overhead and step calls from each run's manifest.
 #   scripts/bench_ab.sh A_BIN B_BIN [REPS]
-# e.g. a binary built from an older commit against target/release/vlguard-ort. The models
-# are exported by B: the demo model (fp32 fused) and bench-100m (random weights, fp32 plain
-# and fused) into target/bench_ab.
+# e.g. a binary built from an older commit against target/release/vlguard-ort. Each build
+# exports its own copy of the models (the demo model, fp32 fused, and bench-100m, random
+# weights, fp32 plain and fused) into target/bench_ab/{A,B}, so a build reads the manifest
+# format it writes; the graphs themselves are the same bytes when the exporter is unchanged.
 set -euo pipefail
 a="${1:?usage: bench_ab.sh A_BIN B_BIN [REPS]}"
 b="${2:?usage: bench_ab.sh A_BIN B_BIN [REPS]}"
@@ -16,12 +17,17 @@ rm -rf "$work"; mkdir -p "$work/src/llava" "$work/src/clip"
 cp models/bench-100m/config.json "$work/src/llava/"
 cp models/bench-100m/clip/config.json "$work/src/clip/"
 cp tests/data/llama2-tokenizer/tokenizer.model "$work/src/llava/"
-for flavour in plain fused; do
-  "$b" export --checkpoint "$work/src/llava" --vision-tower "$work/src/clip" --out "$work/100m-$flavour" \
-    --dtype fp32 --decoder "$flavour" --random-weights --force >/dev/null
-done
-"$b" export --checkpoint models/demo-src/llava-v1.5-tiny --vision-tower models/demo-src/clip-vit-tiny-patch14-336 \
-  --out "$work/demo-fused" --dtype fp32 --decoder fused --force >/dev/null
+export_models() { # bin dir
+  local bin=$1 dir=$2
+  for flavour in plain fused; do
+    "$bin" export --checkpoint "$work/src/llava" --vision-tower "$work/src/clip" --out "$dir/100m-$flavour" \
+      --dtype fp32 --decoder "$flavour" --random-weights --force >/dev/null
+  done
+  "$bin" export --checkpoint models/demo-src/llava-v1.5-tiny --vision-tower models/demo-src/clip-vit-tiny-patch14-336 \
+    --out "$dir/demo-fused" --dtype fp32 --decoder fused --force >/dev/null
+}
+export_models "$a" "$work/A"
+export_models "$b" "$work/B"
 run() { # bin model args...
   local bin=$1 model=$2; shift 2
   local out="$work/out"; rm -rf "$out"
@@ -41,10 +47,10 @@ PY
 }
 short=(--subset unsafes --limit 4 --max-new-tokens 64)
 configs=(
-  "demo-fused-b4-continuous|$work/demo-fused|--subset all --batch-size 4 --batching continuous"
-  "100m-plain-b4-static|$work/100m-plain|${short[*]} --batch-size 4 --batching static"
-  "100m-fused-b4-static|$work/100m-fused|${short[*]} --batch-size 4 --batching static"
-  "100m-fused-b1-static|$work/100m-fused|${short[*]} --batch-size 1 --batching static"
+  "demo-fused-b4-continuous|demo-fused|--subset all --batch-size 4 --batching continuous"
+  "100m-plain-b4-static|100m-plain|${short[*]} --batch-size 4 --batching static"
+  "100m-fused-b4-static|100m-fused|${short[*]} --batch-size 4 --batching static"
+  "100m-fused-b1-static|100m-fused|${short[*]} --batch-size 1 --batching static"
 )
 echo -e "config\tbuild\trep\ttok/s\tprefill_s\tdecode_s\tloop\tsteps"
 for c in "${configs[@]}"; do
@@ -53,7 +59,7 @@ for c in "${configs[@]}"; do
     for which in A B; do
       bin=$a; [ "$which" = B ] && bin=$b
       # shellcheck disable=SC2086
-      echo -e "$label\t$which\t$rep\t$(run "$bin" "$model" $args)"
+      echo -e "$label\t$which\t$rep\t$(run "$bin" "$work/$which/$model" $args)"
     done
   done
 done
