@@ -35,6 +35,7 @@ use vlguard_export::manifest::{names, Flavour, GraphKind, Manifest};
 
 use super::cuda::{gpu_identity, GpuIdentity};
 use super::dylib::{Lib, ProbeError};
+use crate::prompt::PromptShape;
 
 /// Bound on one prompt's text tokens (template + question, image placeholder included):
 /// VLGuard's longest question is 162 characters and the `llava_v1` template with it comes
@@ -118,8 +119,12 @@ pub fn profile(
     let v = &manifest.vision;
     let d = &manifest.decoder;
     let max_pos = d.max_position_embeddings;
-    let prompt_max = (v.num_tokens + limits.max_text_tokens - 1).min(max_pos);
-    let past_max = (prompt_max + limits.max_new_tokens).min(max_pos);
+    let longest = PromptShape {
+        ids: limits.max_text_tokens,
+        image_tokens: v.num_tokens,
+    };
+    let prompt_max = longest.positions().min(max_pos);
+    let past_max = longest.with_answer(limits.max_new_tokens).min(max_pos);
     let past_opt = (v.num_tokens + TYPICAL_TEXT_TOKENS + limits.max_new_tokens / 2).min(past_max);
     // Decoder points: (rows, new tokens, past) at min, opt, max.
     let seq = [(1, 1, 0), (b, 1, past_opt), (b, prompt_max, past_max)];
