@@ -9,7 +9,7 @@
 //! - [`ReferenceItem`] / [`JudgedItem`]: the GPT-4V reference answers
 //!   (`gpt4_safe_safes.json`) and the judge's output items (fetch, judge).
 //! - [`RunManifest`] (`{engine}.run.json`, with [`StageTimings`], [`SampleError`],
-//!   [`AsrSummary`], [`Batching`]) written by run, read by the leaderboard.
+//!   [`AsrSummary`], [`Batching`], [`TrtBuild`]) written by run, read by the leaderboard.
 //! - [`JournalHeader`] + [`JournalEntry`] (with [`Fingerprint`]): the run journal's lines.
 //! - [`Verdict`] (with [`Order`], [`Outcome`]): the judge journal's lines.
 //! - [`JudgeSummary`]: `judge/{engine}.summary.json`, written by judge, read by the
@@ -49,7 +49,7 @@ pub use llava::{Speaker, Turn};
 pub use predictions::{Answer, Predictions};
 pub use run::{
     AsrSummary, Batching, Fingerprint, JournalEntry, JournalHeader, RunManifest, SampleError,
-    ShardRun, StageTimings,
+    ShardRun, StageTimings, TrtBuild,
 };
 
 /// A file that could not be read as its format.

@@ -35,6 +35,7 @@ use vlguard_export::manifest::{names, Flavour, GraphKind, Manifest};
 
 use super::cuda::{gpu_identity, GpuIdentity};
 use super::dylib::{Lib, ProbeError};
+use crate::formats::TrtBuild;
 use crate::prompt::PromptShape;
 
 /// Bound on one prompt's text tokens (template + question, image placeholder included):
@@ -332,46 +333,8 @@ impl CachePlan {
     }
 }
 
-/// One graph's TensorRT session creation, as the run manifest records it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TrtBuild {
-    /// Engine cache folder; `None` when there was none (see `cache_off`).
-    pub cache_dir: Option<PathBuf>,
-    /// File-name prefix of this graph's engine in that folder.
-    pub engine_prefix: Option<String>,
-    /// An engine for this graph and profile was in the folder before the session was made.
-    pub cache_hit: bool,
-    /// Seconds to create the session: the engine build on a miss (the provider builds at
-    /// session creation when every dynamic input has a profile), loading it on a hit.
-    pub build_s: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_off: Option<String>,
-}
-
-impl TrtBuild {
-    /// The stderr line a run prints for this graph.
-    pub fn describe(&self, graph: GraphKind) -> String {
-        match (&self.cache_dir, self.cache_hit) {
-            (Some(dir), true) => format!(
-                "tensorrt: {graph}: engine reused from {} ({:.1} s)",
-                dir.display(),
-                self.build_s
-            ),
-            (Some(dir), false) => format!(
-                "tensorrt: {graph}: engine built in {:.1} s, cached in {}",
-                self.build_s,
-                dir.display()
-            ),
-            (None, _) => format!(
-                "tensorrt: {graph}: engine built in {:.1} s, not cached ({})",
-                self.build_s,
-                self.cache_off.as_deref().unwrap_or("no cache folder")
-            ),
-        }
-    }
-}
-
-/// Times one session creation: made before it, finished when the provider is TensorRT.
+/// Times one session creation: made before it, finished when the provider is TensorRT
+/// (into the run manifest's record of it).
 pub struct BuildTimer {
     cache_dir: Option<PathBuf>,
     prefix: Option<String>,
