@@ -295,7 +295,7 @@ pub fn load_subset_meta(path: &Path, subset: Subset) -> Result<Vec<TestEntry>, E
     let entries: Vec<TestEntry> = crate::formats::read(path, "a VLGuard test.json")?;
     Ok(entries
         .into_iter()
-        .filter(|e| e.in_subset(subset))
+        .filter(|e| subset.takes(e))
         .collect())
 }
 
