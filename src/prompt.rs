@@ -354,7 +354,10 @@ mod tests {
             none.to_string(),
             "the prompt has 0 image slots (id -200); exactly one is expected"
         );
-        assert_eq!(image_slot(&[-200, 1, -200, -200], -200).unwrap_err().found, 3);
+        assert_eq!(
+            image_slot(&[-200, 1, -200, -200], -200).unwrap_err().found,
+            3
+        );
     }
 
     fn lenient(bytes: &[u8]) -> String {

@@ -56,10 +56,12 @@ pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
 /// A digest in lowercase hex, two digits a byte (`hashlib`'s `hexdigest()`).
 pub fn hex(digest: &[u8]) -> String {
     use std::fmt::Write;
-    digest.iter().fold(String::with_capacity(2 * digest.len()), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    digest
+        .iter()
+        .fold(String::with_capacity(2 * digest.len()), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 /// Lowercase hex sha256 of a byte slice.
