@@ -172,6 +172,12 @@ fn run_subset(
             backup.display()
         );
     }
+    if let Some(bytes) = journal.torn() {
+        eprintln!(
+            "{subset}: left out a torn last line of {} ({bytes} bytes: a write cut short, its sample runs again)",
+            paths.journal.display()
+        );
+    }
     let (pending, questions) = cx.pending(&samples, &entries);
     let n_resumed = samples.len() - pending.len();
     if n_resumed > 0 {
