@@ -12,8 +12,8 @@
 //!   [`AsrSummary`], [`Batching`], [`TrtBuild`]) written by run, read by the leaderboard.
 //! - [`JournalHeader`] + [`JournalEntry`] (with [`Fingerprint`]): the run journal's lines.
 //! - [`Verdict`] (with [`Order`], [`Outcome`]): the judge journal's lines.
-//! - [`JudgeSummary`]: `judge/{engine}.summary.json`, written by judge, read by the
-//!   leaderboard.
+//! - [`JudgeSummary`] (with [`JudgeRun`]): `judge/{engine}.summary.json`, written by
+//!   judge, read by the leaderboard.
 //! - [`HarmVerdicts`] / [`HarmSummary`] (with [`HarmVerdict`], [`Agreement`]):
 //!   `judge/{subset}/{engine}.json` and `.summary.json` of `judge --task harm`, read by the
 //!   leaderboard and browse.
@@ -42,7 +42,7 @@ use serde::Serialize;
 pub use dataset::{InstrResp, TestEntry};
 pub use harm::{Agreement, HarmSummary, HarmVerdict, HarmVerdicts};
 pub use judge::{
-    CostSummary, JudgeSummary, JudgedItem, Order, Outcome, ReferenceItem, SwapSummary,
+    CostSummary, JudgeRun, JudgeSummary, JudgedItem, Order, Outcome, ReferenceItem, SwapSummary,
     TallySummary, UsageSummary, Verdict,
 };
 pub use llava::{Speaker, Turn};
