@@ -176,7 +176,8 @@ struct Existing {
     entries: HashMap<String, JournalEntry>,
     /// The entry lines (newline included) when the header must be rewritten.
     rewrite: Option<Vec<u8>>,
-    /// The bytes of a torn last line left out.
+    /// The bytes of a torn entry line left out (a torn header, the only line, is rewritten
+    /// without a word, as a missing one is).
     torn: Option<usize>,
 }
 
@@ -316,7 +317,9 @@ fn read_journal(path: &Path, fingerprint: Option<&Fingerprint>) -> Result<Existi
     let mut entries = HashMap::new();
     let mut kept = Vec::new();
     let mut header_ok = false;
+    let mut whole_lines = 0;
     while let Some(line) = lines.next_line()? {
+        whole_lines = line.number;
         if line.number == 1 {
             if let Ok(header) = line.parse::<JournalHeader>() {
                 if let Some(expected) = fingerprint.filter(|f| **f != header.fingerprint) {
@@ -338,7 +341,7 @@ fn read_journal(path: &Path, fingerprint: Option<&Fingerprint>) -> Result<Existi
     Ok(Existing {
         entries,
         rewrite: (!header_ok).then_some(kept),
-        torn: lines.torn(),
+        torn: lines.torn().filter(|_| whole_lines > 0),
     })
 }
 
@@ -438,6 +441,7 @@ mod tests {
         drop(f);
         let (mut j, done) = open(&paths, &fp(256), false).unwrap();
         assert_eq!(done.len(), 2);
+        assert_eq!(j.torn(), Some(21), "the caller is told, to note it");
         assert_eq!(done["b.png"].answer.as_deref(), Some("y\u{e9}"));
         j.append(&answered("c.png", "z")).unwrap();
         drop(j);
@@ -491,6 +495,7 @@ mod tests {
         std::fs::write(&paths.journal, br#"{"journal":1,"finger"#).unwrap();
         let (mut j, done) = open(&paths, &fp(256), false).unwrap();
         assert!(done.is_empty());
+        assert_eq!(j.torn(), None, "a torn header is rewritten, not noted");
         j.append(&answered("a.png", "x")).unwrap();
         drop(j);
         let (_, done) = open(&paths, &fp(256), false).unwrap();
