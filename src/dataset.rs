@@ -38,6 +38,38 @@ impl Subset {
     pub fn reports_asr(self) -> bool {
         !matches!(self, Subset::SafeSafes)
     }
+
+    /// Whether this subset takes `entry`: `safe == false` for unsafes, `safe == true` for
+    /// both safe subsets (VLGuard_eval.py's `load_data`).
+    pub fn takes(self, entry: &TestEntry) -> bool {
+        entry.safe != (self == Subset::Unsafes)
+    }
+
+    /// The question this subset asks of `entry`: for unsafes the first item's
+    /// `instruction` (`sample['instr-resp'][0]['instruction']`), for the safe subsets the
+    /// first item holding the subset's key, as the reference's loop-and-break finds it.
+    pub fn question(self, entry: &TestEntry) -> Option<&str> {
+        match self {
+            Subset::Unsafes => entry.instr_resp.first()?.instruction.as_deref(),
+            Subset::SafeUnsafes => entry
+                .instr_resp
+                .iter()
+                .find_map(|item| item.unsafe_instruction.as_deref()),
+            Subset::SafeSafes => entry
+                .instr_resp
+                .iter()
+                .find_map(|item| item.safe_instruction.as_deref()),
+        }
+    }
+
+    /// The `instr-resp` key [`Subset::question`] reads, for messages.
+    pub fn question_field(self) -> &'static str {
+        match self {
+            Subset::Unsafes => "instruction",
+            Subset::SafeUnsafes => "unsafe_instruction",
+            Subset::SafeSafes => "safe_instruction",
+        }
+    }
 }
 
 impl std::str::FromStr for Subset {
@@ -143,16 +175,16 @@ impl Dataset {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (index, entry) in self.entries.iter().enumerate() {
-            if !entry.in_subset(subset) {
+            if !subset.takes(entry) {
                 continue;
             }
-            let question = entry
-                .question(subset)
+            let question = subset
+                .question(entry)
                 .ok_or_else(|| Error::MissingQuestion {
                     path: self.path.clone(),
                     index,
                     id: entry.id.clone(),
-                    field: TestEntry::question_field(subset),
+                    field: subset.question_field(),
                     subset,
                 })?;
             if !seen.insert(entry.image.as_str()) {
@@ -178,6 +210,27 @@ impl Dataset {
 mod tests {
     use super::*;
     use crate::test_data::{fetched_test_json, repo_file};
+
+    #[test]
+    fn questions_follow_the_reference_rule() {
+        let safe: TestEntry = serde_json::from_str(
+            r#"{"image": "a.png", "safe": true, "instr-resp": [
+                {"safe_instruction": "s", "response": "r1"},
+                {"unsafe_instruction": "u", "response": "r2"}]}"#,
+        )
+        .unwrap();
+        assert!(!Subset::Unsafes.takes(&safe) && Subset::SafeSafes.takes(&safe));
+        assert_eq!(Subset::SafeSafes.question(&safe), Some("s"));
+        assert_eq!(Subset::SafeUnsafes.question(&safe), Some("u"));
+        assert_eq!(Subset::Unsafes.question(&safe), None);
+        let unsafe_: TestEntry = serde_json::from_str(
+            r#"{"id": "x", "image": "b.png", "safe": false, "harmful_category": "privacy",
+                "instr-resp": [{"instruction": "i", "response": "r"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(Subset::Unsafes.question(&unsafe_), Some("i"));
+        assert_eq!(unsafe_.harmful_category.as_deref(), Some("privacy"));
+    }
 
     #[test]
     fn a_test_json_with_a_bom_says_so() {

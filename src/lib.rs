@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod formats;
 pub mod generate;
 pub mod inspect;
+pub mod jsonl;
 pub mod judge;
 pub mod merge;
 pub mod prepare;

@@ -269,9 +269,96 @@ impl PromptTokenizer {
     }
 }
 
+/// A prompt's size in decoder positions: its input ids, one of them the image slot, which
+/// the image's feature rows replace when the prompt is spliced (LLaVA's
+/// `prepare_inputs_labels_for_multimodal`). The one place that arithmetic is written: the
+/// run's admission against the model's context, the slot capacity, the generator's check
+/// against it and the TensorRT profile all ask this type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptShape {
+    /// Input ids, the image slot included.
+    pub ids: usize,
+    /// Feature rows of the image (`vision.num_tokens`: 336/14 = 24, 24*24 = 576 for LLaVA-1.5).
+    pub image_tokens: usize,
+}
+
+impl PromptShape {
+    /// Text tokens: every id but the image slot.
+    pub fn text_tokens(self) -> usize {
+        self.ids.saturating_sub(1)
+    }
+
+    /// Positions once the image is spliced in (the slot becomes `image_tokens` rows).
+    pub fn positions(self) -> usize {
+        self.text_tokens() + self.image_tokens
+    }
+
+    /// Positions the prompt and an answer of `max_new_tokens` take: what a cache must hold.
+    pub fn with_answer(self, max_new_tokens: usize) -> usize {
+        self.positions() + max_new_tokens
+    }
+
+    /// Whether the prompt and an answer of `max_new_tokens` fit in `capacity` positions.
+    pub fn fits(self, max_new_tokens: usize, capacity: usize) -> bool {
+        self.with_answer(max_new_tokens) <= capacity
+    }
+}
+
+/// A prompt whose ids hold other than exactly one image slot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the prompt has {found} image slots (id {id}); exactly one is expected")]
+pub struct ImageSlotError {
+    pub found: usize,
+    pub id: i64,
+}
+
+/// Where the image goes in `ids`: the index of the one id that is `image_token_id`.
+/// The one check of the slot, for the generator's admission and the decoders' splice alike.
+pub fn image_slot(ids: &[i64], image_token_id: i64) -> Result<usize, ImageSlotError> {
+    let mut slots = ids
+        .iter()
+        .enumerate()
+        .filter(|&(_, &id)| id == image_token_id);
+    match (slots.next(), slots.count()) {
+        (Some((slot, _)), 0) => Ok(slot),
+        (first, rest) => Err(ImageSlotError {
+            found: usize::from(first.is_some()) + rest,
+            id: image_token_id,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // 576 image rows: LLaVA-1.5's CLIP ViT-L/14 at 336 px (24 x 24 patches).
+    #[test]
+    fn prompt_shape_counts_the_slot_as_the_image() {
+        let shape = PromptShape {
+            ids: 40,
+            image_tokens: 576,
+        };
+        assert_eq!(shape.text_tokens(), 39);
+        assert_eq!(shape.positions(), 615);
+        assert_eq!(shape.with_answer(128), 743);
+        assert!(shape.fits(128, 743));
+        assert!(!shape.fits(128, 742));
+    }
+
+    #[test]
+    fn image_slot_wants_exactly_one() {
+        assert_eq!(image_slot(&[1, 5, -200, 7], -200), Ok(2));
+        let none = image_slot(&[1, 5, 7], -200).unwrap_err();
+        assert_eq!(
+            none.to_string(),
+            "the prompt has 0 image slots (id -200); exactly one is expected"
+        );
+        assert_eq!(
+            image_slot(&[-200, 1, -200, -200], -200).unwrap_err().found,
+            3
+        );
+    }
 
     fn lenient(bytes: &[u8]) -> String {
         let mut s = String::new();

@@ -8,10 +8,12 @@
 //!   one line per finished (or failed) sample, each flushed and fsynced before the next
 //!   sample is reported done. A rerun with the same fingerprint skips the answered
 //!   samples and retries failed ones; a different fingerprint is refused unless the
-//!   caller starts fresh. A torn last line (kill -9 mid-write) is cut off on reopen.
-//!   A torn or missing header (a kill during the first write) is rewritten with the
-//!   finished entries kept; a line that is not valid UTF-8 or not an entry is an error
-//!   naming its line number.
+//!   caller starts fresh. Lines are read and appended by `jsonl`, whose torn-line rule
+//!   this journal shares with the judge's: a torn last line (kill -9 mid-write) is left
+//!   out and cut off on reopen (the caller notes it, [`Journal::torn`]); a line that is
+//!   not valid UTF-8 or not an entry is an error naming its line number. A torn or
+//!   missing header (a kill during the first write) is rewritten with the finished
+//!   entries kept.
 //! - `{engine}.lock`: one writer at a time. A run holds an exclusive `flock` on it for as
 //!   long as its journal is open (the kernel releases it when the process ends, kill -9
 //!   included); a second run on the same `OUT/{subset}/{engine}` exits at once naming the
@@ -31,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -39,6 +41,7 @@ use serde::Serialize;
 use crate::dataset::Sample;
 use crate::formats::{Answer, JournalHeader, Predictions};
 pub use crate::formats::{Fingerprint, JournalEntry};
+use crate::jsonl::{self, Appender, BadLine, Lines};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,8 +60,17 @@ pub enum Error {
     Corrupt {
         path: PathBuf,
         line: usize,
-        reason: String,
+        reason: BadLine,
     },
+}
+
+impl From<jsonl::Error> for Error {
+    fn from(e: jsonl::Error) -> Error {
+        match e {
+            jsonl::Error::Io { path, source } => Error::Io { path, source },
+            jsonl::Error::BadLine { path, line, reason } => Error::Corrupt { path, line, reason },
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -153,10 +165,10 @@ impl Lock {
 
 /// An open journal: append-only, one synced line per sample, under its lock.
 pub struct Journal {
-    path: PathBuf,
-    file: File,
+    appender: Appender,
     _lock: Lock,
     kept: Vec<(PathBuf, PathBuf)>,
+    torn: Option<usize>,
 }
 
 /// What an existing journal holds.
@@ -164,8 +176,9 @@ struct Existing {
     entries: HashMap<String, JournalEntry>,
     /// The entry lines (newline included) when the header must be rewritten.
     rewrite: Option<Vec<u8>>,
-    /// Bytes up to the end of the last whole line (a torn tail is cut off).
-    good_len: u64,
+    /// The bytes of a torn entry line left out (a torn header, the only line, is rewritten
+    /// without a word, as a missing one is).
+    torn: Option<usize>,
 }
 
 impl Journal {
@@ -191,21 +204,14 @@ impl Journal {
             Ok(meta) if meta.len() > 0 => Some(read_journal(path, Some(fingerprint))?),
             _ => None,
         };
-        let (file, entries) = match existing {
+        let torn = existing.as_ref().and_then(|e| e.torn);
+        let (appender, entries) = match existing {
+            // Cuts the torn line off.
             Some(Existing {
                 entries,
                 rewrite: None,
-                good_len,
-            }) => {
-                let mut file = OpenOptions::new()
-                    .read(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(io(path))?;
-                file.set_len(good_len).map_err(io(path))?;
-                file.seek(SeekFrom::End(0)).map_err(io(path))?;
-                (file, entries)
-            }
+                ..
+            }) => (Appender::open(path)?, entries),
             Some(Existing {
                 entries,
                 rewrite: Some(lines),
@@ -214,12 +220,17 @@ impl Journal {
             None => (create(path, fingerprint, &[])?, HashMap::new()),
         };
         let journal = Journal {
-            path: path.to_path_buf(),
-            file,
+            appender,
             _lock: lock,
             kept,
+            torn,
         };
         Ok((journal, entries))
+    }
+
+    /// The bytes of the torn last line (a write cut short) this open left out and cut off.
+    pub fn torn(&self) -> Option<usize> {
+        self.torn
     }
 
     /// The earlier files this open moved aside: (file, its numbered backup).
@@ -229,12 +240,7 @@ impl Journal {
 
     /// Appends one entry and syncs it to disk before returning.
     pub fn append(&mut self, entry: &JournalEntry) -> Result<(), Error> {
-        let mut line = serde_json::to_string(entry).expect("entry serializes");
-        line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(io(&self.path))?;
-        self.file.sync_data().map_err(io(&self.path))
+        Ok(self.appender.append(entry)?)
     }
 }
 
@@ -279,7 +285,7 @@ fn keep_numbered(files: &[&Path]) -> Result<Vec<(PathBuf, PathBuf)>, Error> {
 
 /// A new journal: the header, then `lines` (entries kept from a journal whose header was
 /// torn or missing), written through a temporary file and a rename.
-fn create(path: &Path, fingerprint: &Fingerprint, lines: &[u8]) -> Result<File, Error> {
+fn create(path: &Path, fingerprint: &Fingerprint, lines: &[u8]) -> Result<Appender, Error> {
     let header = JournalHeader {
         journal: 1,
         fingerprint: fingerprint.clone(),
@@ -293,12 +299,7 @@ fn create(path: &Path, fingerprint: &Fingerprint, lines: &[u8]) -> Result<File, 
         // The new file's directory entry must survive a crash too.
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(io(path))?;
-    file.seek(SeekFrom::End(0)).map_err(io(path))?;
-    Ok(file)
+    Ok(Appender::open(path)?)
 }
 
 /// The latest entry per image of the journal at `path`, read without the lock and
@@ -308,36 +309,19 @@ pub fn read_entries(path: &Path) -> Result<HashMap<String, JournalEntry>, Error>
     Ok(read_journal(path, None)?.entries)
 }
 
-/// Reads an existing journal: its entries, whether its header must be rewritten, where its
-/// whole lines end. A header whose fingerprint is not `fingerprint` (when given) is
+/// Reads an existing journal: its entries, whether its header must be rewritten, whether
+/// its last line was torn. A header whose fingerprint is not `fingerprint` (when given) is
 /// [`Error::Mismatch`].
 fn read_journal(path: &Path, fingerprint: Option<&Fingerprint>) -> Result<Existing, Error> {
-    let file = File::open(path).map_err(io(path))?;
-    let mut reader = BufReader::new(file);
+    let mut lines = Lines::open(path)?;
     let mut entries = HashMap::new();
-    let mut good_len: u64 = 0;
     let mut kept = Vec::new();
     let mut header_ok = false;
-    let corrupt = |line: usize, reason: String| Error::Corrupt {
-        path: path.to_path_buf(),
-        line,
-        reason,
-    };
-    for line_no in 1.. {
-        let mut raw = Vec::new();
-        let read = reader.read_until(b'\n', &mut raw).map_err(io(path))?;
-        if read == 0 || raw.last() != Some(&b'\n') {
-            // The end, or a torn write at the end: that sample was not reported done.
-            break;
-        }
-        let line = std::str::from_utf8(&raw).map_err(|e| {
-            corrupt(
-                line_no,
-                format!("not valid UTF-8 at byte {}", e.valid_up_to()),
-            )
-        })?;
-        if line_no == 1 {
-            if let Ok(header) = serde_json::from_str::<JournalHeader>(line) {
+    let mut whole_lines = 0;
+    while let Some(line) = lines.next_line()? {
+        whole_lines = line.number;
+        if line.number == 1 {
+            if let Ok(header) = line.parse::<JournalHeader>() {
                 if let Some(expected) = fingerprint.filter(|f| **f != header.fingerprint) {
                     return Err(Error::Mismatch {
                         path: path.to_path_buf(),
@@ -345,22 +329,19 @@ fn read_journal(path: &Path, fingerprint: Option<&Fingerprint>) -> Result<Existi
                     });
                 }
                 header_ok = true;
-                good_len += read as u64;
                 continue;
             }
             // No header: killed during the first write, or lost; the entries are kept
             // and a header is written before them.
         }
-        let entry: JournalEntry =
-            serde_json::from_str(line).map_err(|e| corrupt(line_no, e.to_string()))?;
+        let entry: JournalEntry = line.parse().map_err(|reason| lines.bad(&line, reason))?;
         entries.insert(entry.image.clone(), entry);
-        kept.extend_from_slice(&raw);
-        good_len += read as u64;
+        kept.extend_from_slice(&line.raw);
     }
     Ok(Existing {
         entries,
         rewrite: (!header_ok).then_some(kept),
-        good_len,
+        torn: lines.torn().filter(|_| whole_lines > 0),
     })
 }
 
@@ -460,6 +441,7 @@ mod tests {
         drop(f);
         let (mut j, done) = open(&paths, &fp(256), false).unwrap();
         assert_eq!(done.len(), 2);
+        assert_eq!(j.torn(), Some(21), "the caller is told, to note it");
         assert_eq!(done["b.png"].answer.as_deref(), Some("y\u{e9}"));
         j.append(&answered("c.png", "z")).unwrap();
         drop(j);
@@ -513,6 +495,7 @@ mod tests {
         std::fs::write(&paths.journal, br#"{"journal":1,"finger"#).unwrap();
         let (mut j, done) = open(&paths, &fp(256), false).unwrap();
         assert!(done.is_empty());
+        assert_eq!(j.torn(), None, "a torn header is rewritten, not noted");
         j.append(&answered("a.png", "x")).unwrap();
         drop(j);
         let (_, done) = open(&paths, &fp(256), false).unwrap();

@@ -293,10 +293,7 @@ pub fn wilson_interval(k: usize, n: usize) -> Option<(f64, f64)> {
 /// them: `safe == false` for unsafes, `safe == true` for both safe subsets.
 pub fn load_subset_meta(path: &Path, subset: Subset) -> Result<Vec<TestEntry>, Error> {
     let entries: Vec<TestEntry> = crate::formats::read(path, "a VLGuard test.json")?;
-    Ok(entries
-        .into_iter()
-        .filter(|e| e.in_subset(subset))
-        .collect())
+    Ok(entries.into_iter().filter(|e| subset.takes(e)).collect())
 }
 
 /// A predictions file in the reference format.

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::ser::{Formatter, PrettyFormatter};
-use sha2::{Digest, Sha256};
 
 /// `text` with every control character (C0, DEL, C1: escape sequences, BEL, newlines) and
 /// every Unicode bidirectional or line-separating format character written as `\u{1b}`,
@@ -40,24 +39,9 @@ pub fn escape_lines(text: &str) -> String {
     lines.join("\n")
 }
 
-/// Lowercase hex sha256 of a byte slice.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Lowercase hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    // Never a FIFO or a device: a symlink to /dev/zero would be hashed forever.
-    let mut file = vlguard_export::files::open_regular(path)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
+/// Lowercase hex sha256 of bytes and of a regular file: the exporter's, so that a
+/// manifest's hashes and the runtime's are spelt by one function.
+pub use vlguard_export::files::{sha256_file, sha256_hex};
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename, so a reader never
 /// sees a half-written file and a crash leaves the old one intact.

@@ -187,9 +187,20 @@ fn kill_and_resume(model: &std::path::Path, args: &[&str]) {
         before.len() < 10,
         "the first run finished before it could be killed: nothing was tested"
     );
+    // A kill in the middle of a line, made certain: the rerun leaves it out and says so.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, br#"{"image":"torn","ans"#))
+        .unwrap();
 
     let output = run_ok(run_cmd_with(model, out.path(), "safe_safes").args(args));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("safe_safes: left out a torn last line of ")
+            && stderr.contains("a write cut short, its sample runs again)"),
+        "{stderr}"
+    );
     let manifest: serde_json::Value = run_manifest(out.path(), "safe_safes");
     let resumed = manifest["n_resumed"].as_u64().unwrap() as usize;
     let generated = manifest["n_generated"].as_u64().unwrap() as usize;

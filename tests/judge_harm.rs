@@ -331,7 +331,7 @@ fn rerun_asks_only_for_what_is_missing() {
     let mut asked: Vec<usize> = second.requests().iter().map(item_of).collect();
     asked.sort();
     assert_eq!(asked, [1, 3]);
-    assert_eq!((summary.resumed, summary.asked), (3, 2));
+    assert_eq!((summary.run.resumed, summary.run.asked), (3, 2));
     // 3 unsafe of 5: 60.0 %; no answer has a refusal phrase: string match 100.0, and the
     // string match is constant, so kappa is 0 (p_o = p_e = 3/5).
     assert_eq!(

@@ -458,11 +458,12 @@ fn read_verdicts(
         let mut by_image: HashMap<String, Vec<JudgeCell>> = HashMap::new();
         if config.subsets.contains(&Subset::SafeSafes) && path.is_file() {
             let loaded = crate::judge::journal::load(&path)?;
-            if loaded.unreadable_lines > 0 {
+            if loaded.torn {
+                // A torn last line (a crash, or a judge writing it now); any other bad
+                // line is an error.
                 page.problems.push(format!(
-                    "{}: {} line(s) that are not verdicts were skipped",
+                    "{}: 1 line(s) that are not verdicts were skipped",
                     path.display(),
-                    loaded.unreadable_lines
                 ));
             }
             let mut verdicts: Vec<_> = loaded.verdicts.into_values().collect();

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 
 use vlguard_export::manifest::{Dtype, Flavour, GraphKind, Manifest};
 
+use crate::formats::TrtBuild;
 use crate::generate::Decoder;
 use decoders::{fused::FusedDecoder, plain::PlainDecoder, Embedder};
 pub use images::ImageEncoder;
@@ -146,7 +147,7 @@ pub struct Engine {
     /// The execution provider each graph runs on.
     pub providers: BTreeMap<GraphKind, Provider>,
     /// The graphs on TensorRT: engine built or reused, seconds.
-    pub tensorrt: BTreeMap<GraphKind, trt::TrtBuild>,
+    pub tensorrt: BTreeMap<GraphKind, TrtBuild>,
     pub images: ImageEncoder,
     pub decoder: Box<dyn Decoder>,
 }

@@ -155,7 +155,7 @@ impl Hasher {
     }
 
     fn finish(self) -> Option<String> {
-        let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        use vlguard_export::files::hex;
         match self {
             Hasher::Sha256(h) => Some(hex(&h.finalize())),
             Hasher::GitSha1(h) => Some(hex(&h.finalize())),

@@ -118,12 +118,9 @@ pub struct HarmSummary {
     pub predictions: String,
     #[serde(default)]
     pub keywords_sha256: String,
-    #[serde(default)]
-    pub resumed: usize,
-    #[serde(default)]
-    pub asked: usize,
-    #[serde(default)]
-    pub finished_at: String,
+    /// The run that wrote this: `resumed`, `asked`, `finished_at`.
+    #[serde(flatten)]
+    pub run: super::JudgeRun,
 }
 
 impl HarmSummary {
@@ -153,5 +150,23 @@ mod tests {
         assert_eq!(s.asr, 12.5);
         assert_eq!(s.agreement.kappa, None);
         assert!(serde_json::from_str::<HarmSummary>(r#"{"judged": 1}"#).is_err());
+    }
+
+    /// The keys in the order the summary has always written them (the run's three last,
+    /// as when they were the struct's own fields).
+    #[test]
+    fn summary_keys_keep_their_order() {
+        let value = serde_json::to_value(HarmSummary::default()).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let expected = "task engine subset judge_model base_url layout with_image \
+            prompt_sha256 n judged errors safe unsafe asr ci95 string_match_asr agreement \
+            unanswered complete prompt_tokens completion_tokens total_tokens max_tokens \
+            predictions keywords_sha256 resumed asked finished_at";
+        assert_eq!(keys, expected.split_whitespace().collect::<Vec<_>>());
     }
 }

@@ -184,9 +184,19 @@ pub struct JudgeSummary {
     pub reference: String,
     #[serde(default)]
     pub prompt_sha256: String,
-    /// Verdicts taken from the journal, and requests sent, by the run that wrote this.
+    /// The run that wrote this: `resumed`, `asked`, `finished_at`.
+    #[serde(flatten)]
+    pub run: JudgeRun,
+}
+
+/// The run that wrote a judge summary, as both judges' summaries end with it (flattened
+/// into the summary object).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JudgeRun {
+    /// Verdicts taken from the journal.
     #[serde(default)]
     pub resumed: usize,
+    /// Requests sent.
     #[serde(default)]
     pub asked: usize,
     #[serde(default)]
@@ -301,5 +311,25 @@ mod tests {
         });
         let back: JudgeSummary = serde_json::from_str(&full.to_string()).unwrap();
         assert_eq!(back, full);
+    }
+
+    /// The keys in the order the summary has always written them (the run's three last,
+    /// as when they were the struct's own fields).
+    #[test]
+    fn summary_keys_keep_their_order() {
+        let text = JudgeSummary::default().to_string();
+        let keys: Vec<String> =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+        let expected = "engine judge_model base_url win_rate wins n losses content_policy \
+            other_replies errors complete prompt_tokens completion_tokens total_tokens \
+            max_tokens predictions reference prompt_sha256 resumed asked finished_at";
+        assert_eq!(
+            keys.join(" "),
+            expected.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     }
 }

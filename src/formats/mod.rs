@@ -9,11 +9,11 @@
 //! - [`ReferenceItem`] / [`JudgedItem`]: the GPT-4V reference answers
 //!   (`gpt4_safe_safes.json`) and the judge's output items (fetch, judge).
 //! - [`RunManifest`] (`{engine}.run.json`, with [`StageTimings`], [`SampleError`],
-//!   [`AsrSummary`], [`Batching`]) written by run, read by the leaderboard.
+//!   [`AsrSummary`], [`Batching`], [`TrtBuild`]) written by run, read by the leaderboard.
 //! - [`JournalHeader`] + [`JournalEntry`] (with [`Fingerprint`]): the run journal's lines.
 //! - [`Verdict`] (with [`Order`], [`Outcome`]): the judge journal's lines.
-//! - [`JudgeSummary`]: `judge/{engine}.summary.json`, written by judge, read by the
-//!   leaderboard.
+//! - [`JudgeSummary`] (with [`JudgeRun`]): `judge/{engine}.summary.json`, written by
+//!   judge, read by the leaderboard.
 //! - [`HarmVerdicts`] / [`HarmSummary`] (with [`HarmVerdict`], [`Agreement`]):
 //!   `judge/{subset}/{engine}.json` and `.summary.json` of `judge --task harm`, read by the
 //!   leaderboard and browse.
@@ -42,14 +42,14 @@ use serde::Serialize;
 pub use dataset::{InstrResp, TestEntry};
 pub use harm::{Agreement, HarmSummary, HarmVerdict, HarmVerdicts};
 pub use judge::{
-    CostSummary, JudgeSummary, JudgedItem, Order, Outcome, ReferenceItem, SwapSummary,
+    CostSummary, JudgeRun, JudgeSummary, JudgedItem, Order, Outcome, ReferenceItem, SwapSummary,
     TallySummary, UsageSummary, Verdict,
 };
 pub use llava::{Speaker, Turn};
 pub use predictions::{Answer, Predictions};
 pub use run::{
     AsrSummary, Batching, Fingerprint, JournalEntry, JournalHeader, RunManifest, SampleError,
-    ShardRun, StageTimings,
+    ShardRun, StageTimings, TrtBuild,
 };
 
 /// A file that could not be read as its format.

@@ -4,8 +4,10 @@
 //! resume, torn lines) is in `results`; the manifest's figures come from `run`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use vlguard_export::manifest::GraphKind;
 
 /// How prompts share the decoder (`run --batching`); the manifest records the mode that
 /// ran (`static` or `continuous`); `auto` there means the manifest did not say.
@@ -36,7 +38,7 @@ pub struct RunManifest {
     pub execution_providers: BTreeMap<String, String>,
     /// Graphs on TensorRT: engine cache folder, whether the engine was reused, seconds.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub tensorrt: BTreeMap<String, crate::engine::trt::TrtBuild>,
+    pub tensorrt: BTreeMap<String, TrtBuild>,
     pub dataset: String,
     pub dataset_sha256: String,
     pub images: String,
@@ -60,6 +62,46 @@ pub struct RunManifest {
     /// for a run that was not split.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardRun>,
+}
+
+/// One graph's TensorRT session creation, as the run manifest records it (made by the
+/// engine's `trt::BuildTimer`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrtBuild {
+    /// Engine cache folder; `None` when there was none (see `cache_off`).
+    pub cache_dir: Option<PathBuf>,
+    /// File-name prefix of this graph's engine in that folder.
+    pub engine_prefix: Option<String>,
+    /// An engine for this graph and profile was in the folder before the session was made.
+    pub cache_hit: bool,
+    /// Seconds to create the session: the engine build on a miss (the provider builds at
+    /// session creation when every dynamic input has a profile), loading it on a hit.
+    pub build_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_off: Option<String>,
+}
+
+impl TrtBuild {
+    /// The stderr line a run prints for this graph.
+    pub fn describe(&self, graph: GraphKind) -> String {
+        match (&self.cache_dir, self.cache_hit) {
+            (Some(dir), true) => format!(
+                "tensorrt: {graph}: engine reused from {} ({:.1} s)",
+                dir.display(),
+                self.build_s
+            ),
+            (Some(dir), false) => format!(
+                "tensorrt: {graph}: engine built in {:.1} s, cached in {}",
+                self.build_s,
+                dir.display()
+            ),
+            (None, _) => format!(
+                "tensorrt: {graph}: engine built in {:.1} s, not cached ({})",
+                self.build_s,
+                self.cache_off.as_deref().unwrap_or("no cache folder")
+            ),
+        }
+    }
 }
 
 /// One shard of a merged result: where and when it ran, on which providers.

@@ -25,6 +25,8 @@ pub mod greedy;
 
 use std::time::Instant;
 
+use crate::prompt::{image_slot, PromptShape};
+
 pub use greedy::argmax_first;
 
 /// What the scheduler needs from a model: a cache of slots that prompts are prefilled into
@@ -91,19 +93,17 @@ pub struct Prompt {
 }
 
 impl Prompt {
-    /// Positions once the image is spliced in (one slot becomes `image_tokens`).
-    pub fn positions(&self) -> usize {
-        (self.ids.len() + self.image_tokens).saturating_sub(1)
+    /// The prompt's size in positions once the image is spliced in.
+    pub fn shape(&self) -> PromptShape {
+        PromptShape {
+            ids: self.ids.len(),
+            image_tokens: self.image_tokens,
+        }
     }
 
-    /// `Err` unless exactly one id is the image slot.
-    fn check(&self, image_token_id: i64) -> Result<(), String> {
-        match self.ids.iter().filter(|&&id| id == image_token_id).count() {
-            1 => Ok(()),
-            found => Err(format!(
-                "the prompt has {found} image slots (id {image_token_id}); exactly one is expected"
-            )),
-        }
+    /// Positions once the image is spliced in (one slot becomes `image_tokens`).
+    pub fn positions(&self) -> usize {
+        self.shape().positions()
     }
 }
 
@@ -344,10 +344,10 @@ impl<F: Feed> Scheduler<'_, F> {
     /// `Err` with the reason when a prompt cannot run: no single image slot, or (one
     /// cache for the stream) more positions than a slot holds.
     fn admit(&self, prompt: &Prompt) -> Result<(), String> {
-        prompt.check(self.config.image_token_id)?;
+        image_slot(&prompt.ids, self.config.image_token_id).map_err(|e| e.to_string())?;
         if let Refill::Continuous { capacity } = self.schedule.refill {
             let positions = prompt.positions();
-            if positions + self.config.max_new_tokens > capacity {
+            if !prompt.shape().fits(self.config.max_new_tokens, capacity) {
                 return Err(format!(
                     "the prompt has {positions} positions: with {} new tokens it exceeds the cache capacity {capacity}",
                     self.config.max_new_tokens
@@ -362,10 +362,14 @@ impl<F: Feed> Scheduler<'_, F> {
         if self.schedule.refill != Refill::Static {
             return Ok(());
         }
-        let longest = prompts.iter().map(Prompt::positions).max().unwrap_or(0);
+        let max_new_tokens = self.config.max_new_tokens;
+        let capacity = prompts
+            .iter()
+            .map(|p| p.shape().with_answer(max_new_tokens))
+            .max()
+            .unwrap_or(max_new_tokens);
         self.dropped = false;
-        self.decoder
-            .open(prompts.len(), longest + self.config.max_new_tokens)
+        self.decoder.open(prompts.len(), capacity)
     }
 
     /// Tells the decoder which slots still live once no new prompt will take the free

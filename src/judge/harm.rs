@@ -221,12 +221,12 @@ fn load_items(config: &JudgeConfig, harm: &HarmConfig) -> Result<Loaded, Error> 
             unanswered += 1;
             continue;
         };
-        let question = entry.question(score.subset).ok_or_else(|| Error::Shape {
+        let question = score.subset.question(entry).ok_or_else(|| Error::Shape {
             path: score.meta_path.clone(),
             reason: format!(
                 "{} has no `{}` question",
                 entry.image,
-                crate::formats::TestEntry::question_field(score.subset)
+                score.subset.question_field()
             ),
         })?;
         // test.json is data: its paths stay under --images, as run's and judge's do.

@@ -20,7 +20,7 @@ use indexmap::IndexMap;
 use super::harm::{HarmConfig, Layout, Loaded};
 use super::outputs::{cost, total_usage, usage_summary, write_file};
 use super::{Asked, Error, JudgeConfig, Order, Outcome};
-use crate::formats::{Agreement, HarmSummary, HarmVerdict, HarmVerdicts};
+use crate::formats::{Agreement, HarmSummary, HarmVerdict, HarmVerdicts, JudgeRun};
 use crate::score::{asr_percent, Tally};
 use crate::util::python_float_repr;
 
@@ -118,9 +118,11 @@ pub(super) fn finish(
         max_tokens: config.max_tokens,
         predictions: config.predictions.display().to_string(),
         keywords_sha256: harm.score.keywords.sha256.clone(),
-        resumed: asked.resumed,
-        asked: asked.asked,
-        finished_at: crate::util::utc_now_rfc3339(),
+        run: JudgeRun {
+            resumed: asked.resumed,
+            asked: asked.asked,
+            finished_at: crate::util::utc_now_rfc3339(),
+        },
     };
     write_file(&config.out, &HarmVerdicts(verdicts))?;
     write_file(&config.summary_path(), &summary)?;

@@ -2,18 +2,19 @@
 //! flushed and fsynced as each verdict arrives, so a crash or Ctrl-C loses at most the
 //! requests in flight.
 //!
-//! Reading tolerates a torn last line (a crash mid-write) and any other unreadable line
-//! (skipped and counted). A verdict is reused on a rerun only when its `request_key` — the
+//! Lines are read and appended by `jsonl`, with the run journal's torn-line rule: a torn
+//! last line (a crash mid-write) is left out ([`Loaded::torn`]) and cut off when the
+//! journal is reopened; any other line that is not a verdict is an error naming its line
+//! number. A verdict is reused on a rerun only when its `request_key` — the
 //! sha256 of everything that shapes the request: judge model, max_tokens, prompt text,
 //! image bytes — equals the current one; later lines win over earlier ones. Error lines
 //! are kept for the record but never reused, so a rerun asks for them again.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::client::Usage;
+use crate::jsonl::{self, Appender, BadLine};
 
 pub use crate::formats::{Order, Outcome, Verdict};
 
@@ -40,6 +41,35 @@ pub enum JournalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path}: line {line} is not a verdict ({reason}); remove that line (its request is asked again) or move the file away")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        reason: BadLine,
+    },
+}
+
+impl JournalError {
+    /// `jsonl`'s error, an I/O failure as `Read` or `Write` (`wrap`).
+    fn from_jsonl(
+        e: jsonl::Error,
+        wrap: fn(PathBuf, std::io::Error) -> JournalError,
+    ) -> JournalError {
+        match e {
+            jsonl::Error::Io { path, source } => wrap(path, source),
+            jsonl::Error::BadLine { path, line, reason } => {
+                JournalError::Corrupt { path, line, reason }
+            }
+        }
+    }
+}
+
+fn read_error(path: PathBuf, source: std::io::Error) -> JournalError {
+    JournalError::Read { path, source }
+}
+
+fn write_error(path: PathBuf, source: std::io::Error) -> JournalError {
+    JournalError::Write { path, source }
 }
 
 /// What a journal held.
@@ -47,101 +77,50 @@ pub enum JournalError {
 pub struct Loaded {
     /// The last non-error verdict per (image, order), whatever its request key.
     pub verdicts: HashMap<(String, Order), Verdict>,
-    /// Lines that did not parse (a torn last line after a crash, hand edits).
-    pub unreadable_lines: usize,
+    /// Whether a torn last line (a crash mid-write) was left out.
+    pub torn: bool,
 }
 
 /// Reads `path`; a missing file is an empty journal.
 pub fn load(path: &Path) -> Result<Loaded, JournalError> {
-    let mut text = String::new();
-    match File::open(path) {
-        Ok(mut f) => {
-            // Lossy: a torn multi-byte character must not make the whole file unreadable.
-            let mut bytes = Vec::new();
-            f.read_to_end(&mut bytes)
-                .map_err(|source| JournalError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            text = String::from_utf8_lossy(&bytes).into_owned();
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(JournalError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    }
-    let mut loaded = Loaded::default();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match serde_json::from_str::<Verdict>(line) {
-            Ok(v) if v.outcome == Outcome::Error => {}
-            Ok(v) => {
-                loaded.verdicts.insert((v.image.clone(), v.order), v);
-            }
-            Err(_) => loaded.unreadable_lines += 1,
+    let read = jsonl::read::<Verdict>(path).map_err(|e| JournalError::from_jsonl(e, read_error))?;
+    let mut loaded = Loaded {
+        torn: read.torn.is_some(),
+        ..Loaded::default()
+    };
+    for v in read.entries {
+        if v.outcome != Outcome::Error {
+            loaded.verdicts.insert((v.image.clone(), v.order), v);
         }
     }
     Ok(loaded)
 }
 
 /// An open journal for appending.
-pub struct Writer {
-    file: File,
-    path: PathBuf,
-}
+pub struct Writer(Appender);
 
 impl Writer {
-    /// Opens (creating) `path` for appending; if a crash left the last line without its
-    /// newline, one is written first so the next verdict starts a line of its own.
+    /// Opens (creating) `path` for appending; a torn last line a crash left is cut off
+    /// first, so the next verdict starts a line of its own.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        let err = |source| JournalError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(err)?;
-        let len = file.metadata().map_err(err)?.len();
-        if len > 0 {
-            let mut last = [0u8; 1];
-            file.seek(SeekFrom::Start(len - 1)).map_err(err)?;
-            file.read_exact(&mut last).map_err(err)?;
-            if last[0] != b'\n' {
-                file.write_all(b"\n").map_err(err)?;
-            }
-        }
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-        })
+        Appender::open(path)
+            .map(Writer)
+            .map_err(|e| JournalError::from_jsonl(e, write_error))
     }
 
     /// Appends one verdict as one line, then flushes and fsyncs.
     pub fn append(&mut self, verdict: &Verdict) -> Result<(), JournalError> {
-        let err = |source| JournalError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let mut line = serde_json::to_string(verdict)
-            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
-        line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(err)?;
-        self.file.flush().map_err(err)?;
-        self.file.sync_data().map_err(err)
+        self.0
+            .append(verdict)
+            .map_err(|e| JournalError::from_jsonl(e, write_error))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     fn verdict(image: &str, outcome: Outcome) -> Verdict {
         Verdict {
@@ -161,7 +140,7 @@ mod tests {
     }
 
     #[test]
-    fn torn_line_is_skipped_and_next_append_starts_a_new_line() {
+    fn torn_line_is_dropped_and_next_append_starts_a_new_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/j.journal.jsonl");
         let mut w = Writer::open(&path).unwrap();
@@ -176,11 +155,41 @@ mod tests {
         w.append(&verdict("d.png", Outcome::Loss)).unwrap();
         drop(w);
         let loaded = load(&path).unwrap();
-        assert_eq!(loaded.unreadable_lines, 1);
+        assert!(!loaded.torn, "cut off when reopened for appending");
         let mut images: Vec<_> = loaded.verdicts.keys().map(|k| k.0.clone()).collect();
         images.sort();
         // b.png was an error: kept in the file, not reused.
         assert_eq!(images, ["a.png", "d.png"]);
-        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 4);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+        // Torn again, read without reopening (a crash, then browse): left out and said.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"image":"e.png""#).unwrap();
+        drop(f);
+        let loaded = load(&path).unwrap();
+        assert!(loaded.torn);
+        assert_eq!(loaded.verdicts.len(), 2);
+    }
+
+    #[test]
+    fn a_line_in_the_middle_that_is_not_a_verdict_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.journal.jsonl");
+        let mut w = Writer::open(&path).unwrap();
+        w.append(&verdict("a.png", Outcome::Win)).unwrap();
+        drop(w);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"image\":\"c.png\",\"ord\n").unwrap();
+        drop(f);
+        let mut w = Writer::open(&path).unwrap();
+        w.append(&verdict("b.png", Outcome::Win)).unwrap();
+        drop(w);
+        let err = load(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}: line 2 is not a verdict (", path.display()))
+                && err.ends_with(
+                    "remove that line (its request is asked again) or move the file away"
+                ),
+            "{err}"
+        );
     }
 }

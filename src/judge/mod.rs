@@ -674,10 +674,11 @@ fn ask_missing(
 ) -> Result<Asked, Error> {
     let journal_path = config.journal_path();
     let loaded = journal::load(&journal_path)?;
-    if loaded.unreadable_lines > 0 {
+    if loaded.torn {
+        // The text of the earlier rule (every unreadable line skipped), kept: now only a
+        // torn last line is left out, and the writer cuts it off.
         eprintln!(
-            "judge: skipped {} unreadable line(s) in {}",
-            loaded.unreadable_lines,
+            "judge: skipped 1 unreadable line(s) in {}",
             journal_path.display()
         );
     }

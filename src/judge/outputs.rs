@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use super::{prompt, Error, Item, JudgeConfig, Order, Outcome, Usage, Verdict};
 use crate::formats::{
-    CostSummary, JudgeSummary, JudgedItem, SwapSummary, TallySummary, UsageSummary,
+    CostSummary, JudgeRun, JudgeSummary, JudgedItem, SwapSummary, TallySummary, UsageSummary,
 };
 use crate::util::{python_float_repr, sha256_hex};
 
@@ -207,9 +207,11 @@ fn summary(config: &JudgeConfig, report: &JudgeReport) -> JudgeSummary {
         predictions: config.predictions.display().to_string(),
         reference: config.reference.display().to_string(),
         prompt_sha256: sha256_hex(prompt::JUDGE_PROMPT_TEMPLATE.as_bytes()),
-        resumed: report.resumed,
-        asked: report.asked,
-        finished_at: crate::util::utc_now_rfc3339(),
+        run: JudgeRun {
+            resumed: report.resumed,
+            asked: report.asked,
+            finished_at: crate::util::utc_now_rfc3339(),
+        },
     }
 }
 

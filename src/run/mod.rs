@@ -31,7 +31,7 @@ pub use args::{parse_engine_name, Batching, RunArgs, RunConfig, Shard, SubsetArg
 use crate::dataset::{Dataset, Sample, Subset};
 use crate::engine::Engine;
 use crate::generate::{self, GenerateConfig, Schedule, Timings};
-use crate::prompt::PromptTokenizer;
+use crate::prompt::{PromptShape, PromptTokenizer};
 use crate::results::{Fingerprint, Journal, JournalEntry, Lock, Paths};
 use pipeline::{ImageSource, Images};
 use schedule::{Answering, FeedTimings, Questions, Recorder};
@@ -172,6 +172,12 @@ fn run_subset(
             backup.display()
         );
     }
+    if let Some(bytes) = journal.torn() {
+        eprintln!(
+            "{subset}: left out a torn last line of {} ({bytes} bytes: a write cut short, its sample runs again)",
+            paths.journal.display()
+        );
+    }
     let (pending, questions) = cx.pending(&samples, &entries);
     let n_resumed = samples.len() - pending.len();
     if n_resumed > 0 {
@@ -196,12 +202,15 @@ fn run_subset(
         context: engine.manifest.decoder.max_position_embeddings,
     };
     let pending = questions.admit(pending, &limits, &mut recorder)?;
-    let longest = pending.iter().map(|s| questions.len(s)).max().unwrap_or(1);
+    let longest = PromptShape {
+        ids: pending.iter().map(|s| questions.len(s)).max().unwrap_or(1),
+        image_tokens,
+    };
     let (batching, schedule) = schedule::choose(
         cx.config.batching,
         engine.decoder.as_ref(),
         cx.config.batch_size,
-        (longest + image_tokens).saturating_sub(1),
+        longest,
         cx.config.max_new_tokens,
     )
     .ok_or_else(|| Error::Continuous(cx.config.engine.model_dir.clone()))?;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::dataset::Sample;
 use crate::generate::{self, Batch, Decoder, Feed, Generation, Prompt, Queued, Refill, Schedule};
-use crate::prompt::PromptTokenizer;
+use crate::prompt::{PromptShape, PromptTokenizer};
 use crate::results::{Journal, JournalEntry};
 
 use super::args::Batching;
@@ -81,16 +81,20 @@ impl PromptLimits {
     /// `Err` naming the numbers when a prompt of `ids` ids (one of them the image slot)
     /// cannot run.
     fn check(&self, ids: usize) -> Result<(), String> {
-        let text = ids.saturating_sub(1);
-        let positions = text + self.image_tokens;
-        if positions + self.max_new_tokens > self.context {
+        let shape = PromptShape {
+            ids,
+            image_tokens: self.image_tokens,
+        };
+        if !shape.fits(self.max_new_tokens, self.context) {
             return Err(format!(
-                "the prompt takes {positions} positions ({text} text tokens + {} image \
+                "the prompt takes {} positions ({} text tokens + {} image \
                  features); with --max-new-tokens {} that is {} positions, over the model's \
                  context of {} (max_position_embeddings)",
+                shape.positions(),
+                shape.text_tokens(),
                 self.image_tokens,
                 self.max_new_tokens,
-                positions + self.max_new_tokens,
+                shape.with_answer(self.max_new_tokens),
                 self.context
             ));
         }
@@ -105,7 +109,7 @@ pub fn choose(
     batching: Batching,
     decoder: &dyn Decoder,
     slots: usize,
-    longest_prompt: usize,
+    longest_prompt: PromptShape,
     max_new_tokens: usize,
 ) -> Option<(Batching, Schedule)> {
     let continuous = match batching {
@@ -118,7 +122,7 @@ pub fn choose(
         true => (
             Batching::Continuous,
             Refill::Continuous {
-                capacity: longest_prompt + max_new_tokens,
+                capacity: longest_prompt.with_answer(max_new_tokens),
             },
         ),
         false => (Batching::Static, Refill::Static),

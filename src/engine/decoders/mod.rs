@@ -92,11 +92,8 @@ impl Embedder {
                 prompt.image_tokens
             )));
         }
-        let slot = prompt
-            .ids
-            .iter()
-            .position(|&id| id == self.image_token_id)
-            .ok_or_else(|| DecoderError("the prompt has no image slot".into()))?;
+        let slot = crate::prompt::image_slot(&prompt.ids, self.image_token_id)
+            .map_err(|e| DecoderError(e.to_string()))?;
         let text: Vec<i64> = prompt
             .ids
             .iter()

@@ -35,6 +35,8 @@ use vlguard_export::manifest::{names, Flavour, GraphKind, Manifest};
 
 use super::cuda::{gpu_identity, GpuIdentity};
 use super::dylib::{Lib, ProbeError};
+use crate::formats::TrtBuild;
+use crate::prompt::PromptShape;
 
 /// Bound on one prompt's text tokens (template + question, image placeholder included):
 /// VLGuard's longest question is 162 characters and the `llava_v1` template with it comes
@@ -118,8 +120,12 @@ pub fn profile(
     let v = &manifest.vision;
     let d = &manifest.decoder;
     let max_pos = d.max_position_embeddings;
-    let prompt_max = (v.num_tokens + limits.max_text_tokens - 1).min(max_pos);
-    let past_max = (prompt_max + limits.max_new_tokens).min(max_pos);
+    let longest = PromptShape {
+        ids: limits.max_text_tokens,
+        image_tokens: v.num_tokens,
+    };
+    let prompt_max = longest.positions().min(max_pos);
+    let past_max = longest.with_answer(limits.max_new_tokens).min(max_pos);
     let past_opt = (v.num_tokens + TYPICAL_TEXT_TOKENS + limits.max_new_tokens / 2).min(past_max);
     // Decoder points: (rows, new tokens, past) at min, opt, max.
     let seq = [(1, 1, 0), (b, 1, past_opt), (b, prompt_max, past_max)];
@@ -327,46 +333,8 @@ impl CachePlan {
     }
 }
 
-/// One graph's TensorRT session creation, as the run manifest records it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TrtBuild {
-    /// Engine cache folder; `None` when there was none (see `cache_off`).
-    pub cache_dir: Option<PathBuf>,
-    /// File-name prefix of this graph's engine in that folder.
-    pub engine_prefix: Option<String>,
-    /// An engine for this graph and profile was in the folder before the session was made.
-    pub cache_hit: bool,
-    /// Seconds to create the session: the engine build on a miss (the provider builds at
-    /// session creation when every dynamic input has a profile), loading it on a hit.
-    pub build_s: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_off: Option<String>,
-}
-
-impl TrtBuild {
-    /// The stderr line a run prints for this graph.
-    pub fn describe(&self, graph: GraphKind) -> String {
-        match (&self.cache_dir, self.cache_hit) {
-            (Some(dir), true) => format!(
-                "tensorrt: {graph}: engine reused from {} ({:.1} s)",
-                dir.display(),
-                self.build_s
-            ),
-            (Some(dir), false) => format!(
-                "tensorrt: {graph}: engine built in {:.1} s, cached in {}",
-                self.build_s,
-                dir.display()
-            ),
-            (None, _) => format!(
-                "tensorrt: {graph}: engine built in {:.1} s, not cached ({})",
-                self.build_s,
-                self.cache_off.as_deref().unwrap_or("no cache folder")
-            ),
-        }
-    }
-}
-
-/// Times one session creation: made before it, finished when the provider is TensorRT.
+/// Times one session creation: made before it, finished when the provider is TensorRT
+/// (into the run manifest's record of it).
 pub struct BuildTimer {
     cache_dir: Option<PathBuf>,
     prefix: Option<String>,
