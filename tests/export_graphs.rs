@@ -534,6 +534,76 @@ fn manifest_describes_the_graphs() {
     }
 }
 
+/// Issue 28: a version 1 manifest (tests/data/manifest-v1: ordered tensor lists, as the
+/// exporter wrote them before tensors were named by role) loads as the manifest a current
+/// export writes; lists that do not fit version 1's order, and unknown versions, are
+/// refused naming the file and the way out.
+#[test]
+fn version_1_manifests_load_by_role_or_are_refused() {
+    for (flavour, model) in [("plain", fp32_model()), ("fused", fused_model())] {
+        let v1 =
+            std::fs::read(repo().join(format!("tests/data/manifest-v1/demo-fp32-{flavour}.json")))
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.json"), &v1).unwrap();
+        let (mut loaded, bytes) = Manifest::load(dir.path()).unwrap();
+        assert_eq!(
+            bytes, v1,
+            "the file's own bytes (its sha256 keys TensorRT's cache)"
+        );
+        // Not the same export: the source folders were given as relative paths there,
+        // and the tokenizer here is a stub.
+        loaded.source.checkpoint = model.manifest.source.checkpoint.clone();
+        loaded.source.vision_tower = model.manifest.source.vision_tower.clone();
+        let tokenizer = model.manifest.files["tokenizer.json"].clone();
+        loaded.files.insert("tokenizer.json".into(), tokenizer);
+        assert_eq!(loaded, model.manifest, "{flavour}");
+    }
+    let refused = |edit: &dyn Fn(&mut serde_json::Value)| -> String {
+        let v1 = repo().join("tests/data/manifest-v1/demo-fp32-plain.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(v1).unwrap()).unwrap();
+        edit(&mut json);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        let message = Manifest::load(dir.path()).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(
+            message.ends_with("re-export the model with `vlguard-ort export`"),
+            "{message}"
+        );
+        message
+    };
+    // One layer's past value left out of the decoder's inputs.
+    let message = refused(&|json| {
+        json["graphs"]["decoder"]["inputs"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+    });
+    assert!(
+        message.contains("is a version 1 manifest whose tensor lists"),
+        "{message}"
+    );
+    assert!(
+        message.contains("graph decoder must list 3 + 2 x 2 inputs"),
+        "{message}"
+    );
+    let message = refused(&|json| {
+        json["graphs"]["vision"]["outputs"] = serde_json::json!([]);
+    });
+    assert!(
+        message.contains("graph vision must list one input and one output"),
+        "{message}"
+    );
+    let message = refused(&|json| json["format_version"] = 3.into());
+    assert!(
+        message.contains("has format version 3, this build reads versions 1 and 2"),
+        "{message}"
+    );
+}
+
 /// Every plain graph, fp32 and fp16, is one TensorRT engine for TensorRT's ONNX parser
 /// (supported operators, constant axes, opset); the fused decoder's ONNX Runtime-only
 /// operators are exactly what it would not take.

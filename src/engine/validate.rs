@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn tampered_fields_are_named() {
         type Tamper = fn(&mut Manifest);
-        let cases: [(&str, Tamper); 7] = [
+        let cases: [(&str, Tamper); 9] = [
             ("decoder.head_dim", |m| m.decoder.hidden_size *= 2),
             ("preprocess.crop_size", |m| m.preprocess.crop_size = 100_000),
             ("preprocess.shortest_edge", |m| {
@@ -315,6 +315,13 @@ mod tests {
             }),
             ("decoder.num_kv_heads", |m| m.decoder.num_kv_heads = 3),
             ("tokenizer.eos_id", |m| m.tokenizer.eos_id = 999_999),
+            // A plain graph's mask and positions named for a fused decoder.
+            ("graphs.decoder.rows", |m| {
+                m.decoder.flavour = vlguard_export::manifest::Flavour::Fused
+            }),
+            ("graphs.decoder.cache", |m| {
+                m.graphs.decoder.cache.pop();
+            }),
         ];
         for (field, tamper) in cases {
             let mut m = demo();

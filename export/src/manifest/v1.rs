@@ -103,7 +103,7 @@ fn decoder_roles(spec: GraphSpec, decoder: &DecoderSpec) -> Result<DecoderGraph,
     let wrong = || {
         format!(
             "graph decoder must list 3 + 2 x {layers} inputs and 1 + 2 x {layers} outputs \
-             (decoder.num_layers {layers})"
+             for decoder.num_layers {layers}"
         )
     };
     let mut inputs = spec.inputs.into_iter();
