@@ -8,7 +8,7 @@
 //! by position, are converted on load ([`v1`]).
 
 mod graphs;
-pub mod v1;
+mod v1;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -90,7 +90,7 @@ impl std::str::FromStr for Flavour {
 }
 
 /// `G` is the `graphs` block's layout: [`Graphs`] (by role, the current format) unless a
-/// version 1 file is being read ([`v1::Graphs`]).
+/// version 1 file is being read (`v1::Graphs`, the ordered lists).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest<G = Graphs> {
     pub format_version: u32,
@@ -246,7 +246,8 @@ pub struct SourceSpec {
     pub files: BTreeMap<String, String>,
 }
 
-/// Decoder tensor names, shared by the exporter and the runtime.
+/// The tensor names the exporter's graph builders give (and [`Graphs::exported`] records);
+/// the runtime reads names from the manifest, never from here.
 pub mod names {
     pub const PIXEL_VALUES: &str = "pixel_values";
     /// The vision graph's output and the projector's input.
