@@ -187,8 +187,8 @@ fn embed_table(dir: &Path, manifest: &Manifest) -> Result<Vec<f32>> {
         .with_context(|| format!("{}", dir.join(&spec.file).display()))?;
     let vocab = manifest.decoder.vocab_size;
     let ids = Tensor::from_array(([1, vocab], (0..vocab as i64).collect::<Vec<_>>()))?;
-    let out = session.run(vec![(spec.inputs[0].clone(), ids.into_dyn())])?;
-    let (_, rows) = out[spec.outputs[0].as_str()].try_extract_tensor::<f32>()?;
+    let out = session.run(vec![(spec.input_ids.clone(), ids.into_dyn())])?;
+    let (_, rows) = out[spec.inputs_embeds.as_str()].try_extract_tensor::<f32>()?;
     Ok(rows.to_vec())
 }
 

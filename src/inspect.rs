@@ -33,8 +33,8 @@ pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
     crate::engine::verify::check_layout(&args.model, &manifest)?;
     let mut declared = BTreeMap::new();
     for kind in GraphKind::ALL {
-        let spec = manifest.graphs.get(kind);
-        let path = args.model.join(&spec.file);
+        let file = manifest.graphs.file(kind);
+        let path = args.model.join(file);
         // From the graph file itself: a session would load every weight (a 13B decoder
         // in fp16 took all of 24 GB and was killed).
         let io = graph_io::read_file(&path).map_err(|e| Error::Session {
@@ -43,7 +43,7 @@ pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
             message: e.to_string(),
         })?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        println!("\n{kind}: {} ({size} bytes)", spec.file);
+        println!("\n{kind}: {file} ({size} bytes)");
         for (what, list) in [("in ", &io.inputs), ("out", &io.outputs)] {
             for value in list {
                 println!("  {what}  {:<28} {}", value.name, value.type_text());
@@ -51,7 +51,7 @@ pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
         }
         let inputs: Vec<&str> = io.inputs.iter().map(|v| v.name.as_str()).collect();
         let outputs: Vec<&str> = io.outputs.iter().map(|v| v.name.as_str()).collect();
-        check_names(kind, &inputs, &outputs, spec)?;
+        check_names(kind, &inputs, &outputs, &manifest.graphs)?;
         let dims = io.inputs.iter().chain(&io.outputs);
         declared.insert(
             kind,

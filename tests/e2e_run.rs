@@ -115,6 +115,26 @@ fn device_style_scheduling_gives_the_same_files() {
     }
 }
 
+/// Issue 28: a model folder exported before graph tensors were named by role (format
+/// version 1, tests/data/manifest-v1: the manifest that version wrote for the demo model,
+/// whose graph files a current export reproduces byte for byte) loads, its ordered lists
+/// read by role, and gives the reference's bytes with either decoder flavour.
+#[test]
+fn a_version_1_model_folder_runs_to_the_reference_answers() {
+    for (model, flavour) in [(demo_model(), "plain"), (demo_model_fused(), "fused")] {
+        let folder = tempfile::tempdir().unwrap();
+        copy_dir(model, folder.path());
+        let v1 = repo().join(format!("tests/data/manifest-v1/demo-fp32-{flavour}.json"));
+        std::fs::copy(v1, folder.path().join("manifest.json")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        run_ok(run_cmd_with(folder.path(), out.path(), "all").args(["--batch-size", "4"]));
+        assert_golden_files(
+            out.path(),
+            &format!("version 1 manifest, {flavour} decoder"),
+        );
+    }
+}
+
 #[test]
 fn continuous_batching_needs_the_fused_decoder() {
     let out = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use ort::session::Session;
 use ort::value::Tensor;
 use vlguard_ort::engine::{Engine, EngineOptions, EpChoice};
 use vlguard_ort::export::manifest::Flavour;
-use vlguard_ort::export::manifest::{names, Manifest};
+use vlguard_ort::export::manifest::{names, GraphKind, Graphs, Manifest};
 use vlguard_ort::export::tokenizer::SpecialIds;
 use vlguard_ort::export::{export_with, Dtype, ExportOptions, DECODER_FILE};
 use vlguard_ort::generate::Prompt;
@@ -443,8 +443,8 @@ fn graph_files_declare_what_onnx_runtime_reports() {
     use ort::value::ValueType;
     use vlguard_ort::export::graph_io;
     for model in [fp32_model(), fused_model()] {
-        for kind in vlguard_ort::export::manifest::GraphKind::ALL {
-            let file = &model.manifest.graphs.get(kind).file;
+        for kind in GraphKind::ALL {
+            let file = model.manifest.graphs.file(kind);
             let io = graph_io::read_file(&model.dir.join(file)).expect("graph I/O");
             let sess = session(&model.dir, file);
             let ort_side = |list: &[ort::value::Outlet]| -> Vec<(String, String, Vec<i64>)> {
@@ -507,22 +507,16 @@ fn manifest_describes_the_graphs() {
     );
     assert_eq!(loaded.tokenizer.image_token_id, -200);
     assert_eq!(loaded.tokenizer.template, "llava_v1");
-    let (dec_in, dec_out) = Manifest::decoder_io(d);
-    assert_eq!(loaded.graphs.decoder.inputs, dec_in);
-    assert_eq!(loaded.graphs.decoder.outputs, dec_out);
-    // Each graph's declared I/O is what the ONNX file declares.
-    for g in [
-        &loaded.graphs.vision,
-        &loaded.graphs.projector,
-        &loaded.graphs.embed,
-        &loaded.graphs.decoder,
-    ] {
-        let s = session(&m.dir, &g.file);
-        let ins: Vec<String> = s.inputs().iter().map(|i| i.name().to_string()).collect();
-        let outs: Vec<String> = s.outputs().iter().map(|o| o.name().to_string()).collect();
-        assert_eq!(ins, g.inputs, "{}", g.file);
-        assert_eq!(outs, g.outputs, "{}", g.file);
-        assert!(m.dir.join(format!("{}.data", g.file)).is_file());
+    assert_eq!(loaded.graphs, Graphs::exported(d));
+    // Each graph's declared I/O is what the ONNX file declares, in its order.
+    for kind in GraphKind::ALL {
+        let file = loaded.graphs.file(kind);
+        let s = session(&m.dir, file);
+        let ins: Vec<&str> = s.inputs().iter().map(|i| i.name()).collect();
+        let outs: Vec<&str> = s.outputs().iter().map(|o| o.name()).collect();
+        assert_eq!(ins, loaded.graphs.inputs(kind), "{file}");
+        assert_eq!(outs, loaded.graphs.outputs(kind), "{file}");
+        assert!(m.dir.join(format!("{file}.data")).is_file());
     }
     // Source hashes: every shard, both configs, the tokenizer model.
     let files = &loaded.source.files;
@@ -540,6 +534,76 @@ fn manifest_describes_the_graphs() {
     }
 }
 
+/// Issue 28: a version 1 manifest (tests/data/manifest-v1: ordered tensor lists, as the
+/// exporter wrote them before tensors were named by role) loads as the manifest a current
+/// export writes; lists that do not fit version 1's order, and unknown versions, are
+/// refused naming the file and the way out.
+#[test]
+fn version_1_manifests_load_by_role_or_are_refused() {
+    for (flavour, model) in [("plain", fp32_model()), ("fused", fused_model())] {
+        let v1 =
+            std::fs::read(repo().join(format!("tests/data/manifest-v1/demo-fp32-{flavour}.json")))
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.json"), &v1).unwrap();
+        let (mut loaded, bytes) = Manifest::load(dir.path()).unwrap();
+        assert_eq!(
+            bytes, v1,
+            "the file's own bytes (its sha256 keys TensorRT's cache)"
+        );
+        // Not the same export: the source folders were given as relative paths there,
+        // and the tokenizer here is a stub.
+        loaded.source.checkpoint = model.manifest.source.checkpoint.clone();
+        loaded.source.vision_tower = model.manifest.source.vision_tower.clone();
+        let tokenizer = model.manifest.files["tokenizer.json"].clone();
+        loaded.files.insert("tokenizer.json".into(), tokenizer);
+        assert_eq!(loaded, model.manifest, "{flavour}");
+    }
+    let refused = |edit: &dyn Fn(&mut serde_json::Value)| -> String {
+        let v1 = repo().join("tests/data/manifest-v1/demo-fp32-plain.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(v1).unwrap()).unwrap();
+        edit(&mut json);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        let message = Manifest::load(dir.path()).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(
+            message.ends_with("re-export the model with `vlguard-ort export`"),
+            "{message}"
+        );
+        message
+    };
+    // One layer's past value left out of the decoder's inputs.
+    let message = refused(&|json| {
+        json["graphs"]["decoder"]["inputs"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+    });
+    assert!(
+        message.contains("is a version 1 manifest whose tensor lists"),
+        "{message}"
+    );
+    assert!(
+        message.contains("graph decoder must list 3 + 2 x 2 inputs"),
+        "{message}"
+    );
+    let message = refused(&|json| {
+        json["graphs"]["vision"]["outputs"] = serde_json::json!([]);
+    });
+    assert!(
+        message.contains("graph vision must list one input and one output"),
+        "{message}"
+    );
+    let message = refused(&|json| json["format_version"] = 3.into());
+    assert!(
+        message.contains("has format version 3, this build reads versions 1 and 2"),
+        "{message}"
+    );
+}
+
 /// Every plain graph, fp32 and fp16, is one TensorRT engine for TensorRT's ONNX parser
 /// (supported operators, constant axes, opset); the fused decoder's ONNX Runtime-only
 /// operators are exactly what it would not take.
@@ -552,10 +616,10 @@ fn plain_graphs_pass_the_tensorrt_parser_rules() {
         ("fp16", &fp16),
         ("fused", fused_model()),
     ] {
-        let g = &model.manifest.graphs;
-        for spec in [&g.vision, &g.projector, &g.embed, &g.decoder] {
-            let found = tensorrt::check_file(&model.dir.join(&spec.file)).unwrap();
-            if label == "fused" && spec.file == g.decoder.file {
+        for kind in GraphKind::ALL {
+            let file = model.manifest.graphs.file(kind);
+            let found = tensorrt::check_file(&model.dir.join(file)).unwrap();
+            if label == "fused" && kind == GraphKind::Decoder {
                 let mut ops: Vec<&str> = found.iter().map(|f| f.op.as_str()).collect();
                 ops.sort();
                 ops.dedup();
@@ -569,7 +633,7 @@ fn plain_graphs_pass_the_tensorrt_parser_rules() {
                     "{found:?}"
                 );
             } else {
-                assert!(found.is_empty(), "{label} {}: {found:?}", spec.file);
+                assert!(found.is_empty(), "{label} {file}: {found:?}");
             }
         }
     }
@@ -630,14 +694,10 @@ fn no_graph_carries_an_unused_initializer() {
         ("fp16 plain", &fp16),
         ("fp16 fused", &fp16_fused),
     ] {
-        let g = &model.manifest.graphs;
-        for spec in [&g.vision, &g.projector, &g.embed, &g.decoder] {
-            let unused = unused_initializers(&model.dir.join(&spec.file));
-            assert!(
-                unused.is_empty(),
-                "{label} {}: unused {unused:?}",
-                spec.file
-            );
+        for kind in GraphKind::ALL {
+            let file = model.manifest.graphs.file(kind);
+            let unused = unused_initializers(&model.dir.join(file));
+            assert!(unused.is_empty(), "{label} {file}: unused {unused:?}");
         }
     }
 }

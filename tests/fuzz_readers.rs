@@ -384,9 +384,11 @@ fn config_json() {
 #[test]
 fn model_manifest() {
     let bytes = std::fs::read(demo_export().join("manifest.json")).expect("manifest");
+    // A version 1 manifest too: its ordered lists are read by role on load.
+    let v1 = std::fs::read(repo("tests/data/manifest-v1/demo-fp32-fused.json")).expect("v1");
     fuzz(Target {
         name: "manifest",
-        seeds: vec![Seed::whole(bytes)],
+        seeds: vec![Seed::whole(bytes), Seed::whole(v1)],
         tokens: JSON_TOKENS,
         fixup: no_fixup,
         iterations: 20_000,

@@ -44,7 +44,7 @@ use crate::graphs::{Probes, Weights};
 use crate::layout::{LayoutError, Source};
 use crate::lora::LoraError;
 use crate::manifest::{
-    DecoderSpec, GraphSpec, Graphs, Manifest, ProjectorSpec, SourceSpec, TokenizerSpec, VisionSpec,
+    DecoderSpec, GraphKind, Graphs, Manifest, ProjectorSpec, SourceSpec, TokenizerSpec, VisionSpec,
     FORMAT_VERSION, MANIFEST_FILE,
 };
 pub use crate::manifest::{Dtype, Flavour};
@@ -432,27 +432,18 @@ fn build_graphs(
     .into_iter()
     .map(|(f, b)| (f.to_string(), b))
     .collect();
-    let (dec_in, dec_out) = Manifest::decoder_io(&decoder_spec(llava, opts.flavour));
-    debug_assert_eq!((&dec_in, &dec_out), (&decoder.inputs, &decoder.outputs));
-    let graphs = Graphs {
-        vision: spec(VISION_FILE, vision),
-        projector: spec(PROJECTOR_FILE, projector),
-        embed: spec(EMBED_FILE, embed),
-        decoder: GraphSpec {
-            file: DECODER_FILE.to_string(),
-            inputs: dec_in,
-            outputs: dec_out,
-        },
-    };
-    Ok((graphs, weight_bytes))
-}
-
-fn spec(file: &str, g: graphs::BuiltGraph) -> GraphSpec {
-    GraphSpec {
-        file: file.to_string(),
-        inputs: g.inputs,
-        outputs: g.outputs,
+    let graphs = Graphs::exported(&decoder_spec(llava, opts.flavour));
+    // The manifest names the tensors the builders declared, in their order.
+    for (kind, built) in [
+        (GraphKind::Vision, &vision),
+        (GraphKind::Projector, &projector),
+        (GraphKind::Embed, &embed),
+        (GraphKind::Decoder, &decoder),
+    ] {
+        debug_assert_eq!(graphs.inputs(kind), built.inputs, "{kind} inputs");
+        debug_assert_eq!(graphs.outputs(kind), built.outputs, "{kind} outputs");
     }
+    Ok((graphs, weight_bytes))
 }
 
 fn vision_spec(clip: &ClipVisionConfig, llava: &LlavaConfig, emitted: usize) -> VisionSpec {

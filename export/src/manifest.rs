@@ -4,14 +4,25 @@
 //! and their tensor names, the tokenizer and its special ids, the preprocessing constants
 //! and where the weights came from. The runtime never hard-codes a dimension or a tensor
 //! name; it reads them from this struct and checks each ONNX session against them.
+//! Graph tensors are named by role ([`graphs`]); version 1 manifests, which listed them
+//! by position, are converted on load ([`v1`]).
+
+mod graphs;
+mod v1;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever a field changes meaning; the runtime refuses other versions.
-pub const FORMAT_VERSION: u32 = 1;
+pub use graphs::{
+    DecoderGraph, EmbedGraph, FusedRows, Graphs, LayerCache, PlainRows, ProjectorGraph, RowInputs,
+    VisionGraph,
+};
+
+/// Bumped whenever a field changes meaning; the runtime reads this version and version 1
+/// (converted on load), and refuses others. Version 2: graph tensors named by role.
+pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,8 +89,10 @@ impl std::str::FromStr for Flavour {
     }
 }
 
+/// `G` is the `graphs` block's layout: [`Graphs`] (by role, the current format) unless a
+/// version 1 file is being read (`v1::Graphs`, the ordered lists).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
+pub struct Manifest<G = Graphs> {
     pub format_version: u32,
     pub exporter_version: String,
     /// Storage and compute dtype of the graphs' weights and activations (and of
@@ -92,7 +105,7 @@ pub struct Manifest {
     pub decoder: DecoderSpec,
     pub preprocess: PreprocessSpec,
     pub tokenizer: TokenizerSpec,
-    pub graphs: Graphs,
+    pub graphs: G,
     /// sha256 of every file the export wrote beside the manifest (graphs, external data,
     /// tokenizer), by file name; a run checks them at load. Empty in manifests written
     /// before it was recorded.
@@ -189,41 +202,6 @@ pub struct TokenizerSpec {
     pub template: String,
 }
 
-/// One ONNX graph file and its tensor names, in the order the graph declares them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GraphSpec {
-    pub file: String,
-    pub inputs: Vec<String>,
-    pub outputs: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Graphs {
-    pub vision: GraphSpec,
-    pub projector: GraphSpec,
-    pub embed: GraphSpec,
-    pub decoder: GraphSpec,
-}
-
-impl Graphs {
-    pub fn get(&self, kind: GraphKind) -> &GraphSpec {
-        match kind {
-            GraphKind::Vision => &self.vision,
-            GraphKind::Projector => &self.projector,
-            GraphKind::Embed => &self.embed,
-            GraphKind::Decoder => &self.decoder,
-        }
-    }
-
-    /// The graph whose `file` has the file name of `path`.
-    pub fn kind_of_file(&self, path: &Path) -> Option<GraphKind> {
-        let file = path.file_name()?;
-        GraphKind::ALL
-            .into_iter()
-            .find(|&k| Path::new(&self.get(k).file).file_name() == Some(file))
-    }
-}
-
 /// The four graphs of a model directory: how every part of the runtime names a graph
 /// (in messages, the run manifest's provider map, TensorRT engine names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -268,7 +246,8 @@ pub struct SourceSpec {
     pub files: BTreeMap<String, String>,
 }
 
-/// Decoder tensor names, shared by the exporter and the runtime.
+/// The tensor names the exporter's graph builders give (and [`Graphs::exported`] records);
+/// the runtime reads names from the manifest, never from here.
 pub mod names {
     pub const PIXEL_VALUES: &str = "pixel_values";
     /// The vision graph's output and the projector's input.
@@ -310,58 +289,51 @@ pub enum ManifestError {
         path: String,
         source: serde_json::Error,
     },
-    #[error("{path} has format version {found}, this build reads version {expected}: re-export the model")]
+    #[error("{path} has format version {found}, this build reads versions 1 and {expected}: re-export the model with `vlguard-ort export`")]
     Version {
         path: String,
         found: u32,
         expected: u32,
     },
+    #[error("{path} is a version 1 manifest whose tensor lists cannot be read by role ({reason}): re-export the model with `vlguard-ort export`")]
+    OldLayout { path: String, reason: String },
 }
 
 impl Manifest {
-    /// Reads `DIR/manifest.json` and checks its format version.
+    /// Reads `DIR/manifest.json` by its format version (a version 1 file converted to
+    /// the current layout).
     pub fn load(dir: &Path) -> Result<(Manifest, Vec<u8>), ManifestError> {
         let path = dir.join(MANIFEST_FILE);
         let bytes = crate::files::read_regular(&path).map_err(|source| ManifestError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
-                path: path.display().to_string(),
-                source,
-            })?;
-        if manifest.format_version != FORMAT_VERSION {
-            return Err(ManifestError::Version {
-                path: path.display().to_string(),
-                found: manifest.format_version,
-                expected: FORMAT_VERSION,
-            });
-        }
-        Ok((manifest, bytes))
-    }
-
-    /// The decoder graph's tensor names in contract order.
-    pub fn decoder_io(decoder: &DecoderSpec) -> (Vec<String>, Vec<String>) {
-        let mut inputs = match decoder.flavour {
-            Flavour::Plain => vec![
-                names::INPUTS_EMBEDS.to_string(),
-                names::ATTENTION_MASK.to_string(),
-                names::POSITION_IDS.to_string(),
-            ],
-            Flavour::Fused => vec![
-                names::INPUTS_EMBEDS.to_string(),
-                names::SEQLENS_K.to_string(),
-                names::TOTAL_SEQUENCE_LENGTH.to_string(),
-            ],
+        let parse = |source| ManifestError::Parse {
+            path: path.display().to_string(),
+            source,
         };
-        let mut outputs = vec![names::LOGITS.to_string()];
-        for layer in 0..decoder.num_layers {
-            inputs.push(names::past_key(layer));
-            inputs.push(names::past_value(layer));
-            outputs.push(names::present_key(layer));
-            outputs.push(names::present_value(layer));
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
         }
-        (inputs, outputs)
+        let version: Version = serde_json::from_slice(&bytes).map_err(parse)?;
+        let manifest = match version.format_version {
+            FORMAT_VERSION => serde_json::from_slice::<Manifest>(&bytes).map_err(parse)?,
+            1 => serde_json::from_slice::<Manifest<v1::Graphs>>(&bytes)
+                .map_err(parse)?
+                .into_roles()
+                .map_err(|reason| ManifestError::OldLayout {
+                    path: path.display().to_string(),
+                    reason,
+                })?,
+            found => {
+                return Err(ManifestError::Version {
+                    path: path.display().to_string(),
+                    found,
+                    expected: FORMAT_VERSION,
+                })
+            }
+        };
+        Ok((manifest, bytes))
     }
 }

@@ -3,7 +3,7 @@
 //! the decoder works.
 
 use ort::session::SessionInputValue;
-use vlguard_export::manifest::{GraphKind, Manifest};
+use vlguard_export::manifest::{GraphKind, Manifest, ProjectorGraph, VisionGraph};
 
 use super::session::{take, to_f32, Graph};
 use crate::generate::DecoderError;
@@ -11,8 +11,9 @@ use crate::generate::DecoderError;
 pub struct ImageEncoder {
     vision: Graph,
     projector: Graph,
-    /// Tensor names: vision input and output, projector input and output.
-    names: [String; 4],
+    /// The two graphs' tensor names.
+    vision_io: VisionGraph,
+    projector_io: ProjectorGraph,
     image_size: usize,
     /// Image embedding rows per image (`vision.num_tokens`).
     pub tokens: usize,
@@ -26,12 +27,8 @@ impl ImageEncoder {
         ImageEncoder {
             vision,
             projector,
-            names: [
-                g.vision.inputs[0].clone(),
-                g.vision.outputs[0].clone(),
-                g.projector.inputs[0].clone(),
-                g.projector.outputs[0].clone(),
-            ],
+            vision_io: g.vision.clone(),
+            projector_io: g.projector.clone(),
             image_size: manifest.vision.image_size,
             tokens: manifest.vision.num_tokens,
             ort_s: 0.0,
@@ -41,7 +38,6 @@ impl ImageEncoder {
     /// `pixel_values [B,3,S,S]` -> projected image embeddings `[B,N,H]` as host f32.
     pub fn encode(&mut self, pixel_values: &[f32], batch: usize) -> Result<Vec<f32>, DecoderError> {
         let s = self.image_size;
-        let [vision_in, vision_out, projector_in, projector_out] = &self.names;
         let pixels = self
             .vision
             .float_tensor(pixel_values, vec![batch, 3, s, s])?;
@@ -50,20 +46,27 @@ impl ImageEncoder {
         let mut out = self
             .vision
             .session
-            .run(vec![(vision_in.as_str(), SessionInputValue::from(pixels))])
+            .run(vec![(
+                self.vision_io.pixel_values.as_str(),
+                SessionInputValue::from(pixels),
+            )])
             .map_err(failed)?;
-        let features = take(&mut out, vision_out, GraphKind::Vision)?;
+        let features = take(&mut out, &self.vision_io.image_features, GraphKind::Vision)?;
         drop(out);
         let failed = self.projector.failed();
         let mut out = self
             .projector
             .session
             .run(vec![(
-                projector_in.as_str(),
+                self.projector_io.image_features.as_str(),
                 SessionInputValue::from(features),
             )])
             .map_err(failed)?;
-        let embeds = take(&mut out, projector_out, GraphKind::Projector)?;
+        let embeds = take(
+            &mut out,
+            &self.projector_io.image_embeds,
+            GraphKind::Projector,
+        )?;
         self.ort_s += t.elapsed().as_secs_f64();
         to_f32(&embeds, "projector output")
     }

@@ -26,7 +26,7 @@ pub mod verify;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use vlguard_export::manifest::{Dtype, Flavour, GraphKind, Manifest};
+use vlguard_export::manifest::{Dtype, GraphKind, Manifest, RowInputs};
 
 use crate::formats::TrtBuild;
 use crate::generate::Decoder;
@@ -251,10 +251,14 @@ fn open_decoder(
         true => Some(cuda::DeviceMemory::cuda(options.device_id).map_err(device_error)?),
         false => None,
     };
-    if manifest.decoder.flavour == Flavour::Plain {
-        let decoder = PlainDecoder::new(graph, embedder, manifest, device, riders);
-        return Ok(Box::new(decoder));
-    }
+    // Validation checked that the graph's row inputs are of `decoder.flavour`.
+    let row_inputs = match &manifest.graphs.decoder.rows {
+        RowInputs::Plain(rows) => {
+            let decoder = PlainDecoder::new(graph, embedder, manifest, rows, device, riders);
+            return Ok(Box::new(decoder));
+        }
+        RowInputs::Fused(rows) => rows,
+    };
     if on_device && manifest.dtype == Dtype::Fp32 {
         // ONNX Runtime 1.31's CUDA GroupQueryAttention has fp16/bf16 kernels only.
         eprintln!(
@@ -287,6 +291,7 @@ fn open_decoder(
         graph,
         embedder,
         manifest,
+        row_inputs,
         allocator,
         device_copy,
         on_device,

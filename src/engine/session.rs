@@ -10,7 +10,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
-use vlguard_export::manifest::{GraphKind, GraphSpec, Manifest};
+use vlguard_export::manifest::{GraphKind, Graphs, Manifest};
 
 use super::{ort_lib, trt, EngineOptions, EpChoice, Error, Provider};
 use crate::generate::DecoderError;
@@ -27,7 +27,7 @@ impl Graph {
     /// manifest.
     pub fn load(loader: &Loader, kind: GraphKind) -> Result<(Graph, Provider), Error> {
         let (session, provider) = loader.session(kind)?;
-        check_contract(kind, &session, loader.manifest.graphs.get(kind))?;
+        check_contract(kind, &session, &loader.manifest.graphs)?;
         let float_type = session
             .inputs()
             .iter()
@@ -80,10 +80,7 @@ impl Loader<'_> {
     /// Creates a session for graph `kind` on the requested provider(s): the first that
     /// registers with `auto`, exactly the one named otherwise.
     pub fn session(&self, kind: GraphKind) -> Result<(Session, Provider), Error> {
-        let path = self
-            .options
-            .model_dir
-            .join(&self.manifest.graphs.get(kind).file);
+        let path = self.options.model_dir.join(self.manifest.graphs.file(kind));
         let order: &[Provider] = match self.options.ep {
             EpChoice::Auto => &[Provider::TensorRt, Provider::Cuda, Provider::Cpu],
             EpChoice::Cpu => &[Provider::Cpu],
@@ -181,10 +178,10 @@ pub fn registered_with(provider: Provider) -> &'static [Provider] {
 }
 
 /// Every manifest tensor must exist in the session and the other way round.
-pub fn check_contract(kind: GraphKind, session: &Session, spec: &GraphSpec) -> Result<(), Error> {
+pub fn check_contract(kind: GraphKind, session: &Session, graphs: &Graphs) -> Result<(), Error> {
     let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
     let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-    check_names(kind, &inputs, &outputs, spec)
+    check_names(kind, &inputs, &outputs, graphs)
 }
 
 /// [`check_contract`] on the input and output names a graph declares.
@@ -192,17 +189,17 @@ pub fn check_names(
     kind: GraphKind,
     inputs: &[&str],
     outputs: &[&str],
-    spec: &GraphSpec,
+    graphs: &Graphs,
 ) -> Result<(), Error> {
     for (what, want, have) in [
-        ("input", &spec.inputs, inputs),
-        ("output", &spec.outputs, outputs),
+        ("input", graphs.inputs(kind), inputs),
+        ("output", graphs.outputs(kind), outputs),
     ] {
         let contract = |message: String| Error::Contract {
             graph: kind,
             message,
         };
-        if let Some(name) = want.iter().find(|name| !have.contains(&name.as_str())) {
+        if let Some(name) = want.iter().find(|name| !have.contains(name)) {
             return Err(contract(format!(
                 "{what} `{name}` is in the manifest but not in the graph (graph has {have:?})"
             )));

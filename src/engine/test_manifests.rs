@@ -3,19 +3,13 @@
 use std::collections::BTreeMap;
 
 use vlguard_export::manifest::{
-    names, DecoderSpec, Dtype, Flavour, GraphSpec, Graphs, Manifest, PreprocessSpec, ProjectorSpec,
-    SourceSpec, TokenizerSpec, VisionSpec,
+    DecoderSpec, Dtype, Flavour, Graphs, Manifest, PreprocessSpec, ProjectorSpec, SourceSpec,
+    TokenizerSpec, VisionSpec,
 };
 
 /// A manifest as the exporter writes it (graph files and tensor names from
 /// `vlguard_export`), with the given vision hidden size and decoder shape.
 pub fn manifest(vision_hidden: usize, decoder: DecoderSpec) -> Manifest {
-    let (dec_in, dec_out) = Manifest::decoder_io(&decoder);
-    let spec = |file: &str, inputs: &[&str], outputs: &[&str]| GraphSpec {
-        file: file.into(),
-        inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        outputs: outputs.iter().map(|s| s.to_string()).collect(),
-    };
     Manifest {
         format_version: vlguard_export::manifest::FORMAT_VERSION,
         exporter_version: "test".into(),
@@ -47,28 +41,7 @@ pub fn manifest(vision_hidden: usize, decoder: DecoderSpec) -> Manifest {
             image_token_id: -200,
             template: "llava_v1".into(),
         },
-        graphs: Graphs {
-            vision: spec(
-                vlguard_export::VISION_FILE,
-                &[names::PIXEL_VALUES],
-                &[names::IMAGE_FEATURES],
-            ),
-            projector: spec(
-                vlguard_export::PROJECTOR_FILE,
-                &[names::IMAGE_FEATURES],
-                &[names::PROJECTOR_OUT],
-            ),
-            embed: spec(
-                vlguard_export::EMBED_FILE,
-                &[names::INPUT_IDS],
-                &[names::INPUTS_EMBEDS],
-            ),
-            decoder: GraphSpec {
-                file: vlguard_export::DECODER_FILE.into(),
-                inputs: dec_in,
-                outputs: dec_out,
-            },
-        },
+        graphs: Graphs::exported(&decoder),
         decoder,
         files: BTreeMap::new(),
         source: SourceSpec {

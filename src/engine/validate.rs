@@ -125,6 +125,7 @@ pub fn bounds(m: &Manifest) -> Vec<Problem> {
             });
         }
     }
+    graph_roles(&mut p, m);
     for (field, id) in [
         ("tokenizer.bos_id", m.tokenizer.bos_id),
         ("tokenizer.eos_id", m.tokenizer.eos_id),
@@ -138,6 +139,32 @@ pub fn bounds(m: &Manifest) -> Vec<Problem> {
         }
     }
     p
+}
+
+/// The decoder graph's roles against the decoder's shape: row inputs of its flavour and
+/// one cache entry per layer.
+fn graph_roles(p: &mut Vec<Problem>, m: &Manifest) {
+    let (d, g) = (&m.decoder, &m.graphs.decoder);
+    if g.rows.flavour() != d.flavour {
+        p.push(Problem {
+            field: "graphs.decoder.rows",
+            message: format!(
+                "names the inputs of a {} decoder, but `decoder.flavour` is {}",
+                g.rows.flavour().as_str(),
+                d.flavour.as_str()
+            ),
+        });
+    }
+    if g.cache.len() != d.num_layers {
+        p.push(Problem {
+            field: "graphs.decoder.cache",
+            message: format!(
+                "names the cache of {} layers, but `decoder.num_layers` is {}",
+                g.cache.len(),
+                d.num_layers
+            ),
+        });
+    }
 }
 
 /// A graph's declared inputs and outputs: name -> dimensions (-1 where dynamic).
@@ -157,90 +184,90 @@ pub fn declared(session: &Session) -> Declared {
 }
 
 /// The fields that must equal a static dimension a graph declares: which tensor (by its
-/// index in the manifest's input or output list) and which axis.
+/// role in the manifest) and which axis.
 pub fn against_graphs(m: &Manifest, graphs: &BTreeMap<GraphKind, Declared>) -> Vec<Problem> {
     use GraphKind::*;
     let (v, d, g) = (&m.vision, &m.decoder, &m.graphs);
-    let first_past = g.decoder.inputs.get(3).cloned().unwrap_or_default();
+    let first_past = g.decoder.past().next().unwrap_or_default();
     let expected: [(&'static str, usize, GraphKind, &str, usize); 12] = [
         (
             "vision.image_size",
             v.image_size,
             Vision,
-            &g.vision.inputs[0],
+            &g.vision.pixel_values,
             2,
         ),
         (
             "vision.image_size",
             v.image_size,
             Vision,
-            &g.vision.inputs[0],
+            &g.vision.pixel_values,
             3,
         ),
         (
             "vision.num_tokens",
             v.num_tokens,
             Vision,
-            &g.vision.outputs[0],
+            &g.vision.image_features,
             1,
         ),
         (
             "vision.hidden_size",
             v.hidden_size,
             Vision,
-            &g.vision.outputs[0],
+            &g.vision.image_features,
             2,
         ),
         (
             "projector.input_size",
             m.projector.input_size,
             Projector,
-            &g.projector.inputs[0],
+            &g.projector.image_features,
             2,
         ),
         (
             "projector.output_size",
             m.projector.output_size,
             Projector,
-            &g.projector.outputs[0],
+            &g.projector.image_embeds,
             2,
         ),
         (
             "decoder.hidden_size",
             d.hidden_size,
             Projector,
-            &g.projector.outputs[0],
+            &g.projector.image_embeds,
             2,
         ),
         (
             "decoder.hidden_size",
             d.hidden_size,
             Embed,
-            &g.embed.outputs[0],
+            &g.embed.inputs_embeds,
             2,
         ),
         (
             "decoder.hidden_size",
             d.hidden_size,
             Decoder,
-            &g.decoder.inputs[0],
+            &g.decoder.inputs_embeds,
             2,
         ),
         (
             "decoder.vocab_size",
             d.vocab_size,
             Decoder,
-            &g.decoder.outputs[0],
+            &g.decoder.logits,
             1,
         ),
         (
             "decoder.num_kv_heads",
             d.num_kv_heads,
             Decoder,
-            &first_past,
+            first_past,
             1,
         ),
-        ("decoder.head_dim", d.head_dim, Decoder, &first_past, 3),
+        ("decoder.head_dim", d.head_dim, Decoder, first_past, 3),
     ];
     let mut problems = Vec::new();
     for (field, value, kind, tensor, axis) in expected {
@@ -274,7 +301,7 @@ mod tests {
     #[test]
     fn tampered_fields_are_named() {
         type Tamper = fn(&mut Manifest);
-        let cases: [(&str, Tamper); 7] = [
+        let cases: [(&str, Tamper); 9] = [
             ("decoder.head_dim", |m| m.decoder.hidden_size *= 2),
             ("preprocess.crop_size", |m| m.preprocess.crop_size = 100_000),
             ("preprocess.shortest_edge", |m| {
@@ -288,6 +315,13 @@ mod tests {
             }),
             ("decoder.num_kv_heads", |m| m.decoder.num_kv_heads = 3),
             ("tokenizer.eos_id", |m| m.tokenizer.eos_id = 999_999),
+            // A plain graph's mask and positions named for a fused decoder.
+            ("graphs.decoder.rows", |m| {
+                m.decoder.flavour = vlguard_export::manifest::Flavour::Fused
+            }),
+            ("graphs.decoder.cache", |m| {
+                m.graphs.decoder.cache.pop();
+            }),
         ];
         for (field, tamper) in cases {
             let mut m = demo();
@@ -305,8 +339,8 @@ mod tests {
         let m = demo();
         let mut graphs = BTreeMap::new();
         let vision: Declared = [
-            (m.graphs.vision.inputs[0].clone(), vec![-1, 3, 336, 336]),
-            (m.graphs.vision.outputs[0].clone(), vec![-1, 576, 32]),
+            (m.graphs.vision.pixel_values.clone(), vec![-1, 3, 336, 336]),
+            (m.graphs.vision.image_features.clone(), vec![-1, 576, 32]),
         ]
         .into_iter()
         .collect();

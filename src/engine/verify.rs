@@ -80,7 +80,7 @@ pub fn check_layout(dir: &Path, manifest: &Manifest) -> Result<(), VerifyError> 
     };
     let mut needed = vec![("the tokenizer file", manifest.tokenizer.file.as_str())];
     for kind in GraphKind::ALL {
-        needed.push(("a graph file", manifest.graphs.get(kind).file.as_str()));
+        needed.push(("a graph file", manifest.graphs.file(kind)));
     }
     for (what, name) in &needed {
         if !is_plain_name(name) {
@@ -92,7 +92,7 @@ pub fn check_layout(dir: &Path, manifest: &Manifest) -> Result<(), VerifyError> 
     }
     let data: Vec<String> = GraphKind::ALL
         .iter()
-        .map(|&kind| format!("{}.data", manifest.graphs.get(kind).file))
+        .map(|&kind| format!("{}.data", manifest.graphs.file(kind)))
         .filter(|name| dir.join(name).symlink_metadata().is_ok())
         .collect();
     let names = needed
@@ -223,8 +223,8 @@ mod layout_tests {
         let mut manifest = crate::engine::test_manifests::demo();
         let mut names = vec![manifest.tokenizer.file.clone()];
         for kind in GraphKind::ALL {
-            let file = &manifest.graphs.get(kind).file;
-            names.extend([file.clone(), format!("{file}.data")]);
+            let file = manifest.graphs.file(kind);
+            names.extend([file.to_string(), format!("{file}.data")]);
         }
         for name in names {
             std::fs::write(dir.path().join(&name), name.as_bytes()).unwrap();

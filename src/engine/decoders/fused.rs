@@ -20,7 +20,7 @@ use half::f16;
 use ort::memory::{AllocationDevice, Allocator};
 use ort::session::Session;
 use ort::value::{DynTensor, Tensor, TensorElementType};
-use vlguard_export::manifest::{DecoderSpec, GraphKind, GraphSpec, Manifest};
+use vlguard_export::manifest::{DecoderGraph, DecoderSpec, FusedRows, GraphKind, Manifest};
 
 use super::{logits_of, row_of, Embedder};
 use crate::engine::cuda::{DeviceCopy, DeviceMemory};
@@ -119,7 +119,8 @@ impl FixedCache {
 /// spent in the session run.
 fn run(
     graph: &mut Graph,
-    names: &GraphSpec,
+    names: &DecoderGraph,
+    row_inputs: &FusedRows,
     cache: &mut FixedCache,
     embeds: &[f32],
     lengths: &[usize],
@@ -148,12 +149,17 @@ fn run(
     let total_len = int_tensor(vec![total_len], Vec::new(), "total_sequence_length")?;
     let failed = graph.failed();
     let session = &mut graph.session;
-    let binding = bind(session, names, cache, [&embeds, &seqlens, &total_len])
+    let inputs = [
+        (names.inputs_embeds.as_str(), &embeds),
+        (row_inputs.seqlens_k.as_str(), &seqlens),
+        (row_inputs.total_sequence_length.as_str(), &total_len),
+    ];
+    let binding = bind(session, names, cache, inputs)
         .map_err(|e| DecoderError(format!("decoder IO binding: {e}")))?;
     let t = Instant::now();
     let mut out = session.run_binding(binding).map_err(failed)?;
     let seconds = t.elapsed().as_secs_f64();
-    let logits = take(&mut out, &names.outputs[0], GraphKind::Decoder)?;
+    let logits = take(&mut out, &names.logits, GraphKind::Decoder)?;
     Ok((to_f32(&logits, "logits")?, seconds))
 }
 
@@ -161,9 +167,9 @@ fn run(
 /// the host) with this call's `inputs_embeds`, `seqlens_k`, `total_sequence_length`.
 fn bind<'c>(
     session: &Session,
-    names: &GraphSpec,
+    names: &DecoderGraph,
     cache: &'c mut FixedCache,
-    inputs: [&ort::value::DynValue; 3],
+    inputs: [(&str, &ort::value::DynValue); 3],
 ) -> Result<&'c ort::session::IoBinding, String> {
     let failed = |e: ort::Error| e.to_string();
     let FixedCache {
@@ -172,20 +178,20 @@ fn bind<'c>(
     if binding.is_none() {
         let host = DeviceMemory::host()?;
         let mut fresh = session.create_binding().map_err(failed)?;
-        for (name, value) in names.inputs[3..].iter().zip(buffers.iter()) {
-            fresh.bind_input(name.as_str(), value).map_err(failed)?;
+        for (name, value) in names.past().zip(buffers.iter()) {
+            fresh.bind_input(name, value).map_err(failed)?;
         }
         fresh
-            .bind_output_to_device(names.outputs[0].as_str(), &host)
+            .bind_output_to_device(names.logits.as_str(), &host)
             .map_err(failed)?;
-        for (name, value) in names.outputs[1..].iter().zip(buffers.iter_mut()) {
-            fresh.bind_output(name.as_str(), value).map_err(failed)?;
+        for (name, value) in names.present().zip(buffers.iter_mut()) {
+            fresh.bind_output(name, value).map_err(failed)?;
         }
         *binding = Some(fresh);
     }
     let bound = binding.as_mut().ok_or("no binding")?;
-    for (name, value) in names.inputs[..3].iter().zip(inputs) {
-        bound.bind_input(name.as_str(), value).map_err(failed)?;
+    for (name, value) in inputs {
+        bound.bind_input(name, value).map_err(failed)?;
     }
     Ok(bound)
 }
@@ -261,7 +267,9 @@ fn slice_rows<T: Copy>(src: &[T], dst: &mut [T], per_row: usize, pairs: &[(usize
 
 pub struct FusedDecoder {
     graph: Graph,
-    names: GraphSpec,
+    names: DecoderGraph,
+    /// The `seqlens_k` and `total_sequence_length` inputs.
+    row_inputs: FusedRows,
     spec: DecoderSpec,
     embedder: Embedder,
     /// Where the cache is allocated: the decoder's device.
@@ -278,11 +286,16 @@ pub struct FusedDecoder {
 
 impl FusedDecoder {
     /// `on_device`: the graph runs on a GPU (`device_copy` then refills slots; without it
-    /// prompts join only an empty batch).
+    /// prompts join only an empty batch). `row_inputs`: the manifest's fused row inputs,
+    /// which the caller took out of `manifest.graphs.decoder.rows`.
+    // One more than clippy's seven: the row inputs come typed from the caller's match on
+    // the flavour, so that this constructor cannot be handed a plain graph's names.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         graph: Graph,
         embedder: Embedder,
         manifest: &Manifest,
+        row_inputs: &FusedRows,
         allocator: Allocator,
         device_copy: Option<DeviceCopy>,
         on_device: bool,
@@ -291,6 +304,7 @@ impl FusedDecoder {
         FusedDecoder {
             graph,
             names: manifest.graphs.decoder.clone(),
+            row_inputs: row_inputs.clone(),
             spec: manifest.decoder.clone(),
             embedder,
             allocator,
@@ -327,7 +341,8 @@ impl FusedDecoder {
                 .as_mut()
                 .ok_or_else(|| DecoderError("fused decoder: no cache (open it first)".into()))?,
         };
-        let (logits, seconds) = run(&mut self.graph, &self.names, cache, embeds, lengths)?;
+        let (names, row_inputs) = (&self.names, &self.row_inputs);
+        let (logits, seconds) = run(&mut self.graph, names, row_inputs, cache, embeds, lengths)?;
         self.counters.ort_s += seconds;
         Ok(logits)
     }

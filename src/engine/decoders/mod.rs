@@ -34,8 +34,8 @@ impl Embedder {
     pub fn new(graph: Graph, manifest: &Manifest) -> Embedder {
         Embedder {
             graph,
-            input: manifest.graphs.embed.inputs[0].clone(),
-            output: manifest.graphs.embed.outputs[0].clone(),
+            input: manifest.graphs.embed.input_ids.clone(),
+            output: manifest.graphs.embed.inputs_embeds.clone(),
             hidden: manifest.decoder.hidden_size,
             image_token_id: manifest.tokenizer.image_token_id,
         }

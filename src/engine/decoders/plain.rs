@@ -16,7 +16,7 @@ use std::time::Instant;
 use half::f16;
 use ort::session::SessionInputValue;
 use ort::value::{DynValue, Tensor};
-use vlguard_export::manifest::{GraphKind, GraphSpec, Manifest};
+use vlguard_export::manifest::{DecoderGraph, GraphKind, Manifest, PlainRows};
 
 use super::{logits_of, Embedder};
 use crate::engine::cuda::DeviceMemory;
@@ -25,7 +25,9 @@ use crate::generate::{Counters, Decoder, DecoderError, Prompt};
 
 pub struct PlainDecoder {
     graph: Graph,
-    names: GraphSpec,
+    names: DecoderGraph,
+    /// The attention mask and position ids inputs.
+    row_inputs: PlainRows,
     embedder: Embedder,
     /// Set when the decoder runs on a GPU: the cache stays in device memory.
     device: Option<DeviceMemory>,
@@ -54,6 +56,7 @@ impl PlainDecoder {
         graph: Graph,
         embedder: Embedder,
         manifest: &Manifest,
+        row_inputs: &PlainRows,
         device: Option<DeviceMemory>,
         riders: bool,
     ) -> PlainDecoder {
@@ -61,6 +64,7 @@ impl PlainDecoder {
         PlainDecoder {
             graph,
             names: manifest.graphs.decoder.clone(),
+            row_inputs: row_inputs.clone(),
             embedder,
             device,
             riders,
@@ -96,12 +100,12 @@ impl PlainDecoder {
             self.cache = self.empty_cache(rows)?;
         }
         let names = &self.names;
-        let mut inputs: Vec<(&str, SessionInputValue)> = Vec::with_capacity(names.inputs.len());
-        inputs.push((names.inputs[0].as_str(), embeds.into()));
-        inputs.push((names.inputs[1].as_str(), mask.into()));
-        inputs.push((names.inputs[2].as_str(), positions.into()));
-        for (name, value) in names.inputs[3..].iter().zip(&self.cache) {
-            inputs.push((name.as_str(), value.into()));
+        let mut inputs: Vec<(&str, SessionInputValue)> = Vec::with_capacity(3 + self.cache.len());
+        inputs.push((names.inputs_embeds.as_str(), embeds.into()));
+        inputs.push((self.row_inputs.attention_mask.as_str(), mask.into()));
+        inputs.push((self.row_inputs.position_ids.as_str(), positions.into()));
+        for (name, value) in names.past().zip(&self.cache) {
+            inputs.push((name, value.into()));
         }
         let failed = self.graph.failed();
         let t = Instant::now();
@@ -120,9 +124,9 @@ impl PlainDecoder {
         }
         .map_err(failed)?;
         self.counters.ort_s += t.elapsed().as_secs_f64();
-        let logits = take(&mut out, &names.outputs[0], GraphKind::Decoder)?;
-        let mut cache = Vec::with_capacity(names.outputs.len() - 1);
-        for name in &names.outputs[1..] {
+        let logits = take(&mut out, &names.logits, GraphKind::Decoder)?;
+        let mut cache = Vec::with_capacity(2 * self.layers);
+        for name in names.present() {
             cache.push(take(&mut out, name, GraphKind::Decoder)?);
         }
         drop(out);
@@ -147,7 +151,7 @@ impl PlainDecoder {
 /// The call's IO binding on a GPU: `present.*` into device memory, logits to the host.
 fn bind(
     graph: &Graph,
-    names: &GraphSpec,
+    names: &DecoderGraph,
     inputs: &[(&str, SessionInputValue)],
     memory: &DeviceMemory,
 ) -> ort::Result<ort::session::IoBinding> {
@@ -159,9 +163,9 @@ fn bind(
             SessionInputValue::ViewMut(v) => binding.bind_input(*name, &**v)?,
         }
     }
-    binding.bind_output_to_device(names.outputs[0].as_str(), &memory.host)?;
-    for name in &names.outputs[1..] {
-        binding.bind_output_to_device(name.as_str(), &memory.device)?;
+    binding.bind_output_to_device(names.logits.as_str(), &memory.host)?;
+    for name in names.present() {
+        binding.bind_output_to_device(name, &memory.device)?;
     }
     Ok(binding)
 }

@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use ort::ep::ArbitrarilyConfigurableExecutionProvider;
 
-use vlguard_export::manifest::{names, Flavour, GraphKind, Manifest};
+use vlguard_export::manifest::{Flavour, GraphKind, Manifest, RowInputs};
 
 use super::cuda::{gpu_identity, GpuIdentity};
 use super::dylib::{Lib, ProbeError};
@@ -133,22 +133,22 @@ pub fn profile(
         seq.map(|(n, s, p)| f(n, s, p))
     };
 
-    let spec = manifest.graphs.get(graph);
-    let mut points: Vec<(&str, Points)> = Vec::with_capacity(spec.inputs.len());
-    for input in &spec.inputs {
-        let name = input.as_str();
+    let g = &manifest.graphs;
+    let inputs = g.inputs(graph);
+    let mut points: Vec<(&str, Points)> = Vec::with_capacity(inputs.len());
+    for name in inputs {
         let shape = match graph {
-            GraphKind::Vision if name == names::PIXEL_VALUES => {
+            GraphKind::Vision if name == g.vision.pixel_values => {
                 // Channels: what preprocessing produces (one mean per channel).
                 let ch = manifest.preprocess.image_mean.len();
                 let s = v.image_size;
                 Some(batched(&|n| vec![n, ch, s, s]))
             }
-            GraphKind::Projector if name == names::IMAGE_FEATURES => {
+            GraphKind::Projector if name == g.projector.image_features => {
                 let (t, h) = (v.num_tokens, manifest.projector.input_size);
                 Some(batched(&|n| vec![n, t, h]))
             }
-            GraphKind::Embed if name == names::INPUT_IDS => {
+            GraphKind::Embed if name == g.embed.input_ids => {
                 // Prefill embeds one prompt's text, steps embed one token per row.
                 Some([vec![1, 1], vec![b, 1], vec![b, limits.max_text_tokens]])
             }
@@ -162,7 +162,7 @@ pub fn profile(
         };
         let shape = shape.ok_or_else(|| ProfileError::UnknownInput {
             graph: graph.name(),
-            input: input.clone(),
+            input: name.to_string(),
         })?;
         points.push((name, shape));
     }
@@ -190,14 +190,24 @@ enum DecoderInput {
     Past,
 }
 
+/// The role of decoder input `name`; `None` for the fused flavour's row inputs, which
+/// TensorRT cannot run.
 fn decoder_input(manifest: &Manifest, name: &str) -> Option<DecoderInput> {
-    match name {
-        names::INPUTS_EMBEDS => Some(DecoderInput::Embeds),
-        names::ATTENTION_MASK => Some(DecoderInput::Mask),
-        names::POSITION_IDS => Some(DecoderInput::Positions),
-        _ => (0..manifest.decoder.num_layers)
-            .any(|l| name == names::past_key(l) || name == names::past_value(l))
-            .then_some(DecoderInput::Past),
+    let d = &manifest.graphs.decoder;
+    let plain = match &d.rows {
+        RowInputs::Plain(rows) => Some(rows),
+        RowInputs::Fused(_) => None,
+    };
+    if name == d.inputs_embeds {
+        Some(DecoderInput::Embeds)
+    } else if plain.is_some_and(|rows| name == rows.attention_mask) {
+        Some(DecoderInput::Mask)
+    } else if plain.is_some_and(|rows| name == rows.position_ids) {
+        Some(DecoderInput::Positions)
+    } else {
+        d.past()
+            .any(|past| past == name)
+            .then_some(DecoderInput::Past)
     }
 }
 

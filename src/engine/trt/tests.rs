@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::engine::test_manifests::{demo, llava_7b};
+use vlguard_export::manifest::Graphs;
 
 fn limits(batch: usize, text: usize, new: usize) -> Limits {
     Limits {
@@ -17,7 +18,7 @@ fn an_fp32_model_is_refused_because_tensorrt_would_run_it_in_tf32() {
     let mut m = demo();
     m.dtype = vlguard_export::manifest::Dtype::Fp32;
     for kind in GraphKind::ALL {
-        let path = Path::new("model").join(&m.graphs.get(kind).file);
+        let path = Path::new("model").join(m.graphs.file(kind));
         let err = execution_provider(&m, kind, &path, 0, &Limits::new(4, 256), None)
             .err()
             .expect("fp32 is refused");
@@ -147,8 +148,10 @@ fn llava_7b_decoder_profile_is_capped_by_max_position_embeddings() {
 
 #[test]
 fn unknown_inputs_and_zero_limits_are_errors_naming_them() {
+    // The fused flavour's row inputs have no TensorRT shapes.
     let mut m = demo();
-    m.graphs.decoder.inputs.push("seqlens_k".into());
+    m.decoder.flavour = Flavour::Fused;
+    m.graphs = Graphs::exported(&m.decoder);
     let err = profile(&m, GraphKind::Decoder, &limits(1, 256, 256)).unwrap_err();
     assert_eq!(
         err,
@@ -158,10 +161,11 @@ fn unknown_inputs_and_zero_limits_are_errors_naming_them() {
         }
     );
     assert!(err.to_string().contains("`seqlens_k`"), "{err}");
-    // A past layer beyond num_layers is not a known input either.
+    // Inputs are known by their role in the manifest, whatever their names.
     let mut m = demo();
-    m.graphs.decoder.inputs.push(names::past_key(2));
-    assert!(profile(&m, GraphKind::Decoder, &limits(1, 256, 256)).is_err());
+    m.graphs.decoder.cache[1].past_value = "cache.1.v".into();
+    let p = profile(&m, GraphKind::Decoder, &limits(1, 256, 256)).unwrap();
+    assert!(p.min.ends_with(",cache.1.v:1x4x0x16"), "{}", p.min);
     let err = profile(&demo(), GraphKind::Vision, &limits(0, 256, 256)).unwrap_err();
     assert_eq!(err, ProfileError::Limits("max_batch"));
 }
