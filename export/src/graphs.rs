@@ -20,9 +20,9 @@ use std::path::Path;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{ClipVisionConfig, LlavaConfig, ProjectorKind};
+use crate::error::ExportError;
 use crate::manifest::{names, Dtype};
 use crate::onnx::{Attr, ElemType, GraphBuilder};
-use crate::ExportError;
 
 mod decoder;
 pub use decoder::{

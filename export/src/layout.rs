@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{self, ClipVisionConfig, LlavaConfig};
+use crate::error::ExportError;
 use crate::lora::Adapter;
-use crate::ExportError;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_MODEL: &str = "tokenizer.model";

@@ -12,9 +12,9 @@ use std::path::Path;
 
 use super::{finish, BuiltGraph, Ctx, Weights};
 use crate::config::{LlamaConfig, LlavaConfig};
+use crate::error::ExportError;
 use crate::manifest::{names, Dtype};
 use crate::onnx::{Attr, Dim, ElemType};
-use crate::ExportError;
 
 impl Ctx<'_> {
     /// Llama RMSNorm: `weight * (x32 * rsqrt(mean(x32^2) + eps)).to(dtype)`.
