@@ -25,8 +25,9 @@
 //! output ships none). Every error names the folder and the flag that fixes it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, TensorSource};
 use crate::config::{self, ClipVisionConfig, LlavaConfig};
 use crate::error::ExportError;
 use crate::lora::Adapter;
@@ -34,6 +35,9 @@ use crate::lora::Adapter;
 pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_MODEL: &str = "tokenizer.model";
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
+
+/// One side's weights (decoder or tower), shared: a llava-hf checkpoint feeds both.
+pub type Tensors = Arc<dyn TensorSource>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -218,17 +222,18 @@ impl Source {
 
     /// The decoder-side and tower-side weights under the graph builders' names, adapter
     /// merged in (headers only: tensors are read when the graphs ask for them).
-    pub fn open_weights(&self) -> Result<(Checkpoint, Checkpoint), ExportError> {
+    pub fn open_weights(&self) -> Result<(Tensors, Tensors), ExportError> {
         let dir = self.base.as_deref().unwrap_or(&self.checkpoint);
         let layout = self.layout;
-        let mut llava = Checkpoint::open(dir)?.rename(|k| layout.name(k))?;
-        if let Some(adapter) = &self.adapter {
-            adapter.apply(&mut llava, &|k| layout.name(k))?;
-        }
+        let base = Checkpoint::open(dir)?.rename(|k| layout.name(k))?;
+        let llava: Tensors = match &self.adapter {
+            Some(adapter) => Arc::new(adapter.apply(base, &|k| layout.name(k))?),
+            None => Arc::new(base),
+        };
         let clip = match layout {
             // One checkpoint holds both; their names never collide.
-            Layout::LlavaHf => llava.clone(),
-            Layout::Original => Checkpoint::open(&self.vision_dir)?,
+            Layout::LlavaHf => Arc::clone(&llava),
+            Layout::Original => Arc::new(Checkpoint::open(&self.vision_dir)?),
         };
         Ok((llava, clip))
     }

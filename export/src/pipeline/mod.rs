@@ -20,11 +20,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::checkpoint::Checkpoint;
 use crate::config;
 use crate::error::{io_err, ExportError};
 use crate::graphs::Weights;
-use crate::layout::Source;
+use crate::layout::{Source, Tensors};
 use crate::manifest::{
     Dtype, Flavour, Graphs, Manifest, PreprocessSpec, ProjectorSpec, SourceSpec, TokenizerSpec,
     FORMAT_VERSION, MANIFEST_FILE,
@@ -96,7 +95,7 @@ pub fn export_with(
     let needed = checks::estimated_bytes(&inputs.src, inputs.emitted, opts.dtype);
     checks::check_space(&staging.path, needed)?;
     let (w_llava, w_clip) = match &inputs.weights {
-        Some((llava, clip)) => (Weights::Checkpoint(llava), Weights::Checkpoint(clip)),
+        Some((llava, clip)) => (Weights::Checkpoint(&**llava), Weights::Checkpoint(&**clip)),
         None => (Weights::Random, Weights::Random),
     };
     let (graphs, weight_bytes) = build::build_graphs(
@@ -136,7 +135,7 @@ struct Inputs {
     /// Source files whose sha256 the manifest records, in the order read.
     hashed: Vec<PathBuf>,
     /// Decoder-side and tower-side checkpoints (headers only); `None` for random weights.
-    weights: Option<(Checkpoint, Checkpoint)>,
+    weights: Option<(Tensors, Tensors)>,
     tokenizer_json: String,
     special: SpecialIds,
 }
@@ -162,7 +161,7 @@ impl Inputs {
             None
         } else {
             let (llava, clip) = src.open_weights()?;
-            hashed.extend(llava.files.iter().chain(&clip.files).cloned());
+            hashed.extend(llava.files().iter().chain(clip.files()).cloned());
             Some((llava, clip))
         };
 
