@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::checkpoint::{Checkpoint, TensorSource};
-use crate::config::{self, ClipVisionConfig, LlavaConfig};
+use crate::config::{self, ClipVisionConfig, LlavaConfig, VisionTower};
 use crate::error::ExportError;
 use crate::lora::Adapter;
 
@@ -164,36 +164,35 @@ impl Source {
         let llava_config = find_config(checkpoint, base)?;
         let map = config::read_json(&llava_config)?;
         let weights_dir = base.unwrap_or(checkpoint).to_path_buf();
-        let (layout, llava, clip, clip_config, vision_dir) = if config::is_llava_hf(&map) {
-            if let Some(tower) = vision_tower {
-                return Err(LayoutError::VisionTowerInside {
-                    config: llava_config,
-                    tower: tower.to_path_buf(),
+        let (layout, llava, clip, clip_config, vision_dir) = match config::vision_tower(&map) {
+            VisionTower::Inside => {
+                if let Some(tower) = vision_tower {
+                    return Err(LayoutError::VisionTowerInside {
+                        config: llava_config,
+                        tower: tower.to_path_buf(),
+                    }
+                    .into());
                 }
-                .into());
+                let (llava, clip) = config::parse_llava_hf(&llava_config)?;
+                let cfg = llava_config.clone();
+                (Layout::LlavaHf, llava, clip, cfg, weights_dir.clone())
             }
-            let (llava, clip) = config::parse_llava_hf(&llava_config)?;
-            let cfg = llava_config.clone();
-            (Layout::LlavaHf, llava, clip, cfg, weights_dir.clone())
-        } else {
-            let llava = config::parse_llava(&llava_config)?;
-            let tower = vision_tower.ok_or_else(|| LayoutError::VisionTowerNeeded {
-                config: llava_config.clone(),
-                tower: map
-                    .get("mm_vision_tower")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("not named")
-                    .to_string(),
-            })?;
-            let clip_config = tower.join(CONFIG_FILE);
-            let clip = config::parse_clip(&clip_config)?;
-            (
-                Layout::Original,
-                llava,
-                clip,
-                clip_config,
-                tower.to_path_buf(),
-            )
+            VisionTower::Separate(named) => {
+                let llava = config::parse_llava(&llava_config)?;
+                let tower = vision_tower.ok_or_else(|| LayoutError::VisionTowerNeeded {
+                    config: llava_config.clone(),
+                    tower: named.unwrap_or_else(|| "not named".to_string()),
+                })?;
+                let clip_config = tower.join(CONFIG_FILE);
+                let clip = config::parse_clip(&clip_config)?;
+                (
+                    Layout::Original,
+                    llava,
+                    clip,
+                    clip_config,
+                    tower.to_path_buf(),
+                )
+            }
         };
         let looked: Vec<PathBuf> = [Some(checkpoint), base]
             .into_iter()
