@@ -25,9 +25,9 @@ use crate::manifest::{names, Dtype};
 use crate::onnx::{Attr, ElemType, GraphBuilder};
 
 mod decoder;
-pub use decoder::{
-    build_decoder, build_fused_decoder, probe_name, Probes, PROBE_FINAL_NORM, PROBE_POINTS,
-};
+mod probes;
+pub use decoder::{build_decoder, build_fused_decoder};
+pub use probes::{probe_name, Probes, PROBE_FINAL_NORM, PROBE_POINTS};
 
 /// Where weights come from.
 pub enum Weights<'a> {
