@@ -19,8 +19,8 @@
 //! tensors as they are read (an adapter's merge) implements it over a checkpoint, which
 //! knows nothing of it.
 //!
-//! Files: [`index`] (shard indexes), [`safetensors`], [`torch_zip`] (headers of each
-//! format), [`convert`] (stored bytes to graph weights).
+//! Files: `index` (shard indexes), `safetensors`, `torch_zip` (headers of each
+//! format), `convert` (stored bytes to graph weights).
 
 mod convert;
 mod index;

@@ -18,8 +18,8 @@
 //!
 //! Every error names the file and the key.
 //!
-//! Files: this one (the dimension structs, the error, JSON reading), [`llava`] (both LLaVA
-//! layouts' configs and the Llama fields), [`clip`] (the tower and its preprocessor), and
+//! Files: this one (the dimension structs, the error, JSON reading), `llava` (both LLaVA
+//! layouts' configs and the Llama fields), `clip` (the tower and its preprocessor), and
 //! `fields` (typed access to a JSON object, errors naming file and key).
 
 use std::path::{Path, PathBuf};

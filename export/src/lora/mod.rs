@@ -26,7 +26,7 @@
 //! not fit the weight.
 //!
 //! Files: this one (the adapter folder, its config and the pairing of factors with
-//! weights), [`merge`] (the arithmetic).
+//! weights), `merge` (the arithmetic).
 
 mod merge;
 

@@ -125,7 +125,7 @@ pub(super) fn encode_attr(name: &str, attr: &Attr) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct Node {
     pub op: String,
-    /// Operator domain: "" (ONNX) or [`CONTRIB_DOMAIN`].
+    /// Operator domain: "" (ONNX) or [`CONTRIB_DOMAIN`](super::CONTRIB_DOMAIN).
     pub domain: &'static str,
     pub name: String,
     pub inputs: Vec<String>,

@@ -1,12 +1,12 @@
 //! The export pipeline: checkpoint folders in, a model directory out, as a row of stages.
 //!
-//! 1. Check the inputs ([`checks`]): `--out` apart from every input folder and free to
+//! 1. Check the inputs (`checks`): `--out` apart from every input folder and free to
 //!    write (empty, absent, or `--force`).
 //! 2. Read: the layout and configs ([`Source`]), their dimensions checked; the
 //!    checkpoints' headers (no tensor data yet); the tokenizer converted. Anything wrong
 //!    with the inputs fails here, before a byte is written.
-//! 3. Stage ([`staging`]): a temporary sibling of `out`, with room for the weights.
-//! 4. Build the graphs into it ([`build`]), streaming weights one tensor at a time; write
+//! 3. Stage (`staging`): a temporary sibling of `out`, with room for the weights.
+//! 4. Build the graphs into it (`build`), streaming weights one tensor at a time; write
 //!    `tokenizer.json`.
 //! 5. Hash every file written and every source file read.
 //! 6. Write `manifest.json`.
