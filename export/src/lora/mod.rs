@@ -5,13 +5,14 @@
 //! with the trained projector), and the base checkpoint already opened under the graph
 //! builders' names (see `layout`).
 //!
-//! Output: the base checkpoint with
+//! Output: [`Merged`], a [`TensorSource`] layered over the base checkpoint (which knows
+//! nothing of it), reading
 //! - every full tensor the adapter ships (`non_lora_trainables.bin`, PEFT's saved
-//!   `modules_to_save` and biases) put over the base's, under the same names;
-//! - on every weight a `lora_A` / `lora_B` pair targets, a [`LoraDelta`] that [`Merged`]
-//!   (a [`TensorSource`] over the base checkpoint, which knows nothing of it) merges when
-//!   the graph builder reads that weight, one tensor at a time: memory stays near one base
-//!   tensor plus its two factors.
+//!   `modules_to_save` and biases) in place of the base's, under the same names;
+//! - every weight a `lora_A` / `lora_B` pair targets with its [`LoraDelta`] merged in as
+//!   the graph builder reads it, one tensor at a time: memory stays near one base tensor
+//!   plus its two factors;
+//! - every other tensor as the base stores it.
 //!
 //! Arithmetic: what PEFT's `merge_and_unload` computes on a float32 model, saved in the
 //! base's dtype: `delta = (B @ A) * scale` in f32, `W' = round(f32(W) + delta)` to the dtype
