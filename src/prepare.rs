@@ -246,10 +246,7 @@ pub enum Holds {
 /// Reads a listing: full weights first (safetensors, then .bin), else an adapter.
 pub fn holds(files: &[String]) -> Option<Holds> {
     let has = |f: &str| files.iter().any(|x| x == f);
-    for (index, single) in [
-        ("model.safetensors.index.json", "model.safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ] {
+    for (index, single) in checkpoint::WEIGHTS_FILES {
         if has(index) {
             return Some(Holds::Checkpoint {
                 index: Some(index.to_string()),
@@ -369,8 +366,9 @@ impl Fetcher<'_> {
             .map(|f| f.to_string())
             .collect();
         // One weights format: the tower repos also carry TensorFlow and Flax copies.
-        let weights = ["model.safetensors", "pytorch_model.bin"]
+        let weights = checkpoint::WEIGHTS_FILES
             .into_iter()
+            .map(|(_, single)| single)
             .find(|f| has(f))
             .ok_or_else(|| Error::NoWeights {
                 repo: tower.to_string(),

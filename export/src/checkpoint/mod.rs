@@ -89,6 +89,13 @@ pub(crate) fn format_err(file: &Path, reason: impl Into<String>) -> CheckpointEr
     }
 }
 
+/// The weights a checkpoint folder may hold, in order of preference: safetensors, then
+/// PyTorch `.bin`; of each format a shard index, else one file. `prepare` fetches by it.
+pub const WEIGHTS_FILES: [(&str, &str); 2] = [
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+];
+
 /// Where one tensor's bytes are.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
@@ -125,12 +132,13 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Checkpoint, CheckpointError> {
-        let candidates = [
-            ("model.safetensors.index.json", true, true),
-            ("model.safetensors", false, true),
-            ("pytorch_model.bin.index.json", true, false),
-            ("pytorch_model.bin", false, false),
-        ];
+        let candidates = WEIGHTS_FILES.iter().flat_map(|&(index, single)| {
+            let is_safetensors = single.ends_with(".safetensors");
+            [
+                (index, true, is_safetensors),
+                (single, false, is_safetensors),
+            ]
+        });
         for (name, is_index, is_safetensors) in candidates {
             let path = dir.join(name);
             if !path.exists() {
