@@ -23,12 +23,19 @@
 //! interruption fetches only what is missing and resumes partial files; the export is
 //! atomic; a model directory already holding a manifest is kept (`--force` redoes the
 //! export). Errors name the repo, the file or the flag that fixes it.
+//!
+//! The files it reads before the export (config.json, the weights index,
+//! adapter_config.json) are read by the exporter's own readers (`config`, `checkpoint`,
+//! `lora`), so prepare and export agree on what each holds and refuse the same things
+//! (a shard index naming a file outside the folder, say) with the same message.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::export::checkpoint::{self, CheckpointError};
+use crate::export::config::{self, ConfigError, VisionTower};
 use crate::export::layout::{CONFIG_FILE, PREPROCESSOR_FILE, TOKENIZER_MODEL};
-use crate::export::lora::{ADAPTER_CONFIG, NON_LORA_TRAINABLES};
+use crate::export::lora::{AdapterConfig, LoraError, ADAPTER_CONFIG, NON_LORA_TRAINABLES};
 use crate::export::{Dtype, ExportError, ExportOptions, Flavour};
 use crate::fetch::{self, Hub, ModelRequest, Policy, Token};
 
@@ -152,12 +159,6 @@ pub enum Error {
     NoWeights { repo: String, files: String },
     #[error("{repo}: no config.json; its files: {files}")]
     NoConfig { repo: String, files: String },
-    #[error("{what}: {path}: {message}")]
-    BadFile {
-        what: &'static str,
-        path: PathBuf,
-        message: String,
-    },
     #[error("{adapter} is a LoRA adapter whose adapter_config.json names no base model: pass --base DIR|REPO")]
     NoBase { adapter: String },
     #[error("the base {base} is itself a LoRA adapter; pass a full checkpoint with --base")]
@@ -168,6 +169,15 @@ pub enum Error {
     Flavour(String),
     #[error(transparent)]
     Fetch(#[from] fetch::Error),
+    /// A model `config.json` (the one that names the vision tower).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A weights index (its shard names are what prepare fetches next).
+    #[error(transparent)]
+    Index(#[from] CheckpointError),
+    /// An adapter's `adapter_config.json` (it names the base).
+    #[error(transparent)]
+    Adapter(#[from] LoraError),
     #[error(transparent)]
     Export(#[from] ExportError),
 }
@@ -236,10 +246,7 @@ pub enum Holds {
 /// Reads a listing: full weights first (safetensors, then .bin), else an adapter.
 pub fn holds(files: &[String]) -> Option<Holds> {
     let has = |f: &str| files.iter().any(|x| x == f);
-    for (index, single) in [
-        ("model.safetensors.index.json", "model.safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ] {
+    for (index, single) in checkpoint::WEIGHTS_FILES {
         if has(index) {
             return Some(Holds::Checkpoint {
                 index: Some(index.to_string()),
@@ -334,7 +341,7 @@ impl Fetcher<'_> {
         } = &holds
         {
             dir = self.fetch(repo, commit, std::slice::from_ref(index))?;
-            let shards = shard_names(&dir.join(index))?;
+            let shards = checkpoint::read_index(&dir.join(index))?;
             dir = self.fetch(repo, commit, &shards)?;
         }
         Ok(Fetched { dir, adapter })
@@ -342,13 +349,12 @@ impl Fetcher<'_> {
 
     /// The CLIP tower a local original-layout config names, fetched (or its folder).
     fn tower(&self, config: &Path) -> Result<Option<PathBuf>, Error> {
-        let map = read_json_map(config, "model config")?;
-        if map.contains_key("text_config") || map.contains_key("vision_config") {
-            return Ok(None); // llava-hf: the tower is inside
-        }
-        let Some(tower) = map.get("mm_vision_tower").and_then(|v| v.as_str()) else {
-            return Ok(None); // export says what is missing
+        let tower = match config::vision_tower(&config::read_json(config)?) {
+            VisionTower::Inside => return Ok(None),
+            VisionTower::Separate(None) => return Ok(None), // export says what is missing
+            VisionTower::Separate(Some(tower)) => tower,
         };
+        let tower = tower.as_str();
         if Path::new(tower).is_dir() {
             return Ok(Some(PathBuf::from(tower)));
         }
@@ -360,8 +366,9 @@ impl Fetcher<'_> {
             .map(|f| f.to_string())
             .collect();
         // One weights format: the tower repos also carry TensorFlow and Flax copies.
-        let weights = ["model.safetensors", "pytorch_model.bin"]
+        let weights = checkpoint::WEIGHTS_FILES
             .into_iter()
+            .map(|(_, single)| single)
             .find(|f| has(f))
             .ok_or_else(|| Error::NoWeights {
                 repo: tower.to_string(),
@@ -372,58 +379,15 @@ impl Fetcher<'_> {
     }
 }
 
-/// The shard file names of a weights index.
-fn shard_names(index: &Path) -> Result<Vec<String>, Error> {
-    let map = read_json_map(index, "weights index")?;
-    let bad = |message: &str| Error::BadFile {
-        what: "weights index",
-        path: index.to_path_buf(),
-        message: message.to_string(),
-    };
-    let weight_map = map
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| bad("no `weight_map` object"))?;
-    let mut shards: Vec<String> = weight_map
-        .values()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| bad("a non-string shard name"))
-        })
-        .collect::<Result<_, _>>()?;
-    shards.sort();
-    shards.dedup();
-    Ok(shards)
-}
-
-fn read_json_map(
-    path: &Path,
-    what: &'static str,
-) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
-    let bad = |message: String| Error::BadFile {
-        what,
-        path: path.to_path_buf(),
-        message,
-    };
-    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    match serde_json::from_slice(&bytes) {
-        Ok(serde_json::Value::Object(m)) => Ok(m),
-        Ok(_) => Err(bad("not a JSON object".into())),
-        Err(e) => Err(bad(e.to_string())),
-    }
-}
-
 /// The adapter's base: `--base` (a folder as is, else a repo), else its config's.
 fn base_repo_or_dir(adapter_dir: &Path, base: Option<&str>, repo: &str) -> Result<String, Error> {
     if let Some(b) = base {
         return Ok(b.to_string());
     }
-    let map = read_json_map(&adapter_dir.join(ADAPTER_CONFIG), "adapter config")?;
-    map.get("base_model_name_or_path")
-        .and_then(|v| v.as_str())
+    let config = AdapterConfig::read(&adapter_dir.join(ADAPTER_CONFIG))?;
+    config
+        .base_model_name_or_path
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
         .ok_or_else(|| Error::NoBase {
             adapter: repo.to_string(),
         })

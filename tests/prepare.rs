@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use hub_server::{model_hub as hub, Faults, HubServer};
+use hub_server::{model_hub as hub, Faults, HubServer, Repo, RepoFile, COMMIT};
 
 fn fixture(name: &str) -> PathBuf {
     repo().join("tests/data/checkpoints").join(name)
@@ -257,4 +257,63 @@ fn list_and_unknown_names() {
     let out = bin().args(["prepare", "llava-7b"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("prepare --list"), "{}", stderr(&out));
+}
+
+/// Issue 28: prepare reads a weights index with the exporter's reader, so an index naming a
+/// shard outside the repo folder (`../x.safetensors`, an absolute path) is refused before
+/// anything it names is fetched, with the exporter's message naming the index file. Its
+/// own string-keyed copy let such names through to the download.
+#[test]
+fn issue28_unsafe_shard_name_refused() {
+    let config = std::fs::read(demo("llava-v1.5-tiny").join("config.json")).unwrap();
+    let file = |path: &str, bytes: Vec<u8>| RepoFile {
+        path: path.to_string(),
+        bytes,
+        lfs: false,
+    };
+    let shards = ["../x.safetensors", "/tmp/x.safetensors"];
+    let repos = shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let index = format!(r#"{{"weight_map": {{"lm_head.weight": "{shard}"}}}}"#);
+            Repo {
+                kind: "models",
+                id: format!("tester/unsafe-{i}"),
+                commit: COMMIT.into(),
+                files: vec![
+                    file("config.json", config.clone()),
+                    file("model.safetensors.index.json", index.into_bytes()),
+                ],
+            }
+        })
+        .collect();
+    let server = HubServer::start(repos, vec![], Faults::default());
+    for (i, shard) in shards.iter().enumerate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = format!("tester/unsafe-{i}");
+        let out = prepare(&server, tmp.path(), &[&repo]).output().unwrap();
+        assert!(!out.status.success(), "{shard}: prepare succeeded");
+        let err = stderr(&out);
+        let index = Path::new("checkpoints")
+            .join(&repo)
+            .join("model.safetensors.index.json");
+        let want = format!(
+            "{} is not a valid shard index: shard name `{shard}` is not a plain file name",
+            index.display()
+        );
+        assert!(err.contains(&want), "{shard}: {err}");
+        assert!(
+            !server
+                .log()
+                .iter()
+                .any(|l| l.path.contains("x.safetensors")),
+            "{shard}: the unsafe shard was asked for"
+        );
+        assert!(!tmp
+            .path()
+            .join("models")
+            .join(format!("unsafe-{i}"))
+            .exists());
+    }
 }

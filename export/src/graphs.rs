@@ -18,20 +18,21 @@
 
 use std::path::Path;
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, TensorSource};
 use crate::config::{ClipVisionConfig, LlavaConfig, ProjectorKind};
+use crate::error::ExportError;
 use crate::manifest::{names, Dtype};
 use crate::onnx::{Attr, ElemType, GraphBuilder};
-use crate::ExportError;
 
 mod decoder;
-pub use decoder::{
-    build_decoder, build_fused_decoder, probe_name, Probes, PROBE_FINAL_NORM, PROBE_POINTS,
-};
+mod probes;
+pub use decoder::{build_decoder, build_fused_decoder};
+pub use probes::{probe_name, Probes, PROBE_FINAL_NORM, PROBE_POINTS};
 
 /// Where weights come from.
 pub enum Weights<'a> {
-    Checkpoint(&'a Checkpoint),
+    /// A checkpoint, or a layer over one (an adapter merged in).
+    Checkpoint(&'a dyn TensorSource),
     /// Seeded random values (`--random-weights`), any shape.
     Random,
 }
@@ -97,9 +98,7 @@ impl<'a> Ctx<'a> {
         };
         match self.w {
             Weights::Checkpoint(ckpt) => {
-                let info = ckpt.info(key, shape)?;
-                let raw = ckpt.read(info)?;
-                let dtype = info.dtype;
+                let (dtype, raw) = ckpt.tensor(key, shape)?;
                 Ok(self.g.weight(&name, dt, &out_shape, |w| {
                     checkpoint::convert_into(&raw, dtype, shape, transpose, dt, w)
                 })?)

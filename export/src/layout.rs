@@ -25,15 +25,19 @@
 //! output ships none). Every error names the folder and the flag that fixes it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::checkpoint::Checkpoint;
-use crate::config::{self, ClipVisionConfig, LlavaConfig};
+use crate::checkpoint::{Checkpoint, TensorSource};
+use crate::config::{self, ClipVisionConfig, LlavaConfig, VisionTower};
+use crate::error::ExportError;
 use crate::lora::Adapter;
-use crate::ExportError;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_MODEL: &str = "tokenizer.model";
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
+
+/// One side's weights (decoder or tower), shared: a llava-hf checkpoint feeds both.
+pub type Tensors = Arc<dyn TensorSource>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -160,36 +164,35 @@ impl Source {
         let llava_config = find_config(checkpoint, base)?;
         let map = config::read_json(&llava_config)?;
         let weights_dir = base.unwrap_or(checkpoint).to_path_buf();
-        let (layout, llava, clip, clip_config, vision_dir) = if config::is_llava_hf(&map) {
-            if let Some(tower) = vision_tower {
-                return Err(LayoutError::VisionTowerInside {
-                    config: llava_config,
-                    tower: tower.to_path_buf(),
+        let (layout, llava, clip, clip_config, vision_dir) = match config::vision_tower(&map) {
+            VisionTower::Inside => {
+                if let Some(tower) = vision_tower {
+                    return Err(LayoutError::VisionTowerInside {
+                        config: llava_config,
+                        tower: tower.to_path_buf(),
+                    }
+                    .into());
                 }
-                .into());
+                let (llava, clip) = config::parse_llava_hf(&llava_config)?;
+                let cfg = llava_config.clone();
+                (Layout::LlavaHf, llava, clip, cfg, weights_dir.clone())
             }
-            let (llava, clip) = config::parse_llava_hf(&llava_config)?;
-            let cfg = llava_config.clone();
-            (Layout::LlavaHf, llava, clip, cfg, weights_dir.clone())
-        } else {
-            let llava = config::parse_llava(&llava_config)?;
-            let tower = vision_tower.ok_or_else(|| LayoutError::VisionTowerNeeded {
-                config: llava_config.clone(),
-                tower: map
-                    .get("mm_vision_tower")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("not named")
-                    .to_string(),
-            })?;
-            let clip_config = tower.join(CONFIG_FILE);
-            let clip = config::parse_clip(&clip_config)?;
-            (
-                Layout::Original,
-                llava,
-                clip,
-                clip_config,
-                tower.to_path_buf(),
-            )
+            VisionTower::Separate(named) => {
+                let llava = config::parse_llava(&llava_config)?;
+                let tower = vision_tower.ok_or_else(|| LayoutError::VisionTowerNeeded {
+                    config: llava_config.clone(),
+                    tower: named.unwrap_or_else(|| "not named".to_string()),
+                })?;
+                let clip_config = tower.join(CONFIG_FILE);
+                let clip = config::parse_clip(&clip_config)?;
+                (
+                    Layout::Original,
+                    llava,
+                    clip,
+                    clip_config,
+                    tower.to_path_buf(),
+                )
+            }
         };
         let looked: Vec<PathBuf> = [Some(checkpoint), base]
             .into_iter()
@@ -218,17 +221,18 @@ impl Source {
 
     /// The decoder-side and tower-side weights under the graph builders' names, adapter
     /// merged in (headers only: tensors are read when the graphs ask for them).
-    pub fn open_weights(&self) -> Result<(Checkpoint, Checkpoint), ExportError> {
+    pub fn open_weights(&self) -> Result<(Tensors, Tensors), ExportError> {
         let dir = self.base.as_deref().unwrap_or(&self.checkpoint);
         let layout = self.layout;
-        let mut llava = Checkpoint::open(dir)?.rename(|k| layout.name(k))?;
-        if let Some(adapter) = &self.adapter {
-            adapter.apply(&mut llava, &|k| layout.name(k))?;
-        }
+        let base = Checkpoint::open(dir)?.rename(|k| layout.name(k))?;
+        let llava: Tensors = match &self.adapter {
+            Some(adapter) => Arc::new(adapter.apply(base, &|k| layout.name(k))?),
+            None => Arc::new(base),
+        };
         let clip = match layout {
             // One checkpoint holds both; their names never collide.
-            Layout::LlavaHf => llava.clone(),
-            Layout::Original => Checkpoint::open(&self.vision_dir)?,
+            Layout::LlavaHf => Arc::clone(&llava),
+            Layout::Original => Arc::new(Checkpoint::open(&self.vision_dir)?),
         };
         Ok((llava, clip))
     }

@@ -10,11 +10,12 @@
 
 use std::path::Path;
 
+use super::probes::{Probes, Taps, PROBE_FINAL_NORM};
 use super::{finish, BuiltGraph, Ctx, Weights};
 use crate::config::{LlamaConfig, LlavaConfig};
+use crate::error::ExportError;
 use crate::manifest::{names, Dtype};
-use crate::onnx::{Attr, Dim, ElemType};
-use crate::ExportError;
+use crate::onnx::{Attr, ElemType};
 
 impl Ctx<'_> {
     /// Llama RMSNorm: `weight * (x32 * rsqrt(mean(x32^2) + eps)).to(dtype)`.
@@ -143,74 +144,6 @@ impl Ctx<'_> {
             self.g.output(&names::present_value(l), self.dt, dims());
         }
         Ok(())
-    }
-}
-
-/// Extra decoder outputs for measurement (`examples/layer_drift.rs`); an export never has
-/// them. With [`Probes::On`] the graph also outputs, after its contract's outputs, fp32
-/// copies of the hidden states at each point of [`PROBE_POINTS`] per layer L
-/// (`probe.L.POINT [batch, seq, dim]`, see [`probe_name`]) and of the final norm of the
-/// last position (`probe.final_norm [batch, hidden]`). Probes change no other value: the
-/// tap is a Cast of a tensor that the graph computes anyway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Probes {
-    #[default]
-    Off,
-    On,
-}
-
-/// The probe points of one layer, in graph order: the input norm (what q/k/v see), the
-/// attention output (before o_proj), the residual after attention, the post-attention
-/// norm, the MLP output, the residual after the MLP (the layer's output).
-pub const PROBE_POINTS: [&str; 6] = [
-    "attn_norm",
-    "attn",
-    "attn_resid",
-    "mlp_norm",
-    "mlp",
-    "mlp_resid",
-];
-
-/// The graph output of probe `point` of layer `layer`.
-pub fn probe_name(layer: usize, point: &str) -> String {
-    format!("probe.{layer}.{point}")
-}
-
-/// The graph output of the final norm probe.
-pub const PROBE_FINAL_NORM: &str = "probe.final_norm";
-
-/// Probe outputs collected while a decoder is built, declared after its contract's outputs.
-struct Taps {
-    on: bool,
-    outputs: Vec<(String, Vec<Dim>)>,
-}
-
-impl Taps {
-    fn new(probes: Probes) -> Taps {
-        Taps {
-            on: probes == Probes::On,
-            outputs: Vec::new(),
-        }
-    }
-
-    /// Taps `x` (`[batch, seq, dim]`) as probe `point` of layer `layer`.
-    fn layer(&mut self, c: &mut Ctx, layer: usize, point: &str, x: &str, dim: usize) {
-        let dims = vec!["batch".into(), "seq".into(), dim.into()];
-        self.tap(c, probe_name(layer, point), x, dims);
-    }
-
-    fn tap(&mut self, c: &mut Ctx, name: String, x: &str, dims: Vec<Dim>) {
-        if self.on {
-            let to = ("to", Attr::Int(ElemType::F32 as i64));
-            c.g.node_named("Cast", &[x], vec![to], Some(&name));
-            self.outputs.push((name, dims));
-        }
-    }
-
-    fn declare(self, c: &mut Ctx) {
-        for (name, dims) in self.outputs {
-            c.g.output(&name, ElemType::F32, dims);
-        }
     }
 }
 

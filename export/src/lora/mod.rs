@@ -5,12 +5,14 @@
 //! with the trained projector), and the base checkpoint already opened under the graph
 //! builders' names (see `layout`).
 //!
-//! Output: the base checkpoint with
+//! Output: [`Merged`], a [`TensorSource`] layered over the base checkpoint (which knows
+//! nothing of it), reading
 //! - every full tensor the adapter ships (`non_lora_trainables.bin`, PEFT's saved
-//!   `modules_to_save` and biases) put over the base's, under the same names;
-//! - on every weight a `lora_A` / `lora_B` pair targets, a [`LoraDelta`] that
-//!   `Checkpoint::read` merges when the graph builder reads that weight, one tensor at a
-//!   time: memory stays near one base tensor plus its two factors.
+//!   `modules_to_save` and biases) in place of the base's, under the same names;
+//! - every weight a `lora_A` / `lora_B` pair targets with its [`LoraDelta`] merged in as
+//!   the graph builder reads it, one tensor at a time: memory stays near one base tensor
+//!   plus its two factors;
+//! - every other tensor as the base stores it.
 //!
 //! Arithmetic: what PEFT's `merge_and_unload` computes on a float32 model, saved in the
 //! base's dtype: `delta = (B @ A) * scale` in f32, `W' = round(f32(W) + delta)` to the dtype
@@ -23,14 +25,20 @@
 //! name. Refused with an error naming the file and what: DoRA, `fan_in_fan_out`, LoRA on
 //! embeddings, layer replication, a target the base does not hold, factor shapes that do
 //! not fit the weight.
+//!
+//! Files: this one (the adapter folder, its config and the pairing of factors with
+//! weights), `merge` (the arithmetic).
+
+mod merge;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::checkpoint::{self, Checkpoint, CheckpointError, TensorInfo};
+use crate::checkpoint::{Checkpoint, CheckpointError, TensorInfo, TensorSource};
 use crate::pickle::StorageDtype;
+pub use merge::merge_into;
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 /// LLaVA's `finetune_lora.sh` saves the trained projector here.
@@ -97,18 +105,15 @@ pub struct LoraDelta {
     pub scale: f32,
 }
 
-impl Adapter {
-    /// The adapter in `dir`, or `None` when `dir` has no `adapter_config.json`.
-    pub fn find(dir: &Path) -> Result<Option<Adapter>, LoraError> {
-        let path = dir.join(ADAPTER_CONFIG);
-        if !path.is_file() {
-            return Ok(None);
-        }
+impl AdapterConfig {
+    /// Reads `adapter_config.json` at `path`, refusing what does not merge here (another
+    /// PEFT type, DoRA, `fan_in_fan_out`, layer replication, `r` = 0) with the reason.
+    pub fn read(path: &Path) -> Result<AdapterConfig, LoraError> {
         let bad = |reason: String| LoraError::Config {
-            path: path.clone(),
+            path: path.to_path_buf(),
             reason,
         };
-        let text = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+        let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         let config: AdapterConfig =
             serde_json::from_slice(&text).map_err(|e| bad(format!("not a LoRA config: {e}")))?;
         match config.peft_type.as_deref() {
@@ -135,6 +140,18 @@ impl Adapter {
         if config.r == 0 {
             return Err(bad("r is 0".into()));
         }
+        Ok(config)
+    }
+}
+
+impl Adapter {
+    /// The adapter in `dir`, or `None` when `dir` has no `adapter_config.json`.
+    pub fn find(dir: &Path) -> Result<Option<Adapter>, LoraError> {
+        let path = dir.join(ADAPTER_CONFIG);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let config = AdapterConfig::read(&path)?;
         let weights = ["adapter_model.safetensors", "adapter_model.bin"]
             .iter()
             .map(|n| dir.join(n))
@@ -151,14 +168,15 @@ impl Adapter {
         }))
     }
 
-    /// Puts this adapter's full tensors over `base` and attaches its LoRA updates.
-    /// `name` maps a parameter name of the model the adapter wraps to the graph builders'
-    /// name (the base's layout), `None` for a tensor the graphs never read.
+    /// `base` with this adapter's full tensors put over its own and its LoRA updates
+    /// merged as they are read. `name` maps a parameter name of the model the adapter wraps
+    /// to the graph builders' name (the base's layout), `None` for a tensor the graphs
+    /// never read.
     pub fn apply(
         &self,
-        base: &mut Checkpoint,
+        mut base: Checkpoint,
         name: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(), LoraError> {
+    ) -> Result<Merged, LoraError> {
         if let Some(path) = &self.non_lora {
             let trained = Checkpoint::open_file(path)?.rename(|k| name(&llava_non_lora_key(k)))?;
             base.overlay(trained);
@@ -192,20 +210,24 @@ impl Adapter {
             }
         }
         base.files.push(self.weights.clone());
+        let mut deltas = BTreeMap::new();
         for (module, [a, b]) in pairs {
-            self.attach(base, name, &module, a, b)?;
+            let (target, delta) = self.pair(&base, name, &module, a, b)?;
+            deltas.insert(target, delta);
         }
-        Ok(())
+        Ok(Merged { base, deltas })
     }
 
-    fn attach(
+    /// The update one `lora_A` / `lora_B` pair makes, and the name of the base weight it
+    /// updates (checked to be there, of a shape the factors fit).
+    fn pair(
         &self,
-        base: &mut Checkpoint,
+        base: &Checkpoint,
         name: &dyn Fn(&str) -> Option<String>,
         module: &str,
         a: Option<TensorInfo>,
         b: Option<TensorInfo>,
-    ) -> Result<(), LoraError> {
+    ) -> Result<(String, LoraDelta), LoraError> {
         let err = |reason: String| LoraError::Tensor {
             file: self.weights.clone(),
             key: format!("{module}.lora_A/B"),
@@ -244,8 +266,7 @@ impl Adapter {
         }
         let rank = a.shape[0] as usize;
         let scale = self.scale(module, rank).map_err(err)?;
-        base.set_lora(&target, LoraDelta { a, b, scale })?;
-        Ok(())
+        Ok((target, LoraDelta { a, b, scale }))
     }
 
     /// PEFT's `scaling`: `alpha / r` (rsLoRA: `alpha / sqrt(r)`), per-module patterns first.
@@ -274,6 +295,34 @@ impl Adapter {
             alpha / r as f64
         };
         Ok(scale as f32)
+    }
+}
+
+/// A base checkpoint with an adapter's updates merged into the weights they target as the
+/// graph builders read them; every other tensor reads as the base stores it.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    base: Checkpoint,
+    /// By the graph builders' name of the weight each updates.
+    deltas: BTreeMap<String, LoraDelta>,
+}
+
+impl TensorSource for Merged {
+    fn tensor(
+        &self,
+        key: &str,
+        shape: &[usize],
+    ) -> Result<(StorageDtype, Vec<u8>), CheckpointError> {
+        let info = self.base.info(key, shape)?;
+        let mut raw = self.base.read(info)?;
+        if let Some(delta) = self.deltas.get(key) {
+            merge_into(&mut raw, info, delta)?;
+        }
+        Ok((info.dtype, raw))
+    }
+
+    fn files(&self) -> &[PathBuf] {
+        self.base.files()
     }
 }
 
@@ -317,136 +366,6 @@ fn llava_non_lora_key(key: &str) -> String {
     }
 }
 
-/// Merges `delta` into `raw`, the bytes of weight `w` as stored (see the module contract).
-pub fn merge_into(
-    raw: &mut [u8],
-    w: &TensorInfo,
-    delta: &LoraDelta,
-) -> Result<(), CheckpointError> {
-    let (out, inp) = (w.shape[0] as usize, w.shape[1] as usize);
-    let a = to_f32(&checkpoint::read_raw(&delta.a)?, delta.a.dtype);
-    let b = to_f32(&checkpoint::read_raw(&delta.b)?, delta.b.dtype);
-    let rank = b.len() / out.max(1);
-    let es = w.dtype.size();
-    let mut acc = vec![0f32; ROWS * inp];
-    for (i0, rows) in raw.chunks_mut(ROWS * inp * es).enumerate() {
-        let n = rows.len() / (inp * es);
-        let first = i0 * ROWS;
-        ba_rows(
-            &mut acc[..n * inp],
-            &b[first * rank..(first + n) * rank],
-            &a,
-            inp,
-        );
-        for (bytes, d) in rows.chunks_exact_mut(es).zip(&acc) {
-            let merged = checkpoint::elem_to_f32(w.dtype, bytes) + d * delta.scale;
-            store(w.dtype, merged, bytes);
-        }
-    }
-    Ok(())
-}
-
-fn to_f32(raw: &[u8], dtype: StorageDtype) -> Vec<f32> {
-    raw.chunks_exact(dtype.size())
-        .map(|b| checkpoint::elem_to_f32(dtype, b))
-        .collect()
-}
-
-/// Writes `v` rounded to nearest even into one element of `dtype` (a weight type).
-fn store(dtype: StorageDtype, v: f32, dst: &mut [u8]) {
-    match dtype {
-        StorageDtype::F16 => dst.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
-        StorageDtype::BF16 => dst.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
-        _ => dst.copy_from_slice(&v.to_le_bytes()),
-    }
-}
-
-/// Rows of `B @ A` computed together: each column of `A` is loaded once for all of them.
-const ROWS: usize = 4;
-/// Columns per tile: `ROWS` x `COLS` accumulators stay in registers across the rank.
-const COLS: usize = 16;
-
-/// `acc[r, j] = sum_k b_rows[r, k] * a[k, j]` for up to [`ROWS`] rows, each element one
-/// fused multiply-add per k in order from zero (the order fixes the rounding; tiling only
-/// changes which elements are computed side by side).
-fn ba_rows(acc: &mut [f32], b_rows: &[f32], a: &[f32], inp: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has FMA (checked just above), the one feature the function enables.
-        unsafe { ba_rows_fma(acc, b_rows, a, inp) };
-        return;
-    }
-    ba_rows_portable(acc, b_rows, a, inp);
-}
-
-/// [`ba_rows_portable`] compiled with the FMA instructions, so `mul_add` is one vectorised
-/// instruction instead of a libm call per element (a 7B adapter of rank 128 is ~10^12 of them).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn ba_rows_fma(acc: &mut [f32], b_rows: &[f32], a: &[f32], inp: usize) {
-    ba_rows_portable(acc, b_rows, a, inp);
-}
-
-#[inline(always)]
-fn ba_rows_portable(acc: &mut [f32], b_rows: &[f32], a: &[f32], inp: usize) {
-    let rows = acc.len() / inp;
-    let mut j0 = 0;
-    while j0 < inp {
-        let width = COLS.min(inp - j0);
-        let tile = if rows == ROWS && width == COLS {
-            full_tile(b_rows, a, inp, j0)
-        } else {
-            edge_tile(b_rows, a, inp, j0, rows, width)
-        };
-        for (r, t) in tile.iter().enumerate().take(rows) {
-            acc[r * inp + j0..r * inp + j0 + width].copy_from_slice(&t[..width]);
-        }
-        j0 += width;
-    }
-}
-
-/// A whole tile: constant bounds, so the accumulators live in registers.
-#[inline(always)]
-fn full_tile(b_rows: &[f32], a: &[f32], inp: usize, j0: usize) -> [[f32; COLS]; ROWS] {
-    let rank = b_rows.len() / ROWS;
-    let mut tile = [[0f32; COLS]; ROWS];
-    for k in 0..rank {
-        let a_k: &[f32; COLS] = a[k * inp + j0..k * inp + j0 + COLS]
-            .try_into()
-            .expect("a full tile is COLS wide");
-        for (r, t) in tile.iter_mut().enumerate() {
-            let bk = b_rows[r * rank + k];
-            for j in 0..COLS {
-                t[j] = bk.mul_add(a_k[j], t[j]);
-            }
-        }
-    }
-    tile
-}
-
-/// A tile at the right or bottom edge: fewer rows or columns, same order of sums.
-fn edge_tile(
-    b_rows: &[f32],
-    a: &[f32],
-    inp: usize,
-    j0: usize,
-    rows: usize,
-    width: usize,
-) -> [[f32; COLS]; ROWS] {
-    let rank = b_rows.len() / rows;
-    let mut tile = [[0f32; COLS]; ROWS];
-    for k in 0..rank {
-        let a_k = &a[k * inp + j0..k * inp + j0 + width];
-        for (r, t) in tile.iter_mut().enumerate().take(rows) {
-            let bk = b_rows[r * rank + k];
-            for (s, &x) in t.iter_mut().zip(a_k) {
-                *s = bk.mul_add(x, *s);
-            }
-        }
-    }
-    tile
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,42 +395,5 @@ mod tests {
         let re: BTreeMap<String, serde_json::Value> =
             [("layers.*.q_proj".to_string(), serde_json::json!(16))].into();
         assert!(pattern_value(&re, m).is_err());
-    }
-
-    /// Sequential fused multiply-adds: after -1 * 1, the step (1 + 2^-23) * (1 - 2^-23) - 1
-    /// keeps -2^-46 where a separate multiply would round the product to 1 and give 0.
-    #[test]
-    fn products_are_fused() {
-        let e = f32::EPSILON;
-        let mut acc = vec![0.0f32; 1];
-        ba_rows(&mut acc, &[-1.0, 1.0 + e], &[1.0, 1.0 - e], 1);
-        assert_eq!(acc[0], -(e * e));
-    }
-
-    /// The tiled kernel equals one sequential fused sum per element, for shapes with
-    /// partial row and column tiles.
-    #[test]
-    fn tiles_sum_in_rank_order() {
-        for rows in [3, ROWS] {
-            tiles_match(rows);
-        }
-    }
-
-    fn tiles_match(rows: usize) {
-        let (rank, inp) = (5, 37);
-        let val = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 317.0;
-        let a: Vec<f32> = (0..rank * inp).map(val).collect();
-        let b: Vec<f32> = (0..rows * rank).map(|i| val(i + 13)).collect();
-        let mut acc = vec![0f32; rows * inp];
-        ba_rows(&mut acc, &b, &a, inp);
-        for r in 0..rows {
-            for j in 0..inp {
-                let mut s = 0f32;
-                for k in 0..rank {
-                    s = b[r * rank + k].mul_add(a[k * inp + j], s);
-                }
-                assert_eq!(acc[r * inp + j].to_bits(), s.to_bits(), "({r}, {j})");
-            }
-        }
     }
 }
