@@ -7,8 +7,8 @@
 //! `tokenizer.model` converter, `tokenizer.json` as the run loads it (the tokenizers
 //! library, then the decode table), the JPEG and PNG decoders (with the resize and crop after
 //! them), test.json, the run journal, predictions files, the leaderboard's run manifests
-//! and judge summaries, the judge's journal and reference answers, and the dataset
-//! archive unpacker. Seeds are the repository's own files (models/demo-src, data/mini,
+//! and judge summaries, the judge's journal and reference answers, the harm judge's
+//! verdicts, summary and replies, and the dataset archive unpacker. Seeds are the repository's own files (models/demo-src, data/mini,
 //! tests/fixtures) or files the test writes with the project's own writers (a demo
 //! export, journals); each input is a seed with one to four stacked mutations
 //! ([`fuzz::mutate`]: bit flips, interesting bytes and integers, truncation, deletion,
@@ -714,6 +714,58 @@ fn judge_files() {
             // means whole.
             let loaded = journal::load(&path).is_ok_and(|j| !j.torn);
             loaded || reference.is_ok()
+        }),
+    });
+}
+
+#[test]
+fn harm_judge_files() {
+    use vlguard_ort::formats::{Agreement, HarmSummary, HarmVerdict, HarmVerdicts};
+    let mut verdicts = HarmVerdicts::default();
+    verdicts.0.insert("a.png".into(), Some(HarmVerdict::Unsafe));
+    verdicts.0.insert("b.jpg".into(), None);
+    verdicts.0.insert("c.png".into(), Some(HarmVerdict::Safe));
+    let summary = HarmSummary {
+        task: HarmSummary::TASK.into(),
+        engine: "demo".into(),
+        subset: "unsafes".into(),
+        judge_model: "llama-guard".into(),
+        n: 3,
+        judged: 2,
+        errors: 1,
+        safe: 1,
+        r#unsafe: 1,
+        asr: 50.0,
+        ci95: Some([9.45, 90.55]),
+        string_match_asr: Some(100.0),
+        agreement: Agreement {
+            both: 1,
+            string_only: 1,
+            kappa: None,
+            ..Agreement::default()
+        },
+        ..HarmSummary::default()
+    };
+    fuzz(Target {
+        name: "harm-judge-files",
+        seeds: vec![
+            Seed::whole(serde_json::to_vec_pretty(&verdicts).unwrap()),
+            Seed::whole(serde_json::to_vec_pretty(&summary).unwrap()),
+            // A judge's reply as Llama Guard writes it (read by `parse_verdict`).
+            Seed::whole(b"\n\nunsafe\nS1,S10".to_vec()),
+        ],
+        tokens: JSON_TOKENS,
+        fixup: no_fixup,
+        iterations: 15_000,
+        run: Box::new(|input, _| {
+            let path = Path::new("x.json");
+            let verdicts = vlguard_ort::formats::parse::<HarmVerdicts>(path, input, "v");
+            let summary = vlguard_ort::formats::parse::<HarmSummary>(path, input, "s");
+            let reply = String::from_utf8_lossy(input);
+            let verdict = vlguard_ort::judge::harm::parse_verdict(Some(&reply)).is_ok();
+            verdicts.is_ok_and(|v| v.0.values().flatten().count() <= v.0.len())
+                || summary.is_ok_and(|s| s.asr.is_finite() || s.asr.is_nan())
+                || verdict
         }),
     });
 }
