@@ -13,7 +13,6 @@ use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use vlguard_export::manifest::{GraphKind, GraphSpec, Manifest};
 
 use super::{ort_lib, trt, EngineOptions, EpChoice, Error, Provider};
-use crate::generate::DecoderError;
 
 /// One loaded graph and the element type its float inputs expect.
 pub struct Graph {
@@ -49,18 +48,14 @@ impl Graph {
     }
 
     /// A float tensor of this graph's float type from host f32 values.
-    pub fn float_tensor(
-        &self,
-        values: &[f32],
-        shape: Vec<usize>,
-    ) -> Result<DynValue, DecoderError> {
+    pub fn float_tensor(&self, values: &[f32], shape: Vec<usize>) -> Result<DynValue, Error> {
         float_tensor(values, shape, self.float_type)
     }
 
     /// Turns a session failure into an error naming the graph.
-    pub fn failed(&self) -> impl Fn(ort::Error) -> DecoderError {
-        let kind = self.kind;
-        move |error| DecoderError(format!("{kind} graph: {error}"))
+    pub fn failed(&self) -> impl Fn(ort::Error) -> Error {
+        let graph = self.kind;
+        move |source| Error::Run { graph, source }
     }
 }
 
@@ -221,9 +216,11 @@ pub fn take(
     out: &mut ort::session::SessionOutputs<'_>,
     name: &str,
     kind: GraphKind,
-) -> Result<DynValue, DecoderError> {
-    out.remove(name)
-        .ok_or_else(|| DecoderError(format!("{kind} graph returned no `{name}`")))
+) -> Result<DynValue, Error> {
+    out.remove(name).ok_or_else(|| Error::MissingOutput {
+        graph: kind,
+        tensor: name.to_string(),
+    })
 }
 
 /// A float tensor of type `ty` from host f32 values.
@@ -231,7 +228,7 @@ pub fn float_tensor(
     values: &[f32],
     shape: Vec<usize>,
     ty: TensorElementType,
-) -> Result<DynValue, DecoderError> {
+) -> Result<DynValue, Error> {
     let result = match ty {
         TensorElementType::Float16 => Tensor::from_array((shape, {
             // half's slice conversion uses the CPU's F16C instructions when present.
@@ -242,34 +239,35 @@ pub fn float_tensor(
         .map(|t| t.into_dyn()),
         _ => Tensor::from_array((shape, values.to_vec())).map(|t| t.into_dyn()),
     };
-    result.map_err(|e| DecoderError(format!("cannot build a tensor: {e}")))
+    result.map_err(|source| Error::FloatInput { source })
 }
 
 /// An integer tensor (ids, masks, positions, lengths).
 pub fn int_tensor<T>(
     values: Vec<T>,
     shape: Vec<usize>,
-    what: &str,
-) -> Result<DynValue, DecoderError>
+    what: &'static str,
+) -> Result<DynValue, Error>
 where
     T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
 {
     Tensor::from_array((shape, values))
         .map(|t| t.into_dyn())
-        .map_err(|e| DecoderError(format!("{what}: {e}")))
+        .map_err(|source| Error::IntInput {
+            tensor: what,
+            source,
+        })
 }
 
 /// Host f32 values of a float32 or float16 tensor.
-pub fn to_f32(value: &DynValue, what: &str) -> Result<Vec<f32>, DecoderError> {
+pub fn to_f32(value: &DynValue, what: &'static str) -> Result<Vec<f32>, Error> {
     if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
         return Ok(data.to_vec());
     }
     if let Ok((_, data)) = value.try_extract_tensor::<f16>() {
         return Ok(data.to_f32_vec());
     }
-    Err(DecoderError(format!(
-        "{what} is neither float32 nor float16"
-    )))
+    Err(Error::ElementType { tensor: what })
 }
 
 #[cfg(test)]
