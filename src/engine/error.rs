@@ -14,6 +14,38 @@ use vlguard_export::manifest::GraphKind;
 
 use super::{dylib, ort_lib, validate, verify, Provider};
 
+/// Why a graph's session could not be made, or its device memory set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("file not found (re-export the model)")]
+    MissingFile,
+    /// ONNX Runtime refused: the session builder, a provider's registration, the graph
+    /// file, or device memory (out of memory among others).
+    #[error(transparent)]
+    Ort(#[from] ort::Error),
+    /// The ONNX Runtime library a GPU provider needs.
+    #[error(transparent)]
+    Library(#[from] ort_lib::LibraryError),
+    /// The CUDA / cuDNN libraries could not be preloaded (the text names the library and
+    /// the setup command; kept as text: every session of the process shares the one
+    /// preload's outcome).
+    #[error("{0}")]
+    CudaLibraries(String),
+    /// TensorRT's libraries, or a graph TensorRT is not used for (the fused decoder, an
+    /// fp32 model, no optimisation profile), as the TensorRT module words it.
+    #[error("{0}")]
+    TensorRt(String),
+    /// The decoder cache's allocator on the device.
+    #[error("cannot allocate the cache on the device: {0}")]
+    DeviceCache(ort::Error),
+    /// The graph file, read without a session (`inspect`).
+    #[error(transparent)]
+    GraphFile(#[from] vlguard_export::graph_io::GraphIoError),
+    /// No provider of the list was tried (an empty list).
+    #[error("no execution provider to try")]
+    NoProvider,
+}
+
 /// cudaErrorMemoryAllocation (driver_types.h).
 pub const CUDA_ERROR_MEMORY_ALLOCATION: i32 = 2;
 
@@ -25,11 +57,11 @@ pub enum Error {
     Manifest(#[from] vlguard_export::manifest::ManifestError),
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
-    #[error("graph {graph} ({path}): {message}")]
+    #[error("graph {graph} ({path}): {source}")]
     Session {
         graph: GraphKind,
         path: PathBuf,
-        message: String,
+        source: SessionError,
     },
     #[error("{path} cannot be right: {}", list(.problems))]
     Fields {
@@ -39,12 +71,12 @@ pub enum Error {
     #[error("graph {graph} does not match manifest.json: {message}")]
     Contract { graph: GraphKind, message: String },
     #[error(
-        "execution provider {provider} was requested but could not be used for graph {graph}: {message}"
+        "execution provider {provider} was requested but could not be used for graph {graph}: {source}"
     )]
     Provider {
         provider: Provider,
         graph: GraphKind,
-        message: String,
+        source: SessionError,
     },
     /// A GPU library, symbol or probe call (the CUDA runtime for device copies).
     #[error(transparent)]
@@ -155,6 +187,10 @@ impl Error {
             | Error::CacheAlloc { source, .. }
             | Error::CacheAccess { source }
             | Error::CacheRebuild { source } => Some(source),
+            Error::Session { source, .. } | Error::Provider { source, .. } => match source {
+                SessionError::Ort(e) | SessionError::DeviceCache(e) => Some(e),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -217,6 +253,38 @@ mod tests {
         ] {
             assert!(!is_out_of_memory_message(message), "{message}");
         }
+    }
+
+    #[test]
+    fn session_failures_name_the_graph_and_file_and_read_as_before() {
+        let missing = Error::Session {
+            graph: GraphKind::Decoder,
+            path: PathBuf::from("m/decoder.onnx"),
+            source: SessionError::MissingFile,
+        };
+        assert_eq!(
+            missing.to_string(),
+            "graph decoder (m/decoder.onnx): file not found (re-export the model)"
+        );
+        assert_eq!(missing.graph(), Some(GraphKind::Decoder));
+        assert!(!missing.is_out_of_memory());
+        let trt = Error::Provider {
+            provider: Provider::TensorRt,
+            graph: GraphKind::Vision,
+            source: SessionError::TensorRt("TensorRT runs fp16 models only".into()),
+        };
+        assert_eq!(
+            trt.to_string(),
+            "execution provider TensorrtExecutionProvider was requested but could not be used \
+             for graph vision: TensorRT runs fp16 models only"
+        );
+        assert!(matches!(
+            trt,
+            Error::Provider {
+                source: SessionError::TensorRt(_),
+                ..
+            }
+        ));
     }
 
     #[test]

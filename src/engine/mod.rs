@@ -31,7 +31,7 @@ use vlguard_export::manifest::{Dtype, Flavour, GraphKind, Manifest};
 
 use crate::generate::Decoder;
 use decoders::{fused::FusedDecoder, plain::PlainDecoder, Embedder};
-pub use error::{is_out_of_memory_message, Error, CUDA_ERROR_MEMORY_ALLOCATION};
+pub use error::{is_out_of_memory_message, Error, SessionError, CUDA_ERROR_MEMORY_ALLOCATION};
 pub use images::ImageEncoder;
 use session::{Graph, Loader};
 
@@ -207,15 +207,15 @@ fn open_decoder(
         .get(&GraphKind::Decoder)
         .is_some_and(|&p| p != Provider::Cpu);
     let riders = on_device || options.keep_finished_rows;
-    let device_error = |message: String| Error::Session {
+    let device_error = |source: SessionError| Error::Session {
         graph: GraphKind::Decoder,
         path: options.model_dir.join(&manifest.graphs.decoder.file),
-        message,
+        source,
     };
     let device = match on_device {
-        true => Some(
-            cuda::DeviceMemory::cuda(options.device_id).map_err(|e| device_error(e.to_string()))?,
-        ),
+        true => {
+            Some(cuda::DeviceMemory::cuda(options.device_id).map_err(|e| device_error(e.into()))?)
+        }
         false => None,
     };
     if manifest.decoder.flavour == Flavour::Plain {
@@ -238,10 +238,8 @@ fn open_decoder(
         ),
         None => (ort::memory::Allocator::default(), None),
         Some(memory) => {
-            let allocator =
-                ort::memory::Allocator::new(&graph.session, memory.device).map_err(|e| {
-                    device_error(format!("cannot allocate the cache on the device: {e}"))
-                })?;
+            let allocator = ort::memory::Allocator::new(&graph.session, memory.device)
+                .map_err(|e| device_error(SessionError::DeviceCache(e)))?;
             let copy = cuda::cudart(ort_lib)
                 .map_err(Error::from)
                 .and_then(|cudart| cuda::DeviceCopy::load(cudart, options.device_id))

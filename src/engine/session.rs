@@ -12,7 +12,7 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use vlguard_export::manifest::{GraphKind, GraphSpec, Manifest};
 
-use super::{ort_lib, trt, EngineOptions, EpChoice, Error, Provider};
+use super::{ort_lib, trt, EngineOptions, EpChoice, Error, Provider, SessionError};
 
 /// One loaded graph and the element type its float inputs expect.
 pub struct Graph {
@@ -85,27 +85,27 @@ impl Loader<'_> {
             EpChoice::Cuda => &[Provider::Cuda],
             EpChoice::Tensorrt => &[Provider::TensorRt],
         };
-        let session_error = |message: String| Error::Session {
+        let session_error = |source: SessionError| Error::Session {
             graph: kind,
             path: path.clone(),
-            message,
+            source,
         };
         if !path.is_file() {
-            return Err(session_error("file not found (re-export the model)".into()));
+            return Err(session_error(SessionError::MissingFile));
         }
-        let mut last_error = String::new();
+        let mut last_error = SessionError::NoProvider;
         for &provider in order {
             match self.try_session(kind, &path, provider) {
                 Ok(session) => return Ok((session, provider)),
-                Err(message) if self.options.ep == EpChoice::Auto && provider != Provider::Cpu => {
-                    last_error = message;
+                Err(source) if self.options.ep == EpChoice::Auto && provider != Provider::Cpu => {
+                    last_error = source;
                 }
-                Err(message) if provider == Provider::Cpu => return Err(session_error(message)),
-                Err(message) => {
+                Err(source) if provider == Provider::Cpu => return Err(session_error(source)),
+                Err(source) => {
                     return Err(Error::Provider {
                         provider,
                         graph: kind,
-                        message,
+                        source,
                     })
                 }
             }
@@ -118,17 +118,16 @@ impl Loader<'_> {
         kind: GraphKind,
         path: &Path,
         provider: Provider,
-    ) -> Result<Session, String> {
+    ) -> Result<Session, SessionError> {
         let options = self.options;
-        let mut builder = Session::builder(self.env).map_err(|e| e.to_string())?;
+        let refused = |e: ort::Error<_>| SessionError::Ort(e.into());
+        let mut builder = Session::builder(self.env)?;
         if let Some(threads) = options.threads {
-            builder = builder
-                .with_intra_threads(threads)
-                .map_err(|e| e.to_string())?;
+            builder = builder.with_intra_threads(threads).map_err(refused)?;
         }
         if provider != Provider::Cpu {
-            let lib = ort_lib::init(options.ort_lib.as_deref()).map_err(|e| e.to_string())?;
-            super::cuda::preload(&lib)?;
+            let lib = ort_lib::init(options.ort_lib.as_deref())?;
+            super::cuda::preload(&lib).map_err(SessionError::CudaLibraries)?;
         }
         let mut dispatch = Vec::new();
         for &registered in registered_with(provider) {
@@ -142,7 +141,8 @@ impl Loader<'_> {
                 // fp16 models only, this graph's optimisation profile, engine and timing
                 // caches in the keyed folder.
                 Provider::TensorRt => {
-                    trt::libs::preload(self.trt_lib_dir.as_deref())?;
+                    trt::libs::preload(self.trt_lib_dir.as_deref())
+                        .map_err(SessionError::TensorRt)?;
                     trt::execution_provider(
                         self.manifest,
                         kind,
@@ -150,7 +150,8 @@ impl Loader<'_> {
                         options.device_id,
                         &options.trt_limits,
                         self.trt_dir.as_deref(),
-                    )?
+                    )
+                    .map_err(SessionError::TensorRt)?
                 }
                 Provider::Cpu => continue,
             });
@@ -158,9 +159,9 @@ impl Loader<'_> {
         if !dispatch.is_empty() {
             builder = builder
                 .with_execution_providers(dispatch)
-                .map_err(|e| e.to_string())?;
+                .map_err(refused)?;
         }
-        builder.commit_from_file(path).map_err(|e| e.to_string())
+        Ok(builder.commit_from_file(path)?)
     }
 }
 
