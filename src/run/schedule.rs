@@ -316,3 +316,78 @@ fn journal_entry(
             .then_some(generation.min_margin),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::results::{read_entries, Fingerprint, Lock, Paths};
+
+    /// A recorder on a fresh journal in `dir`.
+    fn recorder(dir: &std::path::Path) -> (Recorder, Paths) {
+        let paths = Paths::new(dir, "unsafes", "demo");
+        std::fs::create_dir_all(paths.journal.parent().unwrap()).unwrap();
+        let lock = Lock::acquire(&paths.lock).unwrap();
+        let fingerprint = Fingerprint {
+            model_manifest_sha256: "m".into(),
+            subset: "unsafes".into(),
+            max_new_tokens: 4,
+            dataset_sha256: "d".into(),
+        };
+        let (journal, entries) = Journal::open(&paths, lock, &fingerprint, false).unwrap();
+        let recorder = Recorder {
+            journal,
+            entries,
+            errors: Vec::new(),
+            n_generated: 0,
+            progress: indicatif::ProgressBar::hidden(),
+        };
+        (recorder, paths)
+    }
+
+    #[test]
+    fn a_typed_failure_is_journaled_with_the_text_it_always_had() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut recorder, paths) = recorder(tmp.path());
+        let decoder = engine::Error::CacheFull {
+            positions: 70,
+            capacity: 64,
+        };
+        let failures = [
+            (
+                "a.png",
+                SampleFailure::from(generate::Failure::Decoder(Arc::new(decoder))),
+                "fused decoder: 70 positions do not fit the cache's 64 (prompt + max new tokens)",
+            ),
+            (
+                "b.png",
+                SampleFailure::from(generate::Failure::Prompt(
+                    generate::PromptError::ImageSlots {
+                        found: 2,
+                        image_token_id: -200,
+                    },
+                )),
+                "the prompt has 2 image slots (id -200); exactly one is expected",
+            ),
+            (
+                "c.png",
+                SampleFailure::Image(ImageError::Vision(Arc::new(engine::Error::Cuda {
+                    call: "cudaMemcpyAsync",
+                    code: 2,
+                }))),
+                "cudaMemcpyAsync failed with CUDA error 2",
+            ),
+        ];
+        for (image, failure, _) in &failures {
+            recorder.error(image, failure).unwrap();
+        }
+        let journaled = read_entries(&paths.journal).unwrap();
+        for (image, _, text) in &failures {
+            assert_eq!(journaled[*image].error.as_deref(), Some(*text), "{image}");
+            assert!(recorder
+                .errors
+                .contains(&(image.to_string(), text.to_string())));
+        }
+    }
+}
