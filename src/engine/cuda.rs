@@ -70,11 +70,21 @@ pub fn cudart(ort_lib: &Path) -> Result<&'static Lib, ProbeError> {
         .map_err(Clone::clone)
 }
 
-static CUDA_PRELOADED: OnceLock<Result<(), String>> = OnceLock::new();
+/// The CUDA / cuDNN libraries could not be preloaded (ONNX Runtime's error, shared by
+/// every session of the process: the preload runs once).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{source} (run `vlguard-ort setup --gpu`, or set VLGUARD_CUDA_LIB_DIR / VLGUARD_CUDNN_LIB_DIR)"
+)]
+pub struct PreloadError {
+    source: std::sync::Arc<ort::Error>,
+}
+
+static CUDA_PRELOADED: OnceLock<Result<(), PreloadError>> = OnceLock::new();
 
 /// Preloads the CUDA and cuDNN libraries once, so the CUDA provider finds them without
 /// LD_LIBRARY_PATH. An error names the missing library and the setup command.
-pub fn preload(ort_lib: &Path) -> Result<(), String> {
+pub fn preload(ort_lib: &Path) -> Result<(), PreloadError> {
     CUDA_PRELOADED
         .get_or_init(|| {
             let (cuda, cudnn) = cuda_lib_dirs(ort_lib);
@@ -82,7 +92,9 @@ pub fn preload(ort_lib: &Path) -> Result<(), String> {
                 return Ok(());
             }
             ort::ep::cuda::preload_dylibs(cuda.as_deref(), cudnn.as_deref()).map_err(|e| {
-                format!("{e} (run `vlguard-ort setup --gpu`, or set VLGUARD_CUDA_LIB_DIR / VLGUARD_CUDNN_LIB_DIR)")
+                PreloadError {
+                    source: std::sync::Arc::new(e),
+                }
             })
         })
         .clone()

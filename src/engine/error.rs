@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use vlguard_export::manifest::GraphKind;
 
-use super::{dylib, ort_lib, validate, verify, Provider};
+use super::{cuda, dylib, ort_lib, trt, validate, verify, Provider};
 
 /// Why a graph's session could not be made, or its device memory set up.
 #[derive(Debug, thiserror::Error)]
@@ -27,14 +27,16 @@ pub enum SessionError {
     #[error(transparent)]
     Library(#[from] ort_lib::LibraryError),
     /// The CUDA / cuDNN libraries could not be preloaded (the text names the library and
-    /// the setup command; kept as text: every session of the process shares the one
-    /// preload's outcome).
-    #[error("{0}")]
-    CudaLibraries(String),
-    /// TensorRT's libraries, or a graph TensorRT is not used for (the fused decoder, an
-    /// fp32 model, no optimisation profile), as the TensorRT module words it.
-    #[error("{0}")]
-    TensorRt(String),
+    /// the setup command).
+    #[error(transparent)]
+    CudaLibraries(#[from] cuda::PreloadError),
+    /// TensorRT's libraries could not be loaded from their folder.
+    #[error(transparent)]
+    TensorRtLibraries(#[from] trt::libs::LibsError),
+    /// A graph TensorRT is not used for (the fused decoder, an fp32 model, an input with
+    /// no optimisation profile).
+    #[error(transparent)]
+    TensorRt(#[from] trt::Refused),
     /// The decoder cache's allocator on the device.
     #[error("cannot allocate the cache on the device: {0}")]
     DeviceCache(ort::Error),
@@ -61,7 +63,8 @@ pub enum Error {
     Session {
         graph: GraphKind,
         path: PathBuf,
-        source: SessionError,
+        /// Boxed: the engine's error stays small on the happy path of every graph call.
+        source: Box<SessionError>,
     },
     #[error("{path} cannot be right: {}", list(.problems))]
     Fields {
@@ -76,7 +79,7 @@ pub enum Error {
     Provider {
         provider: Provider,
         graph: GraphKind,
-        source: SessionError,
+        source: Box<SessionError>,
     },
     /// A GPU library, symbol or probe call (the CUDA runtime for device copies).
     #[error(transparent)]
@@ -187,7 +190,7 @@ impl Error {
             | Error::CacheAlloc { source, .. }
             | Error::CacheAccess { source }
             | Error::CacheRebuild { source } => Some(source),
-            Error::Session { source, .. } | Error::Provider { source, .. } => match source {
+            Error::Session { source, .. } | Error::Provider { source, .. } => match &**source {
                 SessionError::Ort(e) | SessionError::DeviceCache(e) => Some(e),
                 _ => None,
             },
@@ -260,7 +263,7 @@ mod tests {
         let missing = Error::Session {
             graph: GraphKind::Decoder,
             path: PathBuf::from("m/decoder.onnx"),
-            source: SessionError::MissingFile,
+            source: Box::new(SessionError::MissingFile),
         };
         assert_eq!(
             missing.to_string(),
@@ -271,19 +274,19 @@ mod tests {
         let trt = Error::Provider {
             provider: Provider::TensorRt,
             graph: GraphKind::Vision,
-            source: SessionError::TensorRt("TensorRT runs fp16 models only".into()),
+            source: Box::new(SessionError::TensorRt(trt::Refused::Fp32)),
         };
         assert_eq!(
             trt.to_string(),
-            "execution provider TensorrtExecutionProvider was requested but could not be used \
-             for graph vision: TensorRT runs fp16 models only"
+            format!(
+                "execution provider TensorrtExecutionProvider was requested but could not be \
+                 used for graph vision: {}",
+                trt::FP32_REFUSED
+            )
         );
         assert!(matches!(
             trt,
-            Error::Provider {
-                source: SessionError::TensorRt(_),
-                ..
-            }
+            Error::Provider { ref source, .. } if matches!(**source, SessionError::TensorRt(_))
         ));
     }
 

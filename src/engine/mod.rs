@@ -210,7 +210,7 @@ fn open_decoder(
     let device_error = |source: SessionError| Error::Session {
         graph: GraphKind::Decoder,
         path: options.model_dir.join(&manifest.graphs.decoder.file),
-        source,
+        source: Box::new(source),
     };
     let device = match on_device {
         true => {

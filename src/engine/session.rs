@@ -88,7 +88,7 @@ impl Loader<'_> {
         let session_error = |source: SessionError| Error::Session {
             graph: kind,
             path: path.clone(),
-            source,
+            source: Box::new(source),
         };
         if !path.is_file() {
             return Err(session_error(SessionError::MissingFile));
@@ -105,7 +105,7 @@ impl Loader<'_> {
                     return Err(Error::Provider {
                         provider,
                         graph: kind,
-                        source,
+                        source: Box::new(source),
                     })
                 }
             }
@@ -127,7 +127,7 @@ impl Loader<'_> {
         }
         if provider != Provider::Cpu {
             let lib = ort_lib::init(options.ort_lib.as_deref())?;
-            super::cuda::preload(&lib).map_err(SessionError::CudaLibraries)?;
+            super::cuda::preload(&lib)?;
         }
         let mut dispatch = Vec::new();
         for &registered in registered_with(provider) {
@@ -141,8 +141,7 @@ impl Loader<'_> {
                 // fp16 models only, this graph's optimisation profile, engine and timing
                 // caches in the keyed folder.
                 Provider::TensorRt => {
-                    trt::libs::preload(self.trt_lib_dir.as_deref())
-                        .map_err(SessionError::TensorRt)?;
+                    trt::libs::preload(self.trt_lib_dir.as_deref())?;
                     trt::execution_provider(
                         self.manifest,
                         kind,
@@ -150,8 +149,7 @@ impl Loader<'_> {
                         options.device_id,
                         &options.trt_limits,
                         self.trt_dir.as_deref(),
-                    )
-                    .map_err(SessionError::TensorRt)?
+                    )?
                 }
                 Provider::Cpu => continue,
             });
