@@ -40,7 +40,7 @@ pub fn command(args: &InspectArgs) -> Result<ExitCode, Error> {
         let io = graph_io::read_file(&path).map_err(|e| Error::Session {
             graph: kind,
             path: path.clone(),
-            message: e.to_string(),
+            source: Box::new(e.into()),
         })?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         println!("\n{kind}: {file} ({size} bytes)");

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use super::dylib::{c_text, status, ErrorString, Lib, ProbeError};
 use super::ort_lib::places::runtime_site;
-use crate::generate::DecoderError;
+use super::Error;
 
 pub const NVML_LIB: &str = "libnvidia-ml.so.1";
 
@@ -58,11 +58,33 @@ pub fn cudart_path(ort_lib: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(CUDART_LIB))
 }
 
-static CUDA_PRELOADED: OnceLock<Result<(), String>> = OnceLock::new();
+static CUDART: OnceLock<Result<Lib, ProbeError>> = OnceLock::new();
+
+/// The CUDA runtime at [`cudart_path`], opened once per process: the GPU probe and the
+/// device copies share this one handle (the library ONNX Runtime's CUDA provider loads).
+/// The first call's `ort_lib` decides the path; a process uses one ONNX Runtime library.
+pub fn cudart(ort_lib: &Path) -> Result<&'static Lib, ProbeError> {
+    CUDART
+        .get_or_init(|| Lib::open(&cudart_path(ort_lib)))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// The CUDA / cuDNN libraries could not be preloaded (ONNX Runtime's error, shared by
+/// every session of the process: the preload runs once).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{source} (run `vlguard-ort setup --gpu`, or set VLGUARD_CUDA_LIB_DIR / VLGUARD_CUDNN_LIB_DIR)"
+)]
+pub struct PreloadError {
+    source: std::sync::Arc<ort::Error>,
+}
+
+static CUDA_PRELOADED: OnceLock<Result<(), PreloadError>> = OnceLock::new();
 
 /// Preloads the CUDA and cuDNN libraries once, so the CUDA provider finds them without
 /// LD_LIBRARY_PATH. An error names the missing library and the setup command.
-pub fn preload(ort_lib: &Path) -> Result<(), String> {
+pub fn preload(ort_lib: &Path) -> Result<(), PreloadError> {
     CUDA_PRELOADED
         .get_or_init(|| {
             let (cuda, cudnn) = cuda_lib_dirs(ort_lib);
@@ -70,7 +92,9 @@ pub fn preload(ort_lib: &Path) -> Result<(), String> {
                 return Ok(());
             }
             ort::ep::cuda::preload_dylibs(cuda.as_deref(), cudnn.as_deref()).map_err(|e| {
-                format!("{e} (run `vlguard-ort setup --gpu`, or set VLGUARD_CUDA_LIB_DIR / VLGUARD_CUDNN_LIB_DIR)")
+                PreloadError {
+                    source: std::sync::Arc::new(e),
+                }
             })
         })
         .clone()
@@ -87,24 +111,19 @@ const NVML_NAME_BUFFER: usize = 96;
 /// (`cudaDeviceGetAttribute`), the name from NVML by the device's PCI bus id (the CUDA
 /// runtime's own name lives in `cudaDeviceProp`, a struct whose layout changes between
 /// CUDA versions). The runtime is the one [`cuda_lib_dirs`] finds beside
-/// ONNX Runtime, else the system loader's.
+/// ONNX Runtime, else the system loader's ([`cudart`]).
 pub fn gpu_identity(ort_lib: &Path, device_id: i32) -> Result<GpuIdentity, ProbeError> {
-    let cudart = cudart_path(ort_lib);
-    gpu_identity_from(&cudart, Path::new(NVML_LIB), device_id)
+    gpu_identity_from(cudart(ort_lib)?, Path::new(NVML_LIB), device_id)
 }
 
-pub fn gpu_identity_from(
-    cudart: &Path,
-    nvml: &Path,
-    device_id: i32,
-) -> Result<GpuIdentity, ProbeError> {
+/// [`gpu_identity`] through the CUDA runtime `rt` and the NVML library at `nvml`.
+pub fn gpu_identity_from(rt: &Lib, nvml: &Path, device_id: i32) -> Result<GpuIdentity, ProbeError> {
     type GetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
     type GetPciBusId = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> c_int;
     type NoArgs = unsafe extern "C" fn() -> c_int;
     type HandleByBusId = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> c_int;
     type GetName = unsafe extern "C" fn(*mut c_void, *mut c_char, c_uint) -> c_int;
 
-    let rt = Lib::open(cudart)?;
     let get_attribute = rt.get::<GetAttribute>("cudaDeviceGetAttribute")?;
     let get_bus_id = rt.get::<GetPciBusId>("cudaDeviceGetPCIBusId")?;
     // `const char* cudaGetErrorString(cudaError_t)`: a static string.
@@ -177,7 +196,7 @@ pub struct DeviceMemory {
 }
 
 impl DeviceMemory {
-    pub fn host() -> Result<ort::memory::MemoryInfo<'static>, String> {
+    pub fn host() -> ort::Result<ort::memory::MemoryInfo<'static>> {
         use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
         MemoryInfo::new(
             AllocationDevice::CPU,
@@ -185,18 +204,16 @@ impl DeviceMemory {
             AllocatorType::Device,
             MemoryType::Default,
         )
-        .map_err(|e| e.to_string())
     }
 
-    pub fn cuda(device_id: i32) -> Result<DeviceMemory, String> {
+    pub fn cuda(device_id: i32) -> ort::Result<DeviceMemory> {
         use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
         let device = MemoryInfo::new(
             AllocationDevice::CUDA,
             device_id,
             AllocatorType::Device,
             MemoryType::Default,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         Ok(DeviceMemory {
             device,
             host: DeviceMemory::host()?,
@@ -241,8 +258,6 @@ struct CudaCopy {
     stream_destroy: unsafe extern "C" fn(*mut c_void) -> c_int,
     stream: Stream,
     device_id: c_int,
-    /// Holds the library (never unloaded: see [`Lib`]).
-    _lib: Lib,
 }
 
 /// cudaMemcpyKind::cudaMemcpyDeviceToDevice (driver_types.h).
@@ -254,9 +269,9 @@ const CUDA_STREAM_NON_BLOCKING: c_uint = 1;
 type CreateStream = unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int;
 
 impl DeviceCopy {
-    /// Copies on CUDA device `device_id` through `cudart`, on a stream created here.
-    pub fn load(cudart: &std::path::Path, device_id: i32) -> Result<DeviceCopy, String> {
-        let lib = Lib::open(cudart).map_err(|e| e.to_string())?;
+    /// Copies on CUDA device `device_id` through the CUDA runtime `lib` ([`cudart`]), on a
+    /// stream created here. The function pointers stay valid: a [`Lib`] is never unloaded.
+    pub fn load(lib: &Lib, device_id: i32) -> Result<DeviceCopy, Error> {
         // The symbols with their C prototypes from cuda_runtime_api.h.
         let symbols = || -> Result<_, ProbeError> {
             Ok((
@@ -267,18 +282,16 @@ impl DeviceCopy {
                 lib.get("cudaStreamDestroy")?,
             ))
         };
-        let (set_device, create, memcpy_async, stream_synchronize, stream_destroy) =
-            symbols().map_err(|e| e.to_string())?;
+        let (set_device, create, memcpy_async, stream_synchronize, stream_destroy) = symbols()?;
         let mut stream: *mut c_void = std::ptr::null_mut();
         // SAFETY: `cudaError_t cudaSetDevice(int)`, then `cudaError_t
         // cudaStreamCreateWithFlags(cudaStream_t*, unsigned int)` writing one handle.
         unsafe {
-            Self::check("cudaSetDevice", set_device(device_id)).map_err(|e| e.0)?;
+            Self::check("cudaSetDevice", set_device(device_id))?;
             Self::check(
                 "cudaStreamCreateWithFlags",
                 create(&mut stream, CUDA_STREAM_NON_BLOCKING),
-            )
-            .map_err(|e| e.0)?;
+            )?;
         }
         Ok(DeviceCopy {
             backend: Backend::Cuda(CudaCopy {
@@ -288,7 +301,6 @@ impl DeviceCopy {
                 stream_destroy,
                 stream: Stream(stream),
                 device_id,
-                _lib: lib,
             }),
         })
     }
@@ -300,12 +312,10 @@ impl DeviceCopy {
         }
     }
 
-    fn check(what: &str, code: c_int) -> Result<(), DecoderError> {
+    fn check(call: &'static str, code: c_int) -> Result<(), Error> {
         match code {
             0 => Ok(()),
-            code => Err(DecoderError(format!(
-                "{what} failed with CUDA error {code}"
-            ))),
+            code => Err(Error::Cuda { call, code }),
         }
     }
 
@@ -320,7 +330,7 @@ impl DeviceCopy {
         dst: *mut c_void,
         src: *const c_void,
         bytes: usize,
-    ) -> Result<(), DecoderError> {
+    ) -> Result<(), Error> {
         match &self.backend {
             // SAFETY: per this function's contract.
             Backend::Host => unsafe {
@@ -345,7 +355,7 @@ impl DeviceCopy {
     }
 
     /// Waits for the queued copies (this copier's stream only).
-    pub fn finish(&self) -> Result<(), DecoderError> {
+    pub fn finish(&self) -> Result<(), Error> {
         match &self.backend {
             Backend::Host => Ok(()),
             // SAFETY: `cudaError_t cudaStreamSynchronize(cudaStream_t)` on our own stream.
@@ -379,7 +389,8 @@ mod tests {
     #[test]
     fn probes_fail_soft_without_the_libraries() {
         // A library that loads but is not the CUDA runtime: the symbol is named.
-        let err = gpu_identity_from(Path::new("libc.so.6"), Path::new(NVML_LIB), 0).unwrap_err();
+        let libc = Lib::open(Path::new("libc.so.6")).unwrap();
+        let err = gpu_identity_from(&libc, Path::new(NVML_LIB), 0).unwrap_err();
         assert!(
             matches!(&err, ProbeError::Symbol { symbol, .. } if *symbol == "cudaDeviceGetAttribute"),
             "{err}"
@@ -390,8 +401,9 @@ mod tests {
     fn gpu_identity_reads_name_and_compute_capability_through_the_c_api() {
         let tmp = tempfile::tempdir().unwrap();
         let stub = crate::engine::dylib::stub::stub_library(tmp.path());
-        assert_eq!(gpu_identity_from(&stub, &stub, 1).unwrap(), h100());
-        let err = gpu_identity_from(&stub, &stub, 0).unwrap_err();
+        let rt = Lib::open(&stub).unwrap();
+        assert_eq!(gpu_identity_from(&rt, &stub, 1).unwrap(), h100());
+        let err = gpu_identity_from(&rt, &stub, 0).unwrap_err();
         assert_eq!(
             err,
             ProbeError::Call {
@@ -407,7 +419,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let stub = crate::engine::dylib::stub::stub_library(tmp.path());
         // The stub's cudaMemcpyAsync copies host memory, on its stream only.
-        let copier = DeviceCopy::load(&stub, 1).unwrap();
+        let lib = Lib::open(&stub).unwrap();
+        let copier = DeviceCopy::load(&lib, 1).unwrap();
         let src: Vec<u8> = (0..64).collect();
         let mut dst = vec![0u8; 64];
         // SAFETY: two live buffers of 32 bytes from offset 16 and 0.
@@ -416,7 +429,6 @@ mod tests {
                 .copy(dst.as_mut_ptr().cast(), src[16..].as_ptr().cast(), 32)
                 .unwrap()
         };
-        let lib = Lib::open(&stub).unwrap();
         let counter = |name| {
             let f = lib.get::<unsafe extern "C" fn() -> c_int>(name).unwrap();
             // SAFETY: the stub's `int name(void)` counters.
@@ -437,10 +449,21 @@ mod tests {
         assert_eq!(&dst[..32], &src[16..48]);
         assert_eq!(dst[32..], [0u8; 32]);
         // Another device: cudaSetDevice's error, before any stream exists.
-        let err = DeviceCopy::load(&stub, 0)
+        let err = DeviceCopy::load(&lib, 0)
             .err()
             .expect("device 0 is invalid");
-        assert_eq!(err, "cudaSetDevice failed with CUDA error 101");
+        assert!(
+            matches!(
+                err,
+                Error::Cuda {
+                    call: "cudaSetDevice",
+                    code: 101
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "cudaSetDevice failed with CUDA error 101");
+        assert!(!err.is_out_of_memory());
     }
 
     #[test]
@@ -456,12 +479,37 @@ mod tests {
 
     #[test]
     fn device_copy_without_a_cuda_runtime_says_what_is_missing() {
-        let missing = DeviceCopy::load(Path::new("/nonexistent/libcudart.so.13"), 0);
-        let err = missing.err().expect("no such library");
+        let missing = Lib::open(Path::new("/nonexistent/libcudart.so.13"));
+        let err = missing.err().expect("no such library").to_string();
         assert!(err.contains("/nonexistent/libcudart.so.13"), "{err}");
         // A library without the CUDA symbols.
-        let libc = DeviceCopy::load(Path::new("libc.so.6"), 0);
-        let err = libc.err().expect("libc has no cudaSetDevice");
-        assert!(err.contains("cudaSetDevice"), "{err}");
+        let libc = Lib::open(Path::new("libc.so.6")).unwrap();
+        let err = DeviceCopy::load(&libc, 0)
+            .err()
+            .expect("libc has no cudaSetDevice");
+        assert!(
+            matches!(
+                &err,
+                Error::Probe(ProbeError::Symbol {
+                    symbol: "cudaSetDevice",
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("cudaSetDevice"), "{err}");
+    }
+
+    #[test]
+    fn the_cuda_runtime_is_opened_once_per_process() {
+        // Whatever the first call found (a CUDA runtime or its absence), every later
+        // call gets that same handle, whatever library path it names.
+        let first = cudart(Path::new("/nonexistent/a/libonnxruntime.so"));
+        let second = cudart(Path::new("/nonexistent/b/libonnxruntime.so"));
+        match (first, second) {
+            (Ok(a), Ok(b)) => assert!(std::ptr::eq(a, b)),
+            (Err(a), Err(b)) => assert_eq!(a, b),
+            (a, b) => panic!("two answers: {:?} / {:?}", a.is_ok(), b.is_ok()),
+        }
     }
 }

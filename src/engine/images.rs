@@ -6,7 +6,7 @@ use ort::session::SessionInputValue;
 use vlguard_export::manifest::{GraphKind, Manifest, ProjectorGraph, VisionGraph};
 
 use super::session::{take, to_f32, Graph};
-use crate::generate::DecoderError;
+use super::Error;
 
 pub struct ImageEncoder {
     vision: Graph,
@@ -36,7 +36,7 @@ impl ImageEncoder {
     }
 
     /// `pixel_values [B,3,S,S]` -> projected image embeddings `[B,N,H]` as host f32.
-    pub fn encode(&mut self, pixel_values: &[f32], batch: usize) -> Result<Vec<f32>, DecoderError> {
+    pub fn encode(&mut self, pixel_values: &[f32], batch: usize) -> Result<Vec<f32>, Error> {
         let s = self.image_size;
         let pixels = self
             .vision

@@ -14,6 +14,7 @@
 pub mod cuda;
 pub mod decoders;
 pub(crate) mod dylib;
+mod error;
 pub mod images;
 pub mod ort_lib;
 pub mod session;
@@ -31,6 +32,7 @@ use vlguard_export::manifest::{Dtype, GraphKind, Manifest, RowInputs};
 use crate::formats::TrtBuild;
 use crate::generate::Decoder;
 use decoders::{fused::FusedDecoder, plain::PlainDecoder, Embedder};
+pub use error::{is_out_of_memory_message, Error, SessionError, CUDA_ERROR_MEMORY_ALLOCATION};
 pub use images::ImageEncoder;
 use session::{Graph, Loader};
 
@@ -92,42 +94,6 @@ pub struct EngineOptions {
     pub keep_finished_rows: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Library(#[from] ort_lib::LibraryError),
-    #[error(transparent)]
-    Manifest(#[from] vlguard_export::manifest::ManifestError),
-    #[error(transparent)]
-    Verify(#[from] verify::VerifyError),
-    #[error("graph {graph} ({path}): {message}")]
-    Session {
-        graph: GraphKind,
-        path: PathBuf,
-        message: String,
-    },
-    #[error("{path} cannot be right: {}", list(.problems))]
-    Fields {
-        path: PathBuf,
-        problems: Vec<validate::Problem>,
-    },
-    #[error("graph {graph} does not match manifest.json: {message}")]
-    Contract { graph: GraphKind, message: String },
-    #[error(
-        "execution provider {provider} was requested but could not be used for graph {graph}: {message}"
-    )]
-    Provider {
-        provider: Provider,
-        graph: GraphKind,
-        message: String,
-    },
-}
-
-fn list(problems: &[validate::Problem]) -> String {
-    let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    all.join("; ")
-}
-
 /// `Err` naming every problem, `Ok` when there is none.
 pub fn check_fields(dir: &std::path::Path, problems: Vec<validate::Problem>) -> Result<(), Error> {
     if problems.is_empty() {
@@ -149,7 +115,7 @@ pub struct Engine {
     /// The graphs on TensorRT: engine built or reused, seconds.
     pub tensorrt: BTreeMap<GraphKind, TrtBuild>,
     pub images: ImageEncoder,
-    pub decoder: Box<dyn Decoder>,
+    pub decoder: Box<dyn Decoder<Error = Error>>,
 }
 
 impl Engine {
@@ -237,18 +203,20 @@ fn open_decoder(
     options: &EngineOptions,
     ort_lib: &std::path::Path,
     providers: &BTreeMap<GraphKind, Provider>,
-) -> Result<Box<dyn Decoder>, Error> {
+) -> Result<Box<dyn Decoder<Error = Error>>, Error> {
     let on_device = providers
         .get(&GraphKind::Decoder)
         .is_some_and(|&p| p != Provider::Cpu);
     let riders = on_device || options.keep_finished_rows;
-    let device_error = |message: String| Error::Session {
+    let device_error = |source: SessionError| Error::Session {
         graph: GraphKind::Decoder,
         path: options.model_dir.join(&manifest.graphs.decoder.file),
-        message,
+        source: Box::new(source),
     };
     let device = match on_device {
-        true => Some(cuda::DeviceMemory::cuda(options.device_id).map_err(device_error)?),
+        true => {
+            Some(cuda::DeviceMemory::cuda(options.device_id).map_err(|e| device_error(e.into()))?)
+        }
         false => None,
     };
     // Validation checked that the graph's row inputs are of `decoder.flavour`.
@@ -275,11 +243,11 @@ fn open_decoder(
         ),
         None => (ort::memory::Allocator::default(), None),
         Some(memory) => {
-            let allocator =
-                ort::memory::Allocator::new(&graph.session, memory.device).map_err(|e| {
-                    device_error(format!("cannot allocate the cache on the device: {e}"))
-                })?;
-            let copy = cuda::DeviceCopy::load(&cuda::cudart_path(ort_lib), options.device_id)
+            let allocator = ort::memory::Allocator::new(&graph.session, memory.device)
+                .map_err(|e| device_error(SessionError::DeviceCache(e)))?;
+            let copy = cuda::cudart(ort_lib)
+                .map_err(Error::from)
+                .and_then(|cudart| cuda::DeviceCopy::load(cudart, options.device_id))
                 .map_err(|reason| {
                     eprintln!("warning: continuous batching is off on the GPU: {reason}")
                 })

@@ -12,8 +12,7 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use vlguard_export::manifest::{GraphKind, Graphs, Manifest};
 
-use super::{ort_lib, trt, EngineOptions, EpChoice, Error, Provider};
-use crate::generate::DecoderError;
+use super::{ort_lib, trt, EngineOptions, EpChoice, Error, Provider, SessionError};
 
 /// One loaded graph and the element type its float inputs expect.
 pub struct Graph {
@@ -49,18 +48,14 @@ impl Graph {
     }
 
     /// A float tensor of this graph's float type from host f32 values.
-    pub fn float_tensor(
-        &self,
-        values: &[f32],
-        shape: Vec<usize>,
-    ) -> Result<DynValue, DecoderError> {
+    pub fn float_tensor(&self, values: &[f32], shape: Vec<usize>) -> Result<DynValue, Error> {
         float_tensor(values, shape, self.float_type)
     }
 
     /// Turns a session failure into an error naming the graph.
-    pub fn failed(&self) -> impl Fn(ort::Error) -> DecoderError {
-        let kind = self.kind;
-        move |error| DecoderError(format!("{kind} graph: {error}"))
+    pub fn failed(&self) -> impl Fn(ort::Error) -> Error {
+        let graph = self.kind;
+        move |source| Error::Run { graph, source }
     }
 }
 
@@ -87,27 +82,27 @@ impl Loader<'_> {
             EpChoice::Cuda => &[Provider::Cuda],
             EpChoice::Tensorrt => &[Provider::TensorRt],
         };
-        let session_error = |message: String| Error::Session {
+        let session_error = |source: SessionError| Error::Session {
             graph: kind,
             path: path.clone(),
-            message,
+            source: Box::new(source),
         };
         if !path.is_file() {
-            return Err(session_error("file not found (re-export the model)".into()));
+            return Err(session_error(SessionError::MissingFile));
         }
-        let mut last_error = String::new();
+        let mut last_error = SessionError::NoProvider;
         for &provider in order {
             match self.try_session(kind, &path, provider) {
                 Ok(session) => return Ok((session, provider)),
-                Err(message) if self.options.ep == EpChoice::Auto && provider != Provider::Cpu => {
-                    last_error = message;
+                Err(source) if self.options.ep == EpChoice::Auto && provider != Provider::Cpu => {
+                    last_error = source;
                 }
-                Err(message) if provider == Provider::Cpu => return Err(session_error(message)),
-                Err(message) => {
+                Err(source) if provider == Provider::Cpu => return Err(session_error(source)),
+                Err(source) => {
                     return Err(Error::Provider {
                         provider,
                         graph: kind,
-                        message,
+                        source: Box::new(source),
                     })
                 }
             }
@@ -120,16 +115,15 @@ impl Loader<'_> {
         kind: GraphKind,
         path: &Path,
         provider: Provider,
-    ) -> Result<Session, String> {
+    ) -> Result<Session, SessionError> {
         let options = self.options;
-        let mut builder = Session::builder(self.env).map_err(|e| e.to_string())?;
+        let refused = |e: ort::Error<_>| SessionError::Ort(e.into());
+        let mut builder = Session::builder(self.env)?;
         if let Some(threads) = options.threads {
-            builder = builder
-                .with_intra_threads(threads)
-                .map_err(|e| e.to_string())?;
+            builder = builder.with_intra_threads(threads).map_err(refused)?;
         }
         if provider != Provider::Cpu {
-            let lib = ort_lib::init(options.ort_lib.as_deref()).map_err(|e| e.to_string())?;
+            let lib = ort_lib::init(options.ort_lib.as_deref())?;
             super::cuda::preload(&lib)?;
         }
         let mut dispatch = Vec::new();
@@ -160,9 +154,9 @@ impl Loader<'_> {
         if !dispatch.is_empty() {
             builder = builder
                 .with_execution_providers(dispatch)
-                .map_err(|e| e.to_string())?;
+                .map_err(refused)?;
         }
-        builder.commit_from_file(path).map_err(|e| e.to_string())
+        Ok(builder.commit_from_file(path)?)
     }
 }
 
@@ -218,9 +212,11 @@ pub fn take(
     out: &mut ort::session::SessionOutputs<'_>,
     name: &str,
     kind: GraphKind,
-) -> Result<DynValue, DecoderError> {
-    out.remove(name)
-        .ok_or_else(|| DecoderError(format!("{kind} graph returned no `{name}`")))
+) -> Result<DynValue, Error> {
+    out.remove(name).ok_or_else(|| Error::MissingOutput {
+        graph: kind,
+        tensor: name.to_string(),
+    })
 }
 
 /// A float tensor of type `ty` from host f32 values.
@@ -228,7 +224,7 @@ pub fn float_tensor(
     values: &[f32],
     shape: Vec<usize>,
     ty: TensorElementType,
-) -> Result<DynValue, DecoderError> {
+) -> Result<DynValue, Error> {
     let result = match ty {
         TensorElementType::Float16 => Tensor::from_array((shape, {
             // half's slice conversion uses the CPU's F16C instructions when present.
@@ -239,34 +235,35 @@ pub fn float_tensor(
         .map(|t| t.into_dyn()),
         _ => Tensor::from_array((shape, values.to_vec())).map(|t| t.into_dyn()),
     };
-    result.map_err(|e| DecoderError(format!("cannot build a tensor: {e}")))
+    result.map_err(|source| Error::FloatInput { source })
 }
 
 /// An integer tensor (ids, masks, positions, lengths).
 pub fn int_tensor<T>(
     values: Vec<T>,
     shape: Vec<usize>,
-    what: &str,
-) -> Result<DynValue, DecoderError>
+    what: &'static str,
+) -> Result<DynValue, Error>
 where
     T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
 {
     Tensor::from_array((shape, values))
         .map(|t| t.into_dyn())
-        .map_err(|e| DecoderError(format!("{what}: {e}")))
+        .map_err(|source| Error::IntInput {
+            tensor: what,
+            source,
+        })
 }
 
 /// Host f32 values of a float32 or float16 tensor.
-pub fn to_f32(value: &DynValue, what: &str) -> Result<Vec<f32>, DecoderError> {
+pub fn to_f32(value: &DynValue, what: &'static str) -> Result<Vec<f32>, Error> {
     if let Ok((_, data)) = value.try_extract_tensor::<f32>() {
         return Ok(data.to_vec());
     }
     if let Ok((_, data)) = value.try_extract_tensor::<f16>() {
         return Ok(data.to_f32_vec());
     }
-    Err(DecoderError(format!(
-        "{what} is neither float32 nor float16"
-    )))
+    Err(Error::ElementType { tensor: what })
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 //! Contract: every prompt the [`Feed`] hands out ends in exactly one [`Feed::finish`] call
 //! with its key: `Ok` with the tokens the reference's
 //! `model.generate(do_sample=False, min_new_tokens=1, max_new_tokens=M)` gives it alone
-//! (the greedy rule is [`greedy::choose`]), or `Err` with the reason (a prompt without
-//! exactly one image slot, a prompt too long for the slot cache, or a decoder failure while
-//! it was in flight; after one, the stream goes on).
+//! (the greedy rule is [`greedy::choose`]), or `Err` with the reason, typed ([`Failure`]):
+//! a prompt without exactly one image slot or too long for the slot cache
+//! ([`PromptError`]), or the decoder's own error while it was in flight (after one, the
+//! stream goes on). The decoder's error type is its own ([`Decoder::Error`]: the engine's
+//! names the graph and tensor and keeps ONNX Runtime's error as its source); the scheduler
+//! carries it to the feed unchanged, where it is journaled.
 //!
 //! The [`Decoder`] trait is the seam: it knows slots and tokens, the scheduler never sees
 //! masks, padding, positions or cache layouts (each decoder owns its own: `engine::decoders`).
@@ -23,27 +26,30 @@
 
 pub mod greedy;
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use crate::prompt::{image_slot, PromptShape};
+use crate::prompt::{image_slot, ImageSlotError, PromptShape};
 
 pub use greedy::argmax_first;
 
 /// What the scheduler needs from a model: a cache of slots that prompts are prefilled into
 /// and that steps one token per live slot.
 pub trait Decoder {
+    /// What a call fails with (the engine's: [`crate::engine::Error`]).
+    type Error: std::error::Error + 'static;
     /// Replaces the cache with `slots` free slots of `capacity` positions each (prompt plus
     /// answer; a decoder whose cache grows may ignore it).
-    fn open(&mut self, slots: usize, capacity: usize) -> Result<(), DecoderError>;
+    fn open(&mut self, slots: usize, capacity: usize) -> Result<(), Self::Error>;
     /// Runs `prompts` into these free slots and returns their last logits `[k, V]`, in
     /// the order given. Slots that are decoding are left untouched.
-    fn prefill(&mut self, slots: &[usize], prompts: &[&Prompt]) -> Result<Vec<f32>, DecoderError>;
+    fn prefill(&mut self, slots: &[usize], prompts: &[&Prompt]) -> Result<Vec<f32>, Self::Error>;
     /// One new token for each of `slots` (the live ones; `tokens[i]` goes to `slots[i]`);
     /// returns their logits `[k, V]` in that order.
-    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, DecoderError>;
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, Self::Error>;
     /// Only `live` slots will be stepped again until the next `open` or `prefill`: the
     /// decoder may drop the others' rows.
-    fn retain(&mut self, live: &[usize]) -> Result<(), DecoderError>;
+    fn retain(&mut self, live: &[usize]) -> Result<(), Self::Error>;
     /// Whether `prefill` can fill slots while other slots are decoding.
     fn joins_live_batch(&self) -> bool;
     /// Running totals since the decoder was made.
@@ -62,17 +68,41 @@ pub struct Counters {
     pub step_rows: usize,
 }
 
-/// A decoder failure, with the graph or tensor it concerns in the message.
+/// What ends a stream: the decoder `E` failing outside any prompt (its cache could not be
+/// opened or compacted), or breaking its contract.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DecoderError(pub String);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum Error<E> {
     #[error(transparent)]
-    Decoder(#[from] DecoderError),
+    Decoder(E),
     #[error("the decoder returned {found} logits for {rows} rows")]
     Logits { found: usize, rows: usize },
+}
+
+/// Why one prompt ended without a generation.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure<E> {
+    /// It could not run; nothing was run for it.
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    /// The decoder failed while it was in flight: every prompt in flight then ends with
+    /// this same error.
+    #[error(transparent)]
+    Decoder(Arc<E>),
+}
+
+/// A prompt the scheduler refuses before any decoder call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromptError {
+    #[error(transparent)]
+    ImageSlots(#[from] ImageSlotError),
+    #[error(
+        "the prompt has {positions} positions: with {max_new_tokens} new tokens it exceeds the cache capacity {capacity}"
+    )]
+    OverCapacity {
+        positions: usize,
+        max_new_tokens: usize,
+        capacity: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -139,18 +169,23 @@ impl Generation {
 /// Where prompts come from and answers go.
 pub trait Feed {
     type Key;
-    type Error: From<Error>;
+    /// The decoder's error ([`Decoder::Error`]), which a failed prompt's outcome carries.
+    type DecoderError: std::error::Error + 'static;
+    type Error: From<Error<Self::DecoderError>>;
     /// Up to `n` prompts (fewer only when the stream ends), `None` once it has ended.
     fn next(&mut self, n: usize) -> Result<Option<Batch<Self::Key>>, Self::Error>;
     /// A prompt's outcome, by key.
     fn finish(
         &mut self,
         key: Self::Key,
-        outcome: Result<Generation, String>,
+        outcome: Outcome<Self::DecoderError>,
     ) -> Result<(), Self::Error>;
     /// `n` new tokens were chosen (progress display).
     fn tokens(&mut self, _n: usize) {}
 }
+
+/// A prompt's outcome: its generation, or why it has none.
+pub type Outcome<E> = Result<Generation, Failure<E>>;
 
 /// When free slots take new prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +229,7 @@ pub struct Timings {
 /// feed's own, or a decoder that breaks its contract (logits of the wrong size, a cache
 /// that cannot be opened).
 pub fn generate<F: Feed>(
-    decoder: &mut dyn Decoder,
+    decoder: &mut dyn Decoder<Error = F::DecoderError>,
     schedule: Schedule,
     config: &GenerateConfig,
     feed: &mut F,
@@ -215,7 +250,7 @@ pub fn generate<F: Feed>(
     if let Refill::Continuous { capacity } = schedule.refill {
         s.decoder
             .open(schedule.slots, capacity)
-            .map_err(Error::from)?;
+            .map_err(Error::Decoder)?;
     }
     loop {
         s.refill()?;
@@ -246,7 +281,7 @@ struct Row<K> {
 }
 
 struct Scheduler<'a, F: Feed> {
-    decoder: &'a mut dyn Decoder,
+    decoder: &'a mut dyn Decoder<Error = F::DecoderError>,
     feed: &'a mut F,
     config: &'a GenerateConfig,
     schedule: Schedule,
@@ -303,7 +338,7 @@ impl<F: Feed> Scheduler<'_, F> {
                     keys.push(q.key);
                     prompts.push(q.prompt);
                 }
-                Err(reason) => self.finish(q.key, Err(reason))?,
+                Err(reason) => self.finish(q.key, Err(reason.into()))?,
             }
         }
         if prompts.is_empty() {
@@ -319,14 +354,15 @@ impl<F: Feed> Scheduler<'_, F> {
         let mut logits = match prefilled {
             Ok(logits) => logits,
             Err(error) => {
+                let error = Arc::new(error);
                 for key in keys {
-                    self.finish(key, Err(error.to_string()))?;
+                    self.finish(key, Err(Failure::Decoder(Arc::clone(&error))))?;
                 }
                 return Ok(());
             }
         };
         self.timings.prompt_tokens += prompts.iter().map(Prompt::positions).sum::<usize>();
-        let vocab = vocab_of(&logits, keys.len())?;
+        let vocab = vocab_of::<F::DecoderError>(&logits, keys.len())?;
         for ((key, &slot), row_logits) in keys.into_iter().zip(slots).zip(logits.chunks_mut(vocab))
         {
             let mut generation = Generation::new();
@@ -343,22 +379,22 @@ impl<F: Feed> Scheduler<'_, F> {
 
     /// `Err` with the reason when a prompt cannot run: no single image slot, or (one
     /// cache for the stream) more positions than a slot holds.
-    fn admit(&self, prompt: &Prompt) -> Result<(), String> {
-        image_slot(&prompt.ids, self.config.image_token_id).map_err(|e| e.to_string())?;
+    fn admit(&self, prompt: &Prompt) -> Result<(), PromptError> {
+        image_slot(&prompt.ids, self.config.image_token_id)?;
         if let Refill::Continuous { capacity } = self.schedule.refill {
-            let positions = prompt.positions();
             if !prompt.shape().fits(self.config.max_new_tokens, capacity) {
-                return Err(format!(
-                    "the prompt has {positions} positions: with {} new tokens it exceeds the cache capacity {capacity}",
-                    self.config.max_new_tokens
-                ));
+                return Err(PromptError::OverCapacity {
+                    positions: prompt.positions(),
+                    max_new_tokens: self.config.max_new_tokens,
+                    capacity,
+                });
             }
         }
         Ok(())
     }
 
     /// A static batch gets a cache of its own, sized for its longest prompt.
-    fn open_for(&mut self, prompts: &[Prompt]) -> Result<(), DecoderError> {
+    fn open_for(&mut self, prompts: &[Prompt]) -> Result<(), F::DecoderError> {
         if self.schedule.refill != Refill::Static {
             return Ok(());
         }
@@ -377,7 +413,7 @@ impl<F: Feed> Scheduler<'_, F> {
     fn release(&mut self, live: &[usize]) -> Result<(), F::Error> {
         let refills = matches!(self.schedule.refill, Refill::Continuous { .. }) && !self.exhausted;
         if self.dropped && !refills {
-            self.decoder.retain(live).map_err(Error::from)?;
+            self.decoder.retain(live).map_err(Error::Decoder)?;
             self.dropped = false;
         }
         Ok(())
@@ -395,9 +431,9 @@ impl<F: Feed> Scheduler<'_, F> {
         self.timings.steps += 1;
         let mut logits = match stepped {
             Ok(logits) => logits,
-            Err(error) => return self.fail_in_flight(live, &error),
+            Err(error) => return self.fail_in_flight(live, error),
         };
-        let vocab = vocab_of(&logits, live.len())?;
+        let vocab = vocab_of::<F::DecoderError>(&logits, live.len())?;
         for (&slot, row_logits) in live.iter().zip(logits.chunks_mut(vocab)) {
             let Some(row) = self.rows[slot].as_mut() else {
                 continue;
@@ -417,22 +453,23 @@ impl<F: Feed> Scheduler<'_, F> {
 
     /// A failed step: every row in flight ends with the error; a stream cache is
     /// reopened so the stream goes on.
-    fn fail_in_flight(&mut self, live: &[usize], error: &DecoderError) -> Result<(), F::Error> {
+    fn fail_in_flight(&mut self, live: &[usize], error: F::DecoderError) -> Result<(), F::Error> {
+        let error = Arc::new(error);
         for &slot in live {
             if let Some(row) = self.rows[slot].take() {
-                self.finish(row.key, Err(error.to_string()))?;
+                self.finish(row.key, Err(Failure::Decoder(Arc::clone(&error))))?;
             }
         }
         self.dropped = false;
         if let Refill::Continuous { capacity } = self.schedule.refill {
             self.decoder
                 .open(self.schedule.slots, capacity)
-                .map_err(Error::from)?;
+                .map_err(Error::Decoder)?;
         }
         Ok(())
     }
 
-    fn finish(&mut self, key: F::Key, outcome: Result<Generation, String>) -> Result<(), F::Error> {
+    fn finish(&mut self, key: F::Key, outcome: Outcome<F::DecoderError>) -> Result<(), F::Error> {
         let t = Instant::now();
         let done = self.feed.finish(key, outcome);
         self.feed_s += t.elapsed().as_secs_f64();
@@ -451,7 +488,7 @@ impl<K> Row<K> {
 }
 
 /// The vocabulary size of logits for `rows` rows; an error when they do not split evenly.
-fn vocab_of(logits: &[f32], rows: usize) -> Result<usize, Error> {
+fn vocab_of<E>(logits: &[f32], rows: usize) -> Result<usize, Error<E>> {
     let vocab = logits.len() / rows.max(1);
     if vocab == 0 || logits.len() != rows * vocab {
         return Err(Error::Logits {

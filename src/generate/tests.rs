@@ -1,9 +1,11 @@
 //! The scheduler against a scripted decoder: stop rules, both refill policies, rows that
-//! ride along or are dropped, bad prompts and decoder failures.
+//! ride along or are dropped, bad prompts and decoder failures (typed: the engine's error
+//! reaches the feed as the variant the decoder returned).
 
 use std::collections::VecDeque;
 
 use super::*;
+use crate::engine::Error as EngineError;
 
 /// A scripted model: a prompt's image embedding holds `1000 + row`, and row `r`'s k-th
 /// token is `script[r][k]` (7 past its end). At a row's first token the double also puts
@@ -21,8 +23,8 @@ struct Scripted {
     opens: Vec<(usize, usize)>,
     prefills: Vec<Vec<usize>>,
     steps: Vec<usize>,
-    /// The step call (0-based) that fails, if any.
-    fail_step: Option<usize>,
+    /// The step call (0-based) that fails, and its error, if any.
+    fail_step: Option<(usize, EngineError)>,
 }
 
 impl Scripted {
@@ -61,13 +63,15 @@ impl Scripted {
 }
 
 impl Decoder for Scripted {
-    fn open(&mut self, slots: usize, capacity: usize) -> Result<(), DecoderError> {
+    type Error = EngineError;
+
+    fn open(&mut self, slots: usize, capacity: usize) -> Result<(), EngineError> {
         self.opens.push((slots, capacity));
         self.rows = vec![None; slots];
         Ok(())
     }
 
-    fn prefill(&mut self, slots: &[usize], prompts: &[&Prompt]) -> Result<Vec<f32>, DecoderError> {
+    fn prefill(&mut self, slots: &[usize], prompts: &[&Prompt]) -> Result<Vec<f32>, EngineError> {
         assert!(
             self.joins_live || self.rows.iter().all(Option::is_none),
             "a prompt joined a live batch of a decoder that cannot take it"
@@ -83,11 +87,17 @@ impl Decoder for Scripted {
         Ok(logits)
     }
 
-    fn step(&mut self, slots: &[usize], _tokens: &[u32]) -> Result<Vec<f32>, DecoderError> {
+    fn step(&mut self, slots: &[usize], _tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         self.steps.push(self.rows.len());
         self.counters.step_rows += self.rows.len();
-        if self.fail_step == Some(self.steps.len() - 1) {
-            return Err(DecoderError("device lost".into()));
+        if self
+            .fail_step
+            .as_ref()
+            .is_some_and(|(step, _)| *step == self.steps.len() - 1)
+        {
+            if let Some((_, error)) = self.fail_step.take() {
+                return Err(error);
+            }
         }
         let mut logits = Vec::new();
         for &slot in slots {
@@ -97,7 +107,7 @@ impl Decoder for Scripted {
         Ok(logits)
     }
 
-    fn retain(&mut self, live: &[usize]) -> Result<(), DecoderError> {
+    fn retain(&mut self, live: &[usize]) -> Result<(), EngineError> {
         if !self.riders {
             self.rows
                 .retain(|r| r.is_some_and(|(slot, _, _)| live.contains(&slot)));
@@ -135,7 +145,7 @@ fn config(max: usize) -> GenerateConfig {
 /// Prompts keyed by their index, outcomes collected by key.
 struct Stream {
     queue: VecDeque<Queued<usize>>,
-    outcomes: Vec<Option<Result<Generation, String>>>,
+    outcomes: Vec<Option<Outcome<EngineError>>>,
     tokens: usize,
 }
 
@@ -148,7 +158,7 @@ impl Stream {
                 .enumerate()
                 .map(|(key, prompt)| Queued { key, prompt })
                 .collect(),
-            outcomes: vec![None; n],
+            outcomes: (0..n).map(|_| None).collect(),
             tokens: 0,
         }
     }
@@ -156,12 +166,13 @@ impl Stream {
 
 impl Feed for Stream {
     type Key = usize;
-    type Error = Error;
-    fn next(&mut self, n: usize) -> Result<Option<Vec<Queued<usize>>>, Error> {
+    type DecoderError = EngineError;
+    type Error = Error<EngineError>;
+    fn next(&mut self, n: usize) -> Result<Option<Vec<Queued<usize>>>, Self::Error> {
         let k = n.min(self.queue.len());
         Ok((k > 0).then(|| self.queue.drain(..k).collect()))
     }
-    fn finish(&mut self, key: usize, outcome: Result<Generation, String>) -> Result<(), Error> {
+    fn finish(&mut self, key: usize, outcome: Outcome<EngineError>) -> Result<(), Self::Error> {
         assert!(self.outcomes[key].is_none(), "prompt {key} ended twice");
         self.outcomes[key] = Some(outcome);
         Ok(())
@@ -177,7 +188,7 @@ fn run(
     prompts: Vec<Prompt>,
     schedule: Schedule,
     max: usize,
-) -> (Vec<Result<Generation, String>>, Timings, usize) {
+) -> (Vec<Outcome<EngineError>>, Timings, usize) {
     let mut stream = Stream::new(prompts);
     let timings = generate(decoder, schedule, &config(max), &mut stream).unwrap();
     let outcomes = stream
@@ -212,7 +223,7 @@ fn script5() -> Vec<Vec<u32>> {
     ]
 }
 
-fn tokens(outcome: &Result<Generation, String>) -> &[u32] {
+fn tokens(outcome: &Outcome<EngineError>) -> &[u32] {
     &outcome.as_ref().unwrap().tokens
 }
 
@@ -316,11 +327,30 @@ fn bad_or_too_long_prompts_fail_alone() {
     let mut slotted = Scripted::new(script5());
     let (results, _, _) = run(&mut slotted, prompts, continuous(2, 20), 5);
     assert!(results[0].is_ok() && results[2].is_ok());
-    assert!(results[1].as_ref().unwrap_err().contains("0 image slots"));
+    let no_slot = results[1].as_ref().unwrap_err();
+    assert!(
+        matches!(
+            no_slot,
+            Failure::Prompt(PromptError::ImageSlots(ImageSlotError { found: 0, .. }))
+        ),
+        "{no_slot:?}"
+    );
+    assert!(no_slot.to_string().contains("0 image slots"));
     let too_long = results[3].as_ref().unwrap_err();
     assert!(
-        too_long.contains("42 positions") && too_long.contains("capacity 20"),
-        "{too_long}"
+        matches!(
+            too_long,
+            Failure::Prompt(PromptError::OverCapacity {
+                positions: 42,
+                capacity: 20,
+                ..
+            })
+        ),
+        "{too_long:?}"
+    );
+    assert_eq!(
+        too_long.to_string(),
+        "the prompt has 42 positions: with 5 new tokens it exceeds the cache capacity 20"
     );
 }
 
@@ -329,13 +359,18 @@ fn a_decoder_failure_fails_the_rows_in_flight_and_the_stream_goes_on() {
     for schedule in [continuous(2, 64), static_batches(2)] {
         let prompts: Vec<Prompt> = (0..5).map(|r| prompt(r, 2)).collect();
         let mut slotted = Scripted::new(script5());
-        slotted.fail_step = Some(0);
+        let lost = EngineError::Cuda {
+            call: "cudaStreamSynchronize",
+            code: 700,
+        };
+        slotted.fail_step = Some((0, lost));
         let (results, _, _) = run(&mut slotted, prompts, schedule, 5);
         // The first step fails with rows 0 and 1 in flight; 2, 3, 4 come after.
         for r in [0, 1] {
+            let failure = results[r].as_ref().unwrap_err();
             assert_eq!(
-                results[r].as_ref().unwrap_err(),
-                "device lost",
+                failure.to_string(),
+                "cudaStreamSynchronize failed with CUDA error 700",
                 "{schedule:?}"
             );
         }
@@ -357,4 +392,59 @@ fn rows_done_at_their_first_token_never_take_a_slot() {
     assert!(results.iter().all(|r| tokens(r).len() == 1));
     assert!(slotted.steps.is_empty());
     assert_eq!(timings.new_tokens, 3);
+}
+
+#[test]
+fn the_feed_sees_the_decoders_error_by_variant_and_with_its_text() {
+    // An allocation that did not fit, and a shape that broke the contract: each prompt
+    // in flight gets the very error (one shared value), typed, so a caller can retry
+    // smaller on out-of-memory and stop on a shape error; the text is the engine's own.
+    let cases = [
+        (
+            EngineError::Cuda {
+                call: "cudaMemcpyAsync",
+                code: crate::engine::CUDA_ERROR_MEMORY_ALLOCATION,
+            },
+            true,
+            "cudaMemcpyAsync failed with CUDA error 2",
+        ),
+        (
+            EngineError::CacheFull {
+                positions: 70,
+                capacity: 64,
+            },
+            false,
+            "fused decoder: 70 positions do not fit the cache's 64 (prompt + max new tokens)",
+        ),
+    ];
+    for (error, out_of_memory, text) in cases {
+        let prompts: Vec<Prompt> = (0..3).map(|r| prompt(r, 2)).collect();
+        let mut slotted = Scripted::new(script5());
+        slotted.fail_step = Some((0, error));
+        let (results, _, _) = run(&mut slotted, prompts, continuous(2, 64), 5);
+        let (Err(Failure::Decoder(first)), Err(Failure::Decoder(second))) =
+            (&results[0], &results[1])
+        else {
+            panic!("rows 0 and 1 end with the decoder's error: {results:?}");
+        };
+        assert!(
+            Arc::ptr_eq(first, second),
+            "one error for the rows in flight"
+        );
+        assert_eq!(first.is_out_of_memory(), out_of_memory, "{first:?}");
+        if !out_of_memory {
+            assert!(
+                matches!(
+                    **first,
+                    EngineError::CacheFull {
+                        positions: 70,
+                        capacity: 64
+                    }
+                ),
+                "{first:?}"
+            );
+        }
+        assert_eq!(results[0].as_ref().unwrap_err().to_string(), text);
+        assert!(results[2].is_ok(), "the stream goes on: {:?}", results[2]);
+    }
 }

@@ -130,10 +130,38 @@ pub enum Answer {
     Error { message: String },
 }
 
-/// A condition that stops the whole run.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct Fatal(pub String);
+/// A condition that stops the whole run: every other request would meet it too. Its
+/// texts carry the server's message with the API key redacted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    /// `--base-url` does not make a URL.
+    #[error("bad base URL: {uri}")]
+    BadUrl { uri: String },
+    /// HTTP 429 `insufficient_quota`: the account has no quota left.
+    #[error("HTTP 429 insufficient_quota: {message}")]
+    NoQuota { message: String },
+    /// HTTP 401, 403 or 404: the key, its permissions or the endpoint is refused.
+    #[error("HTTP {status}: {message}")]
+    Refused { status: u16, message: String },
+}
+
+impl Fatal {
+    /// The same condition with `key` redacted from the texts it quotes.
+    fn redacted(self, key: &ApiKey) -> Fatal {
+        match self {
+            Fatal::BadUrl { uri } => Fatal::BadUrl {
+                uri: key.redact(&uri),
+            },
+            Fatal::NoQuota { message } => Fatal::NoQuota {
+                message: key.redact(&message),
+            },
+            Fatal::Refused { status, message } => Fatal::Refused {
+                status,
+                message: key.redact(&message),
+            },
+        }
+    }
+}
 
 /// A failure that no retry fixes, met by a request that ended in [`Answer::Error`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +201,7 @@ enum Step {
         /// No connection was made (refused, unknown host).
         no_connection: bool,
     },
-    Fatal(String),
+    Fatal(Fatal),
 }
 
 impl Client {
@@ -251,7 +279,7 @@ impl Client {
                         }),
                     });
                 }
-                Step::Fatal(message) => return Err(Fatal(self.key.redact(&message))),
+                Step::Fatal(fatal) => return Err(fatal.redacted(&self.key)),
                 Step::Retry {
                     reason,
                     hint,
@@ -306,7 +334,7 @@ impl Client {
             .send(body);
         let mut response = match response {
             Ok(r) => r,
-            Err(ureq::Error::BadUri(uri)) => return Step::Fatal(format!("bad base URL: {uri}")),
+            Err(ureq::Error::BadUri(uri)) => return Step::Fatal(Fatal::BadUrl { uri }),
             Err(err) => {
                 let no_connection = matches!(
                     &err,
@@ -365,7 +393,7 @@ fn classify(status: u16, hint: Option<Duration>, text: &str) -> Step {
         .unwrap_or_else(|| snippet(text));
     if status == 429 {
         if code == "insufficient_quota" {
-            return Step::Fatal(format!("HTTP 429 insufficient_quota: {message}"));
+            return Step::Fatal(Fatal::NoQuota { message });
         }
         return Step::Retry {
             reason: format!("HTTP 429 rate limited: {message}"),
@@ -385,7 +413,7 @@ fn classify(status: u16, hint: Option<Duration>, text: &str) -> Step {
                 no_connection: false,
             },
         },
-        401 | 403 | 404 => Step::Fatal(format!("HTTP {status}: {message}")),
+        401 | 403 | 404 => Step::Fatal(Fatal::Refused { status, message }),
         408 | 409 | 500..=599 => Step::Retry {
             reason: format!("HTTP {status}: {message}"),
             hint,
@@ -623,13 +651,44 @@ mod tests {
         assert!(matches!(classify(429, None, "{}"), Step::Retry { .. }));
         assert!(matches!(
             classify(429, None, r#"{"error":{"code":"insufficient_quota"}}"#),
-            Step::Fatal(_)
+            Step::Fatal(Fatal::NoQuota { .. })
         ));
-        assert!(matches!(classify(401, None, "{}"), Step::Fatal(_)));
+        assert!(matches!(
+            classify(401, None, "{}"),
+            Step::Fatal(Fatal::Refused { status: 401, .. })
+        ));
         assert!(matches!(
             classify(400, None, r#"{"error":{"message":"bad"}}"#),
             Step::Refused(m) if m == "HTTP 400: bad"
         ));
+    }
+
+    #[test]
+    fn fatal_conditions_are_typed_and_read_as_before_with_the_key_redacted() {
+        let key = ApiKey::new("sk-secret".into());
+        let refused = r#"{"error":{"message":"Incorrect API key provided: sk-secret"}}"#;
+        let Step::Fatal(fatal) = classify(401, None, refused) else {
+            panic!("401 is fatal");
+        };
+        assert_eq!(
+            fatal.redacted(&key).to_string(),
+            "HTTP 401: Incorrect API key provided: <redacted>"
+        );
+        let quota = r#"{"error":{"code":"insufficient_quota","message":"out of credit"}}"#;
+        let Step::Fatal(fatal) = classify(429, None, quota) else {
+            panic!("no quota is fatal");
+        };
+        assert_eq!(
+            fatal.to_string(),
+            "HTTP 429 insufficient_quota: out of credit"
+        );
+        let bad = Fatal::BadUrl {
+            uri: "sk-secret://x".into(),
+        };
+        assert_eq!(
+            bad.redacted(&key).to_string(),
+            "bad base URL: <redacted>://x"
+        );
     }
 
     #[test]

@@ -773,7 +773,7 @@ fn ask_all(
                 let result = match task.body(job) {
                     Ok(body) => client
                         .call_checked(&request, &body, stop, &readable)
-                        .map_err(|f| f.0),
+                        .map_err(|fatal| fatal.to_string()),
                     Err(message) => Ok(client::CallResult {
                         answer: client::Answer::Error { message },
                         attempts: 0,

@@ -67,7 +67,7 @@ pub enum Error {
     #[error(transparent)]
     Results(#[from] crate::results::Error),
     #[error(transparent)]
-    Generate(generate::Error),
+    Generate(generate::Error<crate::engine::Error>),
 }
 
 pub fn command(args: &RunArgs) -> Result<ExitCode, Error> {

@@ -9,7 +9,7 @@
 //! the overlap gains.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 
@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use vlguard_export::manifest::PreprocessSpec;
 
 use crate::dataset::Sample;
-use crate::engine::ImageEncoder;
+use crate::engine::{self, ImageEncoder};
 use crate::preprocess::{self, Pixels};
 
 /// Where a run's images come from and how they are read.
@@ -32,7 +32,7 @@ pub struct ImageSource<'a> {
 /// A batch of samples with their preprocessed images (or the error each one hit).
 struct Prepared {
     samples: Vec<Sample>,
-    pixels: Vec<Result<Pixels, String>>,
+    pixels: Vec<Result<Pixels, preprocess::Error>>,
     seconds: f64,
 }
 
@@ -43,10 +43,22 @@ pub struct Image {
     pub sha256: String,
 }
 
+/// Why a sample has no image embeddings.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The file was refused, or could not be read or decoded.
+    #[error(transparent)]
+    Read(#[from] preprocess::Error),
+    /// The vision tower or the projector failed on the batch the image was in (every
+    /// image of the batch shares the error).
+    #[error(transparent)]
+    Vision(Arc<engine::Error>),
+}
+
 /// A batch after the vision tower: each sample with its image, or the error its image
 /// hit (a refused or unreadable file, or the batch's vision error).
 pub struct Encoded {
-    pub samples: Vec<(Sample, Result<Image, String>)>,
+    pub samples: Vec<(Sample, Result<Image, ImageError>)>,
     /// Preprocessing seconds on the rayon threads, vision tower + projector seconds.
     pub preprocess_s: f64,
     pub vision_s: f64,
@@ -136,7 +148,6 @@ fn preprocess(
                 let path = preprocess::image_under(source.root, &s.image)?;
                 preprocess::load(&path, source.spec, source.max_bytes)
             })
-            .map(|r| r.map_err(|e| e.to_string()))
             .collect();
         let prepared = Prepared {
             samples: samples.to_vec(),
@@ -160,7 +171,7 @@ fn encode(prepared: Prepared, encoder: &mut ImageEncoder) -> Encoded {
                 pixels.extend_from_slice(&p.values);
                 loaded.push((sample, p.sha256));
             }
-            Err(error) => samples.push((sample, Err(error))),
+            Err(error) => samples.push((sample, Err(error.into()))),
         }
     }
     let t = Instant::now();
@@ -177,7 +188,12 @@ fn encode(prepared: Prepared, encoder: &mut ImageEncoder) -> Encoded {
                 }
             }
             Err(error) => {
-                samples.extend(loaded.into_iter().map(|(s, _)| (s, Err(error.to_string()))));
+                let error = Arc::new(error);
+                samples.extend(
+                    loaded
+                        .into_iter()
+                        .map(|(s, _)| (s, Err(ImageError::Vision(Arc::clone(&error))))),
+                );
             }
         }
     }

@@ -1,18 +1,36 @@
 //! What the generator's [`Feed`] is in a run: prompts built from the encoded images and
 //! the tokenized questions, every outcome journaled the moment its row ends, and the
-//! refill policy chosen for the model.
+//! refill policy chosen for the model. A failed sample's error stays typed
+//! ([`SampleFailure`]: the engine's error, with ONNX Runtime's as its source, inside)
+//! until [`Recorder`] writes its text to the journal.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::dataset::Sample;
+use crate::engine;
 use crate::generate::{self, Batch, Decoder, Feed, Generation, Prompt, Queued, Refill, Schedule};
 use crate::prompt::{PromptShape, PromptTokenizer};
 use crate::results::{Journal, JournalEntry};
 
 use super::args::Batching;
-use super::pipeline::Images;
+use super::pipeline::{ImageError, Images};
 use super::Error;
+
+/// Why a sample of a run has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleFailure {
+    /// Its question cannot make a prompt: it does not tokenize, or the prompt and the
+    /// answer budget are over the model's context (the validation's message).
+    #[error("{0}")]
+    Question(String),
+    /// Its image could not be read or encoded.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The generator refused its prompt, or the decoder failed while it was in flight.
+    #[error(transparent)]
+    Generate(#[from] generate::Failure<engine::Error>),
+}
 
 /// The prompt ids of each pending question, tokenized once (for the length sort, the
 /// slot capacity and the prompts).
@@ -55,7 +73,7 @@ impl Questions {
         for sample in pending {
             match self.ids(&sample).and_then(|ids| limits.check(ids.len())) {
                 Ok(()) => admitted.push(sample),
-                Err(reason) => recorder.error(&sample.image, reason)?,
+                Err(reason) => recorder.error(&sample.image, &SampleFailure::Question(reason))?,
             }
         }
         Ok(admitted)
@@ -107,7 +125,7 @@ impl PromptLimits {
 /// longest pending prompt plus the answer.
 pub fn choose(
     batching: Batching,
-    decoder: &dyn Decoder,
+    decoder: &dyn Decoder<Error = engine::Error>,
     slots: usize,
     longest_prompt: PromptShape,
     max_new_tokens: usize,
@@ -150,7 +168,9 @@ impl Recorder {
         Ok(())
     }
 
-    fn error(&mut self, image: &str, error: String) -> Result<(), Error> {
+    /// Journals `failure` as the sample's error: its text is made here.
+    fn error(&mut self, image: &str, failure: &SampleFailure) -> Result<(), Error> {
+        let error = failure.to_string();
         let entry = JournalEntry {
             image: image.to_string(),
             answer: None,
@@ -208,9 +228,12 @@ impl Answering<'_, '_> {
         self.timings.preprocess_s += encoded.preprocess_s;
         self.timings.vision_s += encoded.vision_s;
         for (sample, image) in encoded.samples {
-            let prompt = image.and_then(|image| {
+            let prompt = image.map_err(SampleFailure::from).and_then(|image| {
                 let prompt = Prompt {
-                    ids: self.questions.ids(&sample)?,
+                    ids: self
+                        .questions
+                        .ids(&sample)
+                        .map_err(SampleFailure::Question)?,
                     image_embeds: image.embeds,
                     image_tokens: self.image_tokens,
                 };
@@ -224,7 +247,7 @@ impl Answering<'_, '_> {
                     },
                     prompt,
                 }),
-                Err(error) => self.recorder.error(&sample.image, error)?,
+                Err(failure) => self.recorder.error(&sample.image, &failure)?,
             }
         }
         Ok(true)
@@ -233,6 +256,7 @@ impl Answering<'_, '_> {
 
 impl Feed for Answering<'_, '_> {
     type Key = Asked;
+    type DecoderError = engine::Error;
     type Error = Error;
 
     fn next(&mut self, n: usize) -> Result<Option<Batch<Asked>>, Error> {
@@ -244,7 +268,11 @@ impl Feed for Answering<'_, '_> {
         Ok(Some(self.queue.drain(..k).collect()))
     }
 
-    fn finish(&mut self, asked: Asked, outcome: Result<Generation, String>) -> Result<(), Error> {
+    fn finish(
+        &mut self,
+        asked: Asked,
+        outcome: generate::Outcome<engine::Error>,
+    ) -> Result<(), Error> {
         match outcome {
             Ok(generation) => {
                 let t = Instant::now();
@@ -252,7 +280,9 @@ impl Feed for Answering<'_, '_> {
                 self.timings.detokenize_s += t.elapsed().as_secs_f64();
                 self.recorder.answer(entry)
             }
-            Err(error) => self.recorder.error(&asked.sample.image, error),
+            Err(failure) => self
+                .recorder
+                .error(&asked.sample.image, &SampleFailure::from(failure)),
         }
     }
 
@@ -265,8 +295,8 @@ impl Feed for Answering<'_, '_> {
     }
 }
 
-impl From<generate::Error> for Error {
-    fn from(e: generate::Error) -> Self {
+impl From<generate::Error<engine::Error>> for Error {
+    fn from(e: generate::Error<engine::Error>) -> Self {
         Error::Generate(e)
     }
 }
@@ -288,5 +318,80 @@ fn journal_entry(
             .min_margin
             .is_finite()
             .then_some(generation.min_margin),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::results::{read_entries, Fingerprint, Lock, Paths};
+
+    /// A recorder on a fresh journal in `dir`.
+    fn recorder(dir: &std::path::Path) -> (Recorder, Paths) {
+        let paths = Paths::new(dir, "unsafes", "demo");
+        std::fs::create_dir_all(paths.journal.parent().unwrap()).unwrap();
+        let lock = Lock::acquire(&paths.lock).unwrap();
+        let fingerprint = Fingerprint {
+            model_manifest_sha256: "m".into(),
+            subset: "unsafes".into(),
+            max_new_tokens: 4,
+            dataset_sha256: "d".into(),
+        };
+        let (journal, entries) = Journal::open(&paths, lock, &fingerprint, false).unwrap();
+        let recorder = Recorder {
+            journal,
+            entries,
+            errors: Vec::new(),
+            n_generated: 0,
+            progress: indicatif::ProgressBar::hidden(),
+        };
+        (recorder, paths)
+    }
+
+    #[test]
+    fn a_typed_failure_is_journaled_with_the_text_it_always_had() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut recorder, paths) = recorder(tmp.path());
+        let decoder = engine::Error::CacheFull {
+            positions: 70,
+            capacity: 64,
+        };
+        let failures = [
+            (
+                "a.png",
+                SampleFailure::from(generate::Failure::Decoder(Arc::new(decoder))),
+                "fused decoder: 70 positions do not fit the cache's 64 (prompt + max new tokens)",
+            ),
+            (
+                "b.png",
+                SampleFailure::from(generate::Failure::Prompt(
+                    generate::PromptError::ImageSlots(crate::prompt::ImageSlotError {
+                        found: 2,
+                        id: -200,
+                    }),
+                )),
+                "the prompt has 2 image slots (id -200); exactly one is expected",
+            ),
+            (
+                "c.png",
+                SampleFailure::Image(ImageError::Vision(Arc::new(engine::Error::Cuda {
+                    call: "cudaMemcpyAsync",
+                    code: 2,
+                }))),
+                "cudaMemcpyAsync failed with CUDA error 2",
+            ),
+        ];
+        for (image, failure, _) in &failures {
+            recorder.error(image, failure).unwrap();
+        }
+        let journaled = read_entries(&paths.journal).unwrap();
+        for (image, _, text) in &failures {
+            assert_eq!(journaled[*image].error.as_deref(), Some(*text), "{image}");
+            assert!(recorder
+                .errors
+                .contains(&(image.to_string(), text.to_string())));
+        }
     }
 }

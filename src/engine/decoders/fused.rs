@@ -25,7 +25,8 @@ use vlguard_export::manifest::{DecoderGraph, DecoderSpec, FusedRows, GraphKind, 
 use super::{logits_of, row_of, Embedder};
 use crate::engine::cuda::{DeviceCopy, DeviceMemory};
 use crate::engine::session::{int_tensor, take, to_f32, Graph};
-use crate::generate::{Counters, Decoder, DecoderError, Prompt};
+use crate::engine::Error;
+use crate::generate::{Counters, Decoder, Prompt};
 
 struct FixedCache {
     buffers: Vec<DynTensor>,
@@ -47,7 +48,7 @@ impl FixedCache {
         ty: TensorElementType,
         rows: usize,
         capacity: usize,
-    ) -> Result<FixedCache, DecoderError> {
+    ) -> Result<FixedCache, Error> {
         let shape = [rows, decoder.num_kv_heads, capacity, decoder.head_dim];
         let buffers = (0..2 * decoder.num_layers)
             .map(|_| alloc_tensor(allocator, &shape, ty))
@@ -62,11 +63,7 @@ impl FixedCache {
     }
 
     /// A new cache holding only `rows` (ascending) of this one; host memory only.
-    pub fn compact(
-        &self,
-        allocator: &Allocator,
-        rows: &[usize],
-    ) -> Result<FixedCache, DecoderError> {
+    pub fn compact(&self, allocator: &Allocator, rows: &[usize]) -> Result<FixedCache, Error> {
         let mut kept = Vec::with_capacity(self.buffers.len());
         for src in &self.buffers {
             let mut shape: Vec<usize> = src.shape().iter().map(|&d| d as usize).collect();
@@ -97,12 +94,12 @@ impl FixedCache {
         src: &FixedCache,
         pairs: &[(usize, usize)],
         device: Option<&DeviceCopy>,
-    ) -> Result<(), DecoderError> {
+    ) -> Result<(), Error> {
         if src.capacity != self.capacity || src.buffers.len() != self.buffers.len() {
-            return Err(DecoderError(format!(
-                "fused cache: cannot copy rows from a cache of capacity {} into one of {}",
-                src.capacity, self.capacity
-            )));
+            return Err(Error::CacheCapacity {
+                from: src.capacity,
+                into: self.capacity,
+            });
         }
         for (s, d) in src.buffers.iter().zip(self.buffers.iter_mut()) {
             copy_rows(s, d, src.rows, pairs, device)?;
@@ -124,22 +121,22 @@ fn run(
     cache: &mut FixedCache,
     embeds: &[f32],
     lengths: &[usize],
-) -> Result<(Vec<f32>, f64), DecoderError> {
+) -> Result<(Vec<f32>, f64), Error> {
     let hidden = cache.hidden;
     let new_len = embeds.len() / hidden / lengths.len().max(1);
     let rows = lengths.len();
     if rows != cache.rows {
-        return Err(DecoderError(format!(
-            "decoder: cache holds {} rows, call has {rows}",
-            cache.rows
-        )));
+        return Err(Error::CacheRows {
+            cache: cache.rows,
+            call: rows,
+        });
     }
     if let Some(&longest) = lengths.iter().max() {
         if longest > cache.capacity {
-            return Err(DecoderError(format!(
-                "fused decoder: {longest} positions do not fit the cache's {} (prompt + max new tokens)",
-                cache.capacity
-            )));
+            return Err(Error::CacheFull {
+                positions: longest,
+                capacity: cache.capacity,
+            });
         }
     }
     let seqlens: Vec<i32> = lengths.iter().map(|&l| l.max(1) as i32 - 1).collect();
@@ -154,8 +151,7 @@ fn run(
         (row_inputs.seqlens_k.as_str(), &seqlens),
         (row_inputs.total_sequence_length.as_str(), &total_len),
     ];
-    let binding = bind(session, names, cache, inputs)
-        .map_err(|e| DecoderError(format!("decoder IO binding: {e}")))?;
+    let binding = bind(session, names, cache, inputs)?;
     let t = Instant::now();
     let mut out = session.run_binding(binding).map_err(failed)?;
     let seconds = t.elapsed().as_secs_f64();
@@ -170,13 +166,16 @@ fn bind<'c>(
     names: &DecoderGraph,
     cache: &'c mut FixedCache,
     inputs: [(&str, &ort::value::DynValue); 3],
-) -> Result<&'c ort::session::IoBinding, String> {
-    let failed = |e: ort::Error| e.to_string();
+) -> Result<&'c ort::session::IoBinding, Error> {
+    let failed = |source: ort::Error| Error::Binding {
+        graph: GraphKind::Decoder,
+        source,
+    };
     let FixedCache {
         buffers, binding, ..
     } = cache;
     if binding.is_none() {
-        let host = DeviceMemory::host()?;
+        let host = DeviceMemory::host().map_err(failed)?;
         let mut fresh = session.create_binding().map_err(failed)?;
         for (name, value) in names.past().zip(buffers.iter()) {
             fresh.bind_input(name, value).map_err(failed)?;
@@ -189,7 +188,7 @@ fn bind<'c>(
         }
         *binding = Some(fresh);
     }
-    let bound = binding.as_mut().ok_or("no binding")?;
+    let bound = binding.as_mut().ok_or(Error::NotOpen)?;
     for (name, value) in inputs {
         bound.bind_input(name, value).map_err(failed)?;
     }
@@ -202,14 +201,17 @@ fn alloc_tensor(
     allocator: &Allocator,
     shape: &[usize],
     ty: TensorElementType,
-) -> Result<DynTensor, DecoderError> {
+) -> Result<DynTensor, Error> {
     let result = match ty {
         TensorElementType::Float16 => {
             Tensor::<f16>::new(allocator, shape.to_vec()).map(Tensor::upcast)
         }
         _ => Tensor::<f32>::new(allocator, shape.to_vec()).map(Tensor::upcast),
     };
-    result.map_err(|e| DecoderError(format!("cannot allocate the decoder cache {shape:?}: {e}")))
+    result.map_err(|source| Error::CacheAlloc {
+        shape: shape.to_vec(),
+        source,
+    })
 }
 
 /// Row copies between two `[rows, ...]` buffers of the same row size: through `device`
@@ -221,8 +223,8 @@ fn copy_rows(
     src_rows: usize,
     pairs: &[(usize, usize)],
     device: Option<&DeviceCopy>,
-) -> Result<(), DecoderError> {
-    let failed = |e: ort::Error| DecoderError(format!("cannot copy cache rows: {e}"));
+) -> Result<(), Error> {
+    let failed = |source: ort::Error| Error::CacheAccess { source };
     let per_row = src.shape().num_elements() / src_rows.max(1);
     let on_host = src.memory_info().allocation_device() == AllocationDevice::CPU;
     if on_host && device.is_none() {
@@ -237,9 +239,7 @@ fn copy_rows(
         }
         return Ok(());
     }
-    let device = device.ok_or_else(|| {
-        DecoderError("cache rows on a device but no CUDA runtime to copy them".into())
-    })?;
+    let device = device.ok_or(Error::NoDeviceCopy)?;
     let bytes = per_row
         * match *src.data_type() {
             TensorElementType::Float16 => 2,
@@ -317,7 +317,7 @@ impl FusedDecoder {
         }
     }
 
-    fn alloc(&self, rows: usize, capacity: usize) -> Result<FixedCache, DecoderError> {
+    fn alloc(&self, rows: usize, capacity: usize) -> Result<FixedCache, Error> {
         FixedCache::alloc(
             &self.allocator,
             &self.spec,
@@ -333,13 +333,10 @@ impl FusedDecoder {
         cache: Option<&mut FixedCache>,
         embeds: &[f32],
         lengths: &[usize],
-    ) -> Result<Vec<f32>, DecoderError> {
+    ) -> Result<Vec<f32>, Error> {
         let cache = match cache {
             Some(cache) => cache,
-            None => self
-                .cache
-                .as_mut()
-                .ok_or_else(|| DecoderError("fused decoder: no cache (open it first)".into()))?,
+            None => self.cache.as_mut().ok_or(Error::NotOpen)?,
         };
         let (names, row_inputs) = (&self.names, &self.row_inputs);
         let (logits, seconds) = run(&mut self.graph, names, row_inputs, cache, embeds, lengths)?;
@@ -366,7 +363,9 @@ pub fn right_pad(prompts: &[Vec<f32>], hidden: usize) -> (Vec<f32>, Vec<usize>) 
 }
 
 impl Decoder for FusedDecoder {
-    fn open(&mut self, slots: usize, capacity: usize) -> Result<(), DecoderError> {
+    type Error = Error;
+
+    fn open(&mut self, slots: usize, capacity: usize) -> Result<(), Error> {
         self.cache = None;
         self.cache = Some(self.alloc(slots, capacity)?);
         self.rows = (0..slots).map(|slot| (slot, 0)).collect();
@@ -376,7 +375,7 @@ impl Decoder for FusedDecoder {
     /// Prompts for every row at once (a batch's first fill) run straight into the slot
     /// cache; prompts for some slots run on a cache of their own whose rows are then
     /// copied into the slots.
-    fn prefill(&mut self, slots: &[usize], prompts: &[&Prompt]) -> Result<Vec<f32>, DecoderError> {
+    fn prefill(&mut self, slots: &[usize], prompts: &[&Prompt]) -> Result<Vec<f32>, Error> {
         let spliced = self.embedder.splice_all(prompts, &mut self.counters)?;
         let (embeds, lengths) = right_pad(&spliced, self.embedder.hidden());
         let row_slots = self.row_slots();
@@ -388,9 +387,7 @@ impl Decoder for FusedDecoder {
             self.run_on(None, &embeds, &lengths)?
         } else {
             if self.on_device && self.device_copy.is_none() {
-                return Err(DecoderError(
-                    "fused decoder: no CUDA runtime to copy prompts into busy slots".into(),
-                ));
+                return Err(Error::NoRefillCopy);
             }
             let capacity = self.cache.as_ref().map_or(0, |c| c.capacity);
             let mut joining = self.alloc(slots.len(), capacity)?;
@@ -407,7 +404,7 @@ impl Decoder for FusedDecoder {
         Ok(logits)
     }
 
-    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, DecoderError> {
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, Error> {
         // Free slots and rows riding along step a throwaway position 0.
         let mut ids = Vec::with_capacity(self.rows.len());
         let mut lengths = Vec::with_capacity(self.rows.len());
@@ -432,7 +429,7 @@ impl Decoder for FusedDecoder {
 
     /// On the host the cache is compacted to the live rows; on a device (or with riders)
     /// finished rows stay where they are.
-    fn retain(&mut self, live: &[usize]) -> Result<(), DecoderError> {
+    fn retain(&mut self, live: &[usize]) -> Result<(), Error> {
         if self.riders || self.on_device {
             return Ok(());
         }

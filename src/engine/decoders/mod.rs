@@ -19,7 +19,8 @@ use ort::session::SessionInputValue;
 use vlguard_export::manifest::{GraphKind, Manifest};
 
 use super::session::{int_tensor, take, to_f32, Graph};
-use crate::generate::{Counters, DecoderError, Prompt};
+use super::Error;
+use crate::generate::{Counters, Prompt};
 
 /// The `embed` graph and the splice of a prompt.
 pub struct Embedder {
@@ -47,7 +48,7 @@ impl Embedder {
         ids: &[i64],
         rows: usize,
         counters: &mut Counters,
-    ) -> Result<Vec<f32>, DecoderError> {
+    ) -> Result<Vec<f32>, Error> {
         let len = ids.len() / rows.max(1);
         let input = int_tensor(ids.to_vec(), vec![rows, len], "embed input")?;
         let failed = self.graph.failed();
@@ -67,7 +68,7 @@ impl Embedder {
         &mut self,
         prompts: &[&Prompt],
         counters: &mut Counters,
-    ) -> Result<Vec<Vec<f32>>, DecoderError> {
+    ) -> Result<Vec<Vec<f32>>, Error> {
         let t = Instant::now();
         let spliced = prompts
             .iter()
@@ -79,21 +80,16 @@ impl Embedder {
 
     /// The prompt's input embeddings `[positions, H]`: text embeddings with the image's
     /// `image_tokens` rows where the image slot was.
-    fn splice(
-        &mut self,
-        prompt: &Prompt,
-        counters: &mut Counters,
-    ) -> Result<Vec<f32>, DecoderError> {
+    fn splice(&mut self, prompt: &Prompt, counters: &mut Counters) -> Result<Vec<f32>, Error> {
         let hidden = self.hidden;
         if prompt.image_embeds.len() != prompt.image_tokens * hidden {
-            return Err(DecoderError(format!(
-                "image embeddings have {} values, expected {} tokens x hidden size {hidden}",
-                prompt.image_embeds.len(),
-                prompt.image_tokens
-            )));
+            return Err(Error::ImageEmbeds {
+                found: prompt.image_embeds.len(),
+                tokens: prompt.image_tokens,
+                hidden,
+            });
         }
-        let slot = crate::prompt::image_slot(&prompt.ids, self.image_token_id)
-            .map_err(|e| DecoderError(e.to_string()))?;
+        let slot = crate::prompt::image_slot(&prompt.ids, self.image_token_id)?;
         let text: Vec<i64> = prompt
             .ids
             .iter()
@@ -115,11 +111,7 @@ impl Embedder {
 
 /// The logits rows of `slots`, in that order, out of `[rows, V]` logits of the physical
 /// rows whose slots are `row_slots`.
-fn logits_of(
-    logits: &[f32],
-    row_slots: &[usize],
-    slots: &[usize],
-) -> Result<Vec<f32>, DecoderError> {
+fn logits_of(logits: &[f32], row_slots: &[usize], slots: &[usize]) -> Result<Vec<f32>, Error> {
     let vocab = logits.len() / row_slots.len().max(1);
     let mut out = Vec::with_capacity(slots.len() * vocab);
     for &slot in slots {
@@ -130,9 +122,9 @@ fn logits_of(
 }
 
 /// The physical row holding `slot`.
-fn row_of(row_slots: &[usize], slot: usize) -> Result<usize, DecoderError> {
+fn row_of(row_slots: &[usize], slot: usize) -> Result<usize, Error> {
     row_slots
         .iter()
         .position(|&s| s == slot)
-        .ok_or_else(|| DecoderError(format!("decoder: slot {slot} holds no row")))
+        .ok_or(Error::NoRow { slot })
 }

@@ -21,7 +21,8 @@ use vlguard_export::manifest::{DecoderGraph, GraphKind, Manifest, PlainRows};
 use super::{logits_of, Embedder};
 use crate::engine::cuda::DeviceMemory;
 use crate::engine::session::{int_tensor, take, to_f32, Graph};
-use crate::generate::{Counters, Decoder, DecoderError, Prompt};
+use crate::engine::Error;
+use crate::generate::{Counters, Decoder, Prompt};
 
 pub struct PlainDecoder {
     graph: Graph,
@@ -79,12 +80,7 @@ impl PlainDecoder {
 
     /// One graph call over every row: `embeds [rows, new, H]`, the rows' masks (past +
     /// new positions) and positions. Returns the last position's logits `[rows, V]`.
-    fn run(
-        &mut self,
-        embeds: &[f32],
-        positions: Vec<i64>,
-        new: usize,
-    ) -> Result<Vec<f32>, DecoderError> {
+    fn run(&mut self, embeds: &[f32], positions: Vec<i64>, new: usize) -> Result<Vec<f32>, Error> {
         let rows = self.rows.len();
         let hidden = self.embedder.hidden();
         let total = self.rows.first().map_or(0, |r| r.mask.len());
@@ -113,10 +109,12 @@ impl PlainDecoder {
         // device), present.* allocated there, only the logits copied to the host.
         let binding = match &self.device {
             None => None,
-            Some(memory) => Some(
-                bind(&self.graph, names, &inputs, memory)
-                    .map_err(|e| DecoderError(format!("decoder IO binding: {e}")))?,
-            ),
+            Some(memory) => Some(bind(&self.graph, names, &inputs, memory).map_err(|source| {
+                Error::Binding {
+                    graph: GraphKind::Decoder,
+                    source,
+                }
+            })?),
         };
         let mut out = match &binding {
             None => self.graph.session.run(inputs),
@@ -134,7 +132,7 @@ impl PlainDecoder {
         to_f32(&logits, "logits")
     }
 
-    fn empty_cache(&self, rows: usize) -> Result<Vec<DynValue>, DecoderError> {
+    fn empty_cache(&self, rows: usize) -> Result<Vec<DynValue>, Error> {
         (0..2 * self.layers)
             .map(|_| {
                 self.graph
@@ -194,20 +192,18 @@ pub fn left_pad(prompts: &[Vec<f32>], hidden: usize) -> (Vec<f32>, Vec<Vec<i64>>
 }
 
 impl Decoder for PlainDecoder {
-    fn open(&mut self, _slots: usize, _capacity: usize) -> Result<(), DecoderError> {
+    type Error = Error;
+
+    fn open(&mut self, _slots: usize, _capacity: usize) -> Result<(), Error> {
         // The cache grows with each call: nothing to size.
         self.rows.clear();
         self.cache.clear();
         Ok(())
     }
 
-    fn prefill(&mut self, slots: &[usize], prompts: &[&Prompt]) -> Result<Vec<f32>, DecoderError> {
+    fn prefill(&mut self, slots: &[usize], prompts: &[&Prompt]) -> Result<Vec<f32>, Error> {
         if !self.rows.is_empty() {
-            return Err(DecoderError(
-                "the plain decoder takes prompts only into an empty batch (continuous \
-                 batching needs a model exported with --decoder fused)"
-                    .into(),
-            ));
+            return Err(Error::JoinLiveBatch);
         }
         let spliced = self.embedder.splice_all(prompts, &mut self.counters)?;
         let (embeds, masks, positions, len) = left_pad(&spliced, self.embedder.hidden());
@@ -228,7 +224,7 @@ impl Decoder for PlainDecoder {
         logits_of(&logits, &self.row_slots(), slots)
     }
 
-    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, DecoderError> {
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, Error> {
         // Rows riding along get any token (their outputs are ignored).
         let ids: Vec<i64> = self
             .rows
@@ -252,7 +248,7 @@ impl Decoder for PlainDecoder {
         logits_of(&logits, &self.row_slots(), slots)
     }
 
-    fn retain(&mut self, live: &[usize]) -> Result<(), DecoderError> {
+    fn retain(&mut self, live: &[usize]) -> Result<(), Error> {
         if self.riders {
             return Ok(());
         }
@@ -286,7 +282,7 @@ impl Decoder for PlainDecoder {
 }
 
 /// Copies the given batch rows of a `[B, ...]` float tensor.
-fn select_rows(value: &DynValue, rows: &[usize]) -> Result<DynValue, DecoderError> {
+fn select_rows(value: &DynValue, rows: &[usize]) -> Result<DynValue, Error> {
     fn gather<T: Copy>(shape: &[i64], data: &[T], rows: &[usize]) -> (Vec<usize>, Vec<T>) {
         let batch = shape[0].max(1) as usize;
         let per_row = data.len() / batch;
@@ -305,11 +301,11 @@ fn select_rows(value: &DynValue, rows: &[usize]) -> Result<DynValue, DecoderErro
         let (shape, data) = gather(shape, data, rows);
         Tensor::from_array((shape, data)).map(|t| t.into_dyn())
     } else {
-        return Err(DecoderError(
-            "cache tensor is neither float32 nor float16".into(),
-        ));
+        return Err(Error::ElementType {
+            tensor: "cache tensor",
+        });
     };
-    built.map_err(|e| DecoderError(format!("cannot rebuild the cache: {e}")))
+    built.map_err(|source| Error::CacheRebuild { source })
 }
 
 #[cfg(test)]

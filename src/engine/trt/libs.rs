@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use super::super::dylib::Lib;
+use super::super::dylib::{Lib, ProbeError};
 use super::super::ort_lib::places::runtime_site;
 
 pub const NVINFER_LIB: &str = "libnvinfer.so.10";
@@ -36,11 +36,26 @@ pub fn nvinfer_path(dir: Option<&Path>) -> PathBuf {
     }
 }
 
-static PRELOADED: OnceLock<Result<(), String>> = OnceLock::new();
+/// TensorRT's libraries could not be loaded from their folder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LibsError {
+    /// `libnvinfer.so.10` is not in `dir` (or does not load).
+    #[error(
+        "{source}; TensorRT 10 is not in {}: run `vlguard-ort setup --gpu --tensorrt`, or point \
+         --trt-lib-dir (VLGUARD_TRT_LIB_DIR) at the folder holding {NVINFER_LIB}",
+        dir.display()
+    )]
+    NoTensorRt { dir: PathBuf, source: ProbeError },
+    /// One of its companion libraries (present in the folder) does not load.
+    #[error(transparent)]
+    Companion(ProbeError),
+}
+
+static PRELOADED: OnceLock<Result<(), LibsError>> = OnceLock::new();
 
 /// Loads TensorRT's libraries from `dir` once per process (nothing to do for the system
 /// loader). An error names the missing file and the ways to provide it.
-pub fn preload(dir: Option<&Path>) -> Result<(), String> {
+pub fn preload(dir: Option<&Path>) -> Result<(), LibsError> {
     let Some(dir) = dir else {
         return Ok(());
     };
@@ -48,19 +63,16 @@ pub fn preload(dir: Option<&Path>) -> Result<(), String> {
 }
 
 /// Loads `libnvinfer.so.10` and its companions from `dir`.
-fn load_from(dir: &Path) -> Result<(), String> {
+fn load_from(dir: &Path) -> Result<(), LibsError> {
     let nvinfer = dir.join(NVINFER_LIB);
-    Lib::open(&nvinfer).map_err(|e| {
-        format!(
-            "{e}; TensorRT 10 is not in {}: run `vlguard-ort setup --gpu --tensorrt`, or point \
-             --trt-lib-dir (VLGUARD_TRT_LIB_DIR) at the folder holding {NVINFER_LIB}",
-            dir.display()
-        )
+    Lib::open(&nvinfer).map_err(|source| LibsError::NoTensorRt {
+        dir: dir.to_path_buf(),
+        source,
     })?;
     for name in COMPANIONS {
         let path = dir.join(name);
         if path.is_file() {
-            Lib::open(&path).map_err(|e| e.to_string())?;
+            Lib::open(&path).map_err(LibsError::Companion)?;
         }
     }
     Ok(())
@@ -104,6 +116,11 @@ mod tests {
     fn a_folder_without_tensorrt_says_what_to_do() {
         let tmp = tempfile::tempdir().unwrap();
         let err = load_from(tmp.path()).unwrap_err();
+        assert!(
+            matches!(&err, LibsError::NoTensorRt { dir, source: ProbeError::Load { .. } } if dir == tmp.path()),
+            "{err:?}"
+        );
+        let err = err.to_string();
         let missing = tmp.path().join(NVINFER_LIB);
         assert!(err.contains(&missing.display().to_string()), "{err}");
         assert!(

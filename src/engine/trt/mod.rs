@@ -390,6 +390,20 @@ pub const FP32_REFUSED: &str = "TensorRT runs fp32 graphs with TF32 matmuls (its
     default, which ONNX Runtime's TensorRT provider cannot turn off), and TF32 changes greedy \
     answers: use --ep cuda for an fp32 model (TF32 off), or export with --dtype fp16 for TensorRT";
 
+/// Why TensorRT is not used for a graph.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "the fused decoder uses ONNX Runtime contrib operators that TensorRT cannot run: \
+         use --ep cuda for it, or export with --decoder plain for TensorRT"
+    )]
+    FusedDecoder,
+    #[error("{FP32_REFUSED}")]
+    Fp32,
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+}
+
 /// The TensorRT provider for graph `kind`, stored at `path`, for fp16 models only
 /// ([`FP32_REFUSED`]): fp16 on with ONNX Runtime's layer-norm fp32 fallback, this graph's
 /// profile, initializers handed over in memory (`trt_load_user_initializer`: a 7B decoder
@@ -402,19 +416,15 @@ pub fn execution_provider(
     device_id: i32,
     limits: &Limits,
     cache_dir: Option<&Path>,
-) -> Result<ort::ep::ExecutionProviderDispatch, String> {
+) -> Result<ort::ep::ExecutionProviderDispatch, Refused> {
     if kind == GraphKind::Decoder && manifest.decoder.flavour == Flavour::Fused {
-        return Err(
-            "the fused decoder uses ONNX Runtime contrib operators that TensorRT cannot run: \
-             use --ep cuda for it, or export with --decoder plain for TensorRT"
-                .into(),
-        );
+        return Err(Refused::FusedDecoder);
     }
     if manifest.dtype != vlguard_export::manifest::Dtype::Fp16 {
-        return Err(FP32_REFUSED.into());
+        return Err(Refused::Fp32);
     }
     warn_unparsable(path);
-    let profile = profile(manifest, kind, limits).map_err(|e| e.to_string())?;
+    let profile = profile(manifest, kind, limits)?;
     let mut trt = ort::ep::TensorRT::default()
         .with_device_id(device_id)
         .with_fp16(true)
