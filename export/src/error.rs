@@ -43,8 +43,10 @@ pub enum ExportError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The layout's own refusals; the readers' errors it passes through become their
+    /// variants here (see the `From` below).
     #[error(transparent)]
-    Layout(#[from] LayoutError),
+    Layout(LayoutError),
     #[error(transparent)]
     Lora(#[from] LoraError),
     #[error(transparent)]
@@ -76,6 +78,17 @@ pub enum ExportError {
         select: i64,
         layers: usize,
     },
+}
+
+impl From<LayoutError> for ExportError {
+    fn from(e: LayoutError) -> Self {
+        match e {
+            LayoutError::Config(e) => ExportError::Config(e),
+            LayoutError::Checkpoint(e) => ExportError::Checkpoint(e),
+            LayoutError::Lora(e) => ExportError::Lora(e),
+            e => ExportError::Layout(e),
+        }
+    }
 }
 
 /// `map_err` helper: an I/O failure on `path`.

@@ -27,10 +27,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checkpoint::{Checkpoint, TensorSource};
-use crate::config::{self, ClipVisionConfig, LlavaConfig, VisionTower};
-use crate::error::ExportError;
-use crate::lora::Adapter;
+use crate::checkpoint::{Checkpoint, CheckpointError, TensorSource};
+use crate::config::{self, ClipVisionConfig, ConfigError, LlavaConfig, VisionTower};
+use crate::lora::{Adapter, LoraError};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const TOKENIZER_MODEL: &str = "tokenizer.model";
@@ -55,6 +54,13 @@ pub enum LayoutError {
     NoConfig { dir: PathBuf, base: Option<PathBuf> },
     #[error("no tokenizer.model (SentencePiece) in {}", .looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or "))]
     NoTokenizer { looked: Vec<PathBuf> },
+    /// A reader's own error, passed through (the export shows it as that reader's).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
 }
 
 fn base_hint(base: &Option<String>) -> String {
@@ -142,22 +148,20 @@ impl Source {
         checkpoint: &Path,
         base: Option<&Path>,
         vision_tower: Option<&Path>,
-    ) -> Result<Source, ExportError> {
+    ) -> Result<Source, LayoutError> {
         let adapter = Adapter::find(checkpoint)?;
         match (&adapter, base) {
             (Some(a), None) => {
                 return Err(LayoutError::AdapterNeedsBase {
                     dir: checkpoint.to_path_buf(),
                     base: a.config.base_model_name_or_path.clone(),
-                }
-                .into())
+                })
             }
             (None, Some(b)) => {
                 return Err(LayoutError::BaseWithoutAdapter {
                     dir: checkpoint.to_path_buf(),
                     base: b.to_path_buf(),
-                }
-                .into())
+                })
             }
             _ => {}
         }
@@ -170,8 +174,7 @@ impl Source {
                     return Err(LayoutError::VisionTowerInside {
                         config: llava_config,
                         tower: tower.to_path_buf(),
-                    }
-                    .into());
+                    });
                 }
                 let (llava, clip) = config::parse_llava_hf(&llava_config)?;
                 let cfg = llava_config.clone();
@@ -221,7 +224,7 @@ impl Source {
 
     /// The decoder-side and tower-side weights under the graph builders' names, adapter
     /// merged in (headers only: tensors are read when the graphs ask for them).
-    pub fn open_weights(&self) -> Result<(Tensors, Tensors), ExportError> {
+    pub fn open_weights(&self) -> Result<(Tensors, Tensors), LayoutError> {
         let dir = self.base.as_deref().unwrap_or(&self.checkpoint);
         let layout = self.layout;
         let base = Checkpoint::open(dir)?.rename(|k| layout.name(k))?;
@@ -253,7 +256,7 @@ impl Source {
 }
 
 /// The checkpoint folder's LLaVA `config.json`, else (an adapter without one) the base's.
-fn find_config(checkpoint: &Path, base: Option<&Path>) -> Result<PathBuf, ExportError> {
+fn find_config(checkpoint: &Path, base: Option<&Path>) -> Result<PathBuf, LayoutError> {
     let own = checkpoint.join(CONFIG_FILE);
     if own.is_file() {
         return Ok(own);
@@ -263,8 +266,7 @@ fn find_config(checkpoint: &Path, base: Option<&Path>) -> Result<PathBuf, Export
         _ => Err(LayoutError::NoConfig {
             dir: checkpoint.to_path_buf(),
             base: base.map(Path::to_path_buf),
-        }
-        .into()),
+        }),
     }
 }
 
