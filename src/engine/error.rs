@@ -39,7 +39,7 @@ pub enum SessionError {
     TensorRt(#[from] trt::Refused),
     /// The decoder cache's allocator on the device.
     #[error("cannot allocate the cache on the device: {0}")]
-    DeviceCache(ort::Error),
+    DeviceCache(#[source] ort::Error),
     /// The graph file, read without a session (`inspect`).
     #[error(transparent)]
     GraphFile(#[from] vlguard_export::graph_io::GraphIoError),
