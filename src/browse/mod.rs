@@ -37,7 +37,7 @@ use crate::score::KeywordList;
 /// Where the dataset's files are when `fetch dataset` put them there.
 const DEFAULT_META: &str = "data/VLGuard/test.json";
 const DEFAULT_IMAGES: &str = "data/VLGuard/test";
-const DEFAULT_REFERENCE: &str = "data/VLGuard/gpt4_safe_safes.json";
+use crate::judge::DEFAULT_REFERENCE;
 
 /// Thumbnail defaults: the full test set's page (1,000 images, 1,558 answers) measured 8.1
 /// MB with them, 9.2 MB with a second engine (`scripts/browse_size.sh`, README), inside

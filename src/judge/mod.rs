@@ -79,6 +79,11 @@ pub enum TaskArg {
     Harm,
 }
 
+/// Defaults shared by `judge` and `reproduce`'s judge flags.
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
+pub const DEFAULT_REFERENCE: &str = "data/VLGuard/gpt4_safe_safes.json";
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct JudgeArgs {
     /// Predictions file in the reference format ({image: answer}): safe_safes answers for
@@ -92,20 +97,16 @@ pub struct JudgeArgs {
     #[arg(long, env = "VLGUARD_JUDGE_MODEL")]
     pub model: String,
     /// Reference answers (items with image, instruction, response).
-    #[arg(long, default_value = "data/VLGuard/gpt4_safe_safes.json")]
+    #[arg(long, default_value = DEFAULT_REFERENCE)]
     pub reference: PathBuf,
     /// Folder the reference's image paths are relative to.
     #[arg(long, default_value = "data/VLGuard/test")]
     pub images: PathBuf,
     /// API base URL; requests go to BASE/chat/completions.
-    #[arg(
-        long,
-        env = "OPENAI_BASE_URL",
-        default_value = "https://api.openai.com/v1"
-    )]
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = DEFAULT_BASE_URL)]
     pub base_url: String,
     /// Name of the environment variable holding the API key (the key itself is never a flag).
-    #[arg(long, default_value = "OPENAI_API_KEY")]
+    #[arg(long, default_value = DEFAULT_API_KEY_ENV)]
     pub api_key_env: String,
     /// Also judge every item with the two answers in swapped seats and report the debiased rate.
     #[arg(long)]

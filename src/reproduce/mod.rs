@@ -119,17 +119,13 @@ pub struct ReproduceArgs {
     #[arg(long, env = "VLGUARD_JUDGE_MODEL")]
     pub judge_model: Option<String>,
     /// The judge's API base URL (requests go to BASE/chat/completions).
-    #[arg(
-        long,
-        env = "OPENAI_BASE_URL",
-        default_value = "https://api.openai.com/v1"
-    )]
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = crate::judge::DEFAULT_BASE_URL)]
     pub judge_base_url: String,
     /// Name of the environment variable holding the judge's API key.
-    #[arg(long, default_value = "OPENAI_API_KEY")]
+    #[arg(long, default_value = crate::judge::DEFAULT_API_KEY_ENV)]
     pub judge_api_key_env: String,
     /// The judge's reference answers.
-    #[arg(long, default_value = "data/VLGuard/gpt4_safe_safes.json")]
+    #[arg(long, default_value = crate::judge::DEFAULT_REFERENCE)]
     pub judge_reference: PathBuf,
     /// Also judge harm (judge --task harm) of the unsafes and safe_unsafes answers with
     /// the judge model, beside the string match.
