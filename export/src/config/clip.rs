@@ -126,13 +126,7 @@ pub fn parse_preprocessor(path: &Path) -> Result<PreprocessSpec, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
+    use crate::config::test_file as write;
 
     #[test]
     fn clip_defaults_are_hf_defaults() {

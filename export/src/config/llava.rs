@@ -242,13 +242,7 @@ pub fn vision_tower(map: &Map<String, Value>) -> VisionTower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
+    use crate::config::test_file as write;
 
     #[test]
     fn unsupported_projector_is_named() {

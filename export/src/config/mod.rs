@@ -159,3 +159,11 @@ pub(crate) fn kind_of(v: &Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+/// `text` written to `dir/name`: a config file for the readers' unit tests.
+#[cfg(test)]
+fn test_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
