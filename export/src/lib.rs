@@ -45,6 +45,6 @@ pub mod wire;
 pub use crate::error::ExportError;
 pub use crate::manifest::{Dtype, Flavour};
 pub use crate::pipeline::{
-    export, export_with, sha256_file, ExportOptions, ExportReport, TokenizerFn, DECODER_FILE,
-    EMBED_FILE, IMAGE_TOKEN_ID, PROJECTOR_FILE, TEMPLATE, TOKENIZER_FILE, VISION_FILE,
+    export, export_with, ExportOptions, ExportReport, TokenizerFn, DECODER_FILE, EMBED_FILE,
+    IMAGE_TOKEN_ID, PROJECTOR_FILE, TEMPLATE, TOKENIZER_FILE, VISION_FILE,
 };

@@ -29,7 +29,7 @@ use crate::manifest::{
     FORMAT_VERSION, MANIFEST_FILE,
 };
 use crate::tokenizer::{self, SpecialIds, TokenizerError};
-pub use staging::sha256_file;
+use staging::sha256_file;
 
 /// Graph and tokenizer file names inside a model directory.
 pub const VISION_FILE: &str = "vision.onnx";

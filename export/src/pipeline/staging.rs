@@ -78,6 +78,6 @@ pub(super) fn hash_outputs(dir: &Path) -> Result<BTreeMap<String, String>, Expor
 
 /// Lowercase hex sha256 of a file, streamed ([`crate::files::sha256_file`], its error
 /// naming the file).
-pub fn sha256_file(path: &Path) -> Result<String, ExportError> {
+pub(super) fn sha256_file(path: &Path) -> Result<String, ExportError> {
     crate::files::sha256_file(path).map_err(io_err(path))
 }
